@@ -1,0 +1,172 @@
+"""Streams and KV buckets: declared once here, applied idempotently by every process on start
+and by ``deploy/nats/init-streams.sh`` (which runs ``codeswitch nats init``).
+
+    CS_REQUESTS  llm.request.>   work queue of request commands, file storage, short max age
+    CS_EVENTS    facts           the event log (attempts, responses, provider/admin/user/alert)
+    KV cs_providers              one key per provider (ProviderConfig JSON)
+    KV cs_settings               gateway settings and other small documents
+    OBJ cs_bodies                request bodies too large for one NATS message (short TTL)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+
+from schemas.subjects import FACT_SUBJECTS, REQUEST_PREFIX
+
+__all__ = [
+    "BODIES_BUCKET",
+    "EVENTS_STREAM",
+    "KV_BUCKETS",
+    "PROVIDERS_BUCKET",
+    "REQUESTS_STREAM",
+    "ROUTER_DURABLE",
+    "SETTINGS_BUCKET",
+    "StreamLimits",
+    "connect",
+    "ensure_all",
+    "stream_configs",
+]
+
+log = logging.getLogger("codeswitch.bus")
+
+REQUESTS_STREAM = "CS_REQUESTS"
+EVENTS_STREAM = "CS_EVENTS"
+ROUTER_DURABLE = "routers"
+PROVIDERS_BUCKET = "cs_providers"
+SETTINGS_BUCKET = "cs_settings"
+BODIES_BUCKET = "cs_bodies"
+
+KV_BUCKETS: dict[str, dict[str, Any]] = {
+    PROVIDERS_BUCKET: {"history": 5, "description": "provider configs"},
+    SETTINGS_BUCKET: {"history": 5, "description": "gateway settings"},
+}
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """Retention of the event log. 0 means unlimited."""
+
+    events_max_age_s: float = float(os.environ.get("CODESWITCH_EVENTS_MAX_AGE", 0) or 0)
+    events_max_bytes: int = int(os.environ.get("CODESWITCH_EVENTS_MAX_BYTES", 0) or 0)
+    requests_max_age_s: float = 120.0
+    extra_fact_subjects: tuple[str, ...] = field(default=())
+
+
+def stream_configs(limits: StreamLimits | None = None) -> list[js_api.StreamConfig]:
+    limits = limits or StreamLimits()
+    return [
+        js_api.StreamConfig(
+            name=REQUESTS_STREAM,
+            description="codeswitch request commands (work queue)",
+            subjects=[f"{REQUEST_PREFIX}.>"],
+            retention=js_api.RetentionPolicy.WORK_QUEUE,
+            storage=js_api.StorageType.FILE,
+            max_age=limits.requests_max_age_s,
+            duplicate_window=limits.requests_max_age_s,
+            discard=js_api.DiscardPolicy.OLD,
+        ),
+        js_api.StreamConfig(
+            name=EVENTS_STREAM,
+            description="codeswitch event log (facts)",
+            subjects=[*FACT_SUBJECTS, *limits.extra_fact_subjects],
+            retention=js_api.RetentionPolicy.LIMITS,
+            storage=js_api.StorageType.FILE,
+            max_age=limits.events_max_age_s or None,
+            max_bytes=limits.events_max_bytes or None,
+            duplicate_window=120.0,
+            discard=js_api.DiscardPolicy.OLD,
+        ),
+    ]
+
+
+async def connect(url: str, *, name: str, **kwargs: Any) -> NATS:
+    """Connect with reconnects forever: a NATS restart under a running process is survived."""
+
+    async def _error_cb(exc: Exception) -> None:
+        log.debug("nats error (%s): %s", name, exc)
+
+    async def _disconnected_cb() -> None:
+        log.warning("nats disconnected (%s)", name)
+
+    async def _reconnected_cb() -> None:
+        log.warning("nats reconnected (%s)", name)
+
+    opts: dict[str, Any] = {
+        "name": name,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.25,
+        "allow_reconnect": True,
+        "connect_timeout": 5,
+        "error_cb": _error_cb,
+        "disconnected_cb": _disconnected_cb,
+        "reconnected_cb": _reconnected_cb,
+        "pending_size": 64 * 1024 * 1024,
+    }
+    opts.update(kwargs)
+    return await nats.connect(url, **opts)
+
+
+async def _ensure_stream(js: JetStreamContext, config: js_api.StreamConfig) -> None:
+    try:
+        await js.stream_info(config.name)  # type: ignore[arg-type]
+    except NotFoundError:
+        await js.add_stream(config)
+        log.info("created stream %s", config.name)
+        return
+    try:
+        await js.update_stream(config)
+    except BadRequestError as exc:  # e.g. retention cannot change on an existing stream
+        log.warning("stream %s kept as is: %s", config.name, exc)
+
+
+async def ensure_all(js: JetStreamContext, limits: StreamLimits | None = None) -> None:
+    """Create or update every stream, KV bucket and object store. Idempotent."""
+    for config in stream_configs(limits):
+        await _ensure_stream(js, config)
+    for bucket, opts in KV_BUCKETS.items():
+        try:
+            await js.key_value(bucket)
+        except BucketNotFoundError:
+            await js.create_key_value(
+                js_api.KeyValueConfig(
+                    bucket=bucket,
+                    history=opts["history"],
+                    description=opts["description"],
+                    storage=js_api.StorageType.FILE,
+                )
+            )
+    try:
+        await js.object_store(BODIES_BUCKET)
+    except (BucketNotFoundError, NotFoundError):
+        await js.create_object_store(
+            BODIES_BUCKET,
+            config=js_api.ObjectStoreConfig(
+                description="oversized request bodies", ttl=600.0,
+                storage=js_api.StorageType.FILE,
+            ),
+        )
+
+
+async def wait_ready(nc: NATS, timeout: float = 10.0) -> None:
+    """Wait until JetStream answers (a fresh server may take a moment)."""
+    js = nc.jetstream()
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            await js.account_info()
+            return
+        except Exception:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.05)

@@ -1,0 +1,55 @@
+"""The request command (edge -> router) and the reply stream (router -> edge).
+
+A request is one JetStream message on ``llm.request.<dialect>``: the client's body bytes
+unchanged as the payload (or empty with ``body_ref`` when it was too large for one message),
+and this envelope as JSON in the ``Cs-Env`` header.
+
+Replies are core NATS messages on ``reply``; the first payload byte says what they are:
+    b"A"  accepted: a router took the request (the edge stops its no-router timer)
+    b"S"  start: ReplyStart JSON follows (status, headers, provider)
+    b"D"  data: body bytes follow, relayed to the client as they are
+    b"E"  end: the response is complete
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ["ENV_HEADER", "KIND_ACCEPTED", "KIND_DATA", "KIND_END", "KIND_START",
+           "ReplyStart", "RequestEnvelope"]
+
+ENV_HEADER = "Cs-Env"
+
+KIND_ACCEPTED = 0x41  # "A"
+KIND_START = 0x53  # "S"
+KIND_DATA = 0x44  # "D"
+KIND_END = 0x45  # "E"
+
+
+class RequestEnvelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    request_id: str
+    reply: str  # subject the router streams the answer to
+    dialect: str
+    operation: str = "generate"  # generate | count_tokens
+    model: str = ""
+    stream: bool = False
+    deadline: float = 0.0  # unix time after which the edge no longer waits for pickup
+    received_at: float = 0.0
+    headers: dict[str, str] = {}  # allow-listed client headers passed upstream
+    query: str = ""  # client query string minus auth parameters
+    api_version: str = ""  # gemini: "v1" or "v1beta" as the client called it
+    body_ref: str | None = None  # object-store name when the body did not fit a message
+    body_size: int = 0
+    user: str | None = None
+    session: str | None = None
+    client: str | None = None
+    pin_provider: str | None = None  # x-codeswitch-provider
+    edge: str | None = None
+
+
+class ReplyStart(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    status: int
+    content_type: str = "application/json"
+    provider: str | None = None
+    upstream_model: str | None = None
+    headers: dict[str, str] = {}

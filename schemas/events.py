@@ -1,0 +1,126 @@
+"""Facts on the event log (stream CS_EVENTS). One tagged union, dispatched with ``match``.
+
+Schema evolution (msgspec docs/schema-evolution.rst): a new field always gets a default and an
+existing field never changes type. Every event carries a unique ``id`` (also sent as the
+``Nats-Msg-Id`` header, so a re-publish is de-duplicated by JetStream) and ``ts`` (unix seconds).
+
+Usage semantics (normalised across dialects; see docs/architecture.md "Usage"):
+    input_tokens        prompt tokens neither read from nor written to a cache
+    cache_read_tokens   prompt tokens served from a cache
+    cache_write_tokens  prompt tokens written to a cache
+    output_tokens       generated tokens, reasoning included
+    reasoning_tokens    the part of output_tokens spent on reasoning/thinking
+    total input = input + cache_read + cache_write; total = total input + output.
+
+No event carries a key, an auth header or a body.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import msgspec
+
+__all__ = [
+    "AttemptFinished",
+    "Event",
+    "EventBase",
+    "RequestCompleted",
+    "Usage",
+    "decode_event",
+    "encode_event",
+    "new_id",
+]
+
+
+class Usage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_input_tokens(self) -> int:
+        return self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+    @property
+    def total_tokens(self) -> int:
+        return self.total_input_tokens + self.output_tokens
+
+
+class EventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
+    id: str
+    ts: float
+
+
+class AttemptFinished(EventBase, frozen=True, kw_only=True):
+    """One upstream attempt of a request, whatever its outcome."""
+
+    request_id: str
+    attempt: int  # 1-based
+    dialect: str  # the client's dialect
+    provider: str
+    provider_dialect: str
+    model: str  # as requested by the client
+    upstream_model: str  # as sent to the provider
+    stream: bool
+    outcome: str  # "ok" | "fallback" (failed, next provider tried) | "failed" (client saw it)
+    status: int = 0  # upstream HTTP status, 0 when none was received
+    error_class: str | None = None  # connect | timeout | http_4xx | http_5xx | stream_error | ...
+    error_message: str | None = None  # sanitised, no secrets
+    started_at: float = 0.0
+    ttfb_ms: float | None = None
+    duration_ms: float = 0.0
+    usage: Usage | None = None
+    translated: bool = False
+
+
+class RequestCompleted(EventBase, frozen=True, kw_only=True):
+    """The final word on one client request: who served it, how, and what it used."""
+
+    request_id: str
+    dialect: str
+    operation: str = "generate"
+    model: str = ""  # as requested
+    provider: str | None = None  # the provider that served it, None if none did
+    provider_dialect: str | None = None
+    upstream_model: str | None = None
+    stream: bool = False
+    status: int = 0  # HTTP status the client got
+    error_class: str | None = None
+    error_message: str | None = None
+    received_at: float = 0.0
+    ttfb_ms: float | None = None
+    duration_ms: float = 0.0
+    usage: Usage | None = None
+    attempts: int = 0
+    translated: bool = False
+    finish_reason: str | None = None
+    user: str | None = None  # client identity where the client sends one
+    session: str | None = None
+    client: str | None = None  # e.g. "claude-code", "codex", "gemini-cli", "anthropic-sdk"
+    edge: str | None = None
+    router: str | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+Event = AttemptFinished | RequestCompleted
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Event)
+
+
+def encode_event(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes) -> Event:
+    return _decoder.decode(data)
+
+
+def new_id() -> str:
+    """Time-ordered unique id: 12 hex digits of milliseconds + 12 random hex digits."""
+    return f"{int(time.time() * 1000):012x}{os.urandom(6).hex()}"

@@ -1,0 +1,73 @@
+"""NATS subject names. Commands and facts live in separate subject trees.
+
+Commands (never stored as facts):
+    llm.request.<dialect>        request messages, JetStream work queue CS_REQUESTS
+    cs.cancel.<request id>       edge -> router: the client went away (core NATS)
+    cs.router.ping               readiness probe, answered by any router (core NATS)
+    _INBOX.cs.<edge>.<rid>       router -> edge reply stream (core NATS)
+
+Facts (JetStream stream CS_EVENTS, readable JSON):
+    llm.attempt.<dialect>.<provider>    one per upstream attempt
+    llm.response.<dialect>.<provider>   one per request (provider "-" when none served it)
+    provider.>  admin.>  user.>  alert.>  later facts of the other workers
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "ATTEMPT_PREFIX",
+    "CANCEL_PREFIX",
+    "FACT_SUBJECTS",
+    "REPLY_PREFIX",
+    "REQUEST_PREFIX",
+    "RESPONSE_PREFIX",
+    "ROUTER_PING",
+    "attempt_subject",
+    "cancel_subject",
+    "request_subject",
+    "response_subject",
+    "safe_token",
+]
+
+REQUEST_PREFIX: Final = "llm.request"
+ATTEMPT_PREFIX: Final = "llm.attempt"
+RESPONSE_PREFIX: Final = "llm.response"
+CANCEL_PREFIX: Final = "cs.cancel"
+ROUTER_PING: Final = "cs.router.ping"
+REPLY_PREFIX: Final = "_INBOX.cs"
+
+FACT_SUBJECTS: Final[tuple[str, ...]] = (
+    "llm.attempt.>",
+    "llm.response.>",
+    "provider.>",
+    "admin.>",
+    "user.>",
+    "alert.>",
+)
+
+_UNSAFE = str.maketrans({c: "_" for c in ". *>\t\r\n"})
+
+
+def safe_token(value: str | None) -> str:
+    """A single subject token: no dots, wildcards or whitespace; '-' when empty."""
+    if not value:
+        return "-"
+    return value.translate(_UNSAFE)
+
+
+def request_subject(dialect: str) -> str:
+    return f"{REQUEST_PREFIX}.{dialect}"
+
+
+def attempt_subject(dialect: str, provider: str | None) -> str:
+    return f"{ATTEMPT_PREFIX}.{dialect}.{safe_token(provider)}"
+
+
+def response_subject(dialect: str, provider: str | None) -> str:
+    return f"{RESPONSE_PREFIX}.{dialect}.{safe_token(provider)}"
+
+
+def cancel_subject(request_id: str) -> str:
+    return f"{CANCEL_PREFIX}.{request_id}"

@@ -23,7 +23,11 @@ import time
 import msgspec
 
 __all__ = [
+    "AlertFired",
+    "AlertNotificationFailed",
+    "AlertResolved",
     "AttemptFinished",
+    "CircuitChanged",
     "Event",
     "EventBase",
     "RequestCompleted",
@@ -107,7 +111,63 @@ class RequestCompleted(EventBase, frozen=True, kw_only=True):
     bytes_out: int = 0
 
 
-Event = AttemptFinished | RequestCompleted
+class CircuitChanged(EventBase, frozen=True, kw_only=True):
+    """A provider's (or provider+model's) circuit breaker changed state.
+
+    Subject: provider.circuit.<provider>.<state>."""
+
+    provider: str
+    model: str | None = None  # set when the breaker is per provider+model
+    state: str  # "closed" | "open" | "half_open"
+    previous: str
+    failures: int = 0  # failures counted in the window when it opened
+    reason: str | None = None
+    router: str | None = None
+
+
+class AlertFired(EventBase, frozen=True, kw_only=True):
+    """An alert rule crossed its threshold. Subject: alert.fired.<rule>."""
+
+    rule: str
+    metric: str
+    scope: str = "all"  # "all" or "<kind>:<value>", e.g. "provider:main"
+    value: float
+    threshold: float
+    comparison: str  # ">", ">=", "<", "<="
+    window_s: float
+    severity: str = "warning"
+    message: str = ""
+
+
+class AlertResolved(EventBase, frozen=True, kw_only=True):
+    """A firing alert cleared. Subject: alert.resolved.<rule>."""
+
+    rule: str
+    metric: str
+    scope: str = "all"
+    value: float
+    fired_id: str | None = None  # id of the AlertFired it resolves
+    message: str = ""
+
+
+class AlertNotificationFailed(EventBase, frozen=True, kw_only=True):
+    """A webhook delivery gave up after its retries. Subject: alert.delivery_failed.<rule>."""
+
+    rule: str
+    channel: str
+    alert_id: str
+    attempts: int
+    error: str
+
+
+Event = (
+    AttemptFinished
+    | RequestCompleted
+    | CircuitChanged
+    | AlertFired
+    | AlertResolved
+    | AlertNotificationFailed
+)
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Event)

@@ -50,6 +50,8 @@ BODIES_BUCKET = "cs_bodies"
 KV_BUCKETS: dict[str, dict[str, Any]] = {
     PROVIDERS_BUCKET: {"history": 5, "description": "provider configs"},
     SETTINGS_BUCKET: {"history": 5, "description": "gateway settings"},
+    "cs_rules": {"history": 5, "description": "alert rules (workers/alerts)"},
+    "cs_alert_state": {"history": 1, "description": "active alerts and cool-downs"},
 }
 
 
@@ -97,7 +99,7 @@ async def connect(url: str, *, name: str, **kwargs: Any) -> NATS:
         log.debug("nats error (%s): %s", name, exc)
 
     async def _disconnected_cb() -> None:
-        log.warning("nats disconnected (%s)", name)
+        log.info("nats disconnected (%s)", name)
 
     async def _reconnected_cb() -> None:
         log.warning("nats reconnected (%s)", name)

@@ -9,13 +9,14 @@ Replies are core NATS messages on ``reply``; the first payload byte says what th
     b"S"  start: ReplyStart JSON follows (status, headers, provider)
     b"D"  data: body bytes follow, relayed to the client as they are
     b"E"  end: the response is complete
+    b"F"  full: ReplyStart JSON, a newline, then the whole body (non-streaming answers)
 """
 
 from __future__ import annotations
 
 import msgspec
 
-__all__ = ["ENV_HEADER", "KIND_ACCEPTED", "KIND_DATA", "KIND_END", "KIND_START",
+__all__ = ["ENV_HEADER", "KIND_ACCEPTED", "KIND_DATA", "KIND_END", "KIND_FULL", "KIND_START",
            "ReplyStart", "RequestEnvelope"]
 
 ENV_HEADER = "Cs-Env"
@@ -24,6 +25,7 @@ KIND_ACCEPTED = 0x41  # "A"
 KIND_START = 0x53  # "S"
 KIND_DATA = 0x44  # "D"
 KIND_END = 0x45  # "E"
+KIND_FULL = 0x46  # "F"
 
 
 class RequestEnvelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -45,6 +47,7 @@ class RequestEnvelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
     client: str | None = None
     pin_provider: str | None = None  # x-codeswitch-provider
     edge: str | None = None
+    key_hash: str | None = None  # sha256 of the client's key (never the key itself)
 
 
 class ReplyStart(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -137,6 +137,7 @@ class AlertFired(EventBase, frozen=True, kw_only=True):
     window_s: float
     severity: str = "warning"
     message: str = ""
+    repeat_of: str | None = None  # set on a reminder: id of the AlertFired it repeats
 
 
 class AlertResolved(EventBase, frozen=True, kw_only=True):

@@ -4,6 +4,7 @@ Commands (never stored as facts):
     llm.request.<dialect>        request messages, JetStream work queue CS_REQUESTS
     cs.cancel.<request id>       edge -> router: the client went away (core NATS)
     cs.router.ping               readiness probe, answered by any router (core NATS)
+    cs.router.models             model list for GET /v1/models, answered by any router
     _INBOX.cs.<edge>.<rid>       router -> edge reply stream (core NATS)
 
 Facts (JetStream stream CS_EVENTS, readable JSON):
@@ -23,6 +24,7 @@ __all__ = [
     "REPLY_PREFIX",
     "REQUEST_PREFIX",
     "RESPONSE_PREFIX",
+    "ROUTER_MODELS",
     "ROUTER_PING",
     "attempt_subject",
     "cancel_subject",
@@ -36,6 +38,7 @@ ATTEMPT_PREFIX: Final = "llm.attempt"
 RESPONSE_PREFIX: Final = "llm.response"
 CANCEL_PREFIX: Final = "cs.cancel"
 ROUTER_PING: Final = "cs.router.ping"
+ROUTER_MODELS: Final = "cs.router.models"
 REPLY_PREFIX: Final = "_INBOX.cs"
 
 FACT_SUBJECTS: Final[tuple[str, ...]] = (

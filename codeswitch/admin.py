@@ -1,0 +1,86 @@
+"""Config operations on NATS KV shared by the CLI and ``codeswitch up``: providers and
+gateway settings. Every process watches these keys, so writes apply on the next request."""
+
+from __future__ import annotations
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.js.errors import KeyNotFoundError
+
+from codeswitch import bus
+from schemas.config import GatewaySettings, ProviderConfig
+
+__all__ = [
+    "apply_file_config",
+    "delete_provider",
+    "get_provider",
+    "list_providers",
+    "put_provider",
+    "put_settings",
+]
+
+_enc = msgspec.json.Encoder()
+_dec = msgspec.json.Decoder(ProviderConfig)
+
+
+async def list_providers(nc: NATS) -> list[ProviderConfig]:
+    kv = await nc.jetstream().key_value(bus.PROVIDERS_BUCKET)
+    out = []
+    try:
+        keys = await kv.keys()
+    except Exception:  # nats-py raises NoKeysError on an empty bucket
+        return []
+    for key in keys:
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            continue
+        if entry.value:
+            out.append(_dec.decode(entry.value))
+    return sorted(out, key=lambda p: (p.priority, p.name))
+
+
+async def get_provider(nc: NATS, name: str) -> ProviderConfig | None:
+    kv = await nc.jetstream().key_value(bus.PROVIDERS_BUCKET)
+    try:
+        entry = await kv.get(name)
+    except KeyNotFoundError:
+        return None
+    return _dec.decode(entry.value) if entry.value else None
+
+
+async def put_provider(nc: NATS, provider: ProviderConfig) -> None:
+    kv = await nc.jetstream().key_value(bus.PROVIDERS_BUCKET)
+    await kv.put(provider.name, _enc.encode(provider))
+
+
+async def delete_provider(nc: NATS, name: str) -> bool:
+    if await get_provider(nc, name) is None:
+        return False
+    kv = await nc.jetstream().key_value(bus.PROVIDERS_BUCKET)
+    await kv.delete(name)
+    return True
+
+
+async def put_settings(nc: NATS, settings: GatewaySettings) -> None:
+    kv = await nc.jetstream().key_value(bus.SETTINGS_BUCKET)
+    await kv.put("gateway", _enc.encode(settings))
+
+
+async def apply_file_config(nc: NATS, providers: list[ProviderConfig],
+                            settings: GatewaySettings | None) -> list[str]:
+    """Upsert the file's providers; drop file-sourced providers no longer in it."""
+    changes = []
+    current = {p.name: p for p in await list_providers(nc)}
+    wanted = {p.name for p in providers}
+    for p in providers:
+        if current.get(p.name) != p:
+            await put_provider(nc, p)
+            changes.append(f"provider {p.name} {'updated' if p.name in current else 'added'}")
+    for name, p in current.items():
+        if p.source == "config" and name not in wanted:
+            await delete_provider(nc, name)
+            changes.append(f"provider {name} removed (no longer in the config file)")
+    if settings is not None:
+        await put_settings(nc, settings)
+    return changes

@@ -1,0 +1,373 @@
+"""The ``codeswitch`` command: start everything (``up``), one part (``edge``, ``worker``), and
+drive the rest (providers, tail, and the commands the other parts register)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from codeswitch import __version__, bus
+from codeswitch.runtime import home_dir, nats_url_for
+
+app = typer.Typer(
+    name="codeswitch", no_args_is_help=True, add_completion=False,
+    help="An event-sourced LLM gateway for Claude Code, Codex CLI, Gemini CLI and any "
+         "OpenAI/Anthropic/Gemini SDK.",
+)
+provider_app = typer.Typer(no_args_is_help=True, help="Manage upstream providers (in NATS KV).")
+worker_app = typer.Typer(no_args_is_help=True, help="Run one worker process.")
+nats_app = typer.Typer(no_args_is_help=True, help="NATS streams and buckets.")
+app.add_typer(provider_app, name="provider")
+app.add_typer(worker_app, name="worker")
+app.add_typer(nats_app, name="nats")
+
+console = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+HomeOpt = Annotated[Path | None, typer.Option("--home", help="Data directory "
+                    "(default $CODESWITCH_HOME or ~/.code-switch).", show_default=False)]
+NatsOpt = Annotated[str | None, typer.Option("--nats-url", help="NATS URL (default: the "
+                    "running gateway's, or $CODESWITCH_NATS_URL).", show_default=False)]
+
+
+def _logging(level: str = "WARNING") -> None:
+    logging.basicConfig(level=os.environ.get("CODESWITCH_LOG_LEVEL", level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _with_nats(url: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+    """Connect, run fn(nc), close; a clear message instead of a traceback when NATS is away."""
+
+    async def main() -> T:
+        try:
+            nc = await bus.connect(url, name="codeswitch-cli", max_reconnect_attempts=0,
+                                   allow_reconnect=False, connect_timeout=2)
+        except Exception:
+            err.print(f"[red]cannot reach NATS at {url}[/]: is the gateway running? Start it "
+                      "with `codeswitch up`, or pass --nats-url.")
+            raise typer.Exit(2) from None
+        try:
+            await bus.ensure_all(nc.jetstream())
+            return await fn(nc)
+        finally:
+            await nc.drain()
+
+    return asyncio.run(main())
+
+
+# -- up / edge / worker ----------------------------------------------------------------------
+@app.command()
+def up(
+    host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
+    home: HomeOpt = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="TOML config file (default $CODESWITCH_CONFIG or <home>/config.toml).",
+        show_default=False)] = None,
+    nats_url: Annotated[str | None, typer.Option(
+        "--nats-url", help="Use this NATS instead of starting the embedded one.",
+        show_default=False)] = None,
+    routers: Annotated[int, typer.Option(help="Router processes to run.")] = 1,
+    single_process: Annotated[bool, typer.Option(
+        "--single-process", help="Run edge and router in one process.")] = False,
+    grace: Annotated[float, typer.Option(help="Seconds in-flight requests get on stop.")] = 30,
+    connect: Annotated[bool, typer.Option(
+        "--connect", help="Point Claude Code, Codex and Gemini CLI at the gateway.")] = False,
+) -> None:
+    """Start the gateway: embedded NATS, edge, router and workers. Ctrl-C stops it."""
+    _logging()
+    from codeswitch.admin import apply_file_config
+    from codeswitch.config import ConfigError, FileConfig, load_config
+    from codeswitch.supervisor import Supervisor
+
+    home_path = home_dir(home)
+    cfg_path = config or (Path(os.environ["CODESWITCH_CONFIG"])
+                          if os.environ.get("CODESWITCH_CONFIG") else None)
+    if cfg_path is None and (home_path / "config.toml").exists():
+        cfg_path = home_path / "config.toml"
+    file_cfg = FileConfig()
+    if cfg_path is not None:
+        try:
+            file_cfg = load_config(cfg_path)
+        except ConfigError as exc:
+            err.print(f"[red]config error[/] {exc}")
+            raise typer.Exit(2) from None
+    listen_host = host or file_cfg.host or "127.0.0.1"
+    listen_port = port or file_cfg.port or 18100
+
+    async def apply(url: str) -> list[str]:
+        if cfg_path is None:
+            return []
+        nc = await bus.connect(url, name="codeswitch-up-config")
+        try:
+            return await apply_file_config(nc, file_cfg.providers, file_cfg.settings)
+        finally:
+            await nc.drain()
+
+    def ready(info: dict[str, Any]) -> None:
+        base = info["edge_url"]
+        console.print(f"[bold green]codeswitch {__version__}[/] listening on [bold]{base}[/]")
+        console.print(f"  NATS      {info['nats_url']}"
+                      + ("  (embedded)" if info["embedded_nats"] else ""))
+        console.print(f"  data      {info['home']}")
+        if cfg_path:
+            console.print(f"  config    {cfg_path}")
+        for change in info["changes"]:
+            console.print(f"  · {change}")
+        console.print(f"  parts     {', '.join(info['parts'])}")
+        console.print("\nNext:")
+        console.print(f"  Claude Code  ANTHROPIC_BASE_URL={base} claude")
+        console.print(f"  Codex CLI    codeswitch connect codex   (base_url {base}/v1)")
+        console.print(f"  Gemini CLI   GOOGLE_GEMINI_BASE_URL={base} gemini")
+        console.print("  providers    codeswitch provider list   ·   live events: "
+                      "codeswitch tail")
+        console.print("Ctrl-C stops everything.")
+        if connect:
+            try:
+                clients = importlib.import_module("codeswitch.cli_clients")
+                for line in clients.connect_all(base, None, home=home_path):
+                    console.print(f"  connected: {line}")
+            except Exception as exc:
+                err.print(f"[yellow]connect failed:[/] {exc}")
+
+    sup = Supervisor(home=home_path, host=listen_host, port=listen_port, nats_url=nats_url,
+                     routers=routers, single_process=single_process, grace=grace,
+                     on_ready=ready, apply=apply)
+    try:
+        code = sup.run()
+    except Exception as exc:
+        err.print(f"[red]codeswitch failed to start:[/] {exc}")
+        raise typer.Exit(1) from None
+    console.print("codeswitch stopped.")
+    raise typer.Exit(code)
+
+
+@app.command()
+def edge(
+    nats_url: NatsOpt = None,
+    host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Listen port.")] = 18100,
+    grace: Annotated[float, typer.Option(help="Graceful shutdown seconds.")] = 30,
+    with_router: Annotated[bool, typer.Option("--with-router", hidden=True)] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Run only the HTTP edge against a NATS (scale out by starting more)."""
+    _logging()
+    from codeswitch.supervisor import run_edge
+
+    run_edge(nats_url_for(home, nats_url), host, port, grace=grace, with_router=with_router)
+
+
+@worker_app.command("router")
+def worker_router(nats_url: NatsOpt = None, home: HomeOpt = None) -> None:
+    """Run one router (more routers share the work queue)."""
+    _logging()
+    from codeswitch.supervisor import run_worker
+
+    run_worker("router", nats_url_for(home, nats_url), home_dir(home))
+
+
+@worker_app.command("ledger")
+def worker_ledger(nats_url: NatsOpt = None, home: HomeOpt = None) -> None:
+    """Run the ledger (event log -> DuckDB projection)."""
+    _logging()
+    from codeswitch.supervisor import run_worker
+
+    run_worker("ledger", nats_url_for(home, nats_url), home_dir(home))
+
+
+@worker_app.command("alerts")
+def worker_alerts(nats_url: NatsOpt = None, home: HomeOpt = None) -> None:
+    """Run the alerts worker."""
+    _logging()
+    from codeswitch.supervisor import run_worker
+
+    run_worker("alerts", nats_url_for(home, nats_url), home_dir(home))
+
+
+@nats_app.command("init")
+def nats_init(nats_url: NatsOpt = None, home: HomeOpt = None) -> None:
+    """Create or update every stream and KV bucket (idempotent)."""
+    url = nats_url_for(home, nats_url)
+
+    async def go(nc: Any) -> None:
+        js = nc.jetstream()
+        for cfg in bus.stream_configs():
+            console.print(f"stream {cfg.name}: {', '.join(cfg.subjects or [])}")
+        for name in bus.KV_BUCKETS:
+            console.print(f"kv     {name}")
+        console.print(f"object {bus.BODIES_BUCKET}")
+        await bus.ensure_all(js)
+
+    _with_nats(url, go)
+    console.print(f"[green]streams and buckets ready on {url}[/]")
+
+
+# -- providers -------------------------------------------------------------------------------
+@provider_app.command("list")
+def provider_list(nats_url: NatsOpt = None, home: HomeOpt = None,
+                  json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List providers (keys masked)."""
+    from codeswitch.admin import list_providers
+
+    providers = _with_nats(nats_url_for(home, nats_url), list_providers)
+    if json_out:
+        sys.stdout.write(msgspec.json.encode([p.masked() for p in providers]).decode() + "\n")
+        return
+    table = Table("name", "dialect", "base_url", "models", "priority", "weight", "enabled",
+                  "key", "source")
+    for p in providers:
+        m = p.masked()
+        table.add_row(p.name, p.dialect, p.base_url, ", ".join(p.models) or "*",
+                      str(p.priority), str(p.weight), "yes" if p.enabled else "no",
+                      m.api_key or "-", p.source)
+    console.print(table)
+
+
+@provider_app.command("add")
+def provider_add(
+    name: Annotated[str, typer.Argument(help="Provider name (letters, digits, _ and -).")],
+    dialect: Annotated[str, typer.Option(help="anthropic | openai-chat | openai-responses | "
+                                         "gemini")],
+    base_url: Annotated[str, typer.Option(help="Base URL as the provider's SDK takes it.")],
+    api_key: Annotated[str, typer.Option(help="Key, or env:NAME.")] = "",
+    model: Annotated[list[str] | None, typer.Option("--model", help="Model glob it serves "
+                                                    "(repeatable; none = all).")] = None,
+    map_: Annotated[list[str] | None, typer.Option("--map", help="requested=upstream model "
+                                                   "(repeatable).")] = None,
+    priority: Annotated[int, typer.Option(help="Lower is tried first.")] = 1,
+    weight: Annotated[int, typer.Option(help="Weight within its priority level.")] = 1,
+    disabled: Annotated[bool, typer.Option("--disabled")] = False,
+    header: Annotated[list[str] | None, typer.Option("--header", help="Name: value "
+                                                     "(repeatable).")] = None,
+    nats_url: NatsOpt = None, home: HomeOpt = None,
+) -> None:
+    """Add or replace a provider. Running routers use it on their next request."""
+    from codeswitch.admin import put_provider
+    from schemas.config import ProviderConfig
+
+    try:
+        mapping = dict(item.split("=", 1) for item in map_ or [])
+        headers = {k.strip(): v.strip() for k, v in
+                   (item.split(":", 1) for item in header or [])}
+        provider = msgspec.convert({
+            "name": name, "dialect": dialect, "base_url": base_url, "api_key": api_key,
+            "models": model or [], "model_map": mapping, "priority": priority,
+            "weight": weight, "enabled": not disabled, "headers": headers, "source": "cli",
+        }, ProviderConfig)
+    except (ValueError, msgspec.ValidationError) as exc:
+        err.print(f"[red]invalid provider:[/] {exc}")
+        raise typer.Exit(2) from None
+
+    async def go(nc: Any) -> None:
+        await put_provider(nc, provider)
+
+    _with_nats(nats_url_for(home, nats_url), go)
+    console.print(f"provider [bold]{name}[/] saved ({dialect}, {base_url})")
+
+
+def _set_enabled(name: str, enabled: bool, nats_url: str | None, home: Path | None) -> None:
+    from codeswitch.admin import get_provider, put_provider
+
+    async def go(nc: Any) -> bool:
+        p = await get_provider(nc, name)
+        if p is None:
+            return False
+        await put_provider(nc, msgspec.structs.replace(p, enabled=enabled))
+        return True
+
+    if not _with_nats(nats_url_for(home, nats_url), go):
+        err.print(f"[red]no provider named {name!r}[/]")
+        raise typer.Exit(1)
+    console.print(f"provider [bold]{name}[/] {'enabled' if enabled else 'disabled'}")
+
+
+@provider_app.command("enable")
+def provider_enable(name: str, nats_url: NatsOpt = None, home: HomeOpt = None) -> None:
+    """Enable a provider."""
+    _set_enabled(name, True, nats_url, home)
+
+
+@provider_app.command("disable")
+def provider_disable(name: str, nats_url: NatsOpt = None, home: HomeOpt = None) -> None:
+    """Disable a provider (kept, not used)."""
+    _set_enabled(name, False, nats_url, home)
+
+
+@provider_app.command("remove")
+def provider_remove(name: str, nats_url: NatsOpt = None, home: HomeOpt = None) -> None:
+    """Remove a provider."""
+    from codeswitch.admin import delete_provider
+
+    async def go(nc: Any) -> bool:
+        return await delete_provider(nc, name)
+
+    if not _with_nats(nats_url_for(home, nats_url), go):
+        err.print(f"[red]no provider named {name!r}[/]")
+        raise typer.Exit(1)
+    console.print(f"provider [bold]{name}[/] removed")
+
+
+# -- tail ------------------------------------------------------------------------------------
+@app.command()
+def tail(
+    provider: Annotated[str | None, typer.Option(help="Only this provider.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only this model (glob).")] = None,
+    status: Annotated[str | None, typer.Option(
+        help="Only this status: 200, 4xx, 5xx, error.")] = None,
+    attempts: Annotated[bool, typer.Option("--attempts", help="Also show attempts.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON fact per line.")] = False,
+    count: Annotated[int | None, typer.Option("--count", "-n", help="Stop after N.")] = None,
+    nats_url: NatsOpt = None, home: HomeOpt = None,
+) -> None:
+    """Live view of the event log (what `nats sub 'llm.>'` shows), filtered."""
+    from codeswitch.tail import follow
+
+    try:
+        asyncio.run(follow(nats_url_for(home, nats_url), provider=provider, model=model,
+                           status=status, attempts=attempts, json_out=json_out, count=count,
+                           console=console))
+    except KeyboardInterrupt:
+        pass
+    except ConnectionError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+
+
+def _register_plugins() -> None:
+    """Command groups that live beside their parts (clients, ledger, alerts)."""
+    for module in ("codeswitch.cli_clients", "codeswitch.cli_ledger", "codeswitch.cli_alerts"):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        register = getattr(mod, "register", None)
+        if register is not None:
+            register(app)
+
+
+_register_plugins()
+
+
+@app.callback(invoke_without_command=True)
+def _root(version: Annotated[bool, typer.Option("--version", help="Print the version.")]
+          = False) -> None:
+    if version:
+        console.print(f"codeswitch {__version__}")
+        raise typer.Exit()
+
+
+def main() -> None:
+    app()

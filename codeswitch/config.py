@@ -1,0 +1,150 @@
+"""The TOML config file: ``[gateway]`` settings and ``[[providers]]`` tables.
+
+Errors name the file, the line and the key. Loaded values are applied to NATS KV (the single
+place every process reads config from); providers that came from the file carry
+``source = "config"`` so that a provider removed from the file is removed from KV on the next
+start, while providers added with the CLI are left alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from schemas.config import GatewaySettings, ProviderConfig, resolve_secret
+
+__all__ = ["ConfigError", "FileConfig", "load_config"]
+
+
+class ConfigError(Exception):
+    def __init__(self, path: Path, message: str, line: int | None = None,
+                 key: str | None = None) -> None:
+        where = f"{path}" + (f":{line}" if line else "")
+        text = f"{where}: " + (f"{key}: " if key else "") + message
+        super().__init__(text)
+        self.path, self.line, self.key = path, line, key
+
+
+@dataclass
+class FileConfig:
+    path: Path | None = None
+    host: str | None = None
+    port: int | None = None
+    settings: GatewaySettings = field(default_factory=GatewaySettings)
+    providers: list[ProviderConfig] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+_GATEWAY_KEYS = {"host", "port", "api_keys", "max_body_mb", "pickup_timeout", "body_log"}
+
+
+def _line_of(text: str, table_index: int | None, key: str | None,
+             table: str = "providers") -> int | None:
+    """Best-effort line number of ``key`` inside the n-th ``[[table]]`` (or ``[gateway]``)."""
+    lines = text.splitlines()
+    start = 0
+    if table_index is not None:
+        header = re.compile(rf"^\s*\[\[\s*{table}\s*\]\]")
+        seen = -1
+        for i, line in enumerate(lines):
+            if header.match(line):
+                seen += 1
+                if seen == table_index:
+                    start = i
+                    break
+        else:
+            return None
+    elif table != "providers":
+        for i, line in enumerate(lines):
+            if re.match(rf"^\s*\[\s*{table}\s*\]", line):
+                start = i
+                break
+    if key is None:
+        return start + 1
+    pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
+    for i in range(start, len(lines)):
+        if i > start and re.match(r"^\s*\[", lines[i]):
+            break
+        if pattern.match(lines[i]):
+            return i + 1
+    return start + 1
+
+
+def _field_of(exc: msgspec.ValidationError) -> str | None:
+    m = re.search(r"at `\$\.([A-Za-z_]+)", str(exc))
+    if m:
+        return m.group(1)
+    m = re.search(r"field `([A-Za-z_]+)`", str(exc))
+    return m.group(1) if m else None
+
+
+def load_config(path: str | Path) -> FileConfig:
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(path, f"cannot read: {exc.strerror}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"line (\d+)", str(exc))
+        raise ConfigError(path, f"invalid TOML: {exc}", int(m.group(1)) if m else None) \
+            from None
+    cfg = FileConfig(path=path, raw=raw)
+    unknown = set(raw) - {"gateway", "providers", "ledger", "alerts", "clients"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ConfigError(path, "unknown top-level key", _line_of(text, None, key, ""), key)
+
+    gw = raw.get("gateway", {})
+    if not isinstance(gw, dict):
+        raise ConfigError(path, "must be a table", _line_of(text, None, "gateway", ""),
+                          "gateway")
+    for key in gw:
+        if key not in _GATEWAY_KEYS:
+            raise ConfigError(path, f"unknown key (known: {', '.join(sorted(_GATEWAY_KEYS))})",
+                              _line_of(text, None, key, "gateway"), f"gateway.{key}")
+    try:
+        cfg.host = gw.get("host")
+        cfg.port = int(gw["port"]) if "port" in gw else None
+        keys = [resolve_secret(str(k)) for k in gw.get("api_keys", [])]
+        cfg.settings = GatewaySettings(
+            key_hashes=[hashlib.sha256(k.encode()).hexdigest() for k in keys if k],
+            max_body_bytes=int(float(gw.get("max_body_mb", 32)) * 1024 * 1024),
+            pickup_timeout=float(gw.get("pickup_timeout", 5.0)),
+            body_log=bool(gw.get("body_log", False)),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(path, str(exc), _line_of(text, None, None, "gateway"),
+                          "gateway") from None
+
+    providers = raw.get("providers", [])
+    if not isinstance(providers, list):
+        raise ConfigError(path, "must be an array of tables: [[providers]]",
+                          _line_of(text, None, "providers", ""), "providers")
+    names: set[str] = set()
+    for i, table in enumerate(providers):
+        table = {**table, "source": "config"}
+        try:
+            provider = msgspec.convert(table, ProviderConfig)
+        except msgspec.ValidationError as exc:
+            key = _field_of(exc)
+            raise ConfigError(path, str(exc), _line_of(text, i, key), f"providers[{i}]"
+                              + (f".{key}" if key else "")) from None
+        except ValueError as exc:
+            key = "name" if "name" in str(exc) else "base_url" if "base_url" in str(exc) \
+                else None
+            raise ConfigError(path, str(exc), _line_of(text, i, key), f"providers[{i}]"
+                              + (f".{key}" if key else "")) from None
+        if provider.name in names:
+            raise ConfigError(path, f"duplicate provider name {provider.name!r}",
+                              _line_of(text, i, "name"), f"providers[{i}].name")
+        names.add(provider.name)
+        cfg.providers.append(provider)
+    return cfg

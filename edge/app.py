@@ -1,0 +1,460 @@
+"""The edge: a thin ASGI app. It authenticates, reads the body, puts ONE request message on
+JetStream (``llm.request.<dialect>``) and relays what the router streams back on its reply
+subject. It never calls an upstream and parses only model, stream flag and identity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NATS
+
+from codeswitch import bus
+from codeswitch.facts import FactPublisher
+from edge.auth import AuthError, authenticate
+from edge.errors import EdgeError, render
+from edge.identity import Peek, identify, peek_decoder
+from edge.metrics import EdgeMetrics
+from edge.relay import DISCONNECTED, PICKUP_TIMEOUT, ROUTER_LOST, Dispatcher
+from edge.routes import Route, match_route
+from schemas.config import GatewaySettings
+from schemas.envelope import (
+    ENV_HEADER,
+    KIND_ACCEPTED,
+    KIND_DATA,
+    KIND_END,
+    KIND_FULL,
+    KIND_START,
+    ReplyStart,
+    RequestEnvelope,
+)
+from schemas.events import RequestCompleted, new_id
+from schemas.subjects import (
+    ROUTER_MODELS,
+    ROUTER_PING,
+    cancel_subject,
+    request_subject,
+    response_subject,
+)
+from workers.translator.errors import stream_error
+
+__all__ = ["EdgeApp"]
+
+log = logging.getLogger("codeswitch.edge")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+# Client headers passed to an upstream of the same dialect (the rest stays here).
+PASS_HEADERS = ("anthropic-version", "anthropic-beta", "openai-beta")
+_env_encoder = msgspec.json.Encoder()
+_start_decoder = msgspec.json.Decoder(ReplyStart)
+_settings_decoder = msgspec.json.Decoder(GatewaySettings)
+# Where the body goes to the object store instead of inline (headroom for headers).
+_HEADROOM = 64 * 1024
+
+
+class _Stop(Exception):
+    pass
+
+
+class EdgeApp:
+    """ASGI application. ``startup``/``shutdown`` are driven by the lifespan protocol."""
+
+    def __init__(self, nats_url: str, *, edge_id: str | None = None,
+                 settings: GatewaySettings | None = None, ensure_streams: bool = True) -> None:
+        self.nats_url = nats_url
+        self.edge_id = edge_id
+        self.settings = settings or GatewaySettings()
+        self._fixed_settings = settings is not None
+        self.ensure_streams = ensure_streams
+        self.metrics = EdgeMetrics()
+        self.nc: NATS | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.facts: FactPublisher | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._watch_task: asyncio.Task[None] | None = None
+        self.draining = False
+
+    # -- lifespan ---------------------------------------------------------------------------
+    async def startup(self) -> None:
+        self.nc = await bus.connect(self.nats_url, name=f"edge-{self.edge_id or ''}")
+        await bus.wait_ready(self.nc)
+        if self.ensure_streams:
+            await bus.ensure_all(self.nc.jetstream())
+        self.js = self.nc.jetstream()
+        self.dispatcher = Dispatcher(self.nc, self.edge_id)
+        self.edge_id = self.dispatcher.edge_id
+        await self.dispatcher.start()
+        self.facts = FactPublisher(self.nc)
+        self.facts.start()
+        if not self._fixed_settings:
+            self._watch_task = asyncio.create_task(self._watch_settings())
+
+    async def shutdown(self) -> None:
+        if self._watch_task:
+            self._watch_task.cancel()
+        if self.dispatcher:
+            self.dispatcher.stop()
+        if self.facts:
+            await self.facts.aclose()
+        if self.nc and not self.nc.is_closed:
+            await self.nc.drain()
+
+    async def _watch_settings(self) -> None:
+        kv = await self.js.key_value(bus.SETTINGS_BUCKET)
+        while True:
+            try:
+                watcher = await kv.watch("gateway")
+                async for entry in watcher:
+                    if entry is None or entry.value is None:
+                        continue
+                    if entry.operation in ("DEL", "PURGE"):
+                        self.settings = GatewaySettings()
+                        continue
+                    try:
+                        self.settings = _settings_decoder.decode(entry.value)
+                    except msgspec.ValidationError as exc:
+                        log.error("ignoring invalid gateway settings: %s", exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS restarted: watch again
+                log.debug("settings watch ended (%s); re-watching", exc)
+                await asyncio.sleep(0.5)
+
+    # -- ASGI -------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = match_route(scope["method"], scope["path"])
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        if route is None:
+            dialect = _guess_dialect(scope["path"], headers)
+            await _respond(send, 404, render(dialect, 404, f"no such endpoint: "
+                                             f"{scope['method']} {scope['path']}"))
+            return
+        if route.kind == "llm":
+            await self._llm(scope, receive, send, route, headers)
+        elif route.kind == "health":
+            await _respond(send, 200, b'{"status":"ok"}')
+        elif route.kind == "readiness":
+            await self._readiness(send)
+        elif route.kind == "metrics":
+            await _respond(send, 200, self.metrics.render(),
+                           "text/plain; version=0.0.4; charset=utf-8")
+        elif route.kind == "models":
+            await self._models(send, route, headers)
+        else:  # "/" and HEAD preconnects
+            await _respond(send, 200, b'{"service":"codeswitch"}')
+
+    async def _readiness(self, send: Send) -> None:
+        nc = self.nc
+        if nc is None or not nc.is_connected:
+            await _respond(send, 503, b'{"status":"nats disconnected"}')
+            return
+        try:
+            await nc.request(ROUTER_PING, b"", timeout=1.0)
+        except Exception:
+            await _respond(send, 503, b'{"status":"no router alive"}')
+            return
+        await _respond(send, 200, b'{"status":"ready"}')
+
+    async def _models(self, send: Send, route: Route, headers: dict[str, str]) -> None:
+        dialect = route.dialect or (
+            "anthropic" if "anthropic-version" in headers
+            else "gemini" if "x-goog-api-key" in headers else "openai-chat"
+        )
+        assert self.nc is not None
+        try:
+            reply = await self.nc.request(ROUTER_MODELS, dialect.encode(), timeout=2.0)
+        except Exception:
+            await _respond(send, 503, render(dialect, 503, "no router available"))
+            return
+        await _respond(send, 200, reply.data)
+
+    # -- the request path -------------------------------------------------------------------
+    async def _llm(self, scope: Scope, receive: Receive, send: Send, route: Route,
+                   headers: dict[str, str]) -> None:
+        t0 = time.time()
+        started = time.perf_counter()
+        request_id = new_id()
+        dialect = route.dialect
+        query = scope.get("query_string", b"").decode("latin-1")
+        state: dict[str, Any] = {"status": 0, "provider": None, "ttfb": None, "bytes_out": 0}
+        env: RequestEnvelope | None = None
+        try:
+            principal = authenticate(headers, query, self.settings)
+            body = await _read_body(receive, self.settings.max_body_bytes)
+            peek = _peek(body, dialect)
+            if dialect == "gemini":
+                model, stream = route.model, bool(route.stream)
+            else:
+                if not peek.model:
+                    raise EdgeError(400, "missing required field: model", "missing_model")
+                model, stream = peek.model, bool(peek.stream)
+            if dialect == "openai-responses" and peek.previous_response_id:
+                raise EdgeError(400, "previous_response_id is not supported: codeswitch serves "
+                                "the Responses API statelessly; send the whole conversation "
+                                "in `input` (as Codex CLI does)", "previous_response_not_found")
+            ident = identify(headers, peek)
+            if self.draining:
+                raise EdgeError(503, "gateway is shutting down", "shutting_down")
+            assert self.dispatcher is not None
+            reply, queue, timer = self.dispatcher.register(request_id,
+                                                           self.settings.pickup_timeout)
+            try:
+                env = RequestEnvelope(
+                    request_id=request_id, reply=reply, dialect=dialect,
+                    operation=route.operation, model=model, stream=stream,
+                    deadline=t0 + self.settings.pickup_timeout, received_at=t0,
+                    headers={h: headers[h] for h in PASS_HEADERS if h in headers},
+                    query=_strip_key(query), api_version=route.api_version,
+                    body_size=len(body), user=ident.user, session=ident.session,
+                    client=ident.client, pin_provider=headers.get("x-codeswitch-provider"),
+                    edge=self.edge_id, key_hash=principal.key_hash,
+                )
+                env = await self._publish(env, body)
+                await self._relay(env, queue, timer, receive, send, state, started)
+            finally:
+                self.dispatcher.unregister(request_id)
+        except AuthError as exc:
+            await self._fail(send, state, dialect, exc.status, exc.message, "authentication",
+                             request_id, started)
+        except EdgeError as exc:
+            await self._fail(send, state, dialect, exc.status, exc.message, exc.code,
+                             request_id, started)
+        except _Stop:
+            pass
+        except Exception as exc:  # never a bare 500 with a traceback
+            log.exception("edge error on %s", request_id)
+            await self._fail(send, state, dialect, 500, f"gateway error: {type(exc).__name__}",
+                             "internal", request_id, started)
+        finally:
+            latency = time.perf_counter() - started
+            self.metrics.observe(dialect, state["provider"], state["status"], latency,
+                                 state["ttfb"])
+            if state.get("fact") and self.facts is not None:
+                # The edge answered alone (no router did): it records the request itself.
+                self.facts.emit(response_subject(dialect, None), RequestCompleted(
+                    id=new_id(), ts=time.time(), request_id=request_id, dialect=dialect,
+                    operation=route.operation, model=(env.model if env else route.model),
+                    stream=bool(env and env.stream), status=state["status"],
+                    error_class=state["fact"], error_message=state.get("message"),
+                    received_at=t0, duration_ms=latency * 1000,
+                    user=env.user if env else None, session=env.session if env else None,
+                    client=env.client if env else None, edge=self.edge_id,
+                ))
+
+    async def _publish(self, env: RequestEnvelope, body: bytes) -> RequestEnvelope:
+        assert self.nc is not None
+        if len(body) + _HEADROOM > self.nc.max_payload:
+            # Too large for one message: the body goes to the object store, the message
+            # carries its name. (The only case where the request path writes twice.)
+            obs = await self.js.object_store(bus.BODIES_BUCKET)
+            await obs.put(env.request_id, body)
+            env = msgspec.structs.replace(env, body_ref=env.request_id)
+            body = b""
+        try:
+            await self.js.publish(
+                request_subject(env.dialect), body,
+                headers={"Nats-Msg-Id": env.request_id,
+                         ENV_HEADER: _env_encoder.encode(env).decode()},
+                timeout=5.0,
+            )
+        except Exception as exc:
+            raise EdgeError(503, "gateway bus unavailable, try again", "bus_unavailable") from exc
+        return env
+
+    async def _relay(self, env: RequestEnvelope, queue: asyncio.Queue[bytes],
+                     timer: asyncio.TimerHandle, receive: Receive, send: Send,
+                     state: dict[str, Any], started: float) -> None:
+        """Relay the reply stream to the HTTP client; cancel upstream work if it goes away."""
+        disconnect = asyncio.ensure_future(receive())
+
+        def _on_disconnect(task: asyncio.Future[Message]) -> None:
+            if not task.cancelled():
+                queue.put_nowait(DISCONNECTED)
+
+        disconnect.add_done_callback(_on_disconnect)
+        try:
+            # 1. until the answer starts: heartbeats, or a marker from the edge itself
+            while True:
+                data = await queue.get()
+                if data == DISCONNECTED:
+                    await self._cancel(env.request_id)
+                    state["status"] = 499
+                    raise _Stop
+                kind = data[0]
+                if kind == KIND_ACCEPTED:
+                    timer.cancel()
+                    continue
+                if data == PICKUP_TIMEOUT:
+                    await self._cancel(env.request_id)
+                    raise EdgeError(503, "no router available to take the request (is "
+                                    "`codeswitch worker router` running?)", "no_router")
+                if data == ROUTER_LOST:
+                    raise EdgeError(502, "the router handling this request stopped "
+                                    "responding", "router_lost")
+                break
+            # 2. the answer
+            if kind == KIND_FULL:
+                head, _, body = data[1:].partition(b"\n")
+                start = _start_decoder.decode(head)
+                await self._send_start(send, start, env, state, len(body))
+                state["ttfb"] = time.perf_counter() - started
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+                state["bytes_out"] = len(body)
+                return
+            if kind != KIND_START:
+                raise EdgeError(502, "router sent an unexpected reply", "bad_reply")
+            start = _start_decoder.decode(data[1:])
+            await self._send_start(send, start, env, state, None)
+            out = 0
+            while True:
+                data = await queue.get()
+                if data == DISCONNECTED:
+                    await self._cancel(env.request_id)
+                    state["status"] = 499
+                    return
+                kind = data[0]
+                if kind == KIND_DATA:
+                    if state["ttfb"] is None:
+                        state["ttfb"] = time.perf_counter() - started
+                    out += len(data) - 1
+                    await send({"type": "http.response.body", "body": data[1:],
+                                "more_body": True})
+                elif kind == KIND_END:
+                    break
+                elif data == ROUTER_LOST:
+                    state["fact"], state["message"] = "router_lost", "router stopped mid-stream"
+                    await send({"type": "http.response.body", "more_body": True,
+                                "body": stream_error(env.dialect, 502, "the router handling "
+                                                     "this request stopped responding")})
+                    break
+            state["bytes_out"] = out
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            timer.cancel()
+            disconnect.cancel()
+
+    async def _send_start(self, send: Send, start: ReplyStart, env: RequestEnvelope,
+                          state: dict[str, Any], length: int | None) -> None:
+        state["status"] = start.status
+        state["provider"] = start.provider
+        raw = [
+            (b"content-type", start.content_type.encode("latin-1")),
+            (b"x-codeswitch-request-id", env.request_id.encode()),
+        ]
+        if start.provider:
+            raw.append((b"x-codeswitch-provider", start.provider.encode("latin-1")))
+        if start.upstream_model:
+            raw.append((b"x-codeswitch-model", start.upstream_model.encode("latin-1")))
+        for name, value in start.headers.items():
+            raw.append((name.encode("latin-1"), value.encode("latin-1")))
+        if length is not None:
+            raw.append((b"content-length", str(length).encode()))
+        elif start.content_type.startswith("text/event-stream"):
+            raw.append((b"cache-control", b"no-cache"))
+            raw.append((b"x-accel-buffering", b"no"))
+        await send({"type": "http.response.start", "status": start.status, "headers": raw})
+
+    async def _cancel(self, request_id: str) -> None:
+        if self.nc is not None and self.nc.is_connected:
+            try:
+                await self.nc.publish(cancel_subject(request_id), b"")
+            except Exception:  # best effort: the router also stops when the deadline passes
+                pass
+
+    async def _fail(self, send: Send, state: dict[str, Any], dialect: str, status: int,
+                    message: str, code: str, request_id: str, started: float) -> None:
+        state["status"] = status
+        state["fact"] = code
+        state["message"] = message
+        body = render(dialect, status, message, code=code, request_id=request_id)
+        try:
+            await _respond(send, status, body, request_id=request_id)
+        except Exception:  # response already started: nothing more to say on this socket
+            pass
+
+
+def _peek(body: bytes, dialect: str) -> Peek:
+    if not body:
+        raise EdgeError(400, "request body is empty; expected a JSON object", "invalid_json")
+    try:
+        return peek_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise EdgeError(400, f"invalid request: {exc}", "invalid_request") from None
+    except msgspec.DecodeError as exc:
+        raise EdgeError(400, f"request body is not valid JSON: {exc}", "invalid_json") from None
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Stop
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise EdgeError(413, f"request body exceeds the gateway limit of {limit} bytes",
+                                "request_too_large")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _respond(send: Send, status: int, body: bytes,
+                   content_type: str = "application/json", *,
+                   request_id: str | None = None) -> None:
+    headers = [(b"content-type", content_type.encode()),
+               (b"content-length", str(len(body)).encode())]
+    if request_id:
+        headers.append((b"x-codeswitch-request-id", request_id.encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _strip_key(query: str) -> str:
+    if "key=" not in query:
+        return query
+    return "&".join(p for p in query.split("&") if not p.startswith("key="))
+
+
+def _guess_dialect(path: str, headers: dict[str, str]) -> str:
+    if "anthropic-version" in headers or "/messages" in path:
+        return "anthropic"
+    if "x-goog-api-key" in headers or "/models/" in path:
+        return "gemini"
+    return "openai-chat"
+

@@ -1,0 +1,51 @@
+"""GET /v1/models and /v1beta/models: the models the configured providers serve, in the
+shape of the asking client's dialect. Glob patterns are not models, so only exact names from
+``models`` and ``model_map`` are listed."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+
+from schemas.config import ProviderConfig
+
+__all__ = ["model_names", "render_models"]
+
+_enc = msgspec.json.Encoder()
+_GLOB = set("*?[")
+
+
+def model_names(providers: list[ProviderConfig]) -> list[tuple[str, str]]:
+    seen: dict[str, str] = {}
+    for p in sorted(providers, key=lambda p: (p.priority, p.name)):
+        if not p.enabled:
+            continue
+        for name in [*p.models, *p.model_map]:
+            if not (_GLOB & set(name)):
+                seen.setdefault(name, p.name)
+    return sorted(seen.items())
+
+
+def render_models(dialect: str, providers: list[ProviderConfig]) -> bytes:
+    names = model_names(providers)
+    created = int(time.time())
+    doc: dict[str, Any]
+    if dialect == "anthropic":
+        data = [{"type": "model", "id": n, "display_name": n,
+                 "created_at": "2025-01-01T00:00:00Z"} for n, _ in names]
+        doc = {"data": data, "has_more": False,
+               "first_id": data[0]["id"] if data else None,
+               "last_id": data[-1]["id"] if data else None}
+    elif dialect == "gemini":
+        doc = {"models": [{
+            "name": f"models/{n}", "displayName": n, "version": "001",
+            "supportedGenerationMethods": ["generateContent", "streamGenerateContent",
+                                           "countTokens"],
+        } for n, _ in names]}
+    else:
+        doc = {"object": "list", "data": [
+            {"id": n, "object": "model", "created": created, "owned_by": owner}
+            for n, owner in names]}
+    return _enc.encode(doc)

@@ -1,0 +1,590 @@
+"""The router worker: takes request messages from the CS_REQUESTS work queue (a durable push
+consumer delivered to the queue group "routers", so N routers share the work), plans the
+attempts, calls the upstream with httpx, streams the answer to the edge's reply subject, falls
+back before the first content byte, and publishes attempt and response facts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import api as js_api
+
+from codeswitch import bus
+from codeswitch.facts import FactPublisher
+from schemas.envelope import (
+    ENV_HEADER,
+    KIND_ACCEPTED,
+    KIND_DATA,
+    KIND_END,
+    KIND_FULL,
+    KIND_START,
+    ReplyStart,
+    RequestEnvelope,
+)
+from schemas.events import AttemptFinished, RequestCompleted, Usage, new_id
+from schemas.subjects import (
+    CANCEL_PREFIX,
+    REQUEST_PREFIX,
+    ROUTER_MODELS,
+    ROUTER_PING,
+    attempt_subject,
+    response_subject,
+)
+from workers import translator
+from workers.router.models import render_models
+from workers.router.plan import Candidate, NoProviderError, RoundRobin, plan, should_fail_over
+from workers.router.providers import ProviderTable
+from workers.router.upstream import (
+    UpstreamFailure,
+    map_errors,
+    rewrite_model,
+    upstream_headers,
+    upstream_url,
+)
+from workers.translator.errors import error_body, stream_error
+from workers.translator.usage import UsageTracker
+
+__all__ = ["Router", "run"]
+
+log = logging.getLogger("codeswitch.router")
+
+_env_decoder = msgspec.json.Decoder(RequestEnvelope)
+_enc = msgspec.json.Encoder()
+_A = bytes([KIND_ACCEPTED])
+_D = bytes([KIND_DATA])
+_E = bytes([KIND_END])
+_F = bytes([KIND_FULL])
+_S = bytes([KIND_START])
+# Hold a stream's opening bytes until its first content event (or this much), so that an
+# error event before any content can still fall back to the next provider.
+_HOLD_LIMIT = 64 * 1024
+HEARTBEAT_S = 5.0
+
+
+def _can_translate(src: str, dst: str) -> bool:
+    fn = getattr(translator, "can_translate", None)
+    return bool(fn(src, dst)) if fn is not None else False
+
+
+@dataclass
+class _Attempt:
+    """What one attempt produced; becomes an AttemptFinished fact."""
+
+    candidate: Candidate
+    number: int
+    started_at: float
+    outcome: str = "failed"
+    status: int = 0
+    error_class: str | None = None
+    error_message: str | None = None
+    ttfb_ms: float | None = None
+    duration_ms: float = 0.0
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    committed: bool = False  # something reached the client
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    bytes_out: int = 0
+
+
+class Router:
+    def __init__(self, nats_url: str, *, router_id: str | None = None,
+                 max_in_flight: int = 4096, grace: float = 10.0) -> None:
+        self.nats_url = nats_url
+        self.router_id = router_id or f"router-{os.getpid()}-{os.urandom(2).hex()}"
+        self.max_in_flight = max_in_flight
+        self.grace = grace
+        self.table = ProviderTable()
+        self.rr = RoundRobin()
+        self.nc: NATS | None = None
+        self.facts: FactPublisher | None = None
+        self.http: httpx.AsyncClient | None = None
+        self._inflight: dict[str, tuple[asyncio.Task[None], str]] = {}
+        self._subs: list[Subscription] = []
+        self._work_sub: Subscription | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.handled = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def startup(self) -> None:
+        self.nc = nc = await bus.connect(self.nats_url, name=self.router_id)
+        await bus.wait_ready(nc)
+        js = nc.jetstream()
+        await bus.ensure_all(js)
+        self.js = js
+        self.http = httpx.AsyncClient(
+            timeout=None, follow_redirects=False, trust_env=False,
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=512,
+                                keepalive_expiry=60.0),
+        )
+        self.facts = FactPublisher(nc)
+        self.facts.start()
+        kv = await js.key_value(bus.PROVIDERS_BUCKET)
+        self._tasks.append(asyncio.create_task(self.table.watch(kv), name="providers"))
+        try:
+            await asyncio.wait_for(self.table.ready.wait(), 10)
+        except TimeoutError:
+            log.warning("provider list not loaded after 10 s; continuing")
+        self._subs.append(await nc.subscribe(ROUTER_PING, queue="routers", cb=self._on_ping))
+        self._subs.append(await nc.subscribe(ROUTER_MODELS, queue="routers",
+                                             cb=self._on_models))
+        self._subs.append(await nc.subscribe(f"{CANCEL_PREFIX}.*", cb=self._on_cancel))
+        self._work_sub = await js.subscribe(
+            f"{REQUEST_PREFIX}.>", queue=bus.ROUTER_DURABLE, durable=bus.ROUTER_DURABLE,
+            stream=bus.REQUESTS_STREAM, cb=self._on_request, manual_ack=True,
+            config=js_api.ConsumerConfig(
+                ack_policy=js_api.AckPolicy.EXPLICIT, ack_wait=30,
+                max_ack_pending=self.max_in_flight, max_deliver=1,
+            ),
+            pending_msgs_limit=100_000, pending_bytes_limit=1024 * 1024 * 1024,
+        )
+        self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
+        log.info("router %s ready (%d providers)", self.router_id, len(self.table.providers))
+
+    async def shutdown(self) -> None:
+        """Stop taking work, let in-flight requests finish within the grace period."""
+        if self._work_sub is not None:
+            try:
+                await self._work_sub.unsubscribe()
+            except Exception:
+                pass
+        pending = [task for task, _ in self._inflight.values()]
+        if pending:
+            log.info("waiting up to %.0fs for %d requests", self.grace, len(pending))
+            _, still = await asyncio.wait(pending, timeout=self.grace)
+            for task in still:
+                task.cancel()
+            if still:
+                await asyncio.wait(still, timeout=2)
+        for task in self._tasks:
+            task.cancel()
+        if self.facts:
+            await self.facts.aclose()
+        if self.http:
+            await self.http.aclose()
+        if self.nc and not self.nc.is_closed:
+            await self.nc.drain()
+
+    # -- NATS callbacks ----------------------------------------------------------------------
+    async def _on_ping(self, msg: Msg) -> None:
+        await msg.respond(self.router_id.encode())
+
+    async def _on_models(self, msg: Msg) -> None:
+        await msg.respond(render_models(msg.data.decode() or "openai-chat",
+                                        self.table.active()))
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        entry = self._inflight.get(msg.subject[len(CANCEL_PREFIX) + 1:])
+        if entry is not None:
+            entry[0].cancel()
+
+    async def _on_request(self, msg: Msg) -> None:
+        try:
+            raw = (msg.headers or {}).get(ENV_HEADER)
+            env = _env_decoder.decode(raw) if raw else None
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            env = None
+        await msg.ack()
+        if env is None:
+            log.error("dropping malformed request message on %s", msg.subject)
+            return
+        if env.deadline and time.time() > env.deadline:
+            return  # the edge stopped waiting (and answered 503); nobody to reply to
+        task = asyncio.create_task(self._handle(env, msg.data))
+        self._inflight[env.request_id] = (task, env.reply)
+        task.add_done_callback(lambda _t, rid=env.request_id: self._inflight.pop(rid, None))
+
+    async def _heartbeat(self) -> None:
+        """Tell every waiting edge that its request is still being worked on."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            assert self.nc is not None
+            for _, reply in list(self._inflight.values()):
+                try:
+                    await self.nc.publish(reply, _A)
+                except Exception:
+                    break
+
+    # -- one request -------------------------------------------------------------------------
+    async def _handle(self, env: RequestEnvelope, body: bytes) -> None:
+        assert self.nc is not None
+        nc = self.nc
+        await nc.publish(env.reply, _A)
+        t0 = time.perf_counter()
+        attempts: list[_Attempt] = []
+        final: _Attempt | None = None
+        status = 0
+        error_class: str | None = None
+        error_message: str | None = None
+        ttfb_ms: float | None = None
+        try:
+            if env.body_ref:
+                obs = await self.js.object_store(bus.BODIES_BUCKET)
+                body = (await obs.get(env.body_ref)).data or b""
+                await obs.delete(env.body_ref)
+            try:
+                candidates = plan(self.table.active(), dialect=env.dialect, model=env.model,
+                                  pinned=env.pin_provider, can_translate=_can_translate,
+                                  rr=self.rr)
+            except NoProviderError as exc:
+                status, error_class, error_message = exc.status, "no_provider", exc.message
+                await self._reply_error(env, exc.status, exc.message, "no_provider")
+                return
+            candidates = self._skip_cooling(candidates)
+            for number, cand in enumerate(candidates, 1):
+                has_next = number < len(candidates)
+                att = await self._attempt(env, body, cand, number, has_next, t0)
+                attempts.append(att)
+                if att.committed or att.outcome != "fallback":
+                    final = att
+                    break
+            if final is None:
+                final = attempts[-1]
+                final.outcome = "failed"
+                await self._relay_failure(env, final)
+            elif not final.committed:
+                await self._relay_failure(env, final)
+            status = final.status if final.committed or final.status else 502
+            if not final.committed and not final.status:
+                status = 504 if final.error_class == "timeout" else 502
+            error_class = final.error_class
+            error_message = final.error_message
+            ttfb_ms = final.ttfb_ms
+        except asyncio.CancelledError:
+            status, error_class, error_message = 499, "client_disconnected", "client went away"
+            if attempts and attempts[-1].outcome == "ok" and attempts[-1].committed:
+                attempts[-1].outcome = "failed"
+            if attempts:
+                attempts[-1].error_class = attempts[-1].error_class or "client_disconnected"
+        except Exception as exc:
+            log.exception("router failure on %s", env.request_id)
+            status, error_class, error_message = 500, "internal", type(exc).__name__
+            try:
+                await self._reply_error(env, 500, "gateway error while routing the request",
+                                        "internal")
+            except Exception:
+                pass
+        finally:
+            self.handled += 1
+            self._record(env, attempts, final, status, error_class, error_message, ttfb_ms,
+                         (time.perf_counter() - t0) * 1000)
+
+    def _skip_cooling(self, candidates: list[Candidate]) -> list[Candidate]:
+        """Providers cooling down after a 429 Retry-After go last, not away."""
+        warm = [c for c in candidates if not self.table.cooling(c.provider.name)]
+        if len(warm) == len(candidates) or not warm:
+            return candidates
+        return warm + [c for c in candidates if c not in warm]
+
+    async def _attempt(self, env: RequestEnvelope, body: bytes, cand: Candidate, number: int,
+                       has_next: bool, t0: float) -> _Attempt:
+        assert self.http is not None and self.nc is not None
+        p = cand.provider
+        att = _Attempt(cand, number, time.time())
+        started = time.perf_counter()
+        same = not cand.translated
+        stream = env.stream and env.operation == "generate"
+        try:
+            if env.operation == "count_tokens" and not same:
+                return await self._estimate_tokens(env, body, att)
+            if same:
+                up_body = body if p.dialect == "gemini" else rewrite_model(
+                    body, cand.upstream_model, env.model)
+            else:
+                up_body = translator.translate_request(
+                    env.dialect, p.dialect, body, model=cand.upstream_model, stream=stream)
+            url = upstream_url(p, operation=env.operation, model=cand.upstream_model,
+                               stream=stream, query=env.query if same else "")
+            headers = upstream_headers(p, env.headers, same_dialect=same)
+            t = p.timeouts
+            timeout = httpx.Timeout(connect=t.connect, read=t.idle if stream else t.first_byte,
+                                    write=t.connect + 30, pool=t.connect)
+            request = self.http.build_request("POST", url, content=up_body, headers=headers,
+                                              timeout=timeout)
+            async with asyncio.timeout(t.total):
+                with map_errors("connect"):
+                    async with asyncio.timeout(t.first_byte):
+                        resp = await self.http.send(request, stream=True)
+                try:
+                    if resp.status_code >= 400:
+                        with map_errors("error body"):
+                            err_body = await resp.aread()
+                        raise UpstreamFailure(
+                            f"http_{resp.status_code}", _error_text(err_body),
+                            resp.status_code, err_body, _keep_headers(resp.headers))
+                    if stream:
+                        await self._stream(env, resp, cand, att, started, has_next)
+                    else:
+                        await self._whole(env, resp, cand, att, started)
+                finally:
+                    await resp.aclose()
+        except UpstreamFailure as exc:
+            att.status, att.error_class, att.error_message = exc.status, exc.error_class, \
+                exc.message
+            att.body, att.headers = exc.body, exc.headers
+            if exc.status == 429:
+                self.table.cool_down(p.name, _retry_after(exc.headers))
+            if att.committed:
+                att.outcome = "failed"
+                await self._end_stream_with_error(env, att, exc)
+            elif exc.status == 0 or should_fail_over(exc.status, has_next=has_next) \
+                    or exc.error_class == "stream_error":
+                att.outcome = "fallback" if has_next else "failed"
+            else:
+                att.outcome = "failed"
+        except TimeoutError:
+            att.error_class, att.error_message = "timeout", "upstream timed out"
+            if att.committed:
+                att.outcome = "failed"
+                await self._end_stream_with_error(
+                    env, att, UpstreamFailure("timeout", "upstream timed out", 504))
+            else:
+                att.outcome = "fallback" if has_next else "failed"
+        except translator.TranslationError as exc:  # type: ignore[attr-defined]
+            att.status, att.error_class, att.error_message = exc.status, "translation", \
+                exc.message
+            att.body = error_body(env.dialect, exc.status, exc.message)
+            att.headers = {"x-codeswitch-translated": "1"}
+            att.outcome = "failed"
+        finally:
+            att.duration_ms = (time.perf_counter() - started) * 1000
+        return att
+
+    async def _whole(self, env: RequestEnvelope, resp: httpx.Response, cand: Candidate,
+                     att: _Attempt, started: float) -> None:
+        with map_errors("body"):
+            data = await resp.aread()
+        att.ttfb_ms = (time.perf_counter() - started) * 1000
+        att.status = resp.status_code
+        p = cand.provider
+        tracker = UsageTracker(p.dialect, False)
+        tracker.feed(data)
+        tracker.finish()
+        att.usage, att.finish_reason = tracker.usage, tracker.finish_reason
+        if cand.translated:
+            data = translator.translate_response(p.dialect, env.dialect, data,
+                                                 model=env.model, request_id=env.request_id)
+        start = ReplyStart(status=resp.status_code,
+                           content_type=resp.headers.get("content-type", "application/json"),
+                           provider=p.name, upstream_model=cand.upstream_model,
+                           headers=_keep_headers(resp.headers))
+        await self._send_full(env, start, data)
+        att.committed = True
+        att.outcome = "ok"
+        att.bytes_out = len(data)
+
+    async def _stream(self, env: RequestEnvelope, resp: httpx.Response, cand: Candidate,
+                      att: _Attempt, started: float, has_next: bool) -> None:
+        assert self.nc is not None
+        nc = self.nc
+        p = cand.provider
+        tracker = UsageTracker(p.dialect, True)
+        conv = (translator.StreamTranslator(p.dialect, env.dialect, model=env.model,
+                                            request_id=env.request_id)
+                if cand.translated else None)
+        held: list[bytes] = []
+        held_size = 0
+        reply = env.reply
+        ctype = "text/event-stream; charset=utf-8" if conv is not None else \
+            resp.headers.get("content-type", "text/event-stream")
+        start = _enc.encode(ReplyStart(status=200, content_type=ctype, provider=p.name,
+                                       upstream_model=cand.upstream_model,
+                                       headers=_keep_headers(resp.headers)))
+        with map_errors("stream"):
+            async for chunk in resp.aiter_bytes():
+                if att.ttfb_ms is None:
+                    att.ttfb_ms = (time.perf_counter() - started) * 1000
+                tracker.feed(chunk)
+                out = conv.feed(chunk) if conv is not None else chunk
+                if not att.committed:
+                    if tracker.error is not None and not tracker.saw_content:
+                        raise UpstreamFailure("stream_error", f"{tracker.error[0]}: "
+                                              f"{tracker.error[1]}"[:300], 200)
+                    if out:
+                        held.append(out)
+                        held_size += len(out)
+                    if tracker.saw_content or held_size > _HOLD_LIMIT:
+                        await nc.publish(reply, _S + start)
+                        att.committed = True
+                        if held:
+                            data = b"".join(held)
+                            att.bytes_out += len(data)
+                            await nc.publish(reply, _D + data)
+                        held = []
+                elif out:
+                    att.bytes_out += len(out)
+                    await nc.publish(reply, _D + out)
+        tracker.finish()
+        att.usage, att.finish_reason = tracker.usage, tracker.finish_reason
+        tail = conv.close() if conv is not None else b""
+        if not att.committed:
+            if tracker.error is not None:
+                raise UpstreamFailure("stream_error",
+                                      f"{tracker.error[0]}: {tracker.error[1]}"[:300], 200)
+            await nc.publish(reply, _S + start)
+            att.committed = True
+            held.append(tail)
+            tail = b"".join(held)
+        if tail:
+            att.bytes_out += len(tail)
+            await nc.publish(reply, _D + tail)
+        await nc.publish(reply, _E)
+        att.status = 200
+        if tracker.error is not None:
+            att.outcome, att.error_class = "failed", "stream_error"
+            att.error_message = f"{tracker.error[0]}: {tracker.error[1]}"[:300]
+        else:
+            att.outcome = "ok"
+
+    async def _end_stream_with_error(self, env: RequestEnvelope, att: _Attempt,
+                                     exc: UpstreamFailure) -> None:
+        """After content reached the client: close the stream with an in-stream error."""
+        assert self.nc is not None
+        status = exc.status if exc.status >= 400 else 502
+        message = f"upstream {att.candidate.provider.name} failed mid-stream: {exc.message}"
+        try:
+            await self.nc.publish(env.reply, _D + stream_error(env.dialect, status, message))
+            await self.nc.publish(env.reply, _E)
+        except Exception:
+            pass
+
+    async def _estimate_tokens(self, env: RequestEnvelope, body: bytes,
+                               att: _Attempt) -> _Attempt:
+        estimate = getattr(translator, "count_tokens_estimate", None)
+        tokens = int(estimate(env.dialect, body)) if estimate else max(1, len(body) // 4)
+        doc: dict[str, Any] = ({"totalTokens": tokens} if env.dialect == "gemini"
+                               else {"input_tokens": tokens})
+        await self._send_full(env, ReplyStart(status=200, provider=att.candidate.provider.name,
+                                              headers={"x-codeswitch-estimate": "true"}),
+                              _enc.encode(doc))
+        att.status, att.outcome, att.committed = 200, "ok", True
+        return att
+
+    async def _relay_failure(self, env: RequestEnvelope, att: _Attempt) -> None:
+        """Nothing was sent yet: send the final attempt's error in the client's dialect."""
+        p = att.candidate.provider
+        if att.status >= 400:
+            status, data = att.status, att.body
+            same = p.dialect == env.dialect
+            if not same:
+                fn = getattr(translator, "translate_error", None)
+                if fn is not None and att.error_class != "translation":
+                    status, data = fn(p.dialect, env.dialect, status, data)
+                elif att.error_class != "translation":
+                    data = error_body(env.dialect, status, att.error_message or "upstream error")
+            elif not data.strip():
+                data = error_body(env.dialect, status, att.error_message or "upstream error")
+            headers = {k: v for k, v in att.headers.items() if k == "retry-after"}
+        else:
+            status = 504 if att.error_class in ("timeout", "connect_timeout") else 502
+            if att.error_class == "stream_error":
+                status = 502
+            data = error_body(env.dialect, status,
+                              f"upstream {p.name} failed: {att.error_message}",
+                              code=att.error_class)
+            headers = {}
+        await self._send_full(env, ReplyStart(status=status, provider=p.name,
+                                              upstream_model=att.candidate.upstream_model,
+                                              headers=headers), data)
+
+    async def _reply_error(self, env: RequestEnvelope, status: int, message: str,
+                           code: str) -> None:
+        await self._send_full(env, ReplyStart(status=status),
+                              error_body(env.dialect, status, message, code=code,
+                                         request_id=env.request_id))
+
+    async def _send_full(self, env: RequestEnvelope, start: ReplyStart, data: bytes) -> None:
+        assert self.nc is not None
+        head = _enc.encode(start)
+        if len(data) + len(head) + 64 < self.nc.max_payload:
+            await self.nc.publish(env.reply, _F + head + b"\n" + data)
+            return
+        step = self.nc.max_payload - 1024
+        await self.nc.publish(env.reply, _S + head)
+        for i in range(0, len(data), step):
+            await self.nc.publish(env.reply, _D + data[i:i + step])
+        await self.nc.publish(env.reply, _E)
+
+    # -- facts -------------------------------------------------------------------------------
+    def _record(self, env: RequestEnvelope, attempts: list[_Attempt], final: _Attempt | None,
+                status: int, error_class: str | None, error_message: str | None,
+                ttfb_ms: float | None, duration_ms: float) -> None:
+        facts = self.facts
+        if facts is None:
+            return
+        now = time.time()
+        for att in attempts:
+            c = att.candidate
+            facts.emit(attempt_subject(env.dialect, c.provider.name), AttemptFinished(
+                id=new_id(), ts=now, request_id=env.request_id, attempt=att.number,
+                dialect=env.dialect, provider=c.provider.name,
+                provider_dialect=c.provider.dialect, model=env.model,
+                upstream_model=c.upstream_model, stream=env.stream, outcome=att.outcome,
+                status=att.status, error_class=att.error_class,
+                error_message=att.error_message, started_at=att.started_at,
+                ttfb_ms=att.ttfb_ms, duration_ms=att.duration_ms, usage=att.usage,
+                translated=c.translated,
+            ))
+        served = final.candidate if final is not None and final.committed else None
+        facts.emit(response_subject(env.dialect, served.provider.name if served else None),
+                   RequestCompleted(
+            id=new_id(), ts=now, request_id=env.request_id, dialect=env.dialect,
+            operation=env.operation, model=env.model,
+            provider=served.provider.name if served else
+            (final.candidate.provider.name if final else None),
+            provider_dialect=(final.candidate.provider.dialect if final else None),
+            upstream_model=final.candidate.upstream_model if final else None,
+            stream=env.stream, status=status,
+            error_class=error_class if status >= 400 or error_class else None,
+            error_message=error_message if status >= 400 or error_class else None,
+            received_at=env.received_at,
+            ttfb_ms=ttfb_ms,
+            duration_ms=duration_ms, usage=final.usage if final else None,
+            attempts=len(attempts), translated=bool(final and final.candidate.translated),
+            finish_reason=final.finish_reason if final else None, user=env.user,
+            session=env.session, client=env.client, edge=env.edge, router=self.router_id,
+            bytes_in=env.body_size, bytes_out=final.bytes_out if final else 0,
+        ))
+
+
+def _keep_headers(headers: httpx.Headers) -> dict[str, str]:
+    keep = {}
+    for name in ("retry-after", "request-id", "x-request-id"):
+        value = headers.get(name)
+        if value:
+            keep["retry-after" if name == "retry-after" else "x-upstream-request-id"] = value
+    return keep
+
+
+def _retry_after(headers: dict[str, str]) -> float:
+    try:
+        return max(0.0, float(headers.get("retry-after", "1")))
+    except ValueError:
+        return 1.0
+
+
+def _error_text(body: bytes) -> str:
+    text = body[:300].decode("utf-8", "replace").replace("\n", " ")
+    return text or "(empty body)"
+
+
+async def run(nats_url: str, home: Any = None, stop: asyncio.Event | None = None,
+              **kwargs: Any) -> None:
+    """Run one router until ``stop`` is set."""
+    router = Router(nats_url, **kwargs)
+    await router.startup()
+    try:
+        await (stop or asyncio.Event()).wait()
+    finally:
+        await router.shutdown()

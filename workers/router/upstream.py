@@ -1,0 +1,126 @@
+"""Building the upstream HTTP request for a provider, and mapping transport failures.
+
+Pure helpers (``upstream_url``, ``upstream_headers``, ``rewrite_model``) plus ``map_errors``,
+the one place where httpx exceptions become our error classes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import msgspec
+
+from schemas.config import ProviderConfig, resolve_secret
+
+__all__ = [
+    "UpstreamFailure",
+    "map_errors",
+    "rewrite_model",
+    "upstream_headers",
+    "upstream_url",
+]
+
+_raw_obj = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_enc = msgspec.json.Encoder()
+
+
+class UpstreamFailure(Exception):
+    """An attempt that failed before or while talking to the provider."""
+
+    def __init__(self, error_class: str, message: str, status: int = 0,
+                 body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+        self.message = message
+        self.status = status
+        self.body = body
+        self.headers = headers or {}
+
+
+def upstream_url(provider: ProviderConfig, *, operation: str, model: str, stream: bool,
+                 query: str = "") -> str:
+    base = provider.base_url.rstrip("/")
+    d = provider.dialect
+    if d == "anthropic":
+        if base.endswith("/v1"):
+            base = base[:-3]
+        path = "/v1/messages/count_tokens" if operation == "count_tokens" else "/v1/messages"
+        return base + path + (f"?{query}" if query else "")
+    if d == "openai-chat":
+        return base + "/chat/completions"
+    if d == "openai-responses":
+        return base + "/responses"
+    # gemini: base as google-genai takes it (no version); a base ending in a version is kept
+    version = ""
+    for v in ("/v1beta", "/v1alpha", "/v1"):
+        if base.endswith(v):
+            version, base = v, base[: -len(v)]
+            break
+    version = version or "/v1beta"
+    if operation == "count_tokens":
+        return f"{base}{version}/models/{model}:countTokens"
+    if stream:
+        return f"{base}{version}/models/{model}:streamGenerateContent?alt=sse"
+    return f"{base}{version}/models/{model}:generateContent"
+
+
+def upstream_headers(provider: ProviderConfig, passed: dict[str, str], *,
+                     same_dialect: bool) -> dict[str, str]:
+    """Provider credentials replace the client's; dialect headers pass only to the same
+    dialect; the provider's extra headers come last."""
+    key = resolve_secret(provider.api_key)
+    headers = {"content-type": "application/json", "accept-encoding": "gzip, deflate"}
+    d = provider.dialect
+    if d == "anthropic":
+        if same_dialect:
+            headers.update(passed)
+        headers.setdefault("anthropic-version", "2023-06-01")
+        if key:
+            headers["x-api-key"] = key
+    elif d == "gemini":
+        if key:
+            headers["x-goog-api-key"] = key
+    else:
+        if same_dialect and "openai-beta" in passed:
+            headers["openai-beta"] = passed["openai-beta"]
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+    for name, value in provider.headers.items():
+        headers[name.lower()] = resolve_secret(value)
+    return headers
+
+
+def rewrite_model(body: bytes, model: str, requested: str) -> bytes:
+    """Replace the body's "model" when the provider maps it to another name. Only the top
+    level is decoded; every other value passes through as raw JSON."""
+    if model == requested:
+        return body
+    doc = _raw_obj.decode(body)
+    doc["model"] = msgspec.Raw(_enc.encode(model))
+    return _enc.encode(doc)
+
+
+@contextlib.contextmanager
+def map_errors(phase: str) -> Iterator[None]:
+    """httpx exceptions -> UpstreamFailure with a stable error class and no secrets."""
+    try:
+        yield
+    except httpx.ConnectTimeout as exc:
+        raise UpstreamFailure("connect_timeout", f"connect timed out ({phase})") from exc
+    except httpx.ConnectError as exc:
+        raise UpstreamFailure("connect", f"connection failed: {_short(exc)}") from exc
+    except (httpx.ReadTimeout, TimeoutError) as exc:
+        raise UpstreamFailure("timeout", f"upstream timed out ({phase})") from exc
+    except httpx.RemoteProtocolError as exc:
+        raise UpstreamFailure("protocol", f"upstream closed the connection ({phase}): "
+                              f"{_short(exc)}") from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamFailure("transport", f"{type(exc).__name__} ({phase}): "
+                              f"{_short(exc)}") from exc
+
+
+def _short(exc: Any) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__

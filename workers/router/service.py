@@ -72,6 +72,16 @@ _HOLD_LIMIT = 64 * 1024
 HEARTBEAT_S = 5.0
 
 
+class _NoTranslationError(Exception):
+    status = 400
+    message = ""
+
+
+# The translator's request-side error (a request the target dialect cannot express).
+_TranslationError: type[Exception] = getattr(translator, "TranslationError",
+                                             _NoTranslationError)
+
+
 def _can_translate(src: str, dst: str) -> bool:
     fn = getattr(translator, "can_translate", None)
     return bool(fn(src, dst)) if fn is not None else False
@@ -244,8 +254,9 @@ class Router:
             candidates = self._skip_cooling(candidates)
             for number, cand in enumerate(candidates, 1):
                 has_next = number < len(candidates)
-                att = await self._attempt(env, body, cand, number, has_next, t0)
+                att = _Attempt(cand, number, time.time())
                 attempts.append(att)
+                await self._attempt(env, body, att, has_next)
                 if att.committed or att.outcome != "fallback":
                     final = att
                     break
@@ -263,10 +274,11 @@ class Router:
             ttfb_ms = final.ttfb_ms
         except asyncio.CancelledError:
             status, error_class, error_message = 499, "client_disconnected", "client went away"
-            if attempts and attempts[-1].outcome == "ok" and attempts[-1].committed:
-                attempts[-1].outcome = "failed"
             if attempts:
-                attempts[-1].error_class = attempts[-1].error_class or "client_disconnected"
+                last = attempts[-1]
+                last.outcome = "cancelled"
+                last.error_class = last.error_class or "client_disconnected"
+                final = last
         except Exception as exc:
             log.exception("router failure on %s", env.request_id)
             status, error_class, error_message = 500, "internal", type(exc).__name__
@@ -287,17 +299,18 @@ class Router:
             return candidates
         return warm + [c for c in candidates if c not in warm]
 
-    async def _attempt(self, env: RequestEnvelope, body: bytes, cand: Candidate, number: int,
-                       has_next: bool, t0: float) -> _Attempt:
+    async def _attempt(self, env: RequestEnvelope, body: bytes, att: _Attempt,
+                       has_next: bool) -> None:
         assert self.http is not None and self.nc is not None
+        cand = att.candidate
         p = cand.provider
-        att = _Attempt(cand, number, time.time())
         started = time.perf_counter()
         same = not cand.translated
         stream = env.stream and env.operation == "generate"
         try:
             if env.operation == "count_tokens" and not same:
-                return await self._estimate_tokens(env, body, att)
+                await self._estimate_tokens(env, body, att)
+                return
             if same:
                 up_body = body if p.dialect == "gemini" else rewrite_model(
                     body, cand.upstream_model, env.model)
@@ -330,8 +343,9 @@ class Router:
                 finally:
                     await resp.aclose()
         except UpstreamFailure as exc:
-            att.status, att.error_class, att.error_message = exc.status, exc.error_class, \
-                exc.message
+            att.error_class, att.error_message = exc.error_class, exc.message
+            if not att.committed:
+                att.status = exc.status
             att.body, att.headers = exc.body, exc.headers
             if exc.status == 429:
                 self.table.cool_down(p.name, _retry_after(exc.headers))
@@ -351,15 +365,14 @@ class Router:
                     env, att, UpstreamFailure("timeout", "upstream timed out", 504))
             else:
                 att.outcome = "fallback" if has_next else "failed"
-        except translator.TranslationError as exc:  # type: ignore[attr-defined]
-            att.status, att.error_class, att.error_message = exc.status, "translation", \
-                exc.message
-            att.body = error_body(env.dialect, exc.status, exc.message)
+        except _TranslationError as exc:
+            status, message = getattr(exc, "status", 400), getattr(exc, "message", str(exc))
+            att.status, att.error_class, att.error_message = status, "translation", message
+            att.body = error_body(env.dialect, status, message)
             att.headers = {"x-codeswitch-translated": "1"}
             att.outcome = "failed"
         finally:
             att.duration_ms = (time.perf_counter() - started) * 1000
-        return att
 
     async def _whole(self, env: RequestEnvelope, resp: httpx.Response, cand: Candidate,
                      att: _Attempt, started: float) -> None:
@@ -416,7 +429,7 @@ class Router:
                         held_size += len(out)
                     if tracker.saw_content or held_size > _HOLD_LIMIT:
                         await nc.publish(reply, _S + start)
-                        att.committed = True
+                        att.committed, att.status = True, 200
                         if held:
                             data = b"".join(held)
                             att.bytes_out += len(data)
@@ -459,8 +472,7 @@ class Router:
         except Exception:
             pass
 
-    async def _estimate_tokens(self, env: RequestEnvelope, body: bytes,
-                               att: _Attempt) -> _Attempt:
+    async def _estimate_tokens(self, env: RequestEnvelope, body: bytes, att: _Attempt) -> None:
         estimate = getattr(translator, "count_tokens_estimate", None)
         tokens = int(estimate(env.dialect, body)) if estimate else max(1, len(body) // 4)
         doc: dict[str, Any] = ({"totalTokens": tokens} if env.dialect == "gemini"
@@ -469,7 +481,6 @@ class Router:
                                               headers={"x-codeswitch-estimate": "true"}),
                               _enc.encode(doc))
         att.status, att.outcome, att.committed = 200, "ok", True
-        return att
 
     async def _relay_failure(self, env: RequestEnvelope, att: _Attempt) -> None:
         """Nothing was sent yet: send the final attempt's error in the client's dialect."""

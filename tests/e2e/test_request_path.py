@@ -1,0 +1,302 @@
+"""The request path under stress: disconnects, no router, NATS restarts, large bodies,
+errors in every dialect, fallback, hot config, auth, several routers."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from codeswitch.natsd import EmbeddedNats
+from schemas.config import GatewaySettings
+from schemas.events import AttemptFinished, RequestCompleted
+from tests.e2e.conftest import CLIENT_KEY, MODELS, provider_for
+from tests.e2e.gateway import EdgeThread, Gateway, RouterThread, events
+from tests.fakes.upstream import Behavior, FakeUpstream
+
+ANTHROPIC_BODY = {"model": MODELS["anthropic"], "max_tokens": 32,
+                  "messages": [{"role": "user", "content": "hi"}]}
+
+
+def _post(gw: Gateway, path: str, body: object, **kw: object) -> httpx.Response:
+    with gw.client() as c:
+        return c.post(path, json=body, headers={"x-api-key": CLIENT_KEY}, **kw)  # type: ignore[arg-type]
+
+
+def test_head_root_health_metrics_models(gateway: Gateway) -> None:
+    with gateway.client() as c:
+        assert c.head("/").status_code == 200
+        assert c.get("/health").json() == {"status": "ok"}
+        assert c.get("/readiness").status_code == 200
+        _post(gateway, "/v1/messages", ANTHROPIC_BODY)
+        metrics = c.get("/metrics").text
+        assert 'codeswitch_requests_total{dialect="anthropic",provider="anthropic",' \
+               'status="200"} 1.0' in metrics
+        assert "codeswitch_time_to_first_byte_seconds_bucket" in metrics
+        models = c.get("/v1/models", headers={"anthropic-version": "2023-06-01"}).json()
+        assert models["has_more"] is False and isinstance(models["data"], list)
+        oa = c.get("/v1/models").json()
+        assert oa["object"] == "list"
+        assert "models" in c.get("/v1beta/models").json()
+
+
+def test_claude_code_query_string_and_path_prefix(gateway: Gateway,
+                                                  fakes: dict[str, FakeUpstream]) -> None:
+    r = _post(gateway, "/v1/messages?beta=true", ANTHROPIC_BODY)
+    assert r.status_code == 200 and r.json()["type"] == "message"
+    assert fakes["anthropic"].requests[-1].query.get("beta") == "true"
+    r = _post(gateway, "/some/prefix/v1/chat/completions",
+              {"model": MODELS["openai-chat"], "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 200 and r.json()["object"] == "chat.completion"
+    r = _post(gateway, "/responses", {"model": MODELS["openai-responses"], "input": "x"})
+    assert r.status_code == 200 and r.json()["object"] == "response"
+
+
+@pytest.mark.parametrize(("path", "dialect"), [
+    ("/v1/messages", "anthropic"),
+    ("/v1/chat/completions", "openai-chat"),
+    ("/v1/responses", "openai-responses"),
+    ("/v1beta/models/gemini-2.5-flash:generateContent", "gemini"),
+])
+def test_errors_are_dialect_shaped(gateway: Gateway, path: str, dialect: str) -> None:
+    with gateway.client() as c:
+        bad = c.post(path, content=b"{not json", headers={"content-type": "application/json"})
+        assert bad.status_code == 400
+        doc = bad.json()
+        if dialect == "anthropic":
+            assert doc["type"] == "error" and doc["error"]["type"] == "invalid_request_error"
+        elif dialect == "gemini":
+            assert doc["error"]["code"] == 400 and doc["error"]["status"] == "INVALID_ARGUMENT"
+        else:
+            assert set(doc["error"]) == {"message", "type", "param", "code"}
+        if dialect != "gemini":
+            missing = c.post(path, json={"messages": []})
+            assert missing.status_code == 400 and "model" in missing.text
+            unknown = c.post(path, json={"model": "nobody-serves-this", "input": "x",
+                                         "messages": [{"role": "user", "content": "x"}],
+                                         "max_tokens": 5})
+            assert unknown.status_code == 404
+            assert "nobody-serves-this" in unknown.text
+    with gateway.client() as c:
+        nf = c.post("/v2/nothing", json={})
+        assert nf.status_code == 404 and "no such endpoint" in nf.text
+
+
+def test_upstream_client_error_passes_through(gateway: Gateway,
+                                              fakes: dict[str, FakeUpstream]) -> None:
+    fakes["anthropic"].push(Behavior(status=400))
+    r = _post(gateway, "/v1/messages", ANTHROPIC_BODY)
+    assert r.status_code == 400 and r.json()["type"] == "error"
+    assert len(fakes["anthropic"].requests) == 1  # 400 would fail everywhere: no fallback
+
+
+def test_fallback_hides_failed_provider(gateway: Gateway, fakes: dict[str, FakeUpstream]) -> None:
+    backup = FakeUpstream("anthropic").start()
+    try:
+        gateway.add_provider(provider_for(backup, name="backup", priority=2))
+        fakes["anthropic"].push(Behavior(status=503))
+        r = _post(gateway, "/v1/messages", ANTHROPIC_BODY)
+        assert r.status_code == 200 and r.headers["x-codeswitch-provider"] == "backup"
+        got = events(gateway.nats_url, 3)
+        attempts = [e for _, _, e in got if isinstance(e, AttemptFinished)]
+        assert [(a.provider, a.outcome, a.status) for a in attempts] == [
+            ("anthropic", "fallback", 503), ("backup", "ok", 200)]
+        done = [e for _, _, e in got if isinstance(e, RequestCompleted)][0]
+        assert done.provider == "backup" and done.attempts == 2 and done.status == 200
+    finally:
+        backup.stop()
+
+
+def test_stream_error_before_content_falls_back(gateway: Gateway,
+                                                fakes: dict[str, FakeUpstream]) -> None:
+    backup = FakeUpstream("anthropic").start()
+    try:
+        gateway.add_provider(provider_for(backup, name="backup", priority=2))
+        fakes["anthropic"].push(Behavior(stream_error_after=1))
+        with gateway.client() as c:
+            r = c.post("/v1/messages", json={**ANTHROPIC_BODY, "stream": True})
+        assert r.status_code == 200 and r.headers["x-codeswitch-provider"] == "backup"
+        assert "event: error" not in r.text and "event: message_stop" in r.text
+    finally:
+        backup.stop()
+
+
+def test_stream_error_after_content_ends_stream_in_dialect(
+        gateway: Gateway, fakes: dict[str, FakeUpstream]) -> None:
+    fakes["anthropic"].push(Behavior(cut_after=4))
+    with gateway.client() as c:
+        r = c.post("/v1/messages", json={**ANTHROPIC_BODY, "stream": True})
+    assert r.status_code == 200
+    assert "text_delta" in r.text
+    assert r.text.rstrip().split("\n\n")[-1].startswith("event: error")
+    done = [e for _, _, e in events(gateway.nats_url, 2) if isinstance(e, RequestCompleted)][0]
+    assert done.status == 200 and done.error_class == "protocol"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_client_disconnect_cancels_upstream(gateway: Gateway, fakes: dict[str, FakeUpstream],
+                                            stream: bool) -> None:
+    fake = fakes["anthropic"]
+    fake.push(Behavior(hang=True))
+    body = json.dumps({**ANTHROPIC_BODY, "stream": stream}).encode()
+    sock = socket.create_connection(("127.0.0.1", gateway.edge.port))
+    sock.sendall(b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                 b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    assert fake.wait_requests(1, timeout=10)
+    time.sleep(0.2)
+    closed = time.time()
+    sock.close()  # the client goes away
+    seen = fake.wait_disconnect(0, timeout=5)
+    assert seen is not None, "upstream connection was not closed"
+    assert seen - closed < 0.2, f"took {seen - closed:.3f}s"
+    done = [e for _, _, e in events(gateway.nats_url, 2) if isinstance(e, RequestCompleted)][0]
+    assert done.status == 499 and done.error_class == "client_disconnected"
+
+
+def test_no_router_gives_dialect_503(nats_server: EmbeddedNats) -> None:
+    edge = EdgeThread(nats_server.url, GatewaySettings(pickup_timeout=1.5))
+    try:
+        t0 = time.monotonic()
+        with httpx.Client(base_url=edge.url, timeout=30) as c:
+            r = c.post("/v1beta/models/gemini-2.5-flash:generateContent",
+                       json={"contents": [{"parts": [{"text": "hi"}]}]})
+            assert r.status_code == 503
+            assert r.json()["error"]["status"] == "UNAVAILABLE"
+            assert c.get("/readiness").status_code == 503
+        assert time.monotonic() - t0 < 5
+        done = [e for _, _, e in events(nats_server.url, 1) if isinstance(e, RequestCompleted)]
+        assert done[0].status == 503 and done[0].error_class == "no_router"
+    finally:
+        edge.stop()
+
+
+def test_nats_restart_under_running_edge(nats_server: EmbeddedNats,
+                                         fakes: dict[str, FakeUpstream]) -> None:
+    gw = Gateway(nats_server.url)
+    try:
+        gw.add_provider(provider_for(fakes["anthropic"]))
+        assert _post(gw, "/v1/messages", ANTHROPIC_BODY).status_code == 200
+        nats_server.stop()
+        nats_server.start()  # same port, same JetStream store
+        deadline = time.monotonic() + 20
+        status = 0
+        while time.monotonic() < deadline:
+            try:
+                status = _post(gw, "/v1/messages", ANTHROPIC_BODY).status_code
+            except httpx.HTTPError:
+                status = 0
+            if status == 200:
+                break
+            time.sleep(0.25)
+        assert status == 200
+    finally:
+        gw.stop()
+
+
+@pytest.mark.parametrize("size_mb", [3, 12])
+def test_large_bodies(gateway: Gateway, fakes: dict[str, FakeUpstream], size_mb: int) -> None:
+    filler = "x" * (size_mb * 1024 * 1024)
+    body = {**ANTHROPIC_BODY, "system": filler}
+    r = _post(gateway, "/v1/messages", body)
+    assert r.status_code == 200, r.text[:300]
+    received = fakes["anthropic"].requests[-1]
+    assert received.json["system"] == filler
+
+
+def test_body_over_limit_is_413(nats_server: EmbeddedNats, fakes: dict[str, FakeUpstream]) -> None:
+    gw = Gateway(nats_server.url, settings=GatewaySettings(max_body_bytes=1024 * 1024))
+    try:
+        r = _post(gw, "/v1/messages", {**ANTHROPIC_BODY, "system": "y" * 2_000_000})
+        assert r.status_code == 413 and r.json()["error"]["type"] == "request_too_large"
+    finally:
+        gw.stop()
+
+
+def test_gateway_key_required(nats_server: EmbeddedNats, fakes: dict[str, FakeUpstream]) -> None:
+    from edge.auth import hash_key
+
+    gw = Gateway(nats_server.url,
+                 settings=GatewaySettings(key_hashes=[hash_key("the-gateway-key")]))
+    try:
+        gw.add_provider(provider_for(fakes["anthropic"]))
+        gw.add_provider(provider_for(fakes["gemini"]))
+        with gw.client() as c:
+            assert c.post("/v1/messages", json=ANTHROPIC_BODY).status_code == 401
+            wrong = c.post("/v1/messages", json=ANTHROPIC_BODY, headers={"x-api-key": "nope"})
+            assert wrong.status_code == 401
+            assert wrong.json()["error"]["type"] == "authentication_error"
+            for headers in ({"x-api-key": "the-gateway-key"},
+                            {"authorization": "Bearer the-gateway-key"}):
+                assert c.post("/v1/messages", json=ANTHROPIC_BODY,
+                              headers=headers).status_code == 200
+            g = c.post("/v1beta/models/gemini-2.5-flash:generateContent",
+                       json={"contents": [{"parts": [{"text": "hi"}]}]},
+                       headers={"x-goog-api-key": "the-gateway-key"})
+            assert g.status_code == 200
+    finally:
+        gw.stop()
+
+
+def test_provider_change_seen_without_restart(gateway: Gateway,
+                                              fakes: dict[str, FakeUpstream]) -> None:
+    other = FakeUpstream("anthropic").start()
+    try:
+        gateway.add_provider(provider_for(fakes["anthropic"], enabled=False))
+        gateway.add_provider(provider_for(other, name="other",
+                                          model_map={"claude-*": "claude-mapped"}))
+        r = _post(gateway, "/v1/messages", ANTHROPIC_BODY)
+        assert r.status_code == 200 and r.headers["x-codeswitch-provider"] == "other"
+        assert other.requests[-1].json["model"] == "claude-mapped"
+        pinned = _post(gateway, "/v1/messages", {**ANTHROPIC_BODY,
+                                                 "model": "other/claude-opus-4-8"})
+        assert pinned.headers["x-codeswitch-provider"] == "other"
+    finally:
+        other.stop()
+
+
+def test_two_routers_share_the_work(nats_server: EmbeddedNats,
+                                    fakes: dict[str, FakeUpstream]) -> None:
+    gw = Gateway(nats_server.url, routers=2)
+    try:
+        gw.add_provider(provider_for(fakes["openai-chat"]))
+        body = {"model": MODELS["openai-chat"], "messages": [{"role": "user", "content": "x"}]}
+        results: list[int] = []
+
+        def one() -> None:
+            results.append(_post(gw, "/v1/chat/completions", body).status_code)
+
+        threads = [threading.Thread(target=one) for _ in range(40)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(30)
+        assert results == [200] * 40
+        assert len(fakes["openai-chat"].requests) == 40  # shared, never duplicated
+        handled = [r.router.handled for r in gw.routers]
+        assert sum(handled) == 40 and min(handled) > 0, handled
+    finally:
+        gw.stop()
+
+
+def test_router_restart_is_transparent(nats_server: EmbeddedNats,
+                                       fakes: dict[str, FakeUpstream]) -> None:
+    gw = Gateway(nats_server.url)
+    try:
+        gw.add_provider(provider_for(fakes["anthropic"]))
+        gw.routers[0].stop()
+        gw.routers = [RouterThread(nats_server.url)]
+        assert _post(gw, "/v1/messages", ANTHROPIC_BODY).status_code == 200
+    finally:
+        gw.stop()
+
+
+def test_event_json_is_readable(gateway: Gateway) -> None:
+    _post(gateway, "/v1/messages", ANTHROPIC_BODY)
+    for subject, raw, _ in events(gateway.nats_url, 2):
+        doc = json.loads(raw)
+        assert doc["type"] in ("AttemptFinished", "RequestCompleted")
+        assert subject.startswith(("llm.attempt.", "llm.response."))

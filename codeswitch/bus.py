@@ -50,6 +50,7 @@ BODIES_BUCKET = "cs_bodies"
 KV_BUCKETS: dict[str, dict[str, Any]] = {
     PROVIDERS_BUCKET: {"history": 5, "description": "provider configs"},
     SETTINGS_BUCKET: {"history": 5, "description": "gateway settings"},
+    "cs_mcp": {"history": 5, "description": "MCP servers"},
     "cs_rules": {"history": 5, "description": "alert rules (workers/alerts)"},
     "cs_alert_state": {"history": 1, "description": "active alerts and cool-downs"},
 }
@@ -116,6 +117,10 @@ async def connect(url: str, *, name: str, **kwargs: Any) -> NATS:
         "pending_size": 64 * 1024 * 1024,
     }
     opts.update(kwargs)
+    if opts["max_reconnect_attempts"] == 0:
+        # nats-py treats 0 as "no limit"; callers mean "fail fast" (the CLI).
+        opts["max_reconnect_attempts"] = 1
+        opts["allow_reconnect"] = False
     return await nats.connect(url, **opts)
 
 

@@ -92,6 +92,8 @@ def plan(providers: Iterable[ProviderConfig], *, dialect: str, model: str,
         if any(p.enabled and p.serves(model) for p in providers):
             raise NoProviderError(
                 f"no provider for model {model!r} speaks {dialect} or can be translated to", 400)
+        if any(p.serves(model) for p in providers):
+            raise NoProviderError(f"every provider serving model {model!r} is disabled", 503)
         if not any(p.enabled for p in providers):
             raise NoProviderError("no provider is configured and enabled: add one with "
                                   "`codeswitch provider add` or a config file", 503)

@@ -1,0 +1,204 @@
+"""`codeswitch up` as users run it: a real subprocess with the embedded nats-server, the CLI
+against it, and a clean, ordered shutdown that lets in-flight requests finish."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from codeswitch._process import free_port
+from codeswitch.natsd import EmbeddedNats
+from tests.fakes.upstream import Behavior, FakeUpstream
+
+CLI = [sys.executable, "-m", "codeswitch"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is not alive
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return False
+
+
+class Up:
+    def __init__(self, tmp: Path, fake: FakeUpstream, *extra: str) -> None:
+        self.home = tmp / "home"
+        self.port = free_port()
+        config = tmp / "codeswitch.toml"
+        config.write_text(
+            "[gateway]\npickup_timeout = 3\n\n"
+            "[[providers]]\n"
+            'name = "fake"\n'
+            'dialect = "anthropic"\n'
+            f'base_url = "{fake.base_url}"\n'
+            'api_key = "env:FAKE_PROVIDER_KEY"\n'
+            'models = ["claude-*"]\n'
+        )
+        env = {**os.environ, "FAKE_PROVIDER_KEY": "sk-from-env-SECRET"}
+        self.proc = subprocess.Popen(
+            [*CLI, "up", "--home", str(self.home), "--config", str(config), "--port",
+             str(self.port), "--grace", "10", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.proc.stdout.read().decode()  # type: ignore[union-attr]
+            try:
+                if httpx.get(self.url + "/readiness", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise AssertionError("gateway did not become ready")
+        self.info = json.loads((self.home / "run.json").read_text())
+
+    def pids(self) -> list[int]:
+        pids = list(self.info["parts"].values())
+        nats = subprocess.run(["pgrep", "-f", str(self.home / "nats")], capture_output=True,
+                              text=True).stdout.split()
+        return pids + [int(p) for p in nats]
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=60)
+        return out.decode()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeUpstream]:
+    with FakeUpstream("anthropic") as f:
+        yield f
+
+
+def test_up_serves_and_stops_cleanly(tmp_path: Path, fake: FakeUpstream) -> None:
+    up = Up(tmp_path, fake)
+    try:
+        assert up.info["embedded_nats"] is True
+        assert set(up.info["parts"]) >= {"edge", "router"}
+        pids = up.pids()
+        assert len(pids) >= 3
+        # an in-flight stream that outlives the SIGTERM still completes
+        fake.push(Behavior(chunk_delay=0.3, chunks=8))
+        result: dict[str, object] = {}
+
+        def stream() -> None:
+            with httpx.Client(timeout=30) as c:
+                r = c.post(up.url + "/v1/messages", json={
+                    "model": "claude-opus-4-8", "max_tokens": 10, "stream": True,
+                    "messages": [{"role": "user", "content": "hi"}]})
+                result["status"], result["text"] = r.status_code, r.text
+
+        t = threading.Thread(target=stream)
+        t.start()
+        assert fake.wait_requests(1, timeout=10)
+        time.sleep(0.3)
+        output = up.stop()
+        t.join(30)
+        assert result["status"] == 200
+        assert "event: message_stop" in str(result["text"]), result
+        assert "codeswitch stopped" in output
+        assert fake.requests[0].headers["x-api-key"] == "sk-from-env-SECRET"
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.05)
+        assert not [p for p in pids if _alive(p)], "orphaned processes after stop"
+        assert not (up.home / "run.json").exists()
+    finally:
+        if up.proc.poll() is None:
+            up.proc.kill()
+
+
+def test_cli_providers_and_tail_against_running_gateway(tmp_path: Path,
+                                                        fake: FakeUpstream) -> None:
+    up = Up(tmp_path, fake)
+    env = {**os.environ, "CODESWITCH_HOME": str(up.home)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env,
+                              timeout=60)
+
+    try:
+        listed = json.loads(cli("provider", "list", "--json").stdout)
+        assert [p["name"] for p in listed] == ["fake"]
+        assert listed[0]["api_key"] == "env:FAKE_PROVIDER_KEY"
+        added = cli("provider", "add", "second", "--dialect", "openai-chat", "--base-url",
+                    "http://127.0.0.1:9/v1", "--api-key", "sk-literal-SECRET-abcd",
+                    "--model", "gpt-*")
+        assert added.returncode == 0, added.stderr
+        listed = json.loads(cli("provider", "list", "--json").stdout)
+        second = next(p for p in listed if p["name"] == "second")
+        assert "SECRET" not in second["api_key"] and second["api_key"].endswith("abcd")
+        assert cli("provider", "disable", "fake").returncode == 0
+        with httpx.Client(timeout=30) as c:
+            r = c.post(up.url + "/v1/messages", json={
+                "model": "claude-opus-4-8", "max_tokens": 5,
+                "messages": [{"role": "user", "content": "hi"}]})
+            assert r.status_code == 503  # the only provider for the model is disabled
+        assert cli("provider", "enable", "fake").returncode == 0
+        tail = subprocess.Popen([*CLI, "tail", "--json", "-n", "1"], stdout=subprocess.PIPE,
+                                text=True, env=env)
+        time.sleep(1.5)
+        with httpx.Client(timeout=30) as c:
+            r = c.post(up.url + "/v1/messages", json={
+                "model": "claude-opus-4-8", "max_tokens": 5,
+                "messages": [{"role": "user", "content": "hi"}]})
+            assert r.status_code == 200
+        out, _ = tail.communicate(timeout=20)
+        fact = json.loads(out.strip().splitlines()[-1])
+        assert fact["type"] == "RequestCompleted" and fact["provider"] == "fake"
+        assert fact["usage"]["input_tokens"] == 25
+        assert cli("provider", "remove", "second").returncode == 0
+        missing = cli("provider", "remove", "second")
+        assert missing.returncode == 1 and "no provider named" in missing.stderr
+    finally:
+        up.stop()
+
+
+def test_cli_without_gateway_says_so(tmp_path: Path) -> None:
+    r = subprocess.run([*CLI, "provider", "list", "--nats-url", f"nats://127.0.0.1:{free_port()}"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    assert "cannot reach NATS" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_config_error_names_file_line_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[[providers]]\nname = "a"\ndialect = "anthropic"\n'
+                      'base_url = "https://x"\npriority = "high"\n')
+    r = subprocess.run([*CLI, "up", "--home", str(tmp_path / "h"), "--config", str(config)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    assert f"{config}:5" in r.stderr.replace("\n", "") and "providers[0].priority" in r.stderr
+
+
+def test_init_streams_script_uses_the_same_definitions(tmp_path: Path) -> None:
+    with EmbeddedNats(tmp_path / "nats") as server:
+        root = Path(__file__).resolve().parent.parent
+        r = subprocess.run(["bash", str(root / "deploy/nats/init-streams.sh"), server.url],
+                           capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PATH": f"{Path(sys.executable).parent}:"
+                                                      f"{os.environ['PATH']}"})
+        assert r.returncode == 0, r.stderr
+        assert "CS_REQUESTS" in r.stdout and "CS_EVENTS" in r.stdout
+        again = subprocess.run(["bash", str(root / "deploy/nats/init-streams.sh"), server.url],
+                               capture_output=True, text=True, timeout=60,
+                               env={**os.environ, "PATH": f"{Path(sys.executable).parent}:"
+                                                          f"{os.environ['PATH']}"})
+        assert again.returncode == 0, again.stderr

@@ -1,6 +1,6 @@
 """The router worker: takes request messages from the CS_REQUESTS work queue (a durable push
 consumer delivered to the queue group "routers", so N routers share the work), plans the
-attempts, calls the upstream with httpx, streams the answer to the edge's reply subject, falls
+attempts, calls the upstream with aiohttp, streams the answer to the edge's reply subject, falls
 back before the first content byte, and publishes attempt and response facts.
 """
 
@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -119,7 +119,7 @@ class Router:
         self.rr = RoundRobin()
         self.nc: NATS | None = None
         self.facts: FactPublisher | None = None
-        self.http: httpx.AsyncClient | None = None
+        self.http: aiohttp.ClientSession | None = None
         self._inflight: dict[str, tuple[asyncio.Task[None], str]] = {}
         self._subs: list[Subscription] = []
         self._work_sub: Subscription | None = None
@@ -133,10 +133,10 @@ class Router:
         js = nc.jetstream()
         await bus.ensure_all(js)
         self.js = js
-        self.http = httpx.AsyncClient(
-            timeout=None, follow_redirects=False, trust_env=False,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=512,
-                                keepalive_expiry=60.0),
+        self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60),
+            timeout=aiohttp.ClientTimeout(total=None), auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
         )
         self.facts = FactPublisher(nc)
         self.facts.start()
@@ -182,7 +182,7 @@ class Router:
         if self.facts:
             await self.facts.aclose()
         if self.http:
-            await self.http.aclose()
+            await self.http.close()
         if self.nc and not self.nc.is_closed:
             await self.nc.drain()
 
@@ -321,27 +321,33 @@ class Router:
                                stream=stream, query=env.query if same else "")
             headers = upstream_headers(p, env.headers, same_dialect=same)
             t = p.timeouts
-            timeout = httpx.Timeout(connect=t.connect, read=t.idle if stream else t.first_byte,
-                                    write=t.connect + 30, pool=t.connect)
-            request = self.http.build_request("POST", url, content=up_body, headers=headers,
-                                              timeout=timeout)
+            # sock_read is the idle timeout between two reads of a stream; a non-streaming
+            # answer may take up to first_byte to arrive.
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect,
+                                            sock_read=t.idle if stream else t.first_byte)
             async with asyncio.timeout(t.total):
                 with map_errors("connect"):
                     async with asyncio.timeout(t.first_byte):
-                        resp = await self.http.send(request, stream=True)
+                        resp = await self.http.request("POST", url, data=up_body,
+                                                       headers=headers, timeout=timeout)
                 try:
-                    if resp.status_code >= 400:
+                    if resp.status >= 400:
                         with map_errors("error body"):
-                            err_body = await resp.aread()
+                            err_body = await resp.read()
                         raise UpstreamFailure(
-                            f"http_{resp.status_code}", _error_text(err_body),
-                            resp.status_code, err_body, _keep_headers(resp.headers))
+                            f"http_{resp.status}", _error_text(err_body),
+                            resp.status, err_body, _keep_headers(resp.headers))
                     if stream:
                         await self._stream(env, resp, cand, att, started, has_next)
                     else:
                         await self._whole(env, resp, cand, att, started)
                 finally:
-                    await resp.aclose()
+                    # After a complete body the connection goes back to the pool; otherwise
+                    # (cancelled, cut, failed) it is closed, so the upstream sees us leave.
+                    if resp.content.at_eof():
+                        resp.release()
+                    else:
+                        resp.close()
         except UpstreamFailure as exc:
             att.error_class, att.error_message = exc.error_class, exc.message
             if not att.committed:
@@ -374,12 +380,12 @@ class Router:
         finally:
             att.duration_ms = (time.perf_counter() - started) * 1000
 
-    async def _whole(self, env: RequestEnvelope, resp: httpx.Response, cand: Candidate,
-                     att: _Attempt, started: float) -> None:
+    async def _whole(self, env: RequestEnvelope, resp: aiohttp.ClientResponse,
+                     cand: Candidate, att: _Attempt, started: float) -> None:
         with map_errors("body"):
-            data = await resp.aread()
+            data = await resp.read()
         att.ttfb_ms = (time.perf_counter() - started) * 1000
-        att.status = resp.status_code
+        att.status = resp.status
         p = cand.provider
         tracker = UsageTracker(p.dialect, False)
         tracker.feed(data)
@@ -388,7 +394,7 @@ class Router:
         if cand.translated:
             data = translator.translate_response(p.dialect, env.dialect, data,
                                                  model=env.model, request_id=env.request_id)
-        start = ReplyStart(status=resp.status_code,
+        start = ReplyStart(status=resp.status,
                            content_type=resp.headers.get("content-type", "application/json"),
                            provider=p.name, upstream_model=cand.upstream_model,
                            headers=_keep_headers(resp.headers))
@@ -397,8 +403,8 @@ class Router:
         att.outcome = "ok"
         att.bytes_out = len(data)
 
-    async def _stream(self, env: RequestEnvelope, resp: httpx.Response, cand: Candidate,
-                      att: _Attempt, started: float, has_next: bool) -> None:
+    async def _stream(self, env: RequestEnvelope, resp: aiohttp.ClientResponse,
+                      cand: Candidate, att: _Attempt, started: float, has_next: bool) -> None:
         assert self.nc is not None
         nc = self.nc
         p = cand.provider
@@ -415,7 +421,7 @@ class Router:
                                        upstream_model=cand.upstream_model,
                                        headers=_keep_headers(resp.headers)))
         with map_errors("stream"):
-            async for chunk in resp.aiter_bytes():
+            async for chunk in resp.content.iter_any():
                 if att.ttfb_ms is None:
                     att.ttfb_ms = (time.perf_counter() - started) * 1000
                 tracker.feed(chunk)
@@ -569,7 +575,7 @@ class Router:
         ))
 
 
-def _keep_headers(headers: httpx.Headers) -> dict[str, str]:
+def _keep_headers(headers: Any) -> dict[str, str]:
     keep = {}
     for name in ("retry-after", "request-id", "x-request-id"):
         value = headers.get(name)

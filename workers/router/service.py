@@ -52,6 +52,7 @@ from workers.router.upstream import (
     upstream_headers,
     upstream_url,
 )
+from workers.translator import TranslationContext, TranslationError
 from workers.translator.errors import error_body, stream_error
 from workers.translator.usage import UsageTracker
 
@@ -70,21 +71,6 @@ _S = bytes([KIND_START])
 # error event before any content can still fall back to the next provider.
 _HOLD_LIMIT = 64 * 1024
 HEARTBEAT_S = 5.0
-
-
-class _NoTranslationError(Exception):
-    status = 400
-    message = ""
-
-
-# The translator's request-side error (a request the target dialect cannot express).
-_TranslationError: type[Exception] = getattr(translator, "TranslationError",
-                                             _NoTranslationError)
-
-
-def _can_translate(src: str, dst: str) -> bool:
-    fn = getattr(translator, "can_translate", None)
-    return bool(fn(src, dst)) if fn is not None else False
 
 
 @dataclass
@@ -106,6 +92,8 @@ class _Attempt:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     bytes_out: int = 0
+    context: TranslationContext | None = None  # request-side state the response side needs
+    conv: translator.StreamTranslator | None = None
 
 
 class Router:
@@ -245,7 +233,7 @@ class Router:
                 await obs.delete(env.body_ref)
             try:
                 candidates = plan(self.table.active(), dialect=env.dialect, model=env.model,
-                                  pinned=env.pin_provider, can_translate=_can_translate,
+                                  pinned=env.pin_provider, can_translate=translator.can_translate,
                                   rr=self.rr)
             except NoProviderError as exc:
                 status, error_class, error_message = exc.status, "no_provider", exc.message
@@ -315,8 +303,9 @@ class Router:
                 up_body = body if p.dialect == "gemini" else rewrite_model(
                     body, cand.upstream_model, env.model)
             else:
-                up_body = translator.translate_request(
-                    env.dialect, p.dialect, body, model=cand.upstream_model, stream=stream)
+                prepared = translator.prepare(env.dialect, p.dialect, body,
+                                              model=cand.upstream_model, stream=stream)
+                up_body, att.context = prepared.body, prepared.context
             url = upstream_url(p, operation=env.operation, model=cand.upstream_model,
                                stream=stream, query=env.query if same else "")
             headers = upstream_headers(p, env.headers, same_dialect=same)
@@ -371,7 +360,7 @@ class Router:
                     env, att, UpstreamFailure("timeout", "upstream timed out", 504))
             else:
                 att.outcome = "fallback" if has_next else "failed"
-        except _TranslationError as exc:
+        except TranslationError as exc:
             status, message = getattr(exc, "status", 400), getattr(exc, "message", str(exc))
             att.status, att.error_class, att.error_message = status, "translation", message
             att.body = error_body(env.dialect, status, message)
@@ -391,10 +380,17 @@ class Router:
         tracker.feed(data)
         tracker.finish()
         att.usage, att.finish_reason = tracker.usage, tracker.finish_reason
+        status = resp.status
         if cand.translated:
-            data = translator.translate_response(p.dialect, env.dialect, data,
-                                                 model=env.model, request_id=env.request_id)
-        start = ReplyStart(status=resp.status,
+            try:
+                data = translator.translate_response(p.dialect, env.dialect, data,
+                                                     model=env.model, request_id=env.request_id,
+                                                     context=att.context)
+            except TranslationError as exc:  # an answer the client's dialect cannot express
+                status, att.error_class, att.error_message = exc.status, "translation", \
+                    exc.message
+                data = error_body(env.dialect, exc.status, exc.message)
+        start = ReplyStart(status=status,
                            content_type=resp.headers.get("content-type", "application/json"),
                            provider=p.name, upstream_model=cand.upstream_model,
                            headers=_keep_headers(resp.headers))
@@ -409,9 +405,10 @@ class Router:
         nc = self.nc
         p = cand.provider
         tracker = UsageTracker(p.dialect, True)
-        conv = (translator.StreamTranslator(p.dialect, env.dialect, model=env.model,
-                                            request_id=env.request_id)
-                if cand.translated else None)
+        conv = att.conv = (
+            translator.StreamTranslator(p.dialect, env.dialect, model=env.model,
+                                        request_id=env.request_id, context=att.context)
+            if cand.translated else None)
         held: list[bytes] = []
         held_size = 0
         reply = env.reply
@@ -472,15 +469,16 @@ class Router:
         assert self.nc is not None
         status = exc.status if exc.status >= 400 else 502
         message = f"upstream {att.candidate.provider.name} failed mid-stream: {exc.message}"
+        payload = (att.conv.fail(status, message) if att.conv is not None
+                   else stream_error(env.dialect, status, message))
         try:
-            await self.nc.publish(env.reply, _D + stream_error(env.dialect, status, message))
+            await self.nc.publish(env.reply, _D + payload)
             await self.nc.publish(env.reply, _E)
         except Exception:
             pass
 
     async def _estimate_tokens(self, env: RequestEnvelope, body: bytes, att: _Attempt) -> None:
-        estimate = getattr(translator, "count_tokens_estimate", None)
-        tokens = int(estimate(env.dialect, body)) if estimate else max(1, len(body) // 4)
+        tokens = translator.count_tokens_estimate(env.dialect, body)
         doc: dict[str, Any] = ({"totalTokens": tokens} if env.dialect == "gemini"
                                else {"input_tokens": tokens})
         await self._send_full(env, ReplyStart(status=200, provider=att.candidate.provider.name,
@@ -494,12 +492,8 @@ class Router:
         if att.status >= 400:
             status, data = att.status, att.body
             same = p.dialect == env.dialect
-            if not same:
-                fn = getattr(translator, "translate_error", None)
-                if fn is not None and att.error_class != "translation":
-                    status, data = fn(p.dialect, env.dialect, status, data)
-                elif att.error_class != "translation":
-                    data = error_body(env.dialect, status, att.error_message or "upstream error")
+            if not same and att.error_class != "translation":
+                status, data = translator.translate_error(p.dialect, env.dialect, status, data)
             elif not data.strip():
                 data = error_body(env.dialect, status, att.error_message or "upstream error")
             headers = {k: v for k, v in att.headers.items() if k == "retry-after"}

@@ -1,0 +1,392 @@
+"""The translator: pure codecs between the four dialects (no I/O), hub and spoke.
+
+Every dialect module (``anthropic``, ``openai_chat``, ``openai_responses``, ``gemini``) decodes
+into and encodes from the common form in ``common``; any pair goes through it.
+
+Public API (what the router calls)::
+
+    can_translate(client_dialect, provider_dialect) -> bool
+    prepare(client_dialect, provider_dialect, body, *, model, stream) -> Prepared(body, context)
+    translate_request(...same...) -> bytes                 # prepare(...).body
+    translate_response(provider, client, body, *, model, request_id, context=None) -> bytes
+    translate_error(provider, client, status, body) -> (status, bytes)
+    StreamTranslator(provider, client, *, model, request_id, context=None)
+        .feed(chunk) -> bytes   .close() -> bytes   .fail(status, message) -> bytes
+    count_tokens_estimate(client_dialect, body) -> int
+
+State from the request that the response side needs lives in ``TranslationContext``: the
+reverse tool-name map (names renamed to fit the provider's rules), which tools are free-form
+``custom`` tools, and whether a Chat client asked for the usage chunk. Pass ``context=`` from
+``prepare`` to ``translate_response``/``StreamTranslator``; without it names pass unchanged.
+Tool renames are deterministic (``_util.provider_tool_name``), so the map can also be rebuilt
+from the request alone. ``model`` in the response calls is the model name shown to the client.
+
+``TranslationError`` (status 400, or 502 for an upstream answer that cannot be expressed, e.g.
+Gemini MALFORMED_FUNCTION_CALL to a non-Gemini client) carries a message for the client; render
+it with ``errors.error_body(client_dialect, e.status, e.message)``.
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import Any, NamedTuple
+
+import msgspec
+
+from schemas.dialects import DIALECTS
+
+from . import anthropic, gemini, openai_chat, openai_responses
+from ._util import dumps, loads, parse_args, provider_tool_name
+from .common import (
+    Image,
+    Reasoning,
+    Request,
+    Response,
+    StreamError,
+    StreamEvent,
+    StreamFinish,
+    StreamToolStart,
+    Text,
+    ToolCall,
+    ToolResult,
+    TranslationError,
+)
+from .errors import error_body
+from .sse import SSEDecoder, SSEEvent
+from .usage import UsageTracker
+
+__all__ = [
+    "Prepared",
+    "SSEDecoder",
+    "SSEEvent",
+    "StreamTranslator",
+    "TranslationContext",
+    "TranslationError",
+    "UsageTracker",
+    "can_translate",
+    "count_tokens_estimate",
+    "prepare",
+    "translate_error",
+    "translate_request",
+    "translate_response",
+]
+
+_MODULES: dict[str, ModuleType] = {
+    "anthropic": anthropic,
+    "openai-chat": openai_chat,
+    "openai-responses": openai_responses,
+    "gemini": gemini,
+}
+
+
+class TranslationContext(msgspec.Struct, kw_only=True):
+    client_dialect: str
+    provider_dialect: str
+    tool_names: dict[str, str] = msgspec.field(default_factory=dict)  # provider -> client
+    custom_tools: list[str] = msgspec.field(default_factory=list)  # provider-side names
+    include_usage: bool = True  # Chat clients: send the usage chunk
+    dropped: list[str] = msgspec.field(default_factory=list)
+
+
+class Prepared(NamedTuple):
+    body: bytes
+    context: TranslationContext
+
+
+def can_translate(client_dialect: str, provider_dialect: str) -> bool:
+    return client_dialect in DIALECTS and provider_dialect in DIALECTS
+
+
+def _module(dialect: str) -> ModuleType:
+    try:
+        return _MODULES[dialect]
+    except KeyError:
+        raise ValueError(f"unknown dialect {dialect!r}") from None
+
+
+def _doc(body: bytes) -> dict[str, Any]:
+    doc = loads(body)
+    if not isinstance(doc, dict):
+        raise TranslationError("request body must be a JSON object")
+    return doc
+
+
+def decode_request(client_dialect: str, body: bytes) -> Request:
+    """The client's request in the common form (raises TranslationError)."""
+    try:
+        return _module(client_dialect).decode_request(_doc(body))  # type: ignore[no-any-return]
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        if isinstance(exc, TranslationError):
+            raise
+        raise TranslationError(f"malformed {client_dialect} request: {exc!r}") from None
+
+
+def _rename_tools(req: Request, provider: str) -> dict[str, str]:
+    back: dict[str, str] = {}
+
+    def rename(name: str) -> str:
+        new = provider_tool_name(name, provider)
+        if new != name:
+            back[new] = name
+        return new
+
+    for t in req.tools:
+        t.name = rename(t.name)
+    if req.tool_choice is not None and req.tool_choice.name:
+        req.tool_choice.name = rename(req.tool_choice.name)
+    for m in req.messages:
+        for p in m.parts:
+            if isinstance(p, ToolCall | ToolResult) and p.name:
+                p.name = rename(p.name)
+    return back
+
+
+def prepare(client_dialect: str, provider_dialect: str, body: bytes, *, model: str,
+            stream: bool) -> Prepared:
+    """Translate a request body and keep what the response side needs."""
+    doc = _doc(body)
+    req = decode_request(client_dialect, body)
+    names = _rename_tools(req, provider_dialect)
+    include_usage = True
+    if client_dialect == "openai-chat":
+        include_usage = bool((doc.get("stream_options") or {}).get("include_usage"))
+    out = _module(provider_dialect).encode_request(req, model=model, stream=stream)
+    ctx = TranslationContext(client_dialect=client_dialect, provider_dialect=provider_dialect,
+                             tool_names=names,
+                             custom_tools=[t.name for t in req.tools if t.kind == "custom"],
+                             include_usage=include_usage, dropped=req.dropped)
+    return Prepared(dumps(out), ctx)
+
+
+def translate_request(client_dialect: str, provider_dialect: str, body: bytes, *, model: str,
+                      stream: bool) -> bytes:
+    return prepare(client_dialect, provider_dialect, body, model=model, stream=stream).body
+
+
+def _fix_response(resp: Response, ctx: TranslationContext | None, client: str) -> None:
+    calls = [p for p in resp.content if isinstance(p, ToolCall)]
+    if resp.finish == "max_tokens":
+        # A call cut off mid-arguments is not a call (edge case 9).
+        resp.content = [p for p in resp.content
+                        if not (isinstance(p, ToolCall) and parse_args(p.arguments) is None)]
+        calls = [p for p in resp.content if isinstance(p, ToolCall)]
+    if resp.finish == "end_turn" and calls:
+        resp.finish = "tool_use"  # Gemini STOP / OpenAI "stop" with function calls
+    elif resp.finish == "tool_use" and not calls:
+        resp.finish = "end_turn"
+    if resp.finish == "malformed_tool_call" and client != "gemini":
+        raise TranslationError("the upstream model produced a malformed function call "
+                               "(Gemini MALFORMED_FUNCTION_CALL)", 502)
+    if ctx is not None:
+        for c in calls:
+            if c.name in ctx.custom_tools:
+                c.kind = "custom"
+            c.name = ctx.tool_names.get(c.name, c.name)
+
+
+def translate_response(provider_dialect: str, client_dialect: str, body: bytes, *, model: str,
+                       request_id: str, context: TranslationContext | None = None) -> bytes:
+    """A provider's non-streaming success body as the client's dialect."""
+    try:
+        doc = loads(body)
+        if isinstance(doc, list) and provider_dialect == "gemini":
+            doc = _merge_gemini_array(doc)
+        resp: Response = _module(provider_dialect).decode_response(doc)
+    except TranslationError as exc:
+        raise TranslationError(f"upstream response could not be read: {exc.message}",
+                               502) from None
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise TranslationError(f"upstream response could not be read: {exc!r}", 502) from None
+    _fix_response(resp, context, client_dialect)
+    out = _module(client_dialect).encode_response(resp, model=model, request_id=request_id)
+    return dumps(out)
+
+
+def _merge_gemini_array(chunks: list[Any]) -> dict[str, Any]:
+    """A non-SSE streamGenerateContent body (JSON array) as one response."""
+    parts: list[Any] = []
+    last: dict[str, Any] = {}
+    for c in chunks:
+        if isinstance(c, dict):
+            if "error" in c:
+                raise TranslationError(str(c["error"].get("message")), 502)
+            for cand in c.get("candidates") or []:
+                parts += (cand.get("content") or {}).get("parts") or []
+            last = c
+    merged = dict(last)
+    if merged.get("candidates"):
+        cand = dict(merged["candidates"][0])
+        cand["content"] = {"role": "model", "parts": parts}
+        merged["candidates"] = [cand]
+    return merged
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+def _error_fields(provider: str, doc: Any) -> tuple[str, str | None, str | None]:
+    """(message, type/status, reason) from a provider error body."""
+    if isinstance(doc, list):
+        doc = doc[0] if doc else {}
+    if not isinstance(doc, dict):
+        return "", None, None
+    err = doc.get("error")
+    if isinstance(err, dict):
+        reason = None
+        for d in err.get("details") or []:
+            if isinstance(d, dict) and d.get("reason"):
+                reason = str(d["reason"])
+        kind = err.get("type") or err.get("status") or err.get("code")
+        return str(err.get("message") or ""), str(kind) if kind else None, reason
+    if isinstance(err, str):
+        return err, None, None
+    return str(doc.get("message") or ""), None, None
+
+
+def translate_error(provider_dialect: str, client_dialect: str, status: int,
+                    body: bytes) -> tuple[int, bytes]:
+    """An upstream error response as the client's status and envelope."""
+    try:
+        doc = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        doc = None
+    message, kind, reason = _error_fields(provider_dialect, doc)
+    if not message:
+        message = body.decode("utf-8", "replace")[:500] or f"upstream error {status}"
+    out_status = status
+    if reason == "API_KEY_INVALID" or kind == "UNAUTHENTICATED":
+        out_status = 401
+    if client_dialect == "anthropic" and status == 503 and kind in (
+            "UNAVAILABLE", "service_unavailable", None):
+        out_status = 529 if provider_dialect != "gemini" else 503
+    if client_dialect != "anthropic" and status == 529:
+        out_status = 503
+    code = kind if client_dialect in ("openai-chat", "openai-responses") else None
+    return out_status, error_body(client_dialect, out_status, message, code=code)
+
+
+# -- streams ----------------------------------------------------------------------------------
+
+class StreamTranslator:
+    """Raw upstream SSE bytes in, client-dialect SSE bytes out, one event at a time."""
+
+    def __init__(self, provider_dialect: str, client_dialect: str, *, model: str,
+                 request_id: str, context: TranslationContext | None = None) -> None:
+        self.provider = provider_dialect
+        self.client = client_dialect
+        self._sse = SSEDecoder()
+        self._dec = _module(provider_dialect).StreamDecoder()
+        enc_cls = _module(client_dialect).StreamEncoder
+        if client_dialect == "openai-chat":
+            self._enc = enc_cls(model=model, request_id=request_id,
+                                include_usage=context.include_usage if context else True)
+        else:
+            self._enc = enc_cls(model=model, request_id=request_id)
+        self._ctx = context
+        self._saw_tool = False
+        self._done = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._done:
+            return b""
+        return self._events(self._sse.feed(chunk))
+
+    def _events(self, events: list[SSEEvent]) -> bytes:
+        out: list[bytes] = []
+        for sse in events:
+            if self._done:
+                break
+            for doc in _json_docs(sse.data):
+                for ev in self._dec.decode(sse.event, doc):
+                    out.append(self._one(ev))
+                    if self._done:
+                        break
+        return b"".join(out)
+
+    def _one(self, ev: StreamEvent) -> bytes:
+        if isinstance(ev, StreamToolStart):
+            self._saw_tool = True
+            if self._ctx is not None:
+                if ev.name in self._ctx.custom_tools:
+                    ev.kind = "custom"
+                ev.name = self._ctx.tool_names.get(ev.name, ev.name)
+        elif isinstance(ev, StreamFinish):
+            if ev.reason == "end_turn" and self._saw_tool:
+                ev.reason = "tool_use"
+            elif ev.reason == "tool_use" and not self._saw_tool:
+                ev.reason = "end_turn"
+            elif ev.reason == "malformed_tool_call" and self.client != "gemini":
+                return self.fail(502, "the upstream model produced a malformed function call "
+                                      "(Gemini MALFORMED_FUNCTION_CALL)")
+        elif isinstance(ev, StreamError):
+            return self.fail(ev.status, ev.message)
+        return self._enc.encode(ev)  # type: ignore[no-any-return]
+
+    def close(self) -> bytes:
+        """Upstream ended: the client's terminal events, or an error if it ended early."""
+        out = self._events(self._sse.flush())
+        if self._done:
+            return out
+        if not self._dec.terminal:
+            return out + self.fail(502, "upstream stream ended before its terminal event")
+        self._done = True
+        return out + self._enc.close()  # type: ignore[no-any-return]
+
+    def fail(self, status: int, message: str) -> bytes:
+        """An error after the stream started, in the client's in-stream error shape."""
+        if self._done:
+            return b""
+        self._done = True
+        return self._enc.fail(status, message)  # type: ignore[no-any-return]
+
+
+def _json_docs(data: str) -> list[Any]:
+    if not data:
+        return []
+    if data == "[DONE]":
+        return ["[DONE]"]
+    try:
+        return [msgspec.json.decode(data)]
+    except msgspec.DecodeError:
+        # Several JSON documents on consecutive data lines (no blank line between events).
+        docs = []
+        for line in data.split("\n"):
+            try:
+                docs.append(msgspec.json.decode(line))
+            except msgspec.DecodeError:
+                continue
+        return docs
+
+
+# -- count_tokens -----------------------------------------------------------------------------
+
+_IMAGE_TOKENS = 1600  # Anthropic's upper bound for a ~1.15 MP image; a fixed guess
+
+
+def count_tokens_estimate(client_dialect: str, body: bytes) -> int:
+    """An estimate for providers without count_tokens: ceil(characters / 4) over every text,
+    tool argument, tool result and tool definition (name, description, JSON schema), plus 4
+    tokens per message and 1600 per image. Documented in docs/translator.md; not exact."""
+    req = decode_request(client_dialect, body)
+    chars = sum(len(t.text) for t in req.system)
+    tokens = 0
+    for m in req.messages:
+        tokens += 4
+        for p in m.parts:
+            if isinstance(p, Text):
+                chars += len(p.text)
+            elif isinstance(p, Image):
+                tokens += _IMAGE_TOKENS
+            elif isinstance(p, ToolCall):
+                chars += len(p.name) + len(p.arguments)
+            elif isinstance(p, ToolResult):
+                for q in p.content:
+                    if isinstance(q, Text):
+                        chars += len(q.text)
+                    else:
+                        tokens += _IMAGE_TOKENS
+            elif isinstance(p, Reasoning):
+                chars += len(p.text)
+    for t in req.tools:
+        chars += len(t.name) + len(t.description or "") + len(dumps(t.parameters or {}))
+    return tokens + math.ceil(chars / 4)

@@ -1,0 +1,246 @@
+"""Cross-dialect end to end: each official SDK against fake upstreams of every other dialect,
+a two-turn tool-use conversation (call -> result -> answer), streamed and not, asserting what
+the SDK hands to the program: tool names, parsed arguments, final text, stop reason, usage."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+from google import genai
+from google.genai import types as gtypes
+
+from codeswitch.natsd import EmbeddedNats
+from schemas.events import RequestCompleted
+from tests.e2e.conftest import CLIENT_KEY, PROVIDER_KEYS
+from tests.e2e.gateway import Gateway, events
+from tests.fakes.upstream import DEFAULT_TEXT, FAKE_TOOL_CALLS, Behavior, FakeUpstream
+
+DIALECTS = ("anthropic", "openai-chat", "openai-responses", "gemini")
+PAIRS = [(c, p) for c in DIALECTS for p in DIALECTS if c != p]
+MODEL = "any-model-1"
+TOOLS_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"},
+                                                 "query": {"type": "string"}}}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, dict[str, FakeUpstream]]]:
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats") / "nats")
+    server.start()
+    fakes = {d: FakeUpstream(d).start() for d in DIALECTS}
+    gw = Gateway(server.url)
+    try:
+        yield gw, fakes
+    finally:
+        gw.stop()
+        for f in fakes.values():
+            f.stop()
+        server.stop()
+
+
+def _use(gw: Gateway, fakes: dict[str, FakeUpstream], provider: str) -> FakeUpstream:
+    """Make ``provider``'s fake the only provider (pinned by priority 1, others disabled)."""
+    from schemas.config import ProviderConfig
+
+    for d, fake in fakes.items():
+        gw.add_provider(ProviderConfig(name=f"p-{d.replace('openai-', '')}", dialect=d,  # type: ignore[arg-type]
+                                       base_url=fake.base_url, api_key=PROVIDER_KEYS[d],
+                                       enabled=d == provider))
+    fakes[provider].clear()
+    return fakes[provider]
+
+
+def _expected_calls(provider: str) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for call in FAKE_TOOL_CALLS[provider]:
+        args = call.get("arguments", call.get("args"))
+        out.append((call["name"], json.loads(args) if isinstance(args, str) else args))
+    return out
+
+
+# -- one driver per client SDK: turn 1 (tool call), turn 2 (tool result -> text) ------------
+def _anthropic(gw: Gateway, stream: bool) -> dict[str, Any]:
+    client = anthropic.Anthropic(base_url=gw.url, api_key=CLIENT_KEY, max_retries=0)
+    tools = [{"name": n, "description": n, "input_schema": TOOLS_SCHEMA}
+             for n in ("weather", "search")]
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "Weather and news?"}]
+
+    def call() -> Any:
+        if stream:
+            with client.messages.stream(model=MODEL, max_tokens=256, tools=tools,  # type: ignore[arg-type]
+                                        messages=messages) as s:  # type: ignore[arg-type]
+                return s.get_final_message()
+        return client.messages.create(model=MODEL, max_tokens=256, tools=tools,  # type: ignore[arg-type]
+                                      messages=messages)  # type: ignore[arg-type]
+
+    first = call()
+    uses = [b for b in first.content if b.type == "tool_use"]
+    messages.append({"role": "assistant", "content": [b.model_dump() for b in first.content]})
+    messages.append({"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": u.id, "content": "sunny"} for u in uses]})
+    second = call()
+    return {
+        "calls": [(u.name, u.input) for u in uses], "ids": [u.id for u in uses],
+        "stop1": first.stop_reason,
+        "text": "".join(b.text for b in second.content if b.type == "text"),
+        "stop2": second.stop_reason, "usage_out": second.usage.output_tokens,
+    }
+
+
+def _chat(gw: Gateway, stream: bool) -> dict[str, Any]:
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=CLIENT_KEY, max_retries=0)
+    tools = [{"type": "function", "function": {"name": n, "description": n,
+                                               "parameters": TOOLS_SCHEMA}}
+             for n in ("weather", "search")]
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "Weather and news?"}]
+
+    def call() -> tuple[str, list[tuple[str, str, str]], str | None, Any]:
+        if not stream:
+            r = client.chat.completions.create(model=MODEL, messages=messages, tools=tools)  # type: ignore[arg-type]
+            m = r.choices[0].message
+            calls = [(c.id, c.function.name, c.function.arguments)
+                     for c in m.tool_calls or []]  # type: ignore[union-attr]
+            return m.content or "", calls, r.choices[0].finish_reason, r.usage
+        text, parts, finish, usage = "", {}, None, None
+        for chunk in client.chat.completions.create(
+                model=MODEL, messages=messages, tools=tools, stream=True,  # type: ignore[arg-type]
+                stream_options={"include_usage": True}):
+            if chunk.usage:
+                usage = chunk.usage
+            for ch in chunk.choices:
+                text += ch.delta.content or ""
+                for tc in ch.delta.tool_calls or []:
+                    slot = parts.setdefault(tc.index, ["", "", ""])
+                    slot[0] = tc.id or slot[0]
+                    if tc.function and tc.function.name:
+                        slot[1] = tc.function.name
+                    if tc.function and tc.function.arguments:
+                        slot[2] += tc.function.arguments
+                finish = ch.finish_reason or finish
+        return text, [tuple(parts[i]) for i in sorted(parts)], finish, usage  # type: ignore[misc]
+
+    _, calls, finish1, _ = call()
+    messages.append({"role": "assistant", "content": None, "tool_calls": [
+        {"id": i, "type": "function", "function": {"name": n, "arguments": a}}
+        for i, n, a in calls]})
+    for i, _, _ in calls:
+        messages.append({"role": "tool", "tool_call_id": i, "content": "sunny"})
+    text, _, finish2, usage = call()
+    return {"calls": [(n, json.loads(a)) for _, n, a in calls], "ids": [i for i, _, _ in calls],
+            "stop1": finish1, "text": text, "stop2": finish2,
+            "usage_out": usage.completion_tokens if usage else None}
+
+
+def _responses(gw: Gateway, stream: bool) -> dict[str, Any]:
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=CLIENT_KEY, max_retries=0)
+    tools = [{"type": "function", "name": n, "description": n, "parameters": TOOLS_SCHEMA}
+             for n in ("weather", "search")]
+    items: list[Any] = [{"role": "user", "content": "Weather and news?"}]
+
+    def call() -> Any:
+        if not stream:
+            return client.responses.create(model=MODEL, input=items, tools=tools)  # type: ignore[arg-type]
+        done = [e for e in client.responses.create(model=MODEL, input=items, tools=tools,  # type: ignore[arg-type]
+                                                   stream=True)
+                if e.type == "response.completed"]
+        assert len(done) == 1, "a stream must end with exactly one response.completed"
+        return done[0].response
+
+    first = call()
+    calls = [o for o in first.output if o.type == "function_call"]
+    items.extend(c.model_dump(exclude_none=True) for c in calls)
+    items.extend({"type": "function_call_output", "call_id": c.call_id, "output": "sunny"}
+                 for c in calls)
+    second = call()
+    return {"calls": [(c.name, json.loads(c.arguments)) for c in calls],
+            "ids": [c.call_id for c in calls],
+            "stop1": "tool_calls" if calls else first.status, "text": second.output_text,
+            "stop2": second.status, "usage_out": second.usage.output_tokens,
+            "resp_id": second.id}
+
+
+def _gemini(gw: Gateway, stream: bool) -> dict[str, Any]:
+    client = genai.Client(api_key=CLIENT_KEY,
+                          http_options=gtypes.HttpOptions(base_url=gw.url))
+    decl = [gtypes.FunctionDeclaration(name=n, description=n, parameters_json_schema=TOOLS_SCHEMA)
+            for n in ("weather", "search")]
+    config = gtypes.GenerateContentConfig(tools=[gtypes.Tool(function_declarations=decl)],
+                                          automatic_function_calling=gtypes.
+                                          AutomaticFunctionCallingConfig(disable=True))
+    contents: list[Any] = [gtypes.Content(role="user", parts=[gtypes.Part(text="Weather?")])]
+
+    def call() -> tuple[list[Any], str, Any, Any]:
+        if not stream:
+            r = client.models.generate_content(model=MODEL, contents=contents, config=config)
+            parts = r.candidates[0].content.parts or []  # type: ignore[index,union-attr]
+            return parts, r.text or "", r.candidates[0].finish_reason, r.usage_metadata  # type: ignore[index]
+        parts, text, finish, usage = [], "", None, None
+        for chunk in client.models.generate_content_stream(model=MODEL, contents=contents,
+                                                           config=config):
+            if chunk.candidates and chunk.candidates[0].content:
+                for part in chunk.candidates[0].content.parts or []:
+                    parts.append(part)
+                    text += part.text or "" if not part.thought else ""
+                finish = chunk.candidates[0].finish_reason or finish
+            usage = chunk.usage_metadata or usage
+        return parts, text, finish, usage
+
+    parts, _, finish1, _ = call()
+    calls = [p.function_call for p in parts if p.function_call]
+    contents.append(gtypes.Content(role="model", parts=[p for p in parts if p.function_call]))
+    contents.append(gtypes.Content(role="user", parts=[
+        gtypes.Part(function_response=gtypes.FunctionResponse(
+            id=c.id, name=c.name, response={"result": "sunny"})) for c in calls]))
+    _, text, finish2, usage = call()
+    return {"calls": [(c.name, dict(c.args or {})) for c in calls],
+            "ids": [c.id for c in calls if c.id], "stop1": finish1, "text": text,
+            "stop2": finish2,
+            "usage_out": (usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0)
+            if usage else None}
+
+
+DRIVERS = {"anthropic": _anthropic, "openai-chat": _chat, "openai-responses": _responses,
+           "gemini": _gemini}
+STOP_TOOL = {"anthropic": "tool_use", "openai-chat": "tool_calls",
+             "openai-responses": "tool_calls", "gemini": gtypes.FinishReason.STOP}
+STOP_END = {"anthropic": "end_turn", "openai-chat": "stop", "openai-responses": "completed",
+            "gemini": gtypes.FinishReason.STOP}
+# provider's reported output tokens, in the client's arithmetic
+OUTPUT_TOKENS = {"anthropic": 15, "openai-chat": 10, "openai-responses": 87, "gemini": 56}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize(("client", "provider"), PAIRS, ids=[f"{c}->{p}" for c, p in PAIRS])
+def test_two_turn_tool_use(world: tuple[Gateway, dict[str, FakeUpstream]], client: str,
+                           provider: str, stream: bool) -> None:
+    gw, fakes = world
+    fake = _use(gw, fakes, provider)
+    fake.push(Behavior(tool_call=True))  # turn 1: the provider calls its tools
+    got = DRIVERS[client](gw, stream)
+    assert got["calls"] == _expected_calls(provider)
+    assert len(set(got["ids"])) == len(got["ids"]), "tool call ids must be unique"
+    assert got["stop1"] == STOP_TOOL[client]
+    assert got["text"] == DEFAULT_TEXT[provider]
+    assert got["stop2"] == STOP_END[client]
+    assert got["usage_out"] == OUTPUT_TOKENS[provider]
+    # turn 2 reached the provider in its own dialect, with the tool results attached
+    second = fake.requests[-1]
+    assert len(fake.requests) == 2
+    blob = json.dumps(second.json)
+    assert "sunny" in blob
+    assert CLIENT_KEY not in json.dumps(second.headers)
+
+
+def test_translated_requests_are_recorded(world: tuple[Gateway, dict[str, FakeUpstream]]) -> None:
+    gw, fakes = world
+    _use(gw, fakes, "openai-chat")
+    anthropic.Anthropic(base_url=gw.url, api_key=CLIENT_KEY, max_retries=0).messages.create(
+        model=MODEL, max_tokens=16, messages=[{"role": "user", "content": "hi"}])
+    done = [e for _, _, e in events(gw.nats_url, 2) if isinstance(e, RequestCompleted)]
+    last = done[-1]
+    assert last.translated and last.provider_dialect == "openai-chat"
+    assert last.usage is not None and last.usage.cache_read_tokens == 4

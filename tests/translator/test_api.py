@@ -1,0 +1,123 @@
+"""The public API: exports, prepare/context, previous_response_id, count_tokens estimate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import workers.translator as translator
+from workers.translator import (
+    TranslationError,
+    count_tokens_estimate,
+    prepare,
+    translate_request,
+)
+
+from ._vectors import raw
+
+
+def test_all_matches_exports() -> None:
+    public = {n for n in dir(translator) if not n.startswith("_")
+              and not isinstance(getattr(translator, n), type(translator))}
+    assert set(translator.__all__) <= public
+    for name in ("can_translate", "translate_request", "translate_response", "translate_error",
+                 "StreamTranslator", "TranslationError", "count_tokens_estimate", "prepare",
+                 "Prepared", "TranslationContext"):
+        assert name in translator.__all__
+
+
+def test_translation_error_has_status_and_message() -> None:
+    err = TranslationError("nope")
+    assert (err.status, err.message) == (400, "nope")
+
+
+def test_previous_response_id_is_a_clear_400() -> None:
+    body = json.dumps({"model": "m", "previous_response_id": "resp_1", "input": "hi"}).encode()
+    with pytest.raises(TranslationError) as err:
+        translate_request("openai-responses", "anthropic", body, model="m", stream=True)
+    assert err.value.status == 400 and "statelessly" in err.value.message
+
+
+def test_invalid_json_is_a_400() -> None:
+    with pytest.raises(TranslationError):
+        translate_request("anthropic", "gemini", b"{nope", model="m", stream=False)
+
+
+def test_chat_include_usage_recorded_in_context() -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    ctx = prepare("openai-chat", "anthropic", json.dumps(body).encode(), model="m",
+                  stream=True).context
+    assert ctx.include_usage is False
+    body["stream_options"] = {"include_usage": True}
+    ctx = prepare("openai-chat", "anthropic", json.dumps(body).encode(), model="m",
+                  stream=True).context
+    assert ctx.include_usage is True
+
+
+def test_codex_style_request_to_chat_and_anthropic() -> None:
+    body = {"model": "gpt-5", "stream": True, "store": False,
+            "include": ["reasoning.encrypted_content"], "reasoning": {"effort": "high"},
+            "parallel_tool_calls": True, "tool_choice": "auto", "prompt_cache_key": "k",
+            "input": [{"type": "message", "role": "developer", "content": [
+                {"type": "input_text", "text": "You are Codex."}]},
+                {"type": "message", "role": "user", "content": [
+                    {"type": "input_text", "text": "fix it"}]}],
+            "tools": [{"type": "function", "name": "shell", "parameters": {
+                "type": "object", "properties": {"cmd": {"type": "string"}}}},
+                {"type": "custom", "name": "apply_patch", "description": "patch",
+                 "format": {"type": "grammar", "syntax": "lark", "definition": "start: x"}},
+                {"type": "web_search"}, {"type": "tool_search"}]}
+    prep = prepare("openai-responses", "openai-chat", json.dumps(body).encode(), model="m",
+                   stream=True)
+    chat = json.loads(prep.body)
+    assert chat["messages"][0] == {"role": "developer", "content": "You are Codex."}
+    assert [t["function"]["name"] for t in chat["tools"]] == ["shell", "apply_patch"]
+    assert chat["reasoning_effort"] == "high" and chat["prompt_cache_key"] == "k"
+    assert prep.context.custom_tools == ["apply_patch"]
+    assert "hosted tool web_search" in prep.context.dropped
+    anth = json.loads(prepare("openai-responses", "anthropic", json.dumps(body).encode(),
+                              model="m", stream=True).body)
+    assert anth["system"][0]["text"] == "You are Codex."
+    assert anth["thinking"]["type"] == "enabled"
+
+
+def test_custom_tool_call_comes_back_as_custom_for_codex() -> None:
+    body = {"model": "m", "input": "x", "tools": [{"type": "custom", "name": "apply_patch"}]}
+    prep = prepare("openai-responses", "anthropic", json.dumps(body).encode(), model="m",
+                   stream=False)
+    msg = {"id": "msg_1", "stop_reason": "tool_use", "usage": {}, "content": [
+        {"type": "tool_use", "id": "toolu_1", "name": "apply_patch",
+         "input": {"input": "*** Begin Patch"}}]}
+    out = json.loads(translator.translate_response(
+        "anthropic", "openai-responses", json.dumps(msg).encode(), model="m", request_id="r",
+        context=prep.context))
+    (item,) = out["output"]
+    assert item["type"] == "custom_tool_call" and item["input"] == "*** Begin Patch"
+
+
+def test_gemini_cli_request_to_chat() -> None:
+    body = {"contents": [{"role": "user", "parts": [{"text": "route"}]}],
+            "generationConfig": {"responseMimeType": "application/json",
+                                 "responseJsonSchema": {"type": "object", "properties": {
+                                     "model": {"type": "string"}}},
+                                 "thinkingConfig": {"includeThoughts": True,
+                                                    "thinkingBudget": 2048}}}
+    chat = json.loads(translate_request("gemini", "openai-chat", json.dumps(body).encode(),
+                                        model="m", stream=False))
+    assert chat["response_format"]["type"] == "json_schema"
+    assert chat["response_format"]["json_schema"]["schema"]["properties"]["model"]
+    resp = json.loads(translate_request("gemini", "openai-responses",
+                                        json.dumps(body).encode(), model="m", stream=False))
+    assert resp["text"]["format"]["type"] == "json_schema"
+    assert resp["reasoning"]["effort"] == "low"
+
+
+def test_count_tokens_estimate_grows_with_content() -> None:
+    small = count_tokens_estimate("anthropic", raw("anthropic_nonstream_request.json"))
+    big = json.loads(raw("anthropic_nonstream_request.json"))
+    big["messages"][0]["content"] = "word " * 400
+    large = count_tokens_estimate("anthropic", json.dumps(big).encode())
+    assert 0 < small < large and 400 <= large <= 700
+    with_tools = count_tokens_estimate("anthropic", raw("anthropic_stream_tool_use_request.json"))
+    assert with_tools > small

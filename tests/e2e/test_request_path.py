@@ -105,7 +105,7 @@ def test_fallback_hides_failed_provider(gateway: Gateway, fakes: dict[str, FakeU
         attempts = [e for _, _, e in got if isinstance(e, AttemptFinished)]
         assert [(a.provider, a.outcome, a.status) for a in attempts] == [
             ("anthropic", "fallback", 503), ("backup", "ok", 200)]
-        done = [e for _, _, e in got if isinstance(e, RequestCompleted)][0]
+        done = next(e for _, _, e in got if isinstance(e, RequestCompleted))
         assert done.provider == "backup" and done.attempts == 2 and done.status == 200
     finally:
         backup.stop()
@@ -133,7 +133,7 @@ def test_stream_error_after_content_ends_stream_in_dialect(
     assert r.status_code == 200
     assert "text_delta" in r.text
     assert r.text.rstrip().split("\n\n")[-1].startswith("event: error")
-    done = [e for _, _, e in events(gateway.nats_url, 2) if isinstance(e, RequestCompleted)][0]
+    done = next(e for _, _, e in events(gateway.nats_url, 2) if isinstance(e, RequestCompleted))
     assert done.status == 200 and done.error_class == "protocol"
 
 
@@ -153,7 +153,7 @@ def test_client_disconnect_cancels_upstream(gateway: Gateway, fakes: dict[str, F
     seen = fake.wait_disconnect(0, timeout=5)
     assert seen is not None, "upstream connection was not closed"
     assert seen - closed < 0.2, f"took {seen - closed:.3f}s"
-    done = [e for _, _, e in events(gateway.nats_url, 2) if isinstance(e, RequestCompleted)][0]
+    done = next(e for _, _, e in events(gateway.nats_url, 2) if isinstance(e, RequestCompleted))
     assert done.status == 499 and done.error_class == "client_disconnected"
 
 

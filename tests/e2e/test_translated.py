@@ -28,7 +28,9 @@ TOOLS_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"},
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, dict[str, FakeUpstream]]]:
+def world(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Gateway, dict[str, FakeUpstream]]]:
     server = EmbeddedNats(tmp_path_factory.mktemp("nats") / "nats")
     server.start()
     fakes = {d: FakeUpstream(d).start() for d in DIALECTS}

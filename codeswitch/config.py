@@ -81,7 +81,14 @@ def _field_of(exc: msgspec.ValidationError) -> str | None:
     if m:
         return m.group(1)
     m = re.search(r"field `([A-Za-z_]+)`", str(exc))
-    return m.group(1) if m else None
+    if m:
+        return m.group(1)
+    # messages raised by ProviderConfig.__post_init__
+    for needle, key in (("provider name", "name"), ("base_url", "base_url"),
+                        ("weight", "weight")):
+        if needle in str(exc):
+            return key
+    return None
 
 
 def load_config(path: str | Path) -> FileConfig:

@@ -175,3 +175,16 @@ def test_events_carry_attempts_and_no_secrets(gateway: Gateway,
         for secret in [CLIENT_KEY, *PROVIDER_KEYS.values()]:
             assert secret.encode() not in raw
         assert b"authorization" not in raw.lower() and b"x-api-key" not in raw.lower()
+
+
+def test_chat_stream_usage_recorded_without_client_asking(
+        gateway: Gateway, fakes: dict[str, FakeUpstream]) -> None:
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=CLIENT_KEY, max_retries=0)
+    chunks = list(client.chat.completions.create(
+        model=MODELS["openai-chat"], messages=[{"role": "user", "content": "Hi"}],  # type: ignore[list-item]
+        stream=True))
+    assert all(c.choices for c in chunks), "no usage chunk the client never asked for"
+    assert all(c.usage is None for c in chunks)
+    assert fakes["openai-chat"].requests[-1].json["stream_options"] == {"include_usage": True}
+    (done,) = _final(gateway)
+    assert done.usage == EXPECTED_USAGE["openai-chat"]

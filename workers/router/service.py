@@ -42,6 +42,7 @@ from schemas.subjects import (
     response_subject,
 )
 from workers import translator
+from workers.router.chat_usage import UsageChunkFilter, request_usage
 from workers.router.models import render_models
 from workers.router.plan import Candidate, NoProviderError, RoundRobin, plan, should_fail_over
 from workers.router.providers import ProviderTable
@@ -94,6 +95,7 @@ class _Attempt:
     bytes_out: int = 0
     context: TranslationContext | None = None  # request-side state the response side needs
     conv: translator.StreamTranslator | None = None
+    usage_filter: UsageChunkFilter | None = None  # Chat pass-through: we asked for usage
 
 
 class Router:
@@ -302,6 +304,10 @@ class Router:
             if same:
                 up_body = body if p.dialect == "gemini" else rewrite_model(
                     body, cand.upstream_model, env.model)
+                if stream and p.dialect == "openai-chat":
+                    with_usage = request_usage(up_body)
+                    if with_usage is not None:
+                        up_body, att.usage_filter = with_usage, UsageChunkFilter()
             else:
                 prepared = translator.prepare(env.dialect, p.dialect, body,
                                               model=cand.upstream_model, stream=stream)
@@ -422,7 +428,12 @@ class Router:
                 if att.ttfb_ms is None:
                     att.ttfb_ms = (time.perf_counter() - started) * 1000
                 tracker.feed(chunk)
-                out = conv.feed(chunk) if conv is not None else chunk
+                if conv is not None:
+                    out = conv.feed(chunk)
+                elif att.usage_filter is not None:
+                    out = att.usage_filter.feed(chunk)
+                else:
+                    out = chunk
                 if not att.committed:
                     if tracker.error is not None and not tracker.saw_content:
                         raise UpstreamFailure("stream_error", f"{tracker.error[0]}: "
@@ -443,7 +454,12 @@ class Router:
                     await nc.publish(reply, _D + out)
         tracker.finish()
         att.usage, att.finish_reason = tracker.usage, tracker.finish_reason
-        tail = conv.close() if conv is not None else b""
+        if conv is not None:
+            tail = conv.close()
+        elif att.usage_filter is not None:
+            tail = att.usage_filter.flush()
+        else:
+            tail = b""
         if not att.committed:
             if tracker.error is not None:
                 raise UpstreamFailure("stream_error",

@@ -1,0 +1,238 @@
+"""The worker against a real NATS and a real webhook receiver: fire once, stay silent,
+resolve once; rules changed in KV without a restart; failed deliveries recorded without
+blocking evaluation; a restart in the middle of a firing alert sends nothing twice."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from codeswitch import bus
+from codeswitch.natsd import EmbeddedNats
+from schemas.events import CircuitChanged, Event, RequestCompleted, decode_event, encode_event
+from schemas.subjects import response_subject
+from workers.alerts import service
+from workers.alerts.notify import Notifier
+from workers.alerts.rules import Channel, Rule
+
+from .conftest import Receiver, load_events
+
+
+async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+class Worker:
+    """The alerts worker as a task, as `codeswitch worker alerts` runs it."""
+
+    def __init__(self, url: str, home: Path) -> None:
+        self.url, self.home = url, home
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self, nc: NATS) -> None:
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(service.run(
+            self.url, self.home, self.stop, tick_s=0.2, notifier=Notifier(backoff_base=0.05)))
+        js = nc.jetstream()
+
+        async def ready() -> bool:
+            try:
+                await js.consumer_info(bus.EVENTS_STREAM, service.NOTIFY_DURABLE)
+                return True
+            except Exception:
+                return False
+
+        deadline = time.monotonic() + 10
+        while not await ready():
+            assert time.monotonic() < deadline and not self.task.done()
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # rules loaded, warm-up done
+
+    async def halt(self) -> None:
+        assert self.task is not None
+        self.stop.set()
+        await asyncio.wait_for(self.task, 15)
+
+
+async def publish(nc: NATS, events: list[Event]) -> None:
+    js = nc.jetstream()
+    for ev in events:
+        if isinstance(ev, RequestCompleted):
+            subject = response_subject(ev.dialect, ev.provider)
+        elif isinstance(ev, CircuitChanged):
+            subject = f"provider.circuit.{ev.provider}.{ev.state}"
+        else:
+            raise AssertionError(ev)
+        await js.publish(subject, encode_event(ev), headers={"Nats-Msg-Id": ev.id})
+
+
+async def put_rule(nc: NATS, rule: Rule) -> None:
+    kv = await nc.jetstream().key_value(service.RULES_BUCKET)
+    await kv.put(rule.name, msgspec.json.encode(rule))
+
+
+async def alert_facts(nc: NATS) -> list[Msg]:
+    msgs: list[Msg] = []
+
+    async def collect(msg: Msg) -> None:
+        msgs.append(msg)
+
+    await nc.subscribe("alert.>", cb=collect)
+    return msgs
+
+
+def restart_sequence() -> dict[str, list[Event]]:
+    events = load_events("alerts_restart.jsonl", shift=time.time())
+    phases: dict[str, list[Event]] = {}
+    for ev in events:
+        phases.setdefault(ev.id.split("-")[0], []).append(ev)
+    return phases
+
+
+def error_rule(receiver: Receiver, path: str = "/hook", **kw: object) -> Rule:
+    base: dict[str, object] = {
+        "name": "main-errors", "metric": "error_rate", "threshold": 50.0,
+        "scope": "provider:main", "window_s": 60.0, "min_samples": 3, "cooldown_s": 3600.0,
+        "channels": [Channel(url=receiver.url(path), retries=3)],
+    }
+    base.update(kw)
+    return msgspec.convert(base, Rule)
+
+
+async def test_fires_once_then_resolves_once(
+    nats_server: EmbeddedNats, nc: NATS, receiver: Receiver, tmp_path: Path
+) -> None:
+    facts = await alert_facts(nc)
+    await put_rule(nc, error_rule(receiver))
+    worker = Worker(nats_server.url, tmp_path)
+    await worker.start(nc)
+    phases = restart_sequence()
+    await publish(nc, phases["burst"] + phases["still"])
+    await until(lambda: len(receiver.bodies()) == 1)
+    await asyncio.sleep(0.6)  # several ticks while still firing: nothing more
+    assert len(receiver.bodies()) == 1
+    fired = receiver.bodies()[0]
+    assert (fired["kind"], fired["rule"], fired["value"]) == ("fired", "main-errors", 100.0)
+    await publish(nc, phases["recover"])
+    await until(lambda: len(receiver.bodies()) == 2)
+    resolved = receiver.bodies()[1]
+    assert resolved["kind"] == "resolved" and resolved["fired_id"] == fired["alert_id"]
+    await worker.halt()
+    assert [m.subject for m in facts] == ["alert.fired.main-errors", "alert.resolved.main-errors"]
+    assert [m.headers["Nats-Msg-Id"] for m in facts] == [fired["alert_id"], resolved["alert_id"]]
+    assert decode_event(facts[0].data).id == fired["alert_id"]
+
+
+async def test_restart_in_the_middle_of_a_firing_alert_sends_nothing_twice(
+    nats_server: EmbeddedNats, nc: NATS, receiver: Receiver, tmp_path: Path
+) -> None:
+    facts = await alert_facts(nc)
+    await put_rule(nc, error_rule(receiver))
+    phases = restart_sequence()
+    worker = Worker(nats_server.url, tmp_path)
+    await worker.start(nc)
+    await publish(nc, phases["burst"])
+    await until(lambda: len(receiver.bodies()) == 1)
+    await worker.halt()
+
+    await publish(nc, phases["still"])  # more errors while the worker is down
+    worker = Worker(nats_server.url, tmp_path)
+    await worker.start(nc)
+    await asyncio.sleep(1.0)  # it has caught up and ticked several times
+    assert len(receiver.bodies()) == 1
+    await worker.halt()  # and once more, while still firing
+    await worker.start(nc)
+    await asyncio.sleep(0.5)
+    assert len(receiver.bodies()) == 1
+
+    await publish(nc, phases["recover"])
+    await until(lambda: len(receiver.bodies()) == 2)
+    await asyncio.sleep(0.5)
+    await worker.halt()
+    kinds = [b["kind"] for b in receiver.bodies()]
+    assert kinds == ["fired", "resolved"]
+    assert receiver.bodies()[1]["fired_id"] == receiver.bodies()[0]["alert_id"]
+    assert [m.subject.split(".")[1] for m in facts] == ["fired", "resolved"]
+
+
+async def test_rule_changes_apply_without_restart(
+    nats_server: EmbeddedNats, nc: NATS, receiver: Receiver, tmp_path: Path
+) -> None:
+    facts = await alert_facts(nc)
+    worker = Worker(nats_server.url, tmp_path)
+    await worker.start(nc)
+    phases = restart_sequence()
+    await publish(nc, phases["burst"])
+    await asyncio.sleep(0.3)
+    assert receiver.bodies() == []
+    await put_rule(nc, error_rule(receiver))  # the window it sees includes the past burst
+    await until(lambda: len(receiver.bodies()) == 1)
+    await put_rule(nc, error_rule(receiver, threshold=100.0))  # 100% is not > 100%
+    await until(lambda: len(receiver.bodies()) == 2)
+    assert [b["kind"] for b in receiver.bodies()] == ["fired", "resolved"]
+    await put_rule(nc, error_rule(receiver, threshold=10.0, cooldown_s=0.0))
+    await until(lambda: len(receiver.bodies()) == 3)
+    kv = await nc.jetstream().key_value(service.RULES_BUCKET)
+    await kv.delete("main-errors")  # removing a firing rule resolves it, to its channels
+    await until(lambda: len(receiver.bodies()) == 4)
+    assert receiver.bodies()[3]["message"] == "rule removed"
+    await worker.halt()
+    assert len(facts) == 4
+
+
+async def test_failed_delivery_is_a_fact_and_never_blocks_evaluation(
+    nats_server: EmbeddedNats, nc: NATS, receiver: Receiver, tmp_path: Path
+) -> None:
+    facts = await alert_facts(nc)
+    receiver.status["/down"] = 500
+    receiver.delay["/slow"] = 1.5
+    rule = error_rule(receiver, channels=[
+        Channel(url=receiver.url("/down"), retries=1, name="down"),
+        Channel(url=receiver.url("/slow"), timeout_s=5, name="slow"),
+    ])
+    await put_rule(nc, rule)
+    worker = Worker(nats_server.url, tmp_path)
+    await worker.start(nc)
+    phases = restart_sequence()
+    await publish(nc, phases["burst"])
+    await until(lambda: len(facts) == 1)
+    started = time.monotonic()
+    await publish(nc, phases["recover"])
+    await until(lambda: any(m.subject.startswith("alert.resolved") for m in facts))
+    assert time.monotonic() - started < 1.2  # resolved while the slow webhook still hangs
+    await until(lambda: len(receiver.bodies("/slow")) == 2, timeout=15)
+    await until(lambda: sum(m.subject.startswith("alert.delivery_failed") for m in facts) == 2)
+    await worker.halt()
+    failed = [decode_event(m.data) for m in facts if "delivery_failed" in m.subject]
+    assert {(f.channel, f.attempts, f.error) for f in failed} == {("down", 2, "HTTP 500")}
+    assert {f.alert_id for f in failed} == {decode_event(m.data).id for m in facts[:2]}
+    assert len(receiver.bodies("/down")) == 4  # 2 attempts x (fired, resolved)
+
+
+async def test_circuit_open_through_the_worker(
+    nats_server: EmbeddedNats, nc: NATS, receiver: Receiver, tmp_path: Path
+) -> None:
+    await put_rule(nc, Rule(name="cb", metric="circuit_open", scope="provider:backup",
+                            channels=[Channel(url=receiver.url(), format="slack")]))
+    worker = Worker(nats_server.url, tmp_path)
+    await worker.start(nc)
+    now = time.time()
+    await publish(nc, [CircuitChanged(id="c1", ts=now, provider="backup", state="open",
+                                      previous="closed", failures=5)])
+    await until(lambda: len(receiver.bodies()) == 1)
+    await publish(nc, [CircuitChanged(id="c2", ts=now + 0.1, provider="backup",
+                                      state="closed", previous="half_open")])
+    await until(lambda: len(receiver.bodies()) == 2)
+    await worker.halt()
+    texts = [b["text"] for b in receiver.bodies()]
+    assert texts[0].startswith("[FIRING] cb (warning)") and texts[1].startswith("[RESOLVED] cb")

@@ -3,15 +3,27 @@ gateway settings. Every process watches these keys, so writes apply on the next 
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.js.errors import KeyNotFoundError
 
 from codeswitch import bus
-from schemas.config import GatewaySettings, ProviderConfig
+from schemas.config import (
+    ActiveProviders,
+    GatewaySettings,
+    ProviderConfig,
+    RoutingSettings,
+    UnifiedUpstream,
+)
+from workers.router.breaker import BreakerState
 
 __all__ = [
     "apply_file_config",
+    "get_setting",
+    "list_circuits",
+    "put_setting",
     "delete_provider",
     "get_provider",
     "list_providers",
@@ -67,8 +79,51 @@ async def put_settings(nc: NATS, settings: GatewaySettings) -> None:
     await kv.put("gateway", _enc.encode(settings))
 
 
+_SETTING_TYPES: dict[str, type] = {
+    "gateway": GatewaySettings,
+    "routing": RoutingSettings,
+    "active": ActiveProviders,
+    "unified": UnifiedUpstream,
+}
+
+
+async def get_setting(nc: NATS, key: str) -> Any:
+    """A cs_settings document, or its default when unset."""
+    kv = await nc.jetstream().key_value(bus.SETTINGS_BUCKET)
+    kind = _SETTING_TYPES[key]
+    try:
+        entry = await kv.get(key)
+    except KeyNotFoundError:
+        return kind()
+    return msgspec.json.decode(entry.value, type=kind) if entry.value else kind()
+
+
+async def put_setting(nc: NATS, key: str, value: Any) -> None:
+    kv = await nc.jetstream().key_value(bus.SETTINGS_BUCKET)
+    await kv.put(key, _enc.encode(value))
+
+
+async def list_circuits(nc: NATS) -> dict[str, BreakerState]:
+    kv = await nc.jetstream().key_value(bus.CIRCUITS_BUCKET)
+    try:
+        keys = await kv.keys()
+    except Exception:  # NoKeysError on an empty bucket
+        return {}
+    out = {}
+    for key in keys:
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            continue
+        if entry.value:
+            out[key] = msgspec.json.decode(entry.value, type=BreakerState)
+    return out
+
+
 async def apply_file_config(nc: NATS, providers: list[ProviderConfig],
-                            settings: GatewaySettings | None) -> list[str]:
+                            settings: GatewaySettings | None,
+                            routing: RoutingSettings | None = None,
+                            unified: UnifiedUpstream | None = None) -> list[str]:
     """Upsert the file's providers; drop file-sourced providers no longer in it."""
     changes = []
     current = {p.name: p for p in await list_providers(nc)}
@@ -83,4 +138,8 @@ async def apply_file_config(nc: NATS, providers: list[ProviderConfig],
             changes.append(f"provider {name} removed (no longer in the config file)")
     if settings is not None:
         await put_settings(nc, settings)
+    for key, value in (("routing", routing), ("unified", unified)):
+        if value is not None and value != await get_setting(nc, key):
+            await put_setting(nc, key, value)
+            changes.append(f"{key} settings applied")
     return changes

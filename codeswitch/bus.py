@@ -26,6 +26,7 @@ from schemas.subjects import FACT_SUBJECTS, REQUEST_PREFIX
 
 __all__ = [
     "BODIES_BUCKET",
+    "CIRCUITS_BUCKET",
     "EVENTS_STREAM",
     "KV_BUCKETS",
     "PROVIDERS_BUCKET",
@@ -45,11 +46,13 @@ EVENTS_STREAM = "CS_EVENTS"
 ROUTER_DURABLE = "routers"
 PROVIDERS_BUCKET = "cs_providers"
 SETTINGS_BUCKET = "cs_settings"
+CIRCUITS_BUCKET = "cs_circuits"
 BODIES_BUCKET = "cs_bodies"
 
 KV_BUCKETS: dict[str, dict[str, Any]] = {
     PROVIDERS_BUCKET: {"history": 5, "description": "provider configs"},
     SETTINGS_BUCKET: {"history": 5, "description": "gateway settings"},
+    CIRCUITS_BUCKET: {"history": 1, "description": "circuit breaker states (routers)"},
     "cs_mcp": {"history": 5, "description": "MCP servers"},
     "cs_rules": {"history": 5, "description": "alert rules (workers/alerts)"},
     "cs_alert_state": {"history": 1, "description": "active alerts and cool-downs"},

@@ -8,6 +8,7 @@ import importlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -112,7 +113,8 @@ def up(
             return []
         nc = await bus.connect(url, name="codeswitch-up-config")
         try:
-            return await apply_file_config(nc, file_cfg.providers, file_cfg.settings)
+            return await apply_file_config(nc, file_cfg.providers, file_cfg.settings,
+                                           file_cfg.routing, file_cfg.unified)
         finally:
             await nc.drain()
 
@@ -318,6 +320,140 @@ def provider_remove(name: str, nats_url: NatsOpt = None, home: HomeOpt = None) -
         err.print(f"[red]no provider named {name!r}[/]")
         raise typer.Exit(1)
     console.print(f"provider [bold]{name}[/] removed")
+
+
+@provider_app.command("status")
+def provider_status(
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh every second.")] = False,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+    nats_url: NatsOpt = None, home: HomeOpt = None,
+) -> None:
+    """Providers with their circuit breakers (shared by all routers), live with --watch."""
+    from codeswitch.admin import get_setting, list_circuits, list_providers
+
+    url = nats_url_for(home, nats_url)
+
+    async def snapshot(nc: Any) -> tuple[Any, Any, Any, Any]:
+        return (await list_providers(nc), await list_circuits(nc),
+                await get_setting(nc, "active"), await get_setting(nc, "unified"))
+
+    def render(data: tuple[Any, Any, Any, Any]) -> Table:
+        providers, circuits, active, unified = data
+        now = time.time()
+        table = Table("provider", "dialect", "priority", "enabled", "active for", "circuit",
+                      "since", "recent failures", "reason",
+                      title="providers" + ("  (unified upstream ON: "
+                                           f"{unified.url})" if unified.enabled else ""))
+        for p in providers:
+            keys = [k for k in circuits if k == p.name or k.startswith(p.name + ".")]
+            apps = ", ".join(a for a, n in active.by_app.items() if n == p.name) or ""
+            if not keys:
+                table.add_row(p.name, p.dialect, str(p.priority), "yes" if p.enabled else "no",
+                              apps, "[green]closed[/]", "", "", "")
+            for k in keys:
+                st = circuits[k]
+                color = {"open": "red", "half_open": "yellow"}.get(st.state, "green")
+                label = st.state if k == p.name else f"{st.state} ({k[len(p.name) + 1:]})"
+                since = f"{now - st.opened_at:.0f}s" if st.opened_at else ""
+                table.add_row(p.name, p.dialect, str(p.priority), "yes" if p.enabled else "no",
+                              apps, f"[{color}]{label}[/]", since, str(len(st.failures)),
+                              st.reason or "")
+        return table
+
+    if json_out:
+        providers, circuits, active, unified = _with_nats(url, snapshot)
+        sys.stdout.write(msgspec.json.encode({
+            "providers": [p.masked() for p in providers], "circuits": circuits,
+            "active": active, "unified": {"enabled": unified.enabled, "url": unified.url},
+        }).decode() + "\n")
+        return
+    if not watch:
+        console.print(render(_with_nats(url, snapshot)))
+        return
+    from rich.live import Live
+
+    with Live(console=console, refresh_per_second=2) as live:
+        try:
+            while True:
+                live.update(render(_with_nats(url, snapshot)))
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command()
+def use(
+    provider: Annotated[str | None, typer.Argument(help="Provider to use first.")] = None,
+    client: Annotated[str, typer.Option(
+        "--client", help="claude | codex | gemini | openai | all")] = "all",
+    clear: Annotated[bool, typer.Option("--clear", help="Back to normal routing.")] = False,
+    nats_url: NatsOpt = None, home: HomeOpt = None,
+) -> None:
+    """Switch a client's provider at run time (no CLI restart); the others stay as fallback."""
+    from codeswitch.admin import get_provider, get_setting, put_setting
+    from schemas.config import CLIENT_APPS, ActiveProviders
+
+    apps = list(CLIENT_APPS) if client == "all" else [client]
+    if any(a not in CLIENT_APPS for a in apps):
+        err.print(f"[red]unknown client {client!r}[/]: claude, codex, gemini, openai or all")
+        raise typer.Exit(2)
+    if not clear and not provider:
+        err.print("[red]name a provider, or pass --clear[/]")
+        raise typer.Exit(2)
+
+    async def go(nc: Any) -> str | None:
+        if provider and not clear and await get_provider(nc, provider) is None:
+            return f"no provider named {provider!r}"
+        current: ActiveProviders = await get_setting(nc, "active")
+        by_app = dict(current.by_app)
+        for a in apps:
+            if clear:
+                by_app.pop(a, None)
+            else:
+                by_app[a] = provider  # type: ignore[assignment]
+        await put_setting(nc, "active", ActiveProviders(by_app=by_app))
+        return None
+
+    problem = _with_nats(nats_url_for(home, nats_url), go)
+    if problem:
+        err.print(f"[red]{problem}[/]")
+        raise typer.Exit(1)
+    what = "normal routing" if clear else f"[bold]{provider}[/] first"
+    console.print(f"{', '.join(apps)}: {what} (takes effect on the next request)")
+
+
+@app.command()
+def unified(
+    state: Annotated[str, typer.Argument(help="on | off | show")] = "show",
+    url: Annotated[str | None, typer.Option(help="NEW-API/one-api base URL.")] = None,
+    token: Annotated[str | None, typer.Option(help="Its token, or env:NAME.")] = None,
+    nats_url: NatsOpt = None, home: HomeOpt = None,
+) -> None:
+    """Unified-upstream mode: every request to one NEW-API/one-api gateway first, the local
+    providers as fallback."""
+    from codeswitch.admin import get_setting, put_setting
+    from schemas.config import UnifiedUpstream
+
+    if state not in ("on", "off", "show"):
+        err.print("[red]state must be on, off or show[/]")
+        raise typer.Exit(2)
+
+    async def go(nc: Any) -> UnifiedUpstream:
+        current: UnifiedUpstream = await get_setting(nc, "unified")
+        if state == "show":
+            return current
+        new = UnifiedUpstream(enabled=state == "on", url=url or current.url,
+                              token=token if token is not None else current.token)
+        await put_setting(nc, "unified", new)
+        return new
+
+    try:
+        result = _with_nats(nats_url_for(home, nats_url), go)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    console.print(f"unified upstream: {'[green]on[/]' if result.enabled else 'off'} "
+                  f"({result.url}, token {'set' if result.token else 'not set'})")
 
 
 # -- tail ------------------------------------------------------------------------------------

@@ -17,7 +17,13 @@ from typing import Any
 
 import msgspec
 
-from schemas.config import GatewaySettings, ProviderConfig, resolve_secret
+from schemas.config import (
+    GatewaySettings,
+    ProviderConfig,
+    RoutingSettings,
+    UnifiedUpstream,
+    resolve_secret,
+)
 
 __all__ = ["ConfigError", "FileConfig", "load_config"]
 
@@ -38,6 +44,8 @@ class FileConfig:
     port: int | None = None
     settings: GatewaySettings = field(default_factory=GatewaySettings)
     providers: list[ProviderConfig] = field(default_factory=list)
+    routing: RoutingSettings | None = None
+    unified: UnifiedUpstream | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -104,7 +112,8 @@ def load_config(path: str | Path) -> FileConfig:
         raise ConfigError(path, f"invalid TOML: {exc}", int(m.group(1)) if m else None) \
             from None
     cfg = FileConfig(path=path, raw=raw)
-    unknown = set(raw) - {"gateway", "providers", "ledger", "alerts", "clients"}
+    unknown = set(raw) - {"gateway", "providers", "routing", "unified", "ledger", "alerts",
+                          "clients"}
     if unknown:
         key = sorted(unknown)[0]
         raise ConfigError(path, "unknown top-level key", _line_of(text, None, key, ""), key)
@@ -130,6 +139,18 @@ def load_config(path: str | Path) -> FileConfig:
     except (TypeError, ValueError) as exc:
         raise ConfigError(path, str(exc), _line_of(text, None, None, "gateway"),
                           "gateway") from None
+
+    for table, struct in (("routing", RoutingSettings), ("unified", UnifiedUpstream)):
+        if table not in raw:
+            continue
+        try:
+            setattr(cfg, table, msgspec.convert(raw[table], struct))
+        except (msgspec.ValidationError, ValueError) as exc:
+            key = _field_of(exc) if isinstance(exc, msgspec.ValidationError) else None
+            if key is None:
+                key = next((k for k in raw[table] if k in str(exc)), None)
+            raise ConfigError(path, str(exc), _line_of(text, None, key, table),
+                              table + (f".{key}" if key else "")) from None
 
     providers = raw.get("providers", [])
     if not isinstance(providers, list):

@@ -15,7 +15,12 @@ import msgspec
 from schemas.dialects import Dialect
 
 __all__ = [
+    "CLIENT_APPS",
+    "ActiveProviders",
+    "BreakerPolicy",
     "GatewaySettings",
+    "RoutingSettings",
+    "UnifiedUpstream",
     "ProviderConfig",
     "Timeouts",
     "resolve_secret",
@@ -88,6 +93,67 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     max_body_bytes: int = 32 * 1024 * 1024
     pickup_timeout: float = 5.0  # seconds for a router to take a request before a 503
     body_log: bool = False
+
+
+class BreakerPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Circuit breaker thresholds (workers/router/breaker.py)."""
+
+    failures: int = 5  # failures inside the window that open the breaker
+    window_s: float = 60.0
+    cooldown_s: float = 30.0  # open -> half_open after this long
+    successes: int = 1  # successful probes in a row that close it again
+    probe_timeout_s: float = 120.0
+
+
+DEFAULT_FAILOVER_STATUSES = [408, 409, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 529]
+
+
+class RoutingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """KV cs_settings key "routing"; config file table [routing]."""
+
+    # inside one priority level: round-robin | weighted | least-loaded
+    strategy: str = "round-robin"
+    # upstream statuses that fall back to the next provider (before anything reached the
+    # client); any other 4xx goes back to the client: it would fail everywhere
+    failover_statuses: list[int] = msgspec.field(
+        default_factory=lambda: list(DEFAULT_FAILOVER_STATUSES))
+    breaker: BreakerPolicy = BreakerPolicy()
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("round-robin", "weighted", "least-loaded"):
+            raise ValueError(f"strategy {self.strategy!r} must be round-robin, weighted or "
+                             "least-loaded")
+
+
+# The clients whose active provider can be switched at run time, by the dialect they speak.
+CLIENT_APPS = {"claude": "anthropic", "codex": "openai-responses", "gemini": "gemini",
+               "openai": "openai-chat"}
+
+
+class ActiveProviders(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """KV cs_settings key "active": the provider each client app uses first (the rest stay as
+    fallback). Keys are CLIENT_APPS names."""
+
+    by_app: dict[str, str] = {}
+
+    def for_dialect(self, dialect: str) -> str | None:
+        for app, app_dialect in CLIENT_APPS.items():
+            if app_dialect == dialect and app in self.by_app:
+                return self.by_app[app]
+        return None
+
+
+class UnifiedUpstream(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """KV cs_settings key "unified": every request goes to one NEW-API/one-api style gateway
+    first; the local providers are the fallback (the seed's new_api_* settings)."""
+
+    enabled: bool = False
+    url: str = "http://localhost:3000"
+    token: str = ""  # literal or env:NAME
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url {self.url!r} must start with http:// or https://")
 
 
 def resolve_secret(value: str) -> str:

@@ -28,6 +28,7 @@ __all__ = [
     "ROUTER_PING",
     "attempt_subject",
     "cancel_subject",
+    "circuit_subject",
     "request_subject",
     "response_subject",
     "safe_token",
@@ -70,6 +71,10 @@ def attempt_subject(dialect: str, provider: str | None) -> str:
 
 def response_subject(dialect: str, provider: str | None) -> str:
     return f"{RESPONSE_PREFIX}.{dialect}.{safe_token(provider)}"
+
+
+def circuit_subject(provider: str, state: str) -> str:
+    return f"provider.circuit.{safe_token(provider)}.{state}"
 
 
 def cancel_subject(request_id: str) -> str:

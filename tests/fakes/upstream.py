@@ -294,6 +294,7 @@ class Behavior(msgspec.Struct):
     chunk_delay: float = 0.0
     hang: bool = False
     cut_after: int | None = None
+    stall_after: int | None = None  # stream: after N events go silent (connection kept open)
     stream_error_after: int | None = None
     text: str | None = None
     tool_call: bool = False
@@ -634,6 +635,10 @@ class FakeUpstream:
         for i, event in enumerate(events):
             if behavior.cut_after is not None and i >= behavior.cut_after:
                 await conn.cut()
+                return
+            if behavior.stall_after is not None and i >= behavior.stall_after:
+                await conn.hang()
+                await self._abandon(conn)
                 return
             if i and behavior.chunk_delay and await conn.sleep(behavior.chunk_delay):
                 await self._abandon(conn)

@@ -22,6 +22,7 @@ from nats.js import api as js_api
 
 from codeswitch import bus
 from codeswitch.facts import FactPublisher
+from schemas.config import ProviderConfig
 from schemas.envelope import (
     ENV_HEADER,
     KIND_ACCEPTED,
@@ -32,20 +33,23 @@ from schemas.envelope import (
     ReplyStart,
     RequestEnvelope,
 )
-from schemas.events import AttemptFinished, RequestCompleted, Usage, new_id
+from schemas.events import AttemptFinished, CircuitChanged, RequestCompleted, Usage, new_id
 from schemas.subjects import (
     CANCEL_PREFIX,
     REQUEST_PREFIX,
     ROUTER_MODELS,
     ROUTER_PING,
     attempt_subject,
+    circuit_subject,
     response_subject,
 )
 from workers import translator
+from workers.router.breaker import TRANSPORT_ERRORS, BreakerState, allow, breaker_key, record
 from workers.router.chat_usage import UsageChunkFilter, request_usage
 from workers.router.models import render_models
 from workers.router.plan import Candidate, NoProviderError, RoundRobin, plan, should_fail_over
 from workers.router.providers import ProviderTable
+from workers.router.shared import CircuitTable, SettingsView, watch_bucket
 from workers.router.upstream import (
     UpstreamFailure,
     map_errors,
@@ -106,7 +110,10 @@ class Router:
         self.max_in_flight = max_in_flight
         self.grace = grace
         self.table = ProviderTable()
+        self.settings = SettingsView()
+        self.circuits = CircuitTable()
         self.rr = RoundRobin()
+        self.load: dict[str, int] = {}  # requests in flight per provider (least-loaded)
         self.nc: NATS | None = None
         self.facts: FactPublisher | None = None
         self.http: aiohttp.ClientSession | None = None
@@ -132,10 +139,18 @@ class Router:
         self.facts.start()
         kv = await js.key_value(bus.PROVIDERS_BUCKET)
         self._tasks.append(asyncio.create_task(self.table.watch(kv), name="providers"))
-        try:
-            await asyncio.wait_for(self.table.ready.wait(), 10)
-        except TimeoutError:
-            log.warning("provider list not loaded after 10 s; continuing")
+        settings_kv = await js.key_value(bus.SETTINGS_BUCKET)
+        self._tasks.append(asyncio.create_task(
+            watch_bucket(settings_kv, self.settings.apply, self.settings.ready)))
+        self.circuits.kv = await js.key_value(bus.CIRCUITS_BUCKET)
+        self._tasks.append(asyncio.create_task(
+            watch_bucket(self.circuits.kv, self.circuits.apply, self.circuits.ready)))
+        for ready, what in ((self.table.ready, "providers"), (self.settings.ready, "settings"),
+                            (self.circuits.ready, "circuits")):
+            try:
+                await asyncio.wait_for(ready.wait(), 10)
+            except TimeoutError:
+                log.warning("%s not loaded after 10 s; continuing", what)
         self._subs.append(await nc.subscribe(ROUTER_PING, queue="routers", cb=self._on_ping))
         self._subs.append(await nc.subscribe(ROUTER_MODELS, queue="routers",
                                              cb=self._on_models))
@@ -233,10 +248,14 @@ class Router:
                 obs = await self.js.object_store(bus.BODIES_BUCKET)
                 body = (await obs.get(env.body_ref)).data or b""
                 await obs.delete(env.body_ref)
+            routing = self.settings.routing
             try:
-                candidates = plan(self.table.active(), dialect=env.dialect, model=env.model,
-                                  pinned=env.pin_provider, can_translate=translator.can_translate,
-                                  rr=self.rr)
+                candidates = plan(self._providers(env.dialect), dialect=env.dialect,
+                                  model=env.model, pinned=env.pin_provider,
+                                  can_translate=translator.can_translate, rr=self.rr,
+                                  strategy=routing.strategy, load=self.load,
+                                  active=self.settings.active.for_dialect(env.dialect),
+                                  blocked=self._blocked)
             except NoProviderError as exc:
                 status, error_class, error_message = exc.status, "no_provider", exc.message
                 await self._reply_error(env, exc.status, exc.message, "no_provider")
@@ -244,9 +263,17 @@ class Router:
             candidates = self._skip_cooling(candidates)
             for number, cand in enumerate(candidates, 1):
                 has_next = number < len(candidates)
+                if has_next and not await self._admit(cand):
+                    continue  # circuit open (or another router is probing it): next one
                 att = _Attempt(cand, number, time.time())
                 attempts.append(att)
-                await self._attempt(env, body, att, has_next)
+                name = cand.provider.name
+                self.load[name] = self.load.get(name, 0) + 1
+                try:
+                    await self._attempt(env, body, att, has_next, routing.failover_statuses)
+                finally:
+                    self.load[name] -= 1
+                await self._judge(att)
                 if att.committed or att.outcome != "fallback":
                     final = att
                     break
@@ -282,6 +309,89 @@ class Router:
             self._record(env, attempts, final, status, error_class, error_message, ttfb_ms,
                          (time.perf_counter() - t0) * 1000)
 
+    # -- providers, breakers -----------------------------------------------------------------
+    def _providers(self, dialect: str) -> list[ProviderConfig]:
+        """The configured providers, plus the unified upstream (a NEW-API/one-api gateway that
+        speaks every dialect) ahead of them when it is on."""
+        providers = self.table.active()
+        unified = self.settings.unified
+        if unified.enabled:
+            base = unified.url.rstrip("/")
+            if dialect.startswith("openai") and not base.endswith("/v1"):
+                base += "/v1"
+            providers = [ProviderConfig(
+                name="unified", dialect=dialect, base_url=base,  # type: ignore[arg-type]
+                api_key=unified.token, priority=-(10**9), source="unified",
+            ), *[p for p in providers if p.name != "unified"]]
+        return providers
+
+    def _blocked(self, provider: ProviderConfig, model: str) -> bool:
+        now = time.time()
+        policy = self.settings.routing.breaker
+        for key in (breaker_key(provider.name), breaker_key(provider.name, model)):
+            st = self.circuits.get(key)
+            if st is not None and st.state != "closed" and not allow(st, now, policy)[0]:
+                return True
+        return False
+
+    async def _admit(self, cand: Candidate) -> bool:
+        """Check both breakers; an expired open breaker lets exactly one router probe."""
+        now = time.time()
+        policy = self.settings.routing.breaker
+        for key, model in ((breaker_key(cand.provider.name), None),
+                           (breaker_key(cand.provider.name, cand.upstream_model),
+                            cand.upstream_model)):
+            st = self.circuits.get(key)
+            if st is None or st.state == "closed":
+                continue
+            ok, probe = allow(st, now, policy)
+            if not ok:
+                return False
+            if probe is not None:
+                won = await self.circuits.swap(
+                    key, lambda cur: allow(cur, now, policy)[1],
+                    self._transition_cb(cand.provider.name, model))
+                if not won:
+                    return False
+        return True
+
+    async def _judge(self, att: _Attempt) -> None:
+        """Feed the attempt's result to the breakers (no KV write on a plain success)."""
+        if att.outcome == "cancelled":
+            return
+        ok = att.outcome == "ok" and att.error_class is None
+        p, model = att.candidate.provider.name, att.candidate.upstream_model
+        transport = att.error_class in TRANSPORT_ERRORS
+        counted = att.status in self.settings.routing.failover_statuses \
+            or att.error_class == "stream_error"
+        now = time.time()
+        policy = self.settings.routing.breaker
+        reason = att.error_class
+        targets: list[tuple[str, str | None]] = []
+        if ok or transport:
+            targets.append((breaker_key(p), None))
+        if ok or (counted and not transport):
+            targets.append((breaker_key(p, model), model))
+        for key, m in targets:
+            current = self.circuits.get(key)
+            if record(current, ok, now, policy, reason) is None:
+                continue
+            await self.circuits.swap(key, lambda cur: record(cur, ok, now, policy, reason),
+                                     self._transition_cb(p, m))
+
+    def _transition_cb(self, provider: str, model: str | None) -> Any:
+        def on_change(old: BreakerState | None, new: BreakerState) -> None:
+            before = old.state if old else "closed"
+            if new.state == before or self.facts is None:
+                return
+            self.facts.emit(circuit_subject(provider, new.state), CircuitChanged(
+                id=new_id(), ts=time.time(), provider=provider, model=model,
+                state=new.state, previous=before,
+                failures=len(old.failures) + 1 if old and new.state == "open" and
+                before == "closed" else 0,
+                reason=new.reason, router=self.router_id))
+        return on_change
+
     def _skip_cooling(self, candidates: list[Candidate]) -> list[Candidate]:
         """Providers cooling down after a 429 Retry-After go last, not away."""
         warm = [c for c in candidates if not self.table.cooling(c.provider.name)]
@@ -290,7 +400,7 @@ class Router:
         return warm + [c for c in candidates if c not in warm]
 
     async def _attempt(self, env: RequestEnvelope, body: bytes, att: _Attempt,
-                       has_next: bool) -> None:
+                       has_next: bool, failover: list[int]) -> None:
         assert self.http is not None and self.nc is not None
         cand = att.candidate
         p = cand.provider
@@ -353,8 +463,8 @@ class Router:
             if att.committed:
                 att.outcome = "failed"
                 await self._end_stream_with_error(env, att, exc)
-            elif exc.status == 0 or should_fail_over(exc.status, has_next=has_next) \
-                    or exc.error_class == "stream_error":
+            elif exc.status == 0 or exc.error_class == "stream_error" \
+                    or should_fail_over(exc.status, has_next=has_next, statuses=failover):
                 att.outcome = "fallback" if has_next else "failed"
             else:
                 att.outcome = "failed"

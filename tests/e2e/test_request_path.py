@@ -300,3 +300,24 @@ def test_event_json_is_readable(gateway: Gateway) -> None:
         doc = json.loads(raw)
         assert doc["type"] in ("AttemptFinished", "RequestCompleted")
         assert subject.startswith(("llm.attempt.", "llm.response."))
+
+
+@pytest.mark.parametrize("provider", ["gemini", "anthropic"])
+def test_gemini_json_array_stream_without_alt_sse(gateway: Gateway,
+                                                  fakes: dict[str, FakeUpstream],
+                                                  provider: str) -> None:
+    """Without ?alt=sse, :streamGenerateContent answers one JSON array, translated or not."""
+    model = MODELS["gemini"] if provider == "gemini" else "claude-opus-4-8"
+    with gateway.client() as c:
+        r = c.post(f"/v1beta/models/{model}:streamGenerateContent",
+                   json={"contents": [{"role": "user", "parts": [{"text": "hi"}]}]},
+                   headers={"x-goog-api-key": CLIENT_KEY})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-codeswitch-provider"] == provider
+    chunks = r.json()
+    assert isinstance(chunks, list) and len(chunks) >= 2
+    text = "".join(p.get("text", "") for ch in chunks for cand in ch.get("candidates", [])
+                   for p in cand.get("content", {}).get("parts", []))
+    assert text
+    assert chunks[-1]["candidates"][0]["finishReason"] == "STOP"
+    assert "alt" not in fakes[provider].requests[-1].query or provider != "gemini"

@@ -46,6 +46,7 @@ from schemas.subjects import (
 from workers import translator
 from workers.router.breaker import TRANSPORT_ERRORS, BreakerState, allow, breaker_key, record
 from workers.router.chat_usage import UsageChunkFilter, request_usage
+from workers.router.gemini_array import ArrayFramer, wants_sse
 from workers.router.models import render_models
 from workers.router.plan import Candidate, NoProviderError, RoundRobin, plan, should_fail_over
 from workers.router.providers import ProviderTable
@@ -422,8 +423,10 @@ class Router:
                 prepared = translator.prepare(env.dialect, p.dialect, body,
                                               model=cand.upstream_model, stream=stream)
                 up_body, att.context = prepared.body, prepared.context
-            url = upstream_url(p, operation=env.operation, model=cand.upstream_model,
-                               stream=stream, query=env.query if same else "")
+            url = upstream_url(
+                p, operation=env.operation, model=cand.upstream_model, stream=stream,
+                query=env.query if same and p.dialect == "anthropic" else "",
+                sse=not (same and p.dialect == "gemini" and not wants_sse(env.query)))
             headers = upstream_headers(p, env.headers, same_dialect=same)
             t = p.timeouts
             # sock_read is the idle timeout between two reads of a stream; a non-streaming
@@ -525,11 +528,17 @@ class Router:
             translator.StreamTranslator(p.dialect, env.dialect, model=env.model,
                                         request_id=env.request_id, context=att.context)
             if cand.translated else None)
+        framer = (ArrayFramer() if conv is not None and env.dialect == "gemini"
+                  and not wants_sse(env.query) else None)
         held: list[bytes] = []
         held_size = 0
         reply = env.reply
-        ctype = "text/event-stream; charset=utf-8" if conv is not None else \
-            resp.headers.get("content-type", "text/event-stream")
+        if framer is not None:
+            ctype = "application/json; charset=utf-8"
+        elif conv is not None:
+            ctype = "text/event-stream; charset=utf-8"
+        else:
+            ctype = resp.headers.get("content-type", "text/event-stream")
         start = _enc.encode(ReplyStart(status=200, content_type=ctype, provider=p.name,
                                        upstream_model=cand.upstream_model,
                                        headers=_keep_headers(resp.headers)))
@@ -540,6 +549,8 @@ class Router:
                 tracker.feed(chunk)
                 if conv is not None:
                     out = conv.feed(chunk)
+                    if framer is not None:
+                        out = framer.feed(out)
                 elif att.usage_filter is not None:
                     out = att.usage_filter.feed(chunk)
                 else:
@@ -566,6 +577,8 @@ class Router:
         att.usage, att.finish_reason = tracker.usage, tracker.finish_reason
         if conv is not None:
             tail = conv.close()
+            if framer is not None:
+                tail = framer.feed(tail) + framer.close()
         elif att.usage_filter is not None:
             tail = att.usage_filter.flush()
         else:

@@ -46,7 +46,7 @@ class UpstreamFailure(Exception):
 
 
 def upstream_url(provider: ProviderConfig, *, operation: str, model: str, stream: bool,
-                 query: str = "") -> str:
+                 query: str = "", sse: bool = True) -> str:
     base = provider.base_url.rstrip("/")
     d = provider.dialect
     if d == "anthropic":
@@ -67,8 +67,9 @@ def upstream_url(provider: ProviderConfig, *, operation: str, model: str, stream
     version = version or "/v1beta"
     if operation == "count_tokens":
         return f"{base}{version}/models/{model}:countTokens"
-    if stream:
-        return f"{base}{version}/models/{model}:streamGenerateContent?alt=sse"
+    if stream:  # sse=False: Gemini's JSON-array stream, for a client that asked for it
+        return f"{base}{version}/models/{model}:streamGenerateContent" + \
+            ("?alt=sse" if sse else "")
     return f"{base}{version}/models/{model}:generateContent"
 
 

@@ -19,6 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -62,7 +63,28 @@ def bench_projection(tmp: Path, requests: int) -> None:
             t = time.perf_counter()
             _fill(store, events, batch, book)
             rate = len(events) / (time.perf_counter() - t)
-        print(f"projection + DuckDB apply, batch {batch:>5}: {rate:>10,.0f} events/s")
+        print(f"projection + DuckDB apply, batch {batch:>5}: {rate:>10,.0f} events/s  "
+              "(sequential)")
+    for batch in (1000, 5000):
+        rate = asyncio.run(_pipelined(tmp / f"pipe-{batch}.duckdb", events, batch, book))
+        print(f"projection + DuckDB apply, batch {batch:>5}: {rate:>10,.0f} events/s  "
+              "(pipelined, as the service folds)")
+
+
+async def _pipelined(path: Path, events: list[tuple[str, bytes]], batch: int,
+                     book: PriceBook) -> float:
+    async def batches() -> AsyncIterator[list[tuple[int, str, bytes]]]:
+        for k in range(0, len(events), batch):
+            yield [(k + i + 1, s, d) for i, (s, d) in enumerate(events[k:k + batch])]
+
+    executor = ThreadPoolExecutor(1)
+    store = Store(path)
+    t = time.perf_counter()
+    done = await fold(batches(), store, lambda: book, executor)
+    rate = done / (time.perf_counter() - t)
+    executor.submit(store.close).result()
+    executor.shutdown()
+    return rate
 
 
 async def _publish(nc: object, events: list[tuple[str, bytes]]) -> None:

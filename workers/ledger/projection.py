@@ -1,0 +1,312 @@
+"""Events -> rows. Pure: no NATS, no DuckDB; the same input always gives the same rows.
+
+One row Struct per table; the field list *is* the table schema (``store.py`` derives the DDL
+from it), so a new column is one new field with a default. Every row carries ``seq`` (the
+CS_EVENTS stream sequence) and ``event_id``: where a row comes from is never lost.
+
+Facts the ledger has no table for yet (admin, user, quota facts of later workers, unknown event
+types) are kept verbatim in ``audit`` so that nothing on the log is silently dropped.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from schemas.events import (
+    AlertFired,
+    AlertNotificationFailed,
+    AlertResolved,
+    AttemptFinished,
+    CircuitChanged,
+    Event,
+    RequestCompleted,
+    Usage,
+    decode_event,
+)
+from workers.ledger.prices import PriceBook, Priced
+
+__all__ = [
+    "TABLES",
+    "AlertRow",
+    "AttemptRow",
+    "AuditRow",
+    "CircuitRow",
+    "RequestRow",
+    "Row",
+    "Rows",
+    "project",
+    "project_event",
+]
+
+_NO_USAGE = Usage()
+
+
+class RequestRow(msgspec.Struct, kw_only=True):
+    seq: int
+    event_id: str
+    request_id: str
+    ts: float  # when the request completed (event time, unix seconds)
+    received_at: float
+    dialect: str
+    operation: str
+    model: str
+    provider: str | None
+    provider_dialect: str | None
+    upstream_model: str | None
+    stream: bool
+    status: int
+    ok: bool
+    error_class: str | None
+    error_message: str | None
+    ttfb_ms: float | None
+    duration_ms: float
+    has_usage: bool
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    total_tokens: int
+    attempts: int
+    translated: bool
+    finish_reason: str | None
+    user: str | None
+    session: str | None
+    client: str | None
+    edge: str | None
+    router: str | None
+    bytes_in: int
+    bytes_out: int
+    cost: float | None  # USD; NULL when no price is known (unpriced), never a made-up 0
+    price_key: str | None  # the price entry used, e.g. "claude-sonnet-4-5" or "...>200k"
+    price_source: str | None  # builtin | override | provider:<name>
+    price_input: float | None  # the rates used, USD per million tokens
+    price_output: float | None
+    price_cache_read: float | None
+    price_cache_write: float | None
+    price_reasoning: float | None
+
+
+class AttemptRow(msgspec.Struct, kw_only=True):
+    seq: int
+    event_id: str
+    request_id: str
+    attempt: int
+    ts: float
+    started_at: float
+    dialect: str
+    provider: str
+    provider_dialect: str
+    model: str
+    upstream_model: str
+    stream: bool
+    outcome: str
+    status: int
+    error_class: str | None
+    error_message: str | None
+    ttfb_ms: float | None
+    duration_ms: float
+    has_usage: bool
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    total_tokens: int
+    translated: bool
+    cost: float | None
+    price_key: str | None
+
+
+class CircuitRow(msgspec.Struct, kw_only=True):
+    seq: int
+    event_id: str
+    ts: float
+    provider: str
+    model: str | None
+    state: str
+    previous: str
+    failures: int
+    reason: str | None
+    router: str | None
+
+
+class AlertRow(msgspec.Struct, kw_only=True):
+    seq: int
+    event_id: str
+    ts: float
+    kind: str  # fired | resolved | delivery_failed
+    rule: str
+    metric: str | None = None
+    scope: str | None = None
+    value: float | None = None
+    threshold: float | None = None
+    comparison: str | None = None
+    window_s: float | None = None
+    severity: str | None = None
+    message: str | None = None
+    fired_id: str | None = None
+    channel: str | None = None
+    alert_id: str | None = None
+    attempts: int | None = None
+    error: str | None = None
+
+
+class AuditRow(msgspec.Struct, kw_only=True):
+    seq: int
+    event_id: str | None
+    ts: float | None
+    subject: str
+    type: str
+    data: str  # the event JSON, verbatim
+
+
+Row = RequestRow | AttemptRow | CircuitRow | AlertRow | AuditRow
+
+TABLES: dict[str, type[Row]] = {
+    "requests": RequestRow,
+    "attempts": AttemptRow,
+    "circuit_transitions": CircuitRow,
+    "alert_history": AlertRow,
+    "audit": AuditRow,
+}
+_TABLE_OF: dict[type, str] = {cls: name for name, cls in TABLES.items()}
+
+
+def _price_cols(priced: Priced | None, usage: Usage) -> tuple[float | None, str | None]:
+    if priced is None:
+        return None, None
+    cost = priced.price.cost(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
+                             usage.cache_write_tokens, usage.reasoning_tokens)
+    tier = priced.price.tier(usage.total_input_tokens)
+    key = priced.key if tier is priced.price else f"{priced.key}>{priced.price.above_tokens}"
+    return cost, key
+
+
+def _request(seq: int, ev: RequestCompleted, prices: PriceBook) -> RequestRow:
+    usage = ev.usage or _NO_USAGE
+    priced = prices.lookup(ev.provider, ev.upstream_model or ev.model)
+    cost, key = _price_cols(priced, usage)
+    tier = priced.price.tier(usage.total_input_tokens) if priced else None
+    return RequestRow(
+        seq=seq, event_id=ev.id, request_id=ev.request_id, ts=ev.ts,
+        received_at=ev.received_at, dialect=ev.dialect, operation=ev.operation, model=ev.model,
+        provider=ev.provider, provider_dialect=ev.provider_dialect,
+        upstream_model=ev.upstream_model, stream=ev.stream, status=ev.status,
+        ok=ev.error_class is None and ev.status < 400, error_class=ev.error_class,
+        error_message=ev.error_message, ttfb_ms=ev.ttfb_ms, duration_ms=ev.duration_ms,
+        has_usage=ev.usage is not None, input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens, cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens, reasoning_tokens=usage.reasoning_tokens,
+        total_tokens=usage.total_tokens, attempts=ev.attempts, translated=ev.translated,
+        finish_reason=ev.finish_reason, user=ev.user, session=ev.session, client=ev.client,
+        edge=ev.edge, router=ev.router, bytes_in=ev.bytes_in, bytes_out=ev.bytes_out,
+        cost=cost, price_key=key, price_source=priced.source if priced else None,
+        price_input=tier.input if tier else None, price_output=tier.output if tier else None,
+        price_cache_read=tier.cr if tier else None, price_cache_write=tier.cw if tier else None,
+        price_reasoning=tier.reasoning if tier else None,
+    )
+
+
+def _attempt(seq: int, ev: AttemptFinished, prices: PriceBook) -> AttemptRow:
+    usage = ev.usage or _NO_USAGE
+    cost, key = _price_cols(prices.lookup(ev.provider, ev.upstream_model or ev.model), usage)
+    return AttemptRow(
+        seq=seq, event_id=ev.id, request_id=ev.request_id, attempt=ev.attempt, ts=ev.ts,
+        started_at=ev.started_at, dialect=ev.dialect, provider=ev.provider,
+        provider_dialect=ev.provider_dialect, model=ev.model, upstream_model=ev.upstream_model,
+        stream=ev.stream, outcome=ev.outcome, status=ev.status, error_class=ev.error_class,
+        error_message=ev.error_message, ttfb_ms=ev.ttfb_ms, duration_ms=ev.duration_ms,
+        has_usage=ev.usage is not None, input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens, cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens, reasoning_tokens=usage.reasoning_tokens,
+        total_tokens=usage.total_tokens, translated=ev.translated, cost=cost, price_key=key,
+    )
+
+
+def project_event(seq: int, event: Event, prices: PriceBook) -> Row | None:
+    """The row one decoded event becomes; None for an event type without a table."""
+    match event:
+        case RequestCompleted():
+            return _request(seq, event, prices)
+        case AttemptFinished():
+            return _attempt(seq, event, prices)
+        case CircuitChanged():
+            return CircuitRow(
+                seq=seq, event_id=event.id, ts=event.ts, provider=event.provider,
+                model=event.model, state=event.state, previous=event.previous,
+                failures=event.failures, reason=event.reason, router=event.router,
+            )
+        case AlertFired():
+            return AlertRow(
+                seq=seq, event_id=event.id, ts=event.ts, kind="fired", rule=event.rule,
+                metric=event.metric, scope=event.scope, value=event.value,
+                threshold=event.threshold, comparison=event.comparison,
+                window_s=event.window_s, severity=event.severity, message=event.message,
+            )
+        case AlertResolved():
+            return AlertRow(
+                seq=seq, event_id=event.id, ts=event.ts, kind="resolved", rule=event.rule,
+                metric=event.metric, scope=event.scope, value=event.value,
+                fired_id=event.fired_id, message=event.message,
+            )
+        case AlertNotificationFailed():
+            return AlertRow(
+                seq=seq, event_id=event.id, ts=event.ts, kind="delivery_failed",
+                rule=event.rule, channel=event.channel, alert_id=event.alert_id,
+                attempts=event.attempts, error=event.error,
+            )
+    return None  # a fact added to the union later: kept in audit by project()
+
+
+_generic = msgspec.json.Decoder()
+
+
+def _audit(seq: int, subject: str, data: bytes) -> AuditRow:
+    try:
+        raw = _generic.decode(data)
+    except msgspec.DecodeError:
+        raw = None
+    text = data.decode("utf-8", "replace")
+    if not isinstance(raw, dict):
+        return AuditRow(seq=seq, event_id=None, ts=None, subject=subject, type="invalid",
+                        data=msgspec.json.encode(text).decode())
+    ts = raw.get("ts")
+    return AuditRow(
+        seq=seq, event_id=raw.get("id") if isinstance(raw.get("id"), str) else None,
+        ts=float(ts) if isinstance(ts, int | float) else None, subject=subject,
+        type=str(raw.get("type", "unknown")), data=text,
+    )
+
+
+def project(seq: int, subject: str, data: bytes, prices: PriceBook) -> Row:
+    """The row one stream message becomes; anything not understood lands in ``audit``."""
+    try:
+        event = decode_event(data)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return _audit(seq, subject, data)
+    row = project_event(seq, event, prices)
+    return row if row is not None else _audit(seq, subject, data)
+
+
+class Rows:
+    """Rows of one batch, grouped by table, plus the batch's sequence range."""
+
+    def __init__(self) -> None:
+        self.by_table: dict[str, list[Row]] = {name: [] for name in TABLES}
+        self.first_seq = 0
+        self.last_seq = 0
+        self.last_ts: float | None = None
+        self.count = 0
+
+    def add(self, row: Row) -> None:
+        self.by_table[_TABLE_OF[type(row)]].append(row)
+        if not self.first_seq or row.seq < self.first_seq:
+            self.first_seq = row.seq
+        self.last_seq = max(self.last_seq, row.seq)
+        if row.ts is not None:
+            self.last_ts = row.ts
+        self.count += 1
+
+    def __len__(self) -> int:
+        return self.count

@@ -1,0 +1,103 @@
+"""A batch pull client for JetStream consumers, cheaper per message than nats-py ``fetch``.
+
+nats-py's ``PullSubscription.fetch`` awaits ``next_msg`` (an ``asyncio.wait_for``, i.e. a Task)
+per message, which caps a consumer around 15-25k msgs/s on a small machine. Here messages land
+through one subscription callback into a list. Exactly one pull request is outstanding at a
+time (so its end is known exactly: ``batch`` messages arrived, or a status message closed it),
+and the callback asks for the next batch as soon as one completes, up to ``high_water``
+buffered messages: the server streams the next batch while the previous one is committed.
+Delivery order is the consumer's order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+__all__ = ["BatchPuller", "ConsumerGoneError"]
+
+
+class ConsumerGoneError(RuntimeError):
+    """The server answered a pull with 409 'Consumer Deleted' (or similar)."""
+
+
+class BatchPuller:
+    """Pull batches of messages from ``stream``/``consumer`` in delivery order."""
+
+    def __init__(self, nc: NATS, stream: str, consumer: str, *, batch: int = 1000,
+                 expires: float = 1.0, high_water: int | None = None) -> None:
+        self.nc = nc
+        self.batch = batch
+        self.expires = expires
+        self.high_water = high_water or 2 * batch
+        self.stream = stream
+        self.consumer = consumer
+        self._api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._inbox = nc.new_inbox()
+        self._left: int | None = None  # messages still due on the outstanding request
+        self._buf: list[Msg] = []
+        self._done = asyncio.Event()
+        self._error: str | None = None
+        self._sub: Subscription | None = None
+
+    async def start(self) -> BatchPuller:
+        self._sub = await self.nc.subscribe(
+            self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1,
+        )
+        return self
+
+    async def _on_msg(self, msg: Msg) -> None:
+        if msg.reply:  # a stream message ($JS.ACK.... reply subject)
+            self._buf.append(msg)
+            if self._left is not None:
+                self._left -= 1
+                if self._left <= 0:
+                    self._left = None
+                    self._done.set()
+                    if len(self._buf) < self.high_water and self._sub is not None:
+                        await self._request()
+            return
+        status = (msg.headers or {}).get("Status", "")
+        if status == "100":  # idle heartbeat / flow control
+            return
+        if status == "409":
+            description = (msg.headers or {}).get("Description", "")
+            if "deleted" in description.lower():
+                self._error = description
+        self._left = None
+        self._done.set()
+
+    async def _request(self) -> None:
+        self._left = self.batch
+        body = {"batch": self.batch, "expires": int(self.expires * 1e9)}
+        await self.nc.publish(self._api, json.dumps(body).encode(), reply=self._inbox)
+
+    async def fetch(self, timeout: float | None = None) -> list[Msg]:
+        """Messages received so far; when there are none, waits for the outstanding request
+        to complete (or expire)."""
+        if self._error:
+            raise ConsumerGoneError(self._error)
+        if self._left is None:
+            await self._request()
+        if not self._buf:
+            self._done.clear()
+            try:
+                await asyncio.wait_for(self._done.wait(), timeout or self.expires + 2.0)
+            except TimeoutError:
+                self._left = None  # a lost request (reconnect, restart): ask again next time
+        if self._error:
+            raise ConsumerGoneError(self._error)
+        out, self._buf = self._buf, []
+        return out
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            try:
+                await sub.unsubscribe()
+            except Exception:  # connection already closed
+                pass

@@ -1,0 +1,233 @@
+"""Read queries over the ledger tables. Each takes a DuckDB connection and plain parameters and
+returns JSON-ready data (dicts, lists, numbers, strings); the service maps ``cs.ledger.<name>``
+requests onto them through ``QUERIES``.
+
+Times are unix seconds (floats). Buckets (hour/day/heatmap) honour ``tz_offset_s`` (seconds
+east of UTC, the CLI sends the local offset) so that "a day" is the user's day.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import duckdb
+import msgspec
+
+__all__ = [
+    "QUERIES",
+    "BREAKDOWNS",
+    "Filter",
+    "QueryError",
+    "alerts",
+    "breakdown",
+    "circuits",
+    "heatmap",
+    "overview",
+    "request_log",
+    "series",
+]
+
+BREAKDOWNS = ("provider", "model", "user", "session", "dialect", "client", "upstream_model")
+_LOG_COLUMNS = (
+    "seq", "ts", "request_id", "dialect", "model", "provider", "upstream_model", "status", "ok",
+    "error_class", "error_message", "stream", "attempts", "ttfb_ms", "duration_ms",
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+    "reasoning_tokens", "total_tokens", "cost", "price_key", "user", "session", "client",
+    "finish_reason",
+)
+
+
+class QueryError(ValueError):
+    """Bad query parameters; reported to the caller, never a crash."""
+
+
+class Filter(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    since: float | None = None
+    until: float | None = None
+    provider: str | None = None
+    model: str | None = None  # matches the requested or the upstream model
+    status: str | None = None  # "ok" | "error" | "429" | "4xx" | "5xx"
+    user: str | None = None
+    session: str | None = None
+    dialect: str | None = None
+    tz_offset_s: int = 0
+
+
+def _where(f: Filter) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if f.since is not None:
+        clauses.append("ts >= ?")
+        params.append(f.since)
+    if f.until is not None:
+        clauses.append("ts < ?")
+        params.append(f.until)
+    for col in ("provider", "user", "session", "dialect"):
+        value = getattr(f, col)
+        if value is not None:
+            clauses.append(f'"{col}" = ?')
+            params.append(value)
+    if f.model is not None:
+        clauses.append("(model = ? OR upstream_model = ?)")
+        params += [f.model, f.model]
+    if f.status is not None:
+        s = f.status.lower()
+        if s == "ok":
+            clauses.append("ok")
+        elif s in ("error", "errors", "failed"):
+            clauses.append("NOT ok")
+        elif len(s) == 3 and s[0].isdigit() and s[1:] == "xx":
+            clauses.append("status // 100 = ?")
+            params.append(int(s[0]))
+        elif s.isdigit():
+            clauses.append("status = ?")
+            params.append(int(s))
+        else:
+            raise QueryError(f"status must be ok, error, a code or Nxx, not {f.status!r}")
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+_METRICS = """
+    count(*) AS requests,
+    count(*) FILTER (WHERE NOT ok) AS errors,
+    coalesce(sum(input_tokens), 0) AS input_tokens,
+    coalesce(sum(output_tokens), 0) AS output_tokens,
+    coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens,
+    coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens,
+    coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
+    coalesce(sum(total_tokens), 0) AS total_tokens,
+    sum(cost) AS cost,
+    count(*) FILTER (WHERE cost IS NULL AND total_tokens > 0) AS unpriced_requests,
+    coalesce(sum(total_tokens) FILTER (WHERE cost IS NULL), 0) AS unpriced_tokens,
+    quantile_cont(duration_ms, [0.5, 0.95]) AS _latency,
+    quantile_cont(ttfb_ms, [0.5, 0.95]) AS _ttfb
+"""
+# one list-valued quantile per column sorts it once (about 2x faster than two scalar ones)
+
+
+def _dicts(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    cols = [d[0] for d in cur.description or []]
+    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+
+def _with_rate(row: dict[str, Any]) -> dict[str, Any]:
+    row["error_rate"] = (row["errors"] / row["requests"]) if row["requests"] else 0.0
+    for name, key in (("latency", "_latency"), ("ttfb", "_ttfb")):
+        q = row.pop(key) or [None, None]
+        row[f"p50_{name}_ms"], row[f"p95_{name}_ms"] = q[0], q[1]
+    return row
+
+
+def overview(con: duckdb.DuckDBPyConnection, f: Filter) -> dict[str, Any]:
+    """Totals: requests, errors, tokens, cost (plus unpriced), p50/p95 latency and TTFB."""
+    where, params = _where(f)
+    row = _dicts(con.execute(
+        f"SELECT {_METRICS}, min(ts) AS first_ts, max(ts) AS last_ts, "
+        f"coalesce(sum(attempts), 0) AS attempts FROM requests{where}", params))[0]
+    return _with_rate(row)
+
+
+def series(con: duckdb.DuckDBPyConnection, f: Filter, bucket: str = "hour") -> list[dict[str, Any]]:
+    """One row per hour or day that has requests: ``t`` is the bucket start (unix seconds)."""
+    width = {"hour": 3600, "day": 86400}.get(bucket)
+    if width is None:
+        raise QueryError("bucket must be hour or day")
+    where, params = _where(f)
+    off = int(f.tz_offset_s)
+    rows = _dicts(con.execute(
+        f"SELECT (floor((ts + {off}) / {width}) * {width} - {off})::BIGINT AS t, {_METRICS} "
+        f"FROM requests{where} GROUP BY ALL ORDER BY t", params))
+    return [_with_rate(r) for r in rows]
+
+
+def breakdown(con: duckdb.DuckDBPyConnection, f: Filter, by: str = "provider",
+              limit: int = 50) -> list[dict[str, Any]]:
+    """Metrics per provider, model, user, session, dialect or client; by cost then count."""
+    if by not in BREAKDOWNS:
+        raise QueryError(f"by must be one of {', '.join(BREAKDOWNS)}")
+    where, params = _where(f)
+    rows = _dicts(con.execute(
+        f'SELECT "{by}" AS key, {_METRICS}, max(ts) AS last_ts FROM requests{where} '
+        f"GROUP BY ALL ORDER BY cost DESC NULLS LAST, requests DESC, key LIMIT ?",
+        [*params, int(limit)]))
+    return [_with_rate(r) for r in rows]
+
+
+def request_log(con: duckdb.DuckDBPyConnection, f: Filter, limit: int = 50,
+                before_seq: int | None = None) -> list[dict[str, Any]]:
+    """Most recent requests first; page with ``before_seq``."""
+    where, params = _where(f)
+    if before_seq is not None:
+        where += (" AND " if where else " WHERE ") + "seq < ?"
+        params.append(int(before_seq))
+    cols = ", ".join(f'"{c}"' for c in _LOG_COLUMNS)
+    return _dicts(con.execute(
+        f"SELECT {cols} FROM requests{where} ORDER BY ts DESC, seq DESC LIMIT ?",
+        [*params, max(1, min(int(limit), 1000))]))
+
+
+def heatmap(con: duckdb.DuckDBPyConnection, f: Filter) -> list[dict[str, Any]]:
+    """One row per calendar day (user's offset): date, weekday (0 = Monday) and totals."""
+    where, params = _where(f)
+    off = int(f.tz_offset_s)
+    return _dicts(con.execute(
+        f"SELECT strftime(d, '%Y-%m-%d') AS day, isodow(d) - 1 AS weekday, requests, errors, "
+        f"total_tokens, cost FROM (SELECT to_timestamp(floor((ts + {off}) / 86400) * 86400)"
+        f"::DATE AS d, count(*) AS requests, count(*) FILTER (WHERE NOT ok) AS errors, "
+        f"coalesce(sum(total_tokens), 0) AS total_tokens, sum(cost) AS cost "
+        f"FROM requests{where} GROUP BY ALL) ORDER BY day", params))
+
+
+def alerts(con: duckdb.DuckDBPyConnection, f: Filter, rule: str | None = None,
+           limit: int = 100) -> list[dict[str, Any]]:
+    """Alert history (fired, resolved, delivery failures), newest first."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if f.since is not None:
+        clauses.append("ts >= ?")
+        params.append(f.since)
+    if f.until is not None:
+        clauses.append("ts < ?")
+        params.append(f.until)
+    if rule is not None:
+        clauses.append("rule = ?")
+        params.append(rule)
+    where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+    return _dicts(con.execute(
+        f"SELECT * EXCLUDE (event_id) FROM alert_history{where} ORDER BY ts DESC, seq DESC "
+        f"LIMIT ?", [*params, int(limit)]))
+
+
+def circuits(con: duckdb.DuckDBPyConnection, f: Filter, limit: int = 100) -> list[dict[str, Any]]:
+    """Circuit breaker transitions, newest first."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if f.since is not None:
+        clauses.append("ts >= ?")
+        params.append(f.since)
+    if f.provider is not None:
+        clauses.append("provider = ?")
+        params.append(f.provider)
+    where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+    return _dicts(con.execute(
+        f"SELECT * EXCLUDE (event_id) FROM circuit_transitions{where} "
+        f"ORDER BY ts DESC, seq DESC LIMIT ?", [*params, int(limit)]))
+
+
+def table_counts(con: duckdb.DuckDBPyConnection, tables: list[str]) -> dict[str, int]:
+    return {t: int(con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0])  # type: ignore[index]
+            for t in tables}
+
+
+# name -> (function, names of extra keyword parameters it accepts besides the filter)
+QUERIES: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
+    "overview": (overview, ()),
+    "series": (series, ("bucket",)),
+    "breakdown": (breakdown, ("by", "limit")),
+    "log": (request_log, ("limit", "before_seq")),
+    "heatmap": (heatmap, ()),
+    "alerts": (alerts, ("rule", "limit")),
+    "alert_history": (alerts, ("rule", "limit")),  # what `codeswitch alerts history` asks
+    "circuits": (circuits, ("limit",)),
+}

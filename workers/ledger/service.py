@@ -1,0 +1,463 @@
+"""The ledger process: folds CS_EVENTS into DuckDB and answers ``cs.ledger.<query>`` requests.
+
+It is the only process that opens the DuckDB file. Every DuckDB call of the live file runs on
+one dedicated thread (DuckDB connections are not for concurrent use), so NATS traffic keeps
+flowing while a batch commits or a query scans.
+
+Consuming: a durable pull consumer (``ledger``, AckPolicy ALL) is recreated on start from the
+file's watermark + 1 (the file is the authority on what has been applied). Each fetch of up to
+``batch`` messages becomes one transaction; the last message is acked after the commit, which
+acks the whole batch. A crash between commit and ack means a redelivery that the watermark
+drops.
+
+Replay (``cs.ledger.replay``, what ``codeswitch replay`` sends) is run here too, by
+``rebuild.Rebuilder``, so no second process ever opens the live file; the service lends it a
+pause of the live consumer and the final swap (``_swap_in``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import NotFoundError
+
+from codeswitch import bus
+from workers.ledger.prices import (
+    PRICES_KV_KEY,
+    PriceBook,
+    PriceError,
+    load_overrides_file,
+    parse_overrides,
+)
+from workers.ledger.projection import TABLES, Rows, project
+from workers.ledger.pull import BatchPuller, ConsumerGoneError
+from workers.ledger.queries import QUERIES, Filter, QueryError, table_counts
+from workers.ledger.rebuild import Rebuilder, remove_db
+from workers.ledger.replay import parse_reply, stream_bounds
+from workers.ledger.store import Store, StoreError
+
+__all__ = ["DB_FILE", "SUBJECT_PREFIX", "LedgerService", "db_path", "main", "run"]
+
+log = logging.getLogger("codeswitch.ledger")
+
+SUBJECT_PREFIX = "cs.ledger"
+DB_FILE = "ledger.duckdb"
+DURABLE = "ledger"
+T = TypeVar("T")
+_FILTER_FIELDS = set(Filter.__struct_fields__)
+
+
+def db_path(home: Path) -> Path:
+    return home / DB_FILE
+
+
+class LedgerService:
+    """startup / main_loop / shutdown, in the shape of uvicorn's Server."""
+
+    def __init__(self, nats_url: str, home: Path, *, durable: str = DURABLE,
+                 batch: int = 5000) -> None:
+        self.nats_url = nats_url
+        self.home = Path(home)
+        self.durable = durable
+        self.batch = batch
+        self.nc: NATS | None = None
+        self.js: JetStreamContext | None = None
+        self.store: Store | None = None
+        self.puller: BatchPuller | None = None
+        self._exec = ThreadPoolExecutor(1, thread_name_prefix="ledger-db")
+        self._apply_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._file_prices: dict[str, Any] = {}
+        self._kv_prices: dict[str, Any] = {}
+        self.prices = PriceBook()
+        self.rebuilder: Rebuilder | None = None
+        self._inflight: tuple[asyncio.Future[bool], Msg] | None = None
+        self._submitted = 0  # highest seq handed to the DB thread
+        self._enc = msgspec.json.Encoder()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._exec, fn, *args)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.nc = await bus.connect(self.nats_url, name="codeswitch-ledger")
+        await bus.wait_ready(self.nc)
+        self.js = self.nc.jetstream()
+        await bus.ensure_all(self.js)
+        try:
+            self._file_prices = load_overrides_file(self.home)
+        except PriceError as exc:
+            log.error("%s; using the built-in prices", exc)
+        self._kv_prices = await self._read_kv_prices()
+        self._rebuild_prices()
+        self.store = await self._db(Store, db_path(self.home))
+        await self._check_stream_identity()
+        await self._position_consumer()
+        self.rebuilder = Rebuilder(self.nc, self.home, live=self._live, on_db=self._db,
+                                   paused=self._paused, swap_in=self._swap_in,
+                                   prices=lambda: self.prices)
+        await self.nc.subscribe(f"{SUBJECT_PREFIX}.*", queue="cs-ledger", cb=self._on_request)
+        log.info("ledger ready at seq %d (%s)", self.store.state.last_seq, self.store.path)
+
+    async def main_loop(self, stop: asyncio.Event) -> None:
+        self._spawn(self._watch_prices(stop))
+        while not stop.is_set():
+            try:
+                await self._consume_once()
+            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
+                if stop.is_set():
+                    break
+                raise
+            except ConsumerGoneError:  # the durable was deleted under us
+                log.warning("ledger consumer vanished; recreating")
+                async with self._apply_lock:
+                    await self._settle()
+                    self._submitted = 0
+                    await self._position_consumer()
+            except nats.errors.Error as exc:
+                log.warning("ledger fetch failed: %s", exc)
+                await asyncio.sleep(0.5)
+
+    async def shutdown(self) -> None:
+        if self.rebuilder is not None:
+            await self.rebuilder.aclose()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._inflight is not None:
+            with contextlib.suppress(Exception):
+                async with self._apply_lock:
+                    await self._settle()
+        if self.nc is not None and self.nc.is_connected:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+        if self.store is not None:
+            await self._db(self.store.close)
+        self._exec.shutdown(wait=True)
+
+    # -- consuming --------------------------------------------------------------------------
+
+    async def _check_stream_identity(self) -> None:
+        """A watermark beyond the stream's last sequence means CS_EVENTS was deleted and
+        recreated (or this file belongs to another NATS): its sequences mean nothing here, and
+        keeping it would drop every new event up to the old watermark. Set the file aside."""
+        assert self.js is not None and self.store is not None
+        bounds = await stream_bounds(self.js)
+        if self.store.state.last_seq <= bounds.last_seq:
+            return
+        path = self.store.path
+        aside = path.with_name(f"{path.name}.orphaned-{time.strftime('%Y%m%d-%H%M%S')}")
+        log.error("ledger watermark %d is beyond CS_EVENTS' last sequence %d: the stream was "
+                  "recreated. Keeping the old projection as %s and starting a new one.",
+                  self.store.state.last_seq, bounds.last_seq, aside)
+        await self._db(self.store.close)
+        os.replace(path, aside)
+        self.store = await self._db(Store, path)
+
+    async def _position_consumer(self) -> None:
+        assert self.js is not None and self.store is not None
+        wm = self.store.state.last_seq
+        with contextlib.suppress(NotFoundError):
+            await self.js.delete_consumer(bus.EVENTS_STREAM, self.durable)
+        bounds = await stream_bounds(self.js)
+        if wm and bounds.messages and bounds.first_seq > wm + 1:
+            log.warning("events %d..%d were dropped by retention before the ledger saw them",
+                        wm + 1, bounds.first_seq - 1)
+        config = js_api.ConsumerConfig(
+            durable_name=self.durable,
+            description="codeswitch ledger (position derived from ledger.duckdb)",
+            deliver_policy=(js_api.DeliverPolicy.BY_START_SEQUENCE if wm
+                            else js_api.DeliverPolicy.ALL),
+            opt_start_seq=wm + 1 if wm else None,
+            ack_policy=js_api.AckPolicy.ALL,
+            ack_wait=120.0,
+            max_ack_pending=max(50_000, self.batch * 4),
+            max_waiting=16,
+        )
+        await self.js.add_consumer(bus.EVENTS_STREAM, config)
+        if self.puller is not None:
+            await self.puller.close()
+        assert self.nc is not None
+        self.puller = await BatchPuller(self.nc, bus.EVENTS_STREAM, self.durable,
+                                        batch=self.batch, expires=0.5).start()
+
+    async def _consume_once(self) -> None:
+        """Fetch, project, and hand the batch to the DB thread; the previous batch commits
+        meanwhile (one batch in flight at most) and is acked once its commit is done."""
+        assert self.puller is not None
+        msgs = await self.puller.fetch()
+        async with self._apply_lock:
+            if not msgs:
+                await self._settle()
+                return
+            store = self._live()
+            wm = max(store.state.last_seq, self._submitted)
+            rows = Rows()
+            prices = self.prices
+            for m in msgs:
+                seq = parse_reply(m.reply)[0]
+                if seq > wm:
+                    rows.add(project(seq, m.subject, m.data, prices))
+            await self._settle()
+            if rows.count:
+                self._submitted = rows.last_seq
+                self._inflight = (asyncio.get_running_loop().run_in_executor(
+                    self._exec, store.apply, rows), msgs[-1])
+            else:
+                await msgs[-1].ack()  # all redeliveries: ack them again
+
+    async def _settle(self) -> None:
+        """Wait for the batch in flight to commit, then ack it (AckPolicy ALL: the last
+        message acks the whole batch). Call with ``_apply_lock`` held."""
+        if self._inflight is None:
+            return
+        future, last = self._inflight
+        self._inflight = None
+        await future
+        with contextlib.suppress(Exception):  # a lost ack is a redelivery, dropped later
+            await last.ack()
+
+    # -- prices -----------------------------------------------------------------------------
+
+    def _rebuild_prices(self) -> None:
+        try:
+            self.prices = PriceBook(self._file_prices, self._kv_prices)
+        except PriceError as exc:
+            log.error("%s; keeping the previous prices", exc)
+
+    async def _read_kv_prices(self) -> dict[str, Any]:
+        assert self.js is not None
+        try:
+            kv = await self.js.key_value(bus.SETTINGS_BUCKET)
+            entry = await kv.get(PRICES_KV_KEY)
+        except Exception:  # no bucket or no key: no overrides
+            return {}
+        try:
+            return parse_overrides(entry.value or b"{}")
+        except PriceError as exc:
+            log.error("KV %s: %s", PRICES_KV_KEY, exc)
+            return {}
+
+    async def _watch_prices(self, stop: asyncio.Event) -> None:
+        assert self.js is not None
+        try:
+            kv = await self.js.key_value(bus.SETTINGS_BUCKET)
+            watcher = await kv.watch(PRICES_KV_KEY)
+        except Exception as exc:
+            log.warning("not watching %s: %s", PRICES_KV_KEY, exc)
+            return
+        try:
+            while not stop.is_set():
+                try:
+                    entry = await watcher.updates(timeout=1.0)  # type: ignore[no-untyped-call]
+                except nats.errors.TimeoutError:
+                    continue
+                if entry is None:
+                    continue
+                try:
+                    self._kv_prices = parse_overrides(entry.value) if entry.value else {}
+                except PriceError as exc:
+                    log.error("KV %s: %s", PRICES_KV_KEY, exc)
+                    continue
+                self._rebuild_prices()
+                log.info("price overrides reloaded from KV")
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(watcher.stop())  # type: ignore[no-untyped-call]
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def _on_request(self, msg: Msg) -> None:
+        self._spawn(self._answer(msg))
+
+    async def _answer(self, msg: Msg) -> None:
+        name = msg.subject.rsplit(".", 1)[-1]
+        try:
+            params = json.loads(msg.data) if msg.data else {}
+            if not isinstance(params, dict):
+                raise QueryError("parameters must be a JSON object")
+            body: dict[str, Any] = {"ok": True, "result": await self._dispatch(name, params)}
+        except (QueryError, StoreError, PriceError, ValueError, msgspec.ValidationError) as exc:
+            body = {"ok": False, "error": str(exc)}
+        except Exception as exc:
+            log.exception("ledger query %s failed", name)
+            body = {"ok": False, "error": f"internal error: {exc}"}
+        if msg.reply:
+            with contextlib.suppress(Exception):
+                await msg.respond(self._enc.encode(body))
+
+    async def _dispatch(self, name: str, params: dict[str, Any]) -> Any:
+        if name in QUERIES:
+            fn, extra = QUERIES[name]
+            f = msgspec.convert({k: v for k, v in params.items() if k in _FILTER_FIELDS},
+                                Filter)
+            kwargs = {k: params[k] for k in extra if params.get(k) is not None}
+            return await self._db(lambda: fn(self._live().con, f, **kwargs))
+        if name == "status":
+            return await self._status()
+        if name == "prices":
+            return await self._prices(params)
+        if name == "replay":
+            assert self.rebuilder is not None
+            return await self.rebuilder.start(params)
+        if name == "export":
+            return await self._db(lambda: self._export(params))
+        if name == "ping":
+            return {"pong": True}
+        raise QueryError(f"unknown ledger query {name!r}")
+
+    def _live(self) -> Store:
+        if self.store is None:
+            raise StoreError("ledger store is not open")
+        return self.store
+
+    async def _status(self) -> dict[str, Any]:
+        assert self.js is not None
+        bounds = await stream_bounds(self.js)
+        counts = await self._db(lambda: table_counts(self._live().con, list(TABLES)))
+        state = self._live().state
+        return {
+            "path": str(self._live().path),
+            "state": msgspec.to_builtins(state),
+            "tables": counts,
+            "stream": {"first_seq": bounds.first_seq, "last_seq": bounds.last_seq,
+                       "first_ts": bounds.first_ts, "messages": bounds.messages},
+            "lag": max(0, bounds.last_seq - state.last_seq),
+            "replay": (msgspec.to_builtins(self.rebuilder.job)
+                       if self.rebuilder and self.rebuilder.job else None),
+        }
+
+    async def _prices(self, params: dict[str, Any]) -> dict[str, Any]:
+        if params.get("reload"):
+            self._file_prices = load_overrides_file(self.home)
+            self._kv_prices = await self._read_kv_prices()
+            self._rebuild_prices()
+
+        def unpriced() -> list[dict[str, Any]]:
+            cur = self._live().con.execute(
+                "SELECT provider, coalesce(upstream_model, model) AS model, count(*) AS requests,"
+                " sum(total_tokens) AS total_tokens FROM requests WHERE cost IS NULL AND "
+                "total_tokens > 0 GROUP BY ALL ORDER BY requests DESC LIMIT 100")
+            cols = [d[0] for d in cur.description or []]
+            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+        return {"prices": self.prices.table(), "unpriced": await self._db(unpriced)}
+
+    def _export(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        fmt = params.get("format", "parquet")
+        if fmt not in ("parquet", "csv"):
+            raise QueryError("format must be parquet or csv")
+        tables = params.get("tables") or ["requests", "attempts", "circuit_transitions",
+                                          "alert_history", "audit"]
+        unknown = [t for t in tables if t not in TABLES]
+        if unknown:
+            raise QueryError(f"unknown tables: {', '.join(unknown)}")
+        out = Path(params.get("out") or self.home / "export" / time.strftime("%Y%m%d-%H%M%S"))
+        clauses, args = [], []
+        if params.get("since") is not None:
+            clauses.append("ts >= ?")
+            args.append(float(params["since"]))
+        if params.get("until") is not None:
+            clauses.append("ts < ?")
+            args.append(float(params["until"]))
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        single = len(tables) == 1 and out.suffix in (".parquet", ".csv")
+        written = []
+        for table in tables:
+            path = out if single else out / f"{table}.{fmt}"
+            rows = self._live().export(table, path, fmt, where=where, params=args)
+            written.append({"table": table, "path": str(path), "rows": rows})
+        return written
+
+    # -- replay -----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _paused(self) -> AsyncIterator[None]:
+        """The live consumer held still, with nothing in flight (for the swap)."""
+        async with self._apply_lock:
+            await self._settle()
+            yield
+
+    def _swap_in(self, target: Path) -> None:
+        """On the live DB thread: close the live file, keep it as .bak, move the rebuild in."""
+        store = self._live()
+        live = store.path
+        store.close()
+        self.store = None
+        backup = live.with_name(live.name + ".bak")
+        remove_db(backup)
+        try:
+            os.link(live, backup)
+        except OSError:
+            log.warning("could not keep %s", backup)
+        with contextlib.suppress(FileNotFoundError):
+            live.with_name(live.name + ".wal").unlink()  # a clean close leaves none
+        os.replace(target, live)
+        self.store = Store(live)
+        log.info("ledger rebuilt and swapped in at seq %d", self.store.state.last_seq)
+
+
+async def run(nats_url: str, home: Path, stop: asyncio.Event, *, durable: str = DURABLE,
+              batch: int = 5000) -> None:
+    """Run the ledger until ``stop`` is set (the entry point of ``codeswitch worker ledger``)."""
+    service = LedgerService(nats_url, home, durable=durable, batch=batch)
+    try:
+        await service.startup()
+        await service.main_loop(stop)
+    finally:
+        await service.shutdown()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m workers.ledger.service --nats-url URL --home DIR``."""
+    from codeswitch.runtime import home_dir, nats_url_for
+
+    parser = argparse.ArgumentParser(prog="codeswitch-ledger")
+    parser.add_argument("--home")
+    parser.add_argument("--nats-url")
+    parser.add_argument("--durable", default=DURABLE)
+    parser.add_argument("--batch", type=int, default=5000)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    home = home_dir(args.home)
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run(nats_url_for(home, args.nats_url), home, stop, durable=args.durable,
+                  batch=args.batch)
+
+    asyncio.run(_main())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""The DuckDB file: schema (derived from the row Structs), batched exactly-once apply, export.
+
+Exactly once: ``ledger_state.last_seq`` is the highest CS_EVENTS sequence folded in. It is
+updated in the same transaction as the rows of the batch, so after a crash the file holds
+either the whole batch and its new ``last_seq`` or neither; the service drops every redelivered
+message with ``seq <= last_seq``. The position of the consumer is derived from the file, never
+the other way round.
+
+Batching: the rows of a batch are encoded with msgspec as newline-delimited JSON into a scratch
+file and inserted with one ``INSERT ... SELECT * FROM read_json(...)`` per table; row-at-a-time
+``executemany`` is ~20x slower.
+
+A ``Store`` is not thread-safe: the service confines each one to a single thread.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import msgspec
+
+from workers.ledger.projection import TABLES, Rows
+
+__all__ = ["LedgerState", "Store", "StoreError", "ddl_type", "table_columns"]
+
+SCHEMA_VERSION = 1
+_SQL_TYPES = {str: "VARCHAR", int: "BIGINT", float: "DOUBLE", bool: "BOOLEAN"}
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+class LedgerState(msgspec.Struct, kw_only=True):
+    """The single row of ``ledger_state``."""
+
+    schema_version: int = SCHEMA_VERSION
+    stream: str = "CS_EVENTS"
+    first_seq: int = 0  # first stream sequence ever applied to this file
+    last_seq: int = 0  # highest stream sequence applied (the exactly-once watermark)
+    last_ts: float | None = None  # event time of the last applied event
+    events: int = 0  # messages applied (rows written, any table)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    rebuilt_at: float | None = None  # set by a replay that produced this file
+    replay_from_seq: int | None = None  # first sequence the replay read from the stream
+    carried_before_seq: int | None = None  # rows below this seq were copied, not replayed
+    carried_rows: int = 0
+    since_ts: float | None = None  # a windowed replay (--since) holds events from here on
+
+
+def ddl_type(annotation: Any) -> str:
+    args = typing.get_args(annotation)
+    if isinstance(annotation, types.UnionType) or args:
+        inner = [a for a in args if a is not type(None)]
+        annotation = inner[0]
+    return _SQL_TYPES[annotation]
+
+
+def table_columns(table: str) -> list[tuple[str, str]]:
+    hints = typing.get_type_hints(TABLES[table])
+    return [(f, ddl_type(hints[f])) for f in TABLES[table].__struct_fields__]
+
+
+def _q(ident: str) -> str:
+    return '"' + ident.replace('"', '""') + '"'
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+_STATE_COLS = [(f, ddl_type(t)) for f, t in typing.get_type_hints(LedgerState).items()]
+
+
+class Store:
+    """One ledger DuckDB file."""
+
+    def __init__(self, path: Path | str, *, read_only: bool = False,
+                 threads: int | None = None, memory_limit: str | None = None) -> None:
+        self.path = Path(path)
+        config: dict[str, Any] = {}
+        if threads:
+            config["threads"] = threads
+        if memory_limit:
+            config["memory_limit"] = memory_limit
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
+        self.read_only = read_only
+        self._enc = msgspec.json.Encoder()
+        self._buf = bytearray()
+        self._tmp: Path | None = None
+        self._closed = False
+        self._json_cols = {
+            t: "{" + ", ".join(f"{_lit(c)}: {_lit(ty)}" for c, ty in table_columns(t)) + "}"
+            for t in TABLES
+        }
+        if not read_only:
+            self._migrate()
+        self.state = self._read_state()
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        con = self.con
+        con.execute("BEGIN")
+        for table in TABLES:
+            cols = table_columns(table)
+            con.execute(
+                f"CREATE TABLE IF NOT EXISTS {_q(table)} ("
+                + ", ".join(f"{_q(c)} {t}" for c, t in cols) + ")"
+            )
+            have = {r[0] for r in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+                [table]).fetchall()}
+            for c, t in cols:  # schema evolution: a new row field is a new column
+                if c not in have:
+                    con.execute(f"ALTER TABLE {_q(table)} ADD COLUMN {_q(c)} {t}")
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS ledger_state (id INTEGER PRIMARY KEY, "
+            + ", ".join(f"{_q(c)} {t}" for c, t in _STATE_COLS) + ")"
+        )
+        if con.execute("SELECT count(*) FROM ledger_state").fetchone() == (0,):
+            now = time.time()
+            self._write_state(LedgerState(created_at=now, updated_at=now), insert=True)
+        con.execute("COMMIT")
+
+    def _read_state(self) -> LedgerState:
+        cols = [c for c, _ in _STATE_COLS]
+        try:
+            row = self.con.execute(
+                f"SELECT {', '.join(_q(c) for c in cols)} FROM ledger_state WHERE id = 1"
+            ).fetchone()
+        except duckdb.CatalogException:
+            return LedgerState()
+        if row is None:
+            return LedgerState()
+        return msgspec.convert(dict(zip(cols, row, strict=True)), LedgerState)
+
+    def _write_state(self, state: LedgerState, *, insert: bool = False) -> None:
+        cols = [c for c, _ in _STATE_COLS]
+        values = [getattr(state, c) for c in cols]
+        if insert:
+            self.con.execute(
+                f"INSERT INTO ledger_state (id, {', '.join(_q(c) for c in cols)}) "
+                f"VALUES (1, {', '.join('?' for _ in cols)})", values)
+        else:
+            self.con.execute(
+                f"UPDATE ledger_state SET {', '.join(f'{_q(c)} = ?' for c in cols)} "
+                "WHERE id = 1", values)
+
+    # -- apply ----------------------------------------------------------------------------
+
+    def _scratch(self) -> Path:
+        """``<file>.scratch/`` next to the database: reused after a crash, never leaked."""
+        if self._tmp is None:
+            self._tmp = self.path.with_name(self.path.name + ".scratch")
+            self._tmp.mkdir(exist_ok=True)
+        return self._tmp
+
+    def _insert(self, table: str, rows: list[Any]) -> None:
+        buf = self._buf
+        buf.clear()
+        enc = self._enc
+        for row in rows:
+            enc.encode_into(row, buf, -1)
+            buf.extend(b"\n")
+        path = self._scratch() / f"{table}.ndjson"
+        path.write_bytes(buf)
+        self.con.execute(
+            f"INSERT INTO {_q(table)} BY NAME SELECT * FROM read_json({_lit(str(path))}, "
+            f"format='newline_delimited', columns={self._json_cols[table]}, "
+            "maximum_object_size=67108864)"
+        )
+
+    def apply(self, rows: Rows) -> bool:
+        """Fold one batch in, in one transaction with the new watermark.
+
+        Rows at or below the watermark are dropped (a redelivery); False when nothing was new.
+        """
+        if rows.count == 0:
+            return False
+        last = self.state.last_seq
+        if rows.last_seq <= last:
+            return False
+        fresh = {t: [r for r in rs if r.seq > last] if rows.first_seq <= last else rs
+                 for t, rs in rows.by_table.items()}
+        n = sum(len(rs) for rs in fresh.values())
+        state = msgspec.structs.replace(
+            self.state,
+            first_seq=self.state.first_seq or min(r[0].seq for r in fresh.values() if r),
+            last_seq=rows.last_seq,
+            last_ts=rows.last_ts if rows.last_ts is not None else self.state.last_ts,
+            events=self.state.events + n,
+            updated_at=time.time(),
+        )
+        con = self.con
+        con.execute("BEGIN")
+        try:
+            for table, table_rows in fresh.items():
+                if table_rows:
+                    self._insert(table, table_rows)
+            self._write_state(state)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        self.state = state
+        return True
+
+    def mark(self, **changes: Any) -> None:
+        """Update ledger_state fields (replay bookkeeping) in their own transaction."""
+        state = msgspec.structs.replace(self.state, **changes)
+        self.con.execute("BEGIN")
+        self._write_state(state)
+        self.con.execute("COMMIT")
+        self.state = state
+
+    # -- carry-over, export, lifecycle -----------------------------------------------------
+
+    def copy_older_into(self, target: Path, before_seq: int) -> int:
+        """Create ``target`` holding this file's rows with ``seq < before_seq`` (what the
+        stream no longer has). Returns the number of rows copied."""
+        alias = "cs_carry"
+        self.con.execute(f"ATTACH {_lit(str(target))} AS {alias}")
+        copied = 0
+        try:
+            for table in TABLES:
+                self.con.execute(
+                    f"CREATE TABLE {alias}.{_q(table)} AS SELECT * FROM main.{_q(table)} "
+                    f"WHERE seq < ? ORDER BY seq", [before_seq])
+                copied += self.con.execute(
+                    f"SELECT count(*) FROM {alias}.{_q(table)}").fetchone()[0]  # type: ignore[index]
+        finally:
+            self.con.execute(f"DETACH {alias}")
+        return copied
+
+    def export(self, table: str, out: Path, fmt: str, *, where: str = "",
+               params: list[Any] | None = None) -> int:
+        """Write one table with DuckDB's own writer (parquet or csv). Returns rows written."""
+        if table not in TABLES:
+            raise StoreError(f"unknown table {table!r}")
+        options = "FORMAT parquet, COMPRESSION zstd" if fmt == "parquet" else "FORMAT csv, HEADER"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.con.execute(
+            f"COPY (SELECT *, to_timestamp(ts) AS time FROM {_q(table)} {where} ORDER BY seq) "
+            f"TO {_lit(str(out))} ({options})", params or [])
+        return int(self.con.execute(f"SELECT count(*) FROM {_q(table)} {where}",
+                                    params or []).fetchone()[0])  # type: ignore[index]
+
+    def checkpoint(self) -> None:
+        self.con.execute("CHECKPOINT")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if not self.read_only:
+                self.con.execute("CHECKPOINT")
+        finally:
+            self.con.close()
+            if self._tmp is not None:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+                self._tmp = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

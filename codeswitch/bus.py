@@ -1,7 +1,7 @@
 """Streams and KV buckets: declared once here, applied idempotently by every process on start
 and by ``deploy/nats/init-streams.sh`` (which runs ``codeswitch nats init``).
 
-    CS_REQUESTS  llm.request.>   work queue of request commands, file storage, short max age
+    CS_REQUESTS  llm.request.>   work queue of request commands, memory storage, short max age
     CS_EVENTS    facts           the event log (attempts, responses, provider/admin/user/alert)
     KV cs_providers              one key per provider (ProviderConfig JSON)
     KV cs_settings               gateway settings and other small documents
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("codeswitch.bus")
+_background: set[asyncio.Future[None]] = set()
 
 REQUESTS_STREAM = "CS_REQUESTS"
 EVENTS_STREAM = "CS_EVENTS"
@@ -77,7 +79,10 @@ def stream_configs(limits: StreamLimits | None = None) -> list[js_api.StreamConf
             description="codeswitch request commands (work queue)",
             subjects=[f"{REQUEST_PREFIX}.>"],
             retention=js_api.RetentionPolicy.WORK_QUEUE,
-            storage=js_api.StorageType.FILE,
+            # Memory: a request lives here for about a millisecond (routers ack on pickup) and
+            # is worthless after the edge's pickup timeout (5 s); file storage cost 0.4 ms of
+            # latency per request (docs/architecture.md). Facts stay on file storage.
+            storage=js_api.StorageType.MEMORY,
             max_age=limits.requests_max_age_s,
             duplicate_window=limits.requests_max_age_s,
             discard=js_api.DiscardPolicy.OLD,
@@ -96,8 +101,12 @@ def stream_configs(limits: StreamLimits | None = None) -> list[js_api.StreamConf
     ]
 
 
-async def connect(url: str, *, name: str, **kwargs: Any) -> NATS:
-    """Connect with reconnects forever: a NATS restart under a running process is survived."""
+async def connect(url: str, *, name: str,
+                  on_reconnect: Callable[[], Awaitable[None]] | None = None,
+                  **kwargs: Any) -> NATS:
+    """Connect with reconnects forever: a NATS restart under a running process is survived.
+    ``on_reconnect`` runs after each reconnect (e.g. to re-create a stream or consumer that a
+    restarted server no longer has)."""
 
     async def _error_cb(exc: Exception) -> None:
         log.debug("nats error (%s): %s", name, exc)
@@ -107,6 +116,10 @@ async def connect(url: str, *, name: str, **kwargs: Any) -> NATS:
 
     async def _reconnected_cb() -> None:
         log.warning("nats reconnected (%s)", name)
+        if on_reconnect is not None:
+            task = asyncio.ensure_future(on_reconnect())
+            _background.add(task)
+            task.add_done_callback(_background.discard)
 
     opts: dict[str, Any] = {
         "name": name,

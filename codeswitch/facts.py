@@ -23,13 +23,14 @@ log = logging.getLogger("codeswitch.facts")
 
 
 class FactPublisher:
-    def __init__(self, nc: NATS, *, max_queue: int = 200_000) -> None:
+    def __init__(self, nc: NATS, *, max_queue: int = 200_000, linger: float = 0.02) -> None:
         self._js = nc.jetstream()
         self._queue: deque[tuple[str, str, bytes]] = deque()
         self._max = max_queue
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._linger = linger  # wait this long to batch: fewer wake-ups at low load
         self.published = 0
 
     def start(self) -> None:
@@ -53,6 +54,8 @@ class FactPublisher:
                     return
                 self._wake.clear()
                 await self._wake.wait()
+                if self._linger and not self._closing:
+                    await asyncio.sleep(self._linger)
                 continue
             batch = [self._queue[i] for i in range(min(len(self._queue), 256))]
             try:

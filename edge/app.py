@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
 
 from codeswitch import bus
 from codeswitch.facts import FactPublisher
@@ -281,13 +282,18 @@ class EdgeApp:
             await obs.put(env.request_id, body)
             env = msgspec.structs.replace(env, body_ref=env.request_id)
             body = b""
+        headers = {"Nats-Msg-Id": env.request_id, ENV_HEADER: _env_encoder.encode(env).decode()}
+        subject = request_subject(env.dialect)
         try:
-            await self.js.publish(
-                request_subject(env.dialect), body,
-                headers={"Nats-Msg-Id": env.request_id,
-                         ENV_HEADER: _env_encoder.encode(env).decode()},
-                timeout=5.0,
-            )
+            await self.js.publish(subject, body, headers=headers, timeout=5.0)
+        except NoRespondersError:
+            # the work queue is gone (a restarted NATS, an operator's `stream rm`): recreate it
+            try:
+                await bus.ensure_all(self.js)
+                await self.js.publish(subject, body, headers=headers, timeout=5.0)
+            except Exception as exc:
+                raise EdgeError(503, "gateway bus unavailable, try again",
+                                "bus_unavailable") from exc
         except Exception as exc:
             raise EdgeError(503, "gateway bus unavailable, try again", "bus_unavailable") from exc
         return env
@@ -334,9 +340,14 @@ class EdgeApp:
                 return
             if kind != KIND_START:
                 raise EdgeError(502, "router sent an unexpected reply", "bad_reply")
-            start = _start_decoder.decode(data[1:])
+            head, _, first = data[1:].partition(b"\n")
+            start = _start_decoder.decode(head)
             await self._send_start(send, start, env, state, None)
             out = 0
+            if first:
+                state["ttfb"] = time.perf_counter() - started
+                out = len(first)
+                await send({"type": "http.response.body", "body": first, "more_body": True})
             while True:
                 data = await queue.get()
                 if data == DISCONNECTED:

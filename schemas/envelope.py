@@ -5,8 +5,9 @@ unchanged as the payload (or empty with ``body_ref`` when it was too large for o
 and this envelope as JSON in the ``Cs-Env`` header.
 
 Replies are core NATS messages on ``reply``; the first payload byte says what they are:
-    b"A"  accepted: a router took the request (the edge stops its no-router timer)
-    b"S"  start: ReplyStart JSON follows (status, headers, provider)
+    b"A"  accepted/heartbeat: a router is working on it (sent when the answer takes >0.2 s
+          to start, then every 5 s; any reply stops the edge's no-router timer)
+    b"S"  start: ReplyStart JSON, a newline, then the first body bytes (may be none)
     b"D"  data: body bytes follow, relayed to the client as they are
     b"E"  end: the response is complete
     b"F"  full: ReplyStart JSON, a newline, then the whole body (non-streaming answers)

@@ -59,7 +59,8 @@ class Up:
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.proc.stdout.read().decode()  # type: ignore[union-attr]
             try:
-                if httpx.get(self.url + "/readiness", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/readiness", timeout=1).status_code == 200 and \
+                        (self.home / "run.json").exists():
                     break
             except httpx.HTTPError:
                 pass

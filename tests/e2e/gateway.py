@@ -120,6 +120,13 @@ class Gateway:
             r.stop()
 
 
+def event_count(nats_url: str) -> int:
+    async def count(nc: Any) -> int:
+        return int((await nc.jetstream().stream_info(bus.EVENTS_STREAM)).state.messages)
+
+    return run_nats(nats_url, count)
+
+
 def events(nats_url: str, n: int, timeout: float = 10,
            subject: str = ">") -> list[tuple[str, bytes, Event]]:
     """The first ``n`` facts in the event log (subject, raw bytes, decoded)."""

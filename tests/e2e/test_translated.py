@@ -17,7 +17,7 @@ from google.genai import types as gtypes
 from codeswitch.natsd import EmbeddedNats
 from schemas.events import RequestCompleted
 from tests.e2e.conftest import CLIENT_KEY, PROVIDER_KEYS
-from tests.e2e.gateway import Gateway, events
+from tests.e2e.gateway import Gateway, event_count, events
 from tests.fakes.upstream import DEFAULT_TEXT, FAKE_TOOL_CALLS, Behavior, FakeUpstream
 
 DIALECTS = ("anthropic", "openai-chat", "openai-responses", "gemini")
@@ -240,9 +240,11 @@ def test_two_turn_tool_use(world: tuple[Gateway, dict[str, FakeUpstream]], clien
 def test_translated_requests_are_recorded(world: tuple[Gateway, dict[str, FakeUpstream]]) -> None:
     gw, fakes = world
     _use(gw, fakes, "openai-chat")
+    before = event_count(gw.nats_url)
     anthropic.Anthropic(base_url=gw.url, api_key=CLIENT_KEY, max_retries=0).messages.create(
         model=MODEL, max_tokens=16, messages=[{"role": "user", "content": "hi"}])
-    done = [e for _, _, e in events(gw.nats_url, 2) if isinstance(e, RequestCompleted)]
+    done = [e for _, _, e in events(gw.nats_url, before + 2)
+            if isinstance(e, RequestCompleted)]
     last = done[-1]
     assert last.translated and last.provider_dialect == "openai-chat"
     assert last.usage is not None and last.usage.cache_read_tokens == 4

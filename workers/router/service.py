@@ -77,6 +77,7 @@ _S = bytes([KIND_START])
 # error event before any content can still fall back to the next provider.
 _HOLD_LIMIT = 64 * 1024
 HEARTBEAT_S = 5.0
+ACCEPT_AFTER_S = 0.2
 
 
 @dataclass
@@ -122,11 +123,14 @@ class Router:
         self._subs: list[Subscription] = []
         self._work_sub: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._bg: set[asyncio.Future[None]] = set()
+        self._stopping = False
         self.handled = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def startup(self) -> None:
-        self.nc = nc = await bus.connect(self.nats_url, name=self.router_id)
+        self.nc = nc = await bus.connect(self.nats_url, name=self.router_id,
+                                         on_reconnect=self._after_reconnect)
         await bus.wait_ready(nc)
         js = nc.jetstream()
         await bus.ensure_all(js)
@@ -156,7 +160,12 @@ class Router:
         self._subs.append(await nc.subscribe(ROUTER_MODELS, queue="routers",
                                              cb=self._on_models))
         self._subs.append(await nc.subscribe(f"{CANCEL_PREFIX}.*", cb=self._on_cancel))
-        self._work_sub = await js.subscribe(
+        await self._subscribe_work()
+        self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
+        log.info("router %s ready (%d providers)", self.router_id, len(self.table.providers))
+
+    async def _subscribe_work(self) -> None:
+        self._work_sub = await self.js.subscribe(
             f"{REQUEST_PREFIX}.>", queue=bus.ROUTER_DURABLE, durable=bus.ROUTER_DURABLE,
             stream=bus.REQUESTS_STREAM, cb=self._on_request, manual_ack=True,
             config=js_api.ConsumerConfig(
@@ -165,11 +174,32 @@ class Router:
             ),
             pending_msgs_limit=100_000, pending_bytes_limit=1024 * 1024 * 1024,
         )
-        self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
-        log.info("router %s ready (%d providers)", self.router_id, len(self.table.providers))
+
+    async def _after_reconnect(self) -> None:
+        """A restarted NATS may have lost the (memory) work queue and its consumer: put them
+        back and take work again."""
+        if self._stopping:
+            return
+        try:
+            await bus.ensure_all(self.js)
+            try:
+                await self.js.consumer_info(bus.REQUESTS_STREAM, bus.ROUTER_DURABLE)
+                return
+            except Exception:
+                pass
+            if self._work_sub is not None:
+                try:
+                    await self._work_sub.unsubscribe()
+                except Exception:
+                    pass
+            await self._subscribe_work()
+            log.warning("work queue consumer re-created after reconnect")
+        except Exception as exc:
+            log.error("could not restore the work queue after reconnect: %s", exc)
 
     async def shutdown(self) -> None:
         """Stop taking work, let in-flight requests finish within the grace period."""
+        self._stopping = True
         if self._work_sub is not None:
             try:
                 await self._work_sub.unsubscribe()
@@ -221,6 +251,12 @@ class Router:
         self._inflight[env.request_id] = (task, env.reply)
         task.add_done_callback(lambda _t, rid=env.request_id: self._inflight.pop(rid, None))
 
+    def _accept_late(self, reply: str) -> None:
+        assert self.nc is not None
+        task = asyncio.ensure_future(self.nc.publish(reply, _A))
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
     async def _heartbeat(self) -> None:
         """Tell every waiting edge that its request is still being worked on."""
         while True:
@@ -235,8 +271,10 @@ class Router:
     # -- one request -------------------------------------------------------------------------
     async def _handle(self, env: RequestEnvelope, body: bytes) -> None:
         assert self.nc is not None
-        nc = self.nc
-        await nc.publish(env.reply, _A)
+        # Any reply tells the edge its request was taken; an explicit "accepted" is only sent
+        # when the answer takes a while to start (saves a message on every fast request).
+        accept = asyncio.get_running_loop().call_later(
+            ACCEPT_AFTER_S, self._accept_late, env.reply)
         t0 = time.perf_counter()
         attempts: list[_Attempt] = []
         final: _Attempt | None = None
@@ -306,6 +344,7 @@ class Router:
             except Exception:
                 pass
         finally:
+            accept.cancel()
             self.handled += 1
             self._record(env, attempts, final, status, error_class, error_message, ttfb_ms,
                          (time.perf_counter() - t0) * 1000)
@@ -563,12 +602,11 @@ class Router:
                         held.append(out)
                         held_size += len(out)
                     if tracker.saw_content or held_size > _HOLD_LIMIT:
-                        await nc.publish(reply, _S + start)
+                        # start and the held bytes in one message: start JSON, \n, data
+                        data = b"".join(held)
+                        await nc.publish(reply, _S + start + b"\n" + data)
                         att.committed, att.status = True, 200
-                        if held:
-                            data = b"".join(held)
-                            att.bytes_out += len(data)
-                            await nc.publish(reply, _D + data)
+                        att.bytes_out += len(data)
                         held = []
                 elif out:
                     att.bytes_out += len(out)
@@ -587,10 +625,12 @@ class Router:
             if tracker.error is not None:
                 raise UpstreamFailure("stream_error",
                                       f"{tracker.error[0]}: {tracker.error[1]}"[:300], 200)
-            await nc.publish(reply, _S + start)
-            att.committed = True
             held.append(tail)
-            tail = b"".join(held)
+            data = b"".join(held)
+            await nc.publish(reply, _S + start + b"\n" + data)
+            att.committed = True
+            att.bytes_out += len(data)
+            tail = b""
         if tail:
             att.bytes_out += len(tail)
             await nc.publish(reply, _D + tail)
@@ -661,7 +701,7 @@ class Router:
             await self.nc.publish(env.reply, _F + head + b"\n" + data)
             return
         step = self.nc.max_payload - 1024
-        await self.nc.publish(env.reply, _S + head)
+        await self.nc.publish(env.reply, _S + head + b"\n")
         for i in range(0, len(data), step):
             await self.nc.publish(env.reply, _D + data[i:i + step])
         await self.nc.publish(env.reply, _E)

@@ -75,8 +75,10 @@ def _provider(name: str, dialect: str, port: int, model: str, priority: int) -> 
             "api_key": "bench-upstream-key", "models": [model], "priority": priority}
 
 
-def _toml(providers: list[dict[str, Any]]) -> str:
+def _toml(providers: list[dict[str, Any]], no_breaker: bool = False) -> str:
     out = ["# written by bench/compare.py\n"]
+    if no_breaker:  # every request meets the failing provider: the raw cost of a fallback
+        out += ["[routing]", "breaker = { failures = 1000000000 }", ""]
     for p in providers:
         out.append("[[providers]]")
         for k, v in p.items():
@@ -126,7 +128,7 @@ class Bench:
     def start_gateway(self, providers: list[dict[str, Any]]) -> int:
         a = self.a
         cfg = self.tmp / "codeswitch.toml"
-        cfg.write_text(_toml(providers))
+        cfg.write_text(_toml(providers, a.no_breaker))
         port = a.gateway_port or free_port()
         exe = a.gateway_cmd or shutil.which("codeswitch", path=str(Path(sys.executable).parent)) \
             or "codeswitch"
@@ -358,6 +360,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--translate-to", choices=DIALECTS, help="provider dialect for --translated")
     p.add_argument("--fallback", action="store_true",
                    help="add a lane: priority-1 provider answers 503, priority-2 healthy")
+    p.add_argument("--no-breaker", action="store_true",
+                   help="configure the gateway so circuit breakers never open (with --fallback: "
+                        "every request is tried on the 503 provider first)")
     p.add_argument("--concurrency", default="1,16,64",
                    type=lambda s: [int(x) for x in s.split(",") if x])
     p.add_argument("--modes", default="non-stream,stream",

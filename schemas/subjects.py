@@ -5,6 +5,7 @@ Commands (never stored as facts):
     cs.cancel.<request id>       edge -> router: the client went away (core NATS)
     cs.router.ping               readiness probe, answered by any router (core NATS)
     cs.router.models             model list for GET /v1/models, answered by any router
+    cs.breaker.fail.<key>        router -> routers: one failure counted toward a breaker
     _INBOX.cs.<edge>.<rid>       router -> edge reply stream (core NATS)
 
 Facts (JetStream stream CS_EVENTS, readable JSON):
@@ -19,6 +20,7 @@ from typing import Final
 
 __all__ = [
     "ATTEMPT_PREFIX",
+    "BREAKER_FAIL_PREFIX",
     "CANCEL_PREFIX",
     "FACT_SUBJECTS",
     "REPLY_PREFIX",
@@ -40,6 +42,7 @@ RESPONSE_PREFIX: Final = "llm.response"
 CANCEL_PREFIX: Final = "cs.cancel"
 ROUTER_PING: Final = "cs.router.ping"
 ROUTER_MODELS: Final = "cs.router.models"
+BREAKER_FAIL_PREFIX: Final = "cs.breaker.fail"
 REPLY_PREFIX: Final = "_INBOX.cs"
 
 FACT_SUBJECTS: Final[tuple[str, ...]] = (

@@ -35,6 +35,7 @@ from schemas.envelope import (
 )
 from schemas.events import AttemptFinished, CircuitChanged, RequestCompleted, Usage, new_id
 from schemas.subjects import (
+    BREAKER_FAIL_PREFIX,
     CANCEL_PREFIX,
     REQUEST_PREFIX,
     ROUTER_MODELS,
@@ -67,6 +68,18 @@ __all__ = ["Router", "run"]
 log = logging.getLogger("codeswitch.router")
 
 _env_decoder = msgspec.json.Decoder(RequestEnvelope)
+
+
+class _FailureNote(msgspec.Struct):
+    key: str
+    provider: str
+    ts: float
+    router: str
+    model: str | None = None
+    reason: str | None = None
+
+
+_note_decoder = msgspec.json.Decoder(_FailureNote)
 _enc = msgspec.json.Encoder()
 _A = bytes([KIND_ACCEPTED])
 _D = bytes([KIND_DATA])
@@ -125,6 +138,10 @@ class Router:
         self._tasks: list[asyncio.Task[None]] = []
         self._bg: set[asyncio.Future[None]] = set()
         self._stopping = False
+        # failures inside the window while a breaker is closed, counted by every router from
+        # the failure notes all routers send (core NATS, no KV write per failure); the
+        # transition to open is a compare-and-set in KV, so exactly one router makes it
+        self._local_breakers: dict[str, BreakerState] = {}
         self.handled = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -160,6 +177,8 @@ class Router:
         self._subs.append(await nc.subscribe(ROUTER_MODELS, queue="routers",
                                              cb=self._on_models))
         self._subs.append(await nc.subscribe(f"{CANCEL_PREFIX}.*", cb=self._on_cancel))
+        self._subs.append(await nc.subscribe(f"{BREAKER_FAIL_PREFIX}.>",
+                                             cb=self._on_failure_note))
         await self._subscribe_work()
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
         log.info("router %s ready (%d providers)", self.router_id, len(self.table.providers))
@@ -253,9 +272,7 @@ class Router:
 
     def _accept_late(self, reply: str) -> None:
         assert self.nc is not None
-        task = asyncio.ensure_future(self.nc.publish(reply, _A))
-        self._bg.add(task)
-        task.add_done_callback(self._bg.discard)
+        self._spawn(self.nc.publish(reply, _A))
 
     async def _heartbeat(self) -> None:
         """Tell every waiting edge that its request is still being worked on."""
@@ -312,7 +329,7 @@ class Router:
                     await self._attempt(env, body, att, has_next, routing.failover_statuses)
                 finally:
                     self.load[name] -= 1
-                await self._judge(att)
+                self._judge(att)
                 if att.committed or att.outcome != "fallback":
                     final = att
                     break
@@ -395,8 +412,11 @@ class Router:
                     return False
         return True
 
-    async def _judge(self, att: _Attempt) -> None:
-        """Feed the attempt's result to the breakers (no KV write on a plain success)."""
+    def _judge(self, att: _Attempt) -> None:
+        """Feed the attempt's result to the breakers. Failures in the closed state are
+        counted locally (no KV traffic, nothing on the request path); only a transition —
+        closed -> open here, or the result of a half-open probe — is written to KV, in the
+        background, where every router sees it."""
         if att.outcome == "cancelled":
             return
         ok = att.outcome == "ok" and att.error_class is None
@@ -413,11 +433,60 @@ class Router:
         if ok or (counted and not transport):
             targets.append((breaker_key(p, model), model))
         for key, m in targets:
-            current = self.circuits.get(key)
-            if record(current, ok, now, policy, reason) is None:
-                continue
-            await self.circuits.swap(key, lambda cur: record(cur, ok, now, policy, reason),
-                                     self._transition_cb(p, m))
+            shared = self.circuits.get(key)
+            if shared is None or shared.state == "closed":
+                if not ok:
+                    self._count_failure(key, p, m, now, reason)
+                    self._spawn(self._announce_failure(key, p, m, now, reason))
+            elif record(shared, ok, now, policy, reason) is not None:
+                self._spawn(self.circuits.swap(
+                    key, lambda cur: record(cur, ok, now, policy, reason),
+                    self._transition_cb(p, m)))
+
+    def _count_failure(self, key: str, provider: str, model: str | None, ts: float,
+                       reason: str | None) -> None:
+        """One failure seen by any router (ours directly, others' via cs.breaker.fail.>)."""
+        policy = self.settings.routing.breaker
+        local = record(self._local_breakers.get(key), False, ts, policy, reason)
+        if local is None:
+            return
+        if local.state == "closed":
+            self._local_breakers[key] = local
+            return
+        self._local_breakers.pop(key, None)
+        shared = self.circuits.get(key)
+        if shared is not None and shared.state != "closed":
+            return
+
+        def to_open(cur: BreakerState | None, opened: BreakerState = local) \
+                -> BreakerState | None:
+            return opened if cur is None or cur.state == "closed" else None
+
+        self._spawn(self.circuits.swap(key, to_open, self._transition_cb(provider, model)))
+
+    async def _announce_failure(self, key: str, provider: str, model: str | None, ts: float,
+                                reason: str | None) -> None:
+        assert self.nc is not None
+        note = _enc.encode({"key": key, "provider": provider, "model": model, "ts": ts,
+                            "reason": reason, "router": self.router_id})
+        try:
+            await self.nc.publish(f"{BREAKER_FAIL_PREFIX}.{key}", note)
+        except Exception:
+            pass
+
+    async def _on_failure_note(self, msg: Msg) -> None:
+        try:
+            note = _note_decoder.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return
+        if note.router == self.router_id:
+            return  # counted when it happened
+        self._count_failure(note.key, note.provider, note.model, note.ts, note.reason)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
 
     def _transition_cb(self, provider: str, model: str | None) -> Any:
         def on_change(old: BreakerState | None, new: BreakerState) -> None:

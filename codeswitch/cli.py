@@ -254,6 +254,12 @@ def provider_add(
     disabled: Annotated[bool, typer.Option("--disabled")] = False,
     header: Annotated[list[str] | None, typer.Option("--header", help="Name: value "
                                                      "(repeatable).")] = None,
+    connect_timeout: Annotated[float, typer.Option(help="Seconds to connect.")] = 10.0,
+    first_byte_timeout: Annotated[float, typer.Option(
+        help="Seconds until the answer starts (a whole non-streaming answer).")] = 600.0,
+    idle_timeout: Annotated[float, typer.Option(
+        help="Seconds allowed between two chunks of a stream.")] = 300.0,
+    total_timeout: Annotated[float, typer.Option(help="Seconds for the whole call.")] = 3600.0,
     nats_url: NatsOpt = None, home: HomeOpt = None,
 ) -> None:
     """Add or replace a provider. Running routers use it on their next request."""
@@ -268,6 +274,8 @@ def provider_add(
             "name": name, "dialect": dialect, "base_url": base_url, "api_key": api_key,
             "models": model or [], "model_map": mapping, "priority": priority,
             "weight": weight, "enabled": not disabled, "headers": headers, "source": "cli",
+            "timeouts": {"connect": connect_timeout, "first_byte": first_byte_timeout,
+                         "idle": idle_timeout, "total": total_timeout},
         }, ProviderConfig)
     except (ValueError, msgspec.ValidationError) as exc:
         err.print(f"[red]invalid provider:[/] {exc}")

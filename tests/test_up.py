@@ -141,11 +141,12 @@ def test_cli_providers_and_tail_against_running_gateway(tmp_path: Path,
         assert listed[0]["api_key"] == "env:FAKE_PROVIDER_KEY"
         added = cli("provider", "add", "second", "--dialect", "openai-chat", "--base-url",
                     "http://127.0.0.1:9/v1", "--api-key", "sk-literal-SECRET-abcd",
-                    "--model", "gpt-*")
+                    "--model", "gpt-*", "--idle-timeout", "42", "--weight", "3")
         assert added.returncode == 0, added.stderr
         listed = json.loads(cli("provider", "list", "--json").stdout)
         second = next(p for p in listed if p["name"] == "second")
         assert "SECRET" not in second["api_key"] and second["api_key"].endswith("abcd")
+        assert second["timeouts"]["idle"] == 42 and second["weight"] == 3
         assert cli("provider", "disable", "fake").returncode == 0
         with httpx.Client(timeout=30) as c:
             r = c.post(up.url + "/v1/messages", json={
@@ -203,3 +204,62 @@ def test_init_streams_script_uses_the_same_definitions(tmp_path: Path) -> None:
                                env={**os.environ, "PATH": f"{Path(sys.executable).parent}:"
                                                           f"{os.environ['PATH']}"})
         assert again.returncode == 0, again.stderr
+
+
+def test_facts_flow_into_ledger_stats_and_breaker_status(tmp_path: Path,
+                                                         fake: FakeUpstream) -> None:
+    """The real router's facts, projected by the real ledger, answered by `codeswitch stats`."""
+    up = Up(tmp_path, fake)
+    env = {**os.environ, "CODESWITCH_HOME": str(up.home)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env,
+                              timeout=60)
+
+    try:
+        with httpx.Client(timeout=30) as c:
+            for stream in (False, True, False):
+                r = c.post(up.url + "/v1/messages", json={
+                    "model": "claude-opus-4-8", "max_tokens": 5, "stream": stream,
+                    "messages": [{"role": "user", "content": "hi"}]})
+                assert r.status_code == 200
+            fake.push(Behavior(status=400))
+            assert c.post(up.url + "/v1/messages", json={
+                "model": "claude-opus-4-8", "max_tokens": 5,
+                "messages": [{"role": "user", "content": "hi"}]}).status_code == 400
+        deadline = time.monotonic() + 20
+        overview: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            res = cli("stats", "--json")
+            if res.returncode == 0:
+                overview = json.loads(res.stdout)
+                if json.dumps(overview).count('"requests": 4') or \
+                        '"requests":4' in json.dumps(overview, separators=(",", ":")):
+                    break
+            time.sleep(0.5)
+        flat = json.dumps(overview, separators=(",", ":"))
+        assert '"requests":4' in flat, overview
+        assert '"errors":1' in flat, overview
+        # 3 successful answers x the fake's usage (input 25, cache read 11, write 7, output 15)
+        assert '"output_tokens":45' in flat, overview
+        status = json.loads(cli("provider", "status", "--json").stdout)
+        assert status["providers"][0]["name"] == "fake" and status["circuits"] == {}
+        log = cli("log", "--json")
+        assert log.returncode == 0 and log.stdout.count("claude-opus-4-8") >= 4
+    finally:
+        up.stop()
+
+
+def test_up_with_an_existing_nats(tmp_path: Path, fake: FakeUpstream) -> None:
+    with EmbeddedNats(tmp_path / "operator-nats") as server:
+        up = Up(tmp_path, fake, "--nats-url", server.url)
+        try:
+            assert up.info["embedded_nats"] is False and up.info["nats_url"] == server.url
+            with httpx.Client(timeout=30) as c:
+                r = c.post(up.url + "/v1/messages", json={
+                    "model": "claude-opus-4-8", "max_tokens": 5,
+                    "messages": [{"role": "user", "content": "hi"}]})
+            assert r.status_code == 200
+            assert not (up.home / "nats").exists()
+        finally:
+            up.stop()

@@ -248,3 +248,17 @@ def test_translated_requests_are_recorded(world: tuple[Gateway, dict[str, FakeUp
     last = done[-1]
     assert last.translated and last.provider_dialect == "openai-chat"
     assert last.usage is not None and last.usage.cache_read_tokens == 4
+
+
+def test_count_tokens_estimated_for_providers_without_it(
+        world: tuple[Gateway, dict[str, FakeUpstream]]) -> None:
+    gw, fakes = world
+    _use(gw, fakes, "openai-chat")
+    client = anthropic.Anthropic(base_url=gw.url, api_key=CLIENT_KEY, max_retries=0)
+    raw = client.messages.with_raw_response.count_tokens(
+        model=MODEL, messages=[{"role": "user", "content": "hello " * 400}])
+    assert raw.headers["x-codeswitch-estimate"] == "true"
+    small = client.messages.count_tokens(model=MODEL,
+                                         messages=[{"role": "user", "content": "hello"}])
+    assert raw.parse().input_tokens > small.input_tokens > 0
+    assert len(fakes["openai-chat"].requests) == 0  # nothing was sent upstream

@@ -83,3 +83,33 @@ def test_no_provider_errors_are_specific() -> None:
 def test_fail_over_statuses(status: int, expected: bool) -> None:
     assert should_fail_over(status, has_next=True) is expected
     assert should_fail_over(status, has_next=False) is False
+
+
+def test_least_loaded_prefers_the_idlest_and_rotates_ties() -> None:
+    providers = [p("a"), p("b"), p("c")]
+    rr = RoundRobin()
+    load = {"a": 3, "b": 0, "c": 1}
+    got = plan(providers, dialect="anthropic", model="m", pinned=None, can_translate=always,
+               rr=rr, strategy="least-loaded", load=load)
+    assert names(got) == ["b", "c", "a"]
+    even = Counter(names(plan(providers, dialect="anthropic", model="m", pinned=None,
+                              can_translate=always, rr=rr, strategy="least-loaded",
+                              load={}))[0] for _ in range(300))
+    assert even == {"a": 100, "b": 100, "c": 100}
+
+
+def test_weighted_is_exact_and_interleaved() -> None:
+    providers = [p("a", weight=1), p("b", weight=3)]
+    rr = RoundRobin()
+    seq = [names(plan(providers, dialect="anthropic", model="m", pinned=None,
+                      can_translate=always, rr=rr, strategy="weighted"))[0]
+           for _ in range(8)]
+    assert Counter(seq) == {"a": 2, "b": 6}
+    assert "bbbb" not in "".join(seq)  # smooth: never four in a row at 1:3
+
+
+def test_active_first_and_open_circuits_last() -> None:
+    providers = [p("a"), p("b", priority=2), p("c", priority=3)]
+    got = plan(providers, dialect="anthropic", model="m", pinned=None, can_translate=always,
+               active="c", blocked=lambda prov, _m: prov.name == "a")
+    assert names(got) == ["c", "b", "a"]

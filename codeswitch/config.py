@@ -84,7 +84,7 @@ def _line_of(text: str, table_index: int | None, key: str | None,
     return start + 1
 
 
-def _field_of(exc: msgspec.ValidationError) -> str | None:
+def _field_of(exc: Exception) -> str | None:
     m = re.search(r"at `\$\.([A-Za-z_]+)", str(exc))
     if m:
         return m.group(1)
@@ -140,17 +140,15 @@ def load_config(path: str | Path) -> FileConfig:
         raise ConfigError(path, str(exc), _line_of(text, None, None, "gateway"),
                           "gateway") from None
 
-    for table, struct in (("routing", RoutingSettings), ("unified", UnifiedUpstream)):
-        if table not in raw:
+    for section, struct in (("routing", RoutingSettings), ("unified", UnifiedUpstream)):
+        if section not in raw:
             continue
         try:
-            setattr(cfg, table, msgspec.convert(raw[table], struct))
-        except (msgspec.ValidationError, ValueError) as exc:
-            key = _field_of(exc) if isinstance(exc, msgspec.ValidationError) else None
-            if key is None:
-                key = next((k for k in raw[table] if k in str(exc)), None)
-            raise ConfigError(path, str(exc), _line_of(text, None, key, table),
-                              table + (f".{key}" if key else "")) from None
+            setattr(cfg, section, msgspec.convert(raw[section], struct))
+        except msgspec.ValidationError as exc:
+            where = _field_of(exc) or next((k for k in raw[section] if k in str(exc)), None)
+            raise ConfigError(path, str(exc), _line_of(text, None, where, section),
+                              section + (f".{where}" if where else "")) from None
 
     providers = raw.get("providers", [])
     if not isinstance(providers, list):
@@ -160,16 +158,12 @@ def load_config(path: str | Path) -> FileConfig:
     for i, table in enumerate(providers):
         table = {**table, "source": "config"}
         try:
+            # msgspec reports __post_init__'s ValueErrors as ValidationErrors too
             provider = msgspec.convert(table, ProviderConfig)
         except msgspec.ValidationError as exc:
-            key = _field_of(exc)
-            raise ConfigError(path, str(exc), _line_of(text, i, key), f"providers[{i}]"
-                              + (f".{key}" if key else "")) from None
-        except ValueError as exc:
-            key = "name" if "name" in str(exc) else "base_url" if "base_url" in str(exc) \
-                else None
-            raise ConfigError(path, str(exc), _line_of(text, i, key), f"providers[{i}]"
-                              + (f".{key}" if key else "")) from None
+            where = _field_of(exc)
+            raise ConfigError(path, str(exc), _line_of(text, i, where), f"providers[{i}]"
+                              + (f".{where}" if where else "")) from None
         if provider.name in names:
             raise ConfigError(path, f"duplicate provider name {provider.name!r}",
                               _line_of(text, i, "name"), f"providers[{i}].name")

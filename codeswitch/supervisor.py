@@ -98,7 +98,7 @@ def run_edge(nats_url: str, host: str, port: int, *, grace: float = 30.0,
     config = uvicorn.Config(
         app, host=host, port=port, loop="uvloop" if _has_uvloop() else "asyncio",
         http="httptools", lifespan="on", access_log=False, log_level="warning",
-        timeout_graceful_shutdown=grace, timeout_keep_alive=75, backlog=4096,
+        timeout_graceful_shutdown=int(grace), timeout_keep_alive=75, backlog=4096,
     )
     server = uvicorn.Server(config)
 

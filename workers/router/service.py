@@ -267,8 +267,13 @@ class Router:
         if env.deadline and time.time() > env.deadline:
             return  # the edge stopped waiting (and answered 503); nobody to reply to
         task = asyncio.create_task(self._handle(env, msg.data))
-        self._inflight[env.request_id] = (task, env.reply)
-        task.add_done_callback(lambda _t, rid=env.request_id: self._inflight.pop(rid, None))
+        rid = env.request_id
+        self._inflight[rid] = (task, env.reply)
+
+        def forget(_task: asyncio.Task[None]) -> None:
+            self._inflight.pop(rid, None)
+
+        task.add_done_callback(forget)
 
     def _accept_late(self, reply: str) -> None:
         assert self.nc is not None
@@ -405,9 +410,11 @@ class Router:
             if not ok:
                 return False
             if probe is not None:
-                won = await self.circuits.swap(
-                    key, lambda cur: allow(cur, now, policy)[1],
-                    self._transition_cb(cand.provider.name, model))
+                def start_probe(cur: BreakerState | None) -> BreakerState | None:
+                    return allow(cur, now, policy)[1]
+
+                won = await self.circuits.swap(key, start_probe,
+                                               self._transition_cb(cand.provider.name, model))
                 if not won:
                     return False
         return True

@@ -1,0 +1,316 @@
+"""One upstream attempt: build the request, call the provider with aiohttp, relay the answer
+to the edge (translated when the dialects differ), and report what happened in an ``Attempt``
+for the fallback decision, the breakers and the facts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from schemas.envelope import ReplyStart, RequestEnvelope
+from schemas.events import Usage
+from workers import translator
+from workers.router.chat_usage import UsageChunkFilter, request_usage
+from workers.router.gemini_array import ArrayFramer, wants_sse
+from workers.router.plan import Candidate, should_fail_over
+from workers.router.providers import ProviderTable
+from workers.router.reply import Reply
+from workers.router.upstream import (
+    UpstreamFailure,
+    map_errors,
+    rewrite_model,
+    upstream_headers,
+    upstream_url,
+)
+from workers.translator import TranslationContext, TranslationError
+from workers.translator.errors import error_body, stream_error
+from workers.translator.usage import UsageTracker
+
+__all__ = ["Attempt", "Caller", "keep_headers"]
+
+_enc = msgspec.json.Encoder()
+# Hold a stream's opening bytes until its first content event (or this much), so that an
+# error event before any content can still fall back to the next provider.
+_HOLD_LIMIT = 64 * 1024
+
+
+@dataclass
+class Attempt:
+    """What one attempt produced; becomes an AttemptFinished fact."""
+
+    candidate: Candidate
+    number: int
+    started_at: float
+    outcome: str = "failed"
+    status: int = 0
+    error_class: str | None = None
+    error_message: str | None = None
+    ttfb_ms: float | None = None
+    duration_ms: float = 0.0
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    committed: bool = False  # something reached the client
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    bytes_out: int = 0
+    context: TranslationContext | None = None  # request-side state the response side needs
+    conv: translator.StreamTranslator | None = None
+    usage_filter: UsageChunkFilter | None = None  # Chat pass-through: we asked for usage
+
+
+class Caller:
+    """Runs attempts with one shared aiohttp session."""
+
+    def __init__(self, http: aiohttp.ClientSession, table: ProviderTable) -> None:
+        self.http = http
+        self.table = table
+
+    async def run(self, env: RequestEnvelope, body: bytes, att: Attempt, reply: Reply,
+                  has_next: bool, failover: list[int]) -> None:
+        cand = att.candidate
+        p = cand.provider
+        started = time.perf_counter()
+        same = not cand.translated
+        stream = env.stream and env.operation == "generate"
+        try:
+            if env.operation == "count_tokens" and not same:
+                await self._estimate_tokens(env, body, att, reply)
+                return
+            if same:
+                up_body = body if p.dialect == "gemini" else rewrite_model(
+                    body, cand.upstream_model, env.model)
+                if stream and p.dialect == "openai-chat":
+                    with_usage = request_usage(up_body)
+                    if with_usage is not None:
+                        up_body, att.usage_filter = with_usage, UsageChunkFilter()
+            else:
+                prepared = translator.prepare(env.dialect, p.dialect, body,
+                                              model=cand.upstream_model, stream=stream)
+                up_body, att.context = prepared.body, prepared.context
+            url = upstream_url(
+                p, operation=env.operation, model=cand.upstream_model, stream=stream,
+                query=env.query if same and p.dialect == "anthropic" else "",
+                sse=not (same and p.dialect == "gemini" and not wants_sse(env.query)))
+            headers = upstream_headers(p, env.headers, same_dialect=same)
+            t = p.timeouts
+            # sock_read is the idle timeout between two reads of a stream; a non-streaming
+            # answer may take up to first_byte to arrive.
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect,
+                                            sock_read=t.idle if stream else t.first_byte)
+            async with asyncio.timeout(t.total):
+                with map_errors("connect"):
+                    async with asyncio.timeout(t.first_byte):
+                        resp = await self.http.request("POST", url, data=up_body,
+                                                       headers=headers, timeout=timeout)
+                try:
+                    if resp.status >= 400:
+                        with map_errors("error body"):
+                            err_body = await resp.read()
+                        raise UpstreamFailure(
+                            f"http_{resp.status}", _error_text(err_body),
+                            resp.status, err_body, keep_headers(resp.headers))
+                    if stream:
+                        await self._stream(env, resp, cand, att, started, reply)
+                    else:
+                        await self._whole(env, resp, cand, att, started, reply)
+                finally:
+                    # After a complete body the connection goes back to the pool; otherwise
+                    # (cancelled, cut, failed) it is closed, so the upstream sees us leave.
+                    if resp.content.at_eof():
+                        resp.release()
+                    else:
+                        resp.close()
+        except UpstreamFailure as exc:
+            att.error_class, att.error_message = exc.error_class, exc.message
+            if not att.committed:
+                att.status = exc.status
+            att.body, att.headers = exc.body, exc.headers
+            if exc.status == 429:
+                self.table.cool_down(p.name, _retry_after(exc.headers))
+            if att.committed:
+                att.outcome = "failed"
+                await self._end_stream_with_error(env, att, exc, reply)
+            elif exc.status == 0 or exc.error_class == "stream_error" \
+                    or should_fail_over(exc.status, has_next=has_next, statuses=failover):
+                att.outcome = "fallback" if has_next else "failed"
+            else:
+                att.outcome = "failed"
+        except TimeoutError:
+            att.error_class, att.error_message = "timeout", "upstream timed out"
+            if att.committed:
+                att.outcome = "failed"
+                await self._end_stream_with_error(
+                    env, att, UpstreamFailure("timeout", "upstream timed out", 504), reply)
+            else:
+                att.outcome = "fallback" if has_next else "failed"
+        except TranslationError as exc:
+            status, message = getattr(exc, "status", 400), getattr(exc, "message", str(exc))
+            att.status, att.error_class, att.error_message = status, "translation", message
+            att.body = error_body(env.dialect, status, message)
+            att.headers = {"x-codeswitch-translated": "1"}
+            att.outcome = "failed"
+        finally:
+            att.duration_ms = (time.perf_counter() - started) * 1000
+
+    async def _whole(self, env: RequestEnvelope, resp: aiohttp.ClientResponse,
+                     cand: Candidate, att: Attempt, started: float, reply: Reply) -> None:
+        with map_errors("body"):
+            data = await resp.read()
+        att.ttfb_ms = (time.perf_counter() - started) * 1000
+        att.status = resp.status
+        p = cand.provider
+        tracker = UsageTracker(p.dialect, False)
+        tracker.feed(data)
+        tracker.finish()
+        att.usage, att.finish_reason = tracker.usage, tracker.finish_reason
+        status = resp.status
+        if cand.translated:
+            try:
+                data = translator.translate_response(p.dialect, env.dialect, data,
+                                                     model=env.model, request_id=env.request_id,
+                                                     context=att.context)
+            except TranslationError as exc:  # an answer the client's dialect cannot express
+                status, att.error_class, att.error_message = exc.status, "translation", \
+                    exc.message
+                data = error_body(env.dialect, exc.status, exc.message)
+        start = ReplyStart(status=status,
+                           content_type=resp.headers.get("content-type", "application/json"),
+                           provider=p.name, upstream_model=cand.upstream_model,
+                           headers=keep_headers(resp.headers))
+        await reply.full(start, data)
+        att.committed = True
+        att.outcome = "ok"
+        att.bytes_out = len(data)
+
+    async def _stream(self, env: RequestEnvelope, resp: aiohttp.ClientResponse,
+                      cand: Candidate, att: Attempt, started: float, reply: Reply) -> None:
+        p = cand.provider
+        tracker = UsageTracker(p.dialect, True)
+        conv = att.conv = (
+            translator.StreamTranslator(p.dialect, env.dialect, model=env.model,
+                                        request_id=env.request_id, context=att.context)
+            if cand.translated else None)
+        framer = (ArrayFramer() if conv is not None and env.dialect == "gemini"
+                  and not wants_sse(env.query) else None)
+        held: list[bytes] = []
+        held_size = 0
+        if framer is not None:
+            ctype = "application/json; charset=utf-8"
+        elif conv is not None:
+            ctype = "text/event-stream; charset=utf-8"
+        else:
+            ctype = resp.headers.get("content-type", "text/event-stream")
+        start = _enc.encode(ReplyStart(status=200, content_type=ctype, provider=p.name,
+                                       upstream_model=cand.upstream_model,
+                                       headers=keep_headers(resp.headers)))
+        with map_errors("stream"):
+            async for chunk in resp.content.iter_any():
+                if att.ttfb_ms is None:
+                    att.ttfb_ms = (time.perf_counter() - started) * 1000
+                tracker.feed(chunk)
+                if conv is not None:
+                    out = conv.feed(chunk)
+                    if framer is not None:
+                        out = framer.feed(out)
+                elif att.usage_filter is not None:
+                    out = att.usage_filter.feed(chunk)
+                else:
+                    out = chunk
+                if not att.committed:
+                    if tracker.error is not None and not tracker.saw_content:
+                        raise UpstreamFailure("stream_error", f"{tracker.error[0]}: "
+                                              f"{tracker.error[1]}"[:300], 200)
+                    if out:
+                        held.append(out)
+                        held_size += len(out)
+                    if tracker.saw_content or held_size > _HOLD_LIMIT:
+                        # start and the held bytes in one message: start JSON, \n, data
+                        data = b"".join(held)
+                        await reply.start(start, data)
+                        att.committed, att.status = True, 200
+                        att.bytes_out += len(data)
+                        held = []
+                elif out:
+                    att.bytes_out += len(out)
+                    await reply.data(out)
+        tracker.finish()
+        att.usage, att.finish_reason = tracker.usage, tracker.finish_reason
+        if conv is not None:
+            tail = conv.close()
+            if framer is not None:
+                tail = framer.feed(tail) + framer.close()
+        elif att.usage_filter is not None:
+            tail = att.usage_filter.flush()
+        else:
+            tail = b""
+        if not att.committed:
+            if tracker.error is not None:
+                raise UpstreamFailure("stream_error",
+                                      f"{tracker.error[0]}: {tracker.error[1]}"[:300], 200)
+            held.append(tail)
+            data = b"".join(held)
+            await reply.start(start, data)
+            att.committed = True
+            att.bytes_out += len(data)
+            tail = b""
+        if tail:
+            att.bytes_out += len(tail)
+            await reply.data(tail)
+        await reply.end()
+        att.status = 200
+        if tracker.error is not None:
+            att.outcome, att.error_class = "failed", "stream_error"
+            att.error_message = f"{tracker.error[0]}: {tracker.error[1]}"[:300]
+        else:
+            att.outcome = "ok"
+
+    async def _end_stream_with_error(self, env: RequestEnvelope, att: Attempt,
+                                     exc: UpstreamFailure, reply: Reply) -> None:
+        """After content reached the client: close the stream with an in-stream error."""
+        status = exc.status if exc.status >= 400 else 502
+        message = f"upstream {att.candidate.provider.name} failed mid-stream: {exc.message}"
+        payload = (att.conv.fail(status, message) if att.conv is not None
+                   else stream_error(env.dialect, status, message))
+        try:
+            await reply.data(payload)
+            await reply.end()
+        except Exception:
+            pass
+
+    async def _estimate_tokens(self, env: RequestEnvelope, body: bytes, att: Attempt,
+                               reply: Reply) -> None:
+        tokens = translator.count_tokens_estimate(env.dialect, body)
+        doc: dict[str, Any] = ({"totalTokens": tokens} if env.dialect == "gemini"
+                               else {"input_tokens": tokens})
+        await reply.full(ReplyStart(status=200, provider=att.candidate.provider.name,
+                                    headers={"x-codeswitch-estimate": "true"}),
+                         _enc.encode(doc))
+        att.status, att.outcome, att.committed = 200, "ok", True
+
+
+def keep_headers(headers: Any) -> dict[str, str]:
+    keep = {}
+    for name in ("retry-after", "request-id", "x-request-id"):
+        value = headers.get(name)
+        if value:
+            keep["retry-after" if name == "retry-after" else "x-upstream-request-id"] = value
+    return keep
+
+
+def _retry_after(headers: dict[str, str]) -> float:
+    try:
+        return max(0.0, float(headers.get("retry-after", "1")))
+    except ValueError:
+        return 1.0
+
+
+def _error_text(body: bytes) -> str:
+    text = body[:300].decode("utf-8", "replace").replace("\n", " ")
+    return text or "(empty body)"
+
+

@@ -9,6 +9,9 @@ from schemas.config import ProviderConfig
 from tests.e2e.gateway import Gateway
 from tests.fakes.upstream import FakeUpstream
 
+DIALECTS = ("anthropic", "openai-chat", "openai-responses", "gemini")
+World = tuple[Gateway, dict[str, FakeUpstream]]
+
 PROVIDER_KEYS = {
     "anthropic": "sk-ant-provider-SECRET-1111",
     "openai-chat": "sk-chat-provider-SECRET-2222",
@@ -62,3 +65,30 @@ def gateway(nats_server: EmbeddedNats, fakes: dict[str, FakeUpstream]) -> Iterat
         yield gw
     finally:
         gw.stop()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """One gateway and one fake upstream per dialect for a whole test module; tests choose
+    the provider with :func:`only`."""
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats") / "nats")
+    server.start()
+    started = {d: FakeUpstream(d).start() for d in DIALECTS}
+    gw = Gateway(server.url)
+    try:
+        yield gw, started
+    finally:
+        gw.stop()
+        for f in started.values():
+            f.stop()
+        server.stop()
+
+
+def only(gw: Gateway, fakes: dict[str, FakeUpstream], provider: str) -> FakeUpstream:
+    """Make ``provider``'s fake the only enabled provider (serving every model)."""
+    for d, fake in fakes.items():
+        gw.add_provider(ProviderConfig(name=f"p-{d.replace('openai-', '')}", dialect=d,  # type: ignore[arg-type]
+                                       base_url=fake.base_url, api_key=PROVIDER_KEYS[d],
+                                       enabled=d == provider))
+    fakes[provider].clear()
+    return fakes[provider]

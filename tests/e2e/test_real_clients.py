@@ -5,46 +5,15 @@ Codex's response.completed with id and usage, Gemini CLI's finishReason on the l
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from codeswitch.natsd import EmbeddedNats
-from schemas.config import ProviderConfig
-from tests.e2e.conftest import PROVIDER_KEYS
-from tests.e2e.gateway import Gateway
-from tests.fakes.upstream import FakeUpstream
+from tests.e2e.conftest import DIALECTS, World, only
 from workers.translator.sse import SSEDecoder
 
 CLIENTS = Path(__file__).resolve().parent.parent / "fixtures" / "clients"
-DIALECTS = ("anthropic", "openai-chat", "openai-responses", "gemini")
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory,
-          ) -> Iterator[tuple[Gateway, dict[str, FakeUpstream]]]:
-    server = EmbeddedNats(tmp_path_factory.mktemp("nats") / "nats")
-    server.start()
-    fakes = {d: FakeUpstream(d).start() for d in DIALECTS}
-    gw = Gateway(server.url)
-    try:
-        yield gw, fakes
-    finally:
-        gw.stop()
-        for f in fakes.values():
-            f.stop()
-        server.stop()
-
-
-def _only(gw: Gateway, fakes: dict[str, FakeUpstream], provider: str) -> FakeUpstream:
-    for d, fake in fakes.items():
-        gw.add_provider(ProviderConfig(name=f"p-{d}", dialect=d,  # type: ignore[arg-type]
-                                       base_url=fake.base_url, api_key=PROVIDER_KEYS[d],
-                                       enabled=d == provider))
-    fakes[provider].clear()
-    return fakes[provider]
 
 
 def _events(raw: bytes) -> list[tuple[str | None, Any]]:
@@ -87,10 +56,10 @@ def _check_upstream(provider: str, body: Any) -> None:
 
 
 @pytest.mark.parametrize("provider", DIALECTS)
-def test_claude_code_session(world: tuple[Gateway, dict[str, FakeUpstream]],
+def test_claude_code_session(world: World,
                              provider: str) -> None:
     gw, fakes = world
-    fake = _only(gw, fakes, provider)
+    fake = only(gw, fakes, provider)
     raw = (CLIENTS / "claude_code_request.json").read_bytes()
     with gw.client() as c:
         r = c.post("/v1/messages?beta=true", content=raw, headers={
@@ -122,9 +91,9 @@ def test_claude_code_session(world: tuple[Gateway, dict[str, FakeUpstream]],
 
 
 @pytest.mark.parametrize("provider", DIALECTS)
-def test_codex_turn(world: tuple[Gateway, dict[str, FakeUpstream]], provider: str) -> None:
+def test_codex_turn(world: World, provider: str) -> None:
     gw, fakes = world
-    fake = _only(gw, fakes, provider)
+    fake = only(gw, fakes, provider)
     raw = (CLIENTS / "codex_request.json").read_bytes()
     with gw.client() as c:
         r = c.post("/v1/responses", content=raw, headers={
@@ -152,9 +121,9 @@ def test_codex_turn(world: tuple[Gateway, dict[str, FakeUpstream]], provider: st
 
 
 @pytest.mark.parametrize("provider", DIALECTS)
-def test_gemini_cli_turn(world: tuple[Gateway, dict[str, FakeUpstream]], provider: str) -> None:
+def test_gemini_cli_turn(world: World, provider: str) -> None:
     gw, fakes = world
-    fake = _only(gw, fakes, provider)
+    fake = only(gw, fakes, provider)
     body = json.loads((CLIENTS / "gemini_cli_request.json").read_text())
     with gw.client() as c:
         r = c.post("/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse", json=body,

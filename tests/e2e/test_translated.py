@@ -5,7 +5,6 @@ the SDK hands to the program: tool names, parsed arguments, final text, stop rea
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -14,46 +13,15 @@ import pytest
 from google import genai
 from google.genai import types as gtypes
 
-from codeswitch.natsd import EmbeddedNats
 from schemas.events import RequestCompleted
-from tests.e2e.conftest import CLIENT_KEY, PROVIDER_KEYS
+from tests.e2e.conftest import CLIENT_KEY, DIALECTS, World, only
 from tests.e2e.gateway import Gateway, event_count, events
-from tests.fakes.upstream import DEFAULT_TEXT, FAKE_TOOL_CALLS, Behavior, FakeUpstream
+from tests.fakes.upstream import DEFAULT_TEXT, FAKE_TOOL_CALLS, Behavior
 
-DIALECTS = ("anthropic", "openai-chat", "openai-responses", "gemini")
 PAIRS = [(c, p) for c in DIALECTS for p in DIALECTS if c != p]
 MODEL = "any-model-1"
 TOOLS_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"},
                                                  "query": {"type": "string"}}}
-
-
-@pytest.fixture(scope="module")
-def world(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[Gateway, dict[str, FakeUpstream]]]:
-    server = EmbeddedNats(tmp_path_factory.mktemp("nats") / "nats")
-    server.start()
-    fakes = {d: FakeUpstream(d).start() for d in DIALECTS}
-    gw = Gateway(server.url)
-    try:
-        yield gw, fakes
-    finally:
-        gw.stop()
-        for f in fakes.values():
-            f.stop()
-        server.stop()
-
-
-def _use(gw: Gateway, fakes: dict[str, FakeUpstream], provider: str) -> FakeUpstream:
-    """Make ``provider``'s fake the only provider (pinned by priority 1, others disabled)."""
-    from schemas.config import ProviderConfig
-
-    for d, fake in fakes.items():
-        gw.add_provider(ProviderConfig(name=f"p-{d.replace('openai-', '')}", dialect=d,  # type: ignore[arg-type]
-                                       base_url=fake.base_url, api_key=PROVIDER_KEYS[d],
-                                       enabled=d == provider))
-    fakes[provider].clear()
-    return fakes[provider]
 
 
 def _expected_calls(provider: str) -> list[tuple[str, dict[str, Any]]]:
@@ -217,10 +185,10 @@ OUTPUT_TOKENS = {"anthropic": 15, "openai-chat": 10, "openai-responses": 87, "ge
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 @pytest.mark.parametrize(("client", "provider"), PAIRS, ids=[f"{c}->{p}" for c, p in PAIRS])
-def test_two_turn_tool_use(world: tuple[Gateway, dict[str, FakeUpstream]], client: str,
+def test_two_turn_tool_use(world: World, client: str,
                            provider: str, stream: bool) -> None:
     gw, fakes = world
-    fake = _use(gw, fakes, provider)
+    fake = only(gw, fakes, provider)
     fake.push(Behavior(tool_call=True))  # turn 1: the provider calls its tools
     got = DRIVERS[client](gw, stream)
     assert got["calls"] == _expected_calls(provider)
@@ -237,9 +205,9 @@ def test_two_turn_tool_use(world: tuple[Gateway, dict[str, FakeUpstream]], clien
     assert CLIENT_KEY not in json.dumps(second.headers)
 
 
-def test_translated_requests_are_recorded(world: tuple[Gateway, dict[str, FakeUpstream]]) -> None:
+def test_translated_requests_are_recorded(world: World) -> None:
     gw, fakes = world
-    _use(gw, fakes, "openai-chat")
+    only(gw, fakes, "openai-chat")
     before = event_count(gw.nats_url)
     anthropic.Anthropic(base_url=gw.url, api_key=CLIENT_KEY, max_retries=0).messages.create(
         model=MODEL, max_tokens=16, messages=[{"role": "user", "content": "hi"}])
@@ -251,9 +219,9 @@ def test_translated_requests_are_recorded(world: tuple[Gateway, dict[str, FakeUp
 
 
 def test_count_tokens_estimated_for_providers_without_it(
-        world: tuple[Gateway, dict[str, FakeUpstream]]) -> None:
+        world: World) -> None:
     gw, fakes = world
-    _use(gw, fakes, "openai-chat")
+    only(gw, fakes, "openai-chat")
     client = anthropic.Anthropic(base_url=gw.url, api_key=CLIENT_KEY, max_retries=0)
     raw = client.messages.with_raw_response.count_tokens(
         model=MODEL, messages=[{"role": "user", "content": "hello " * 400}])

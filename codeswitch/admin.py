@@ -35,21 +35,27 @@ _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder(ProviderConfig)
 
 
-async def list_providers(nc: NATS) -> list[ProviderConfig]:
-    kv = await nc.jetstream().key_value(bus.PROVIDERS_BUCKET)
-    out = []
+async def _values(nc: NATS, bucket: str) -> dict[str, bytes]:
+    """Every key of a bucket with its current value (deleted keys left out)."""
+    kv = await nc.jetstream().key_value(bucket)
     try:
         keys = await kv.keys()
     except Exception:  # nats-py raises NoKeysError on an empty bucket
-        return []
+        return {}
+    out = {}
     for key in keys:
         try:
             entry = await kv.get(key)
         except KeyNotFoundError:
             continue
         if entry.value:
-            out.append(_dec.decode(entry.value))
-    return sorted(out, key=lambda p: (p.priority, p.name))
+            out[key] = entry.value
+    return out
+
+
+async def list_providers(nc: NATS) -> list[ProviderConfig]:
+    providers = [_dec.decode(v) for v in (await _values(nc, bus.PROVIDERS_BUCKET)).values()]
+    return sorted(providers, key=lambda p: (p.priority, p.name))
 
 
 async def get_provider(nc: NATS, name: str) -> ProviderConfig | None:
@@ -104,20 +110,8 @@ async def put_setting(nc: NATS, key: str, value: Any) -> None:
 
 
 async def list_circuits(nc: NATS) -> dict[str, BreakerState]:
-    kv = await nc.jetstream().key_value(bus.CIRCUITS_BUCKET)
-    try:
-        keys = await kv.keys()
-    except Exception:  # NoKeysError on an empty bucket
-        return {}
-    out = {}
-    for key in keys:
-        try:
-            entry = await kv.get(key)
-        except KeyNotFoundError:
-            continue
-        if entry.value:
-            out[key] = msgspec.json.decode(entry.value, type=BreakerState)
-    return out
+    return {key: msgspec.json.decode(value, type=BreakerState)
+            for key, value in (await _values(nc, bus.CIRCUITS_BUCKET)).items()}
 
 
 async def apply_file_config(nc: NATS, providers: list[ProviderConfig],

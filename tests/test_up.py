@@ -69,6 +69,11 @@ class Up:
             raise AssertionError("gateway did not become ready")
         self.info = json.loads((self.home / "run.json").read_text())
 
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run a `codeswitch` command against this gateway (found through its run file)."""
+        return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "CODESWITCH_HOME": str(self.home)})
+
     def pids(self) -> list[int]:
         pids = list(self.info["parts"].values())
         nats = subprocess.run(["pgrep", "-f", str(self.home / "nats")], capture_output=True,
@@ -129,11 +134,7 @@ def test_up_serves_and_stops_cleanly(tmp_path: Path, fake: FakeUpstream) -> None
 def test_cli_providers_and_tail_against_running_gateway(tmp_path: Path,
                                                         fake: FakeUpstream) -> None:
     up = Up(tmp_path, fake)
-    env = {**os.environ, "CODESWITCH_HOME": str(up.home)}
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env,
-                              timeout=60)
+    cli = up.cli
 
     try:
         listed = json.loads(cli("provider", "list", "--json").stdout)
@@ -155,7 +156,7 @@ def test_cli_providers_and_tail_against_running_gateway(tmp_path: Path,
             assert r.status_code == 503  # the only provider for the model is disabled
         assert cli("provider", "enable", "fake").returncode == 0
         tail = subprocess.Popen([*CLI, "tail", "--json", "-n", "1"], stdout=subprocess.PIPE,
-                                text=True, env=env)
+                                text=True, env={**os.environ, "CODESWITCH_HOME": str(up.home)})
         time.sleep(1.5)
         with httpx.Client(timeout=30) as c:
             r = c.post(up.url + "/v1/messages", json={
@@ -210,11 +211,7 @@ def test_facts_flow_into_ledger_stats_and_breaker_status(tmp_path: Path,
                                                          fake: FakeUpstream) -> None:
     """The real router's facts, projected by the real ledger, answered by `codeswitch stats`."""
     up = Up(tmp_path, fake)
-    env = {**os.environ, "CODESWITCH_HOME": str(up.home)}
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env,
-                              timeout=60)
+    cli = up.cli
 
     try:
         with httpx.Client(timeout=30) as c:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+from typing import Literal
 
 import msgspec
 
@@ -52,6 +53,10 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     headers: dict[str, str] = {}  # extra headers sent upstream
     timeouts: Timeouts = Timeouts()
     source: str = "cli"  # "config" when it came from the config file
+    # openai-chat providers, translated requests: the output-limit field to send.
+    # "auto": max_completion_tokens for api.openai.com (its reasoning models refuse
+    # max_tokens), max_tokens elsewhere (DeepSeek, vLLM, Ollama... read only max_tokens)
+    chat_max_tokens: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto"
 
     def __post_init__(self) -> None:
         if not PROVIDER_NAME_RE.match(self.name):
@@ -62,6 +67,11 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
             raise ValueError(f"base_url {self.base_url!r} must start with http:// or https://")
         if self.weight < 0:
             raise ValueError("weight must be >= 0")
+
+    def max_tokens_field(self) -> str:
+        if self.chat_max_tokens != "auto":
+            return self.chat_max_tokens
+        return "max_completion_tokens" if "api.openai.com" in self.base_url else "max_tokens"
 
     def serves(self, model: str) -> bool:
         if not self.models:

@@ -113,3 +113,20 @@ def test_active_first_and_open_circuits_last() -> None:
     got = plan(providers, dialect="anthropic", model="m", pinned=None, can_translate=always,
                active="c", blocked=lambda prov, _m: prov.name == "a")
     assert names(got) == ["c", "b", "a"]
+
+
+def test_chat_max_tokens_field_by_provider() -> None:
+    import json
+
+    from workers.router.upstream import rename_max_tokens
+
+    body = b'{"model":"m","max_completion_tokens":512,"messages":[]}'
+    openai = ProviderConfig(name="o", dialect="openai-chat", base_url="https://api.openai.com/v1")
+    deepseek = ProviderConfig(name="d", dialect="openai-chat",
+                              base_url="https://api.deepseek.com/v1")
+    forced = ProviderConfig(name="f", dialect="openai-chat", base_url="https://x/v1",
+                            chat_max_tokens="max_completion_tokens")
+    assert rename_max_tokens(body, openai.max_tokens_field()) == body
+    assert rename_max_tokens(body, forced.max_tokens_field()) == body
+    renamed = json.loads(rename_max_tokens(body, deepseek.max_tokens_field()))
+    assert renamed == {"model": "m", "max_tokens": 512, "messages": []}

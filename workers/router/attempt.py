@@ -23,6 +23,7 @@ from workers.router.reply import Reply
 from workers.router.upstream import (
     UpstreamFailure,
     map_errors,
+    rename_max_tokens,
     rewrite_model,
     upstream_headers,
     upstream_url,
@@ -92,6 +93,8 @@ class Caller:
                 prepared = translator.prepare(env.dialect, p.dialect, body,
                                               model=cand.upstream_model, stream=stream)
                 up_body, att.context = prepared.body, prepared.context
+                if p.dialect == "openai-chat":
+                    up_body = rename_max_tokens(up_body, p.max_tokens_field())
             url = upstream_url(
                 p, operation=env.operation, model=cand.upstream_model, stream=stream,
                 query=env.query if same and p.dialect == "anthropic" else "",

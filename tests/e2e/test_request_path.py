@@ -321,3 +321,46 @@ def test_gemini_json_array_stream_without_alt_sse(gateway: Gateway,
     assert text
     assert chunks[-1]["candidates"][0]["finishReason"] == "STOP"
     assert "alt" not in fakes[provider].requests[-1].query or provider != "gemini"
+
+
+def test_provider_key_echoed_in_an_error_never_reaches_the_log(
+        gateway: Gateway, fakes: dict[str, FakeUpstream]) -> None:
+    from tests.e2e.conftest import PROVIDER_KEYS
+
+    key = PROVIDER_KEYS["anthropic"]
+    fakes["anthropic"].push(Behavior(status=401, body=(
+        '{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key '
+        + key + '"}}').encode()))
+    r = _post(gateway, "/v1/messages", ANTHROPIC_BODY)
+    assert r.status_code == 401 and key not in r.text and "[key]" in r.text
+    for _, raw, _ in events(gateway.nats_url, 2):
+        assert key.encode() not in raw
+    attempt = next(e for _, _, e in events(gateway.nats_url, 2) if isinstance(e, AttemptFinished))
+    assert attempt.error_message is not None and "[key]" in attempt.error_message
+
+
+def test_nothing_left_in_flight_after_mixed_traffic(gateway: Gateway,
+                                                   fakes: dict[str, FakeUpstream]) -> None:
+    fakes["anthropic"].push(Behavior(status=503), Behavior(hang=True), Behavior(cut_after=3))
+
+    def one(i: int) -> None:
+        body = {**ANTHROPIC_BODY, "stream": i % 2 == 0}
+        try:
+            with httpx.Client(base_url=gateway.url, timeout=2) as c:
+                c.post("/v1/messages", json=body)
+        except httpx.HTTPError:
+            pass  # the hanging one times out on the client side
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(30)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    deadline = time.monotonic() + 10
+    router = gateway.routers[0].router
+    dispatcher = gateway.edge.app.dispatcher
+    assert dispatcher is not None
+    while time.monotonic() < deadline and (router._inflight or dispatcher.in_flight):
+        time.sleep(0.05)
+    assert router._inflight == {} and dispatcher.in_flight == 0
+    assert all(v == 0 for v in router.load.values())

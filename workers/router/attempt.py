@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from schemas.config import resolve_secret
 from schemas.envelope import ReplyStart, RequestEnvelope
 from schemas.events import Usage
 from workers import translator
@@ -114,9 +115,13 @@ class Caller:
                     if resp.status >= 400:
                         with map_errors("error body"):
                             err_body = await resp.read()
+                        # some providers echo the key they were sent: it goes no further
+                        secret = resolve_secret(p.api_key)
+                        if len(secret) >= 4:
+                            err_body = err_body.replace(secret.encode(), b"[key]")
                         raise UpstreamFailure(
-                            f"http_{resp.status}", _error_text(err_body),
-                            resp.status, err_body, keep_headers(resp.headers))
+                            f"http_{resp.status}", _error_text(err_body), resp.status,
+                            err_body, keep_headers(resp.headers))
                     if stream:
                         await self._stream(env, resp, cand, att, started, reply)
                     else:
@@ -313,6 +318,7 @@ def _retry_after(headers: dict[str, str]) -> float:
 
 
 def _error_text(body: bytes) -> str:
+    """The start of an upstream error body, on one line, for the event log."""
     text = body[:300].decode("utf-8", "replace").replace("\n", " ")
     return text or "(empty body)"
 

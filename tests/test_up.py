@@ -260,3 +260,55 @@ def test_up_with_an_existing_nats(tmp_path: Path, fake: FakeUpstream) -> None:
             assert not (up.home / "nats").exists()
         finally:
             up.stop()
+
+
+def test_alert_fires_and_resolves_from_real_traffic(tmp_path: Path, fake: FakeUpstream) -> None:
+    """Router facts -> alerts worker -> webhook, once on firing and once on resolving."""
+    import http.server
+    import threading as th
+
+    received: list[dict[str, object]] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    th.Thread(target=hook.serve_forever, daemon=True).start()
+    up = Up(tmp_path, fake)
+    try:
+        added = up.cli("alerts", "add", "errors", "--metric", "error_rate", "--threshold", "50",
+                       "--window", "5m", "--min-samples", "2", "--cooldown", "10m",
+                       "--channel", f"http://127.0.0.1:{hook.server_port}/hook")
+        assert added.returncode == 0, added.stderr
+        time.sleep(1.0)
+        body = {"model": "claude-opus-4-8", "max_tokens": 5,
+                "messages": [{"role": "user", "content": "hi"}]}
+        with httpx.Client(timeout=30) as c:
+            fake.push(*[Behavior(status=503)] * 3)
+            assert [c.post(up.url + "/v1/messages", json=body).status_code
+                    for _ in range(3)] == [503, 503, 503]
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not received:
+                time.sleep(0.2)
+            assert len(received) == 1, received
+            assert "errors" in json.dumps(received[0])
+            for _ in range(10):
+                assert c.post(up.url + "/v1/messages", json=body).status_code == 200
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(received) < 2:
+            time.sleep(0.2)
+        assert len(received) == 2, received
+        assert "resolved" in json.dumps(received[1]).lower()
+        time.sleep(1.0)
+        assert len(received) == 2  # nothing more while it stays resolved
+        history = up.cli("alerts", "history")
+        assert history.returncode == 0 and "errors" in history.stdout
+    finally:
+        up.stop()
+        hook.shutdown()

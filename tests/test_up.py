@@ -55,19 +55,26 @@ class Up:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
         )
         self.url = f"http://127.0.0.1:{self.port}"
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.proc.kill()  # its children follow (PR_SET_PDEATHSIG): no orphans
+            self.proc.wait(10)
+            raise
+        self.info = json.loads((self.home / "run.json").read_text())
+
+    def _wait_ready(self) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.proc.stdout.read().decode()  # type: ignore[union-attr]
             try:
                 if httpx.get(self.url + "/readiness", timeout=1).status_code == 200 and \
                         (self.home / "run.json").exists():
-                    break
+                    return
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        else:
-            raise AssertionError("gateway did not become ready")
-        self.info = json.loads((self.home / "run.json").read_text())
+        raise AssertionError("gateway did not become ready")
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run a `codeswitch` command against this gateway (found through its run file)."""
@@ -312,3 +319,15 @@ def test_alert_fires_and_resolves_from_real_traffic(tmp_path: Path, fake: FakeUp
     finally:
         up.stop()
         hook.shutdown()
+
+
+def test_killed_supervisor_leaves_no_orphans(tmp_path: Path, fake: FakeUpstream) -> None:
+    up = Up(tmp_path, fake)
+    pids = up.pids()
+    assert len(pids) >= 3
+    up.proc.kill()  # SIGKILL: no chance to clean up; the kernel tells the children
+    up.proc.wait(10)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    assert not [p for p in pids if _alive(p)]

@@ -126,6 +126,8 @@ def _condition(rule: Rule) -> str:
         return f"no request for {rule.minutes:g} min"
     if rule.metric == "circuit_open":
         return f"open circuits {rule.comparison} {rule.threshold:g}"
+    if rule.metric == "quota_used_pct":
+        return f"quota used {rule.comparison} {rule.threshold:g}% (latest, no window)"
     return f"{rule.metric} {rule.comparison} {rule.threshold:g} / {rule.window_s:g}s"
 
 
@@ -146,7 +148,8 @@ def register(app: typer.Typer) -> None:
         threshold: Annotated[float, typer.Option(help="value the metric is compared to")] = 0.0,
         comparison: Annotated[str, typer.Option(help="> >= < <=")] = ">",
         scope: Annotated[str, typer.Option(help="all, provider:X, model:X, user:X, dialect:X "
-                                                "(X may be a glob)")] = "all",
+                                                "(X may be a glob; quota_used_pct: all or "
+                                                "user:X)")] = "all",
         window: Annotated[str, typer.Option(help="sliding window, e.g. 5m")] = "5m",
         severity: Annotated[str, typer.Option(help="info, warning or critical")] = "warning",
         enabled: Annotated[bool, typer.Option("--enabled/--disabled")] = True,

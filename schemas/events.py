@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Annotated
 
 import msgspec
 
@@ -30,6 +31,7 @@ __all__ = [
     "CircuitChanged",
     "Event",
     "EventBase",
+    "QuotaUsed",
     "RequestCompleted",
     "Usage",
     "decode_event",
@@ -161,6 +163,17 @@ class AlertNotificationFailed(EventBase, frozen=True, kw_only=True):
     error: str
 
 
+class QuotaUsed(EventBase, frozen=True, kw_only=True):
+    """How much of a user's quota the current period has used: the latest one per user is the
+    level (a new period starts with ``used`` back at 0). Subject: user.<user>.quota."""
+
+    user: str
+    used: float  # consumed in the period, in ``unit``
+    limit: Annotated[float, msgspec.Meta(gt=0)]  # the period's quota, in ``unit``
+    unit: str = "usd"  # "usd" | "tokens" | ...
+    period: str = "month"  # "day" | "month" | ...
+
+
 Event = (
     AttemptFinished
     | RequestCompleted
@@ -168,6 +181,7 @@ Event = (
     | AlertFired
     | AlertResolved
     | AlertNotificationFailed
+    | QuotaUsed
 )
 
 _encoder = msgspec.json.Encoder()

@@ -11,6 +11,7 @@ Commands (never stored as facts):
 Facts (JetStream stream CS_EVENTS, readable JSON):
     llm.attempt.<dialect>.<provider>    one per upstream attempt
     llm.response.<dialect>.<provider>   one per request (provider "-" when none served it)
+    user.<user>.quota                   QuotaUsed: a user's quota level (latest per user)
     provider.>  admin.>  user.>  alert.>  later facts of the other workers
 """
 
@@ -31,6 +32,7 @@ __all__ = [
     "attempt_subject",
     "cancel_subject",
     "circuit_subject",
+    "quota_subject",
     "request_subject",
     "response_subject",
     "safe_token",
@@ -78,6 +80,10 @@ def response_subject(dialect: str, provider: str | None) -> str:
 
 def circuit_subject(provider: str, state: str) -> str:
     return f"provider.circuit.{safe_token(provider)}.{state}"
+
+
+def quota_subject(user: str) -> str:
+    return f"user.{safe_token(user)}.quota"
 
 
 def cancel_subject(request_id: str) -> str:

@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import random
 
 import msgspec
 import pytest
 
-from schemas.events import AlertFired, AlertResolved, CircuitChanged, RequestCompleted, Usage
+from schemas.events import (
+    AlertFired,
+    AlertResolved,
+    CircuitChanged,
+    QuotaUsed,
+    RequestCompleted,
+    Usage,
+)
 from workers.alerts._prices import cost_nano
 from workers.alerts.rules import METRICS, AlertState, Engine, Rule, alert_id
 
@@ -173,7 +181,8 @@ ORACLE_RULES = [
 
 
 def test_oracle_rules_cover_every_metric() -> None:
-    assert {r.metric for r in ORACLE_RULES} == set(METRICS)
+    # quota_used_pct: the recorded sequence has no quota facts; its own oracle test is below
+    assert {r.metric for r in ORACLE_RULES} | {"quota_used_pct"} == set(METRICS)
 
 
 @pytest.mark.parametrize("rule", ORACLE_RULES, ids=lambda r: r.name)
@@ -385,6 +394,95 @@ def test_circuit_open_counts_circuits_in_scope() -> None:
     assert [type(t) for t in e.observe(cc(T0 + 4, "main", "closed", "m2"))] == [AlertResolved]
 
 
+def quota(ts: float, user: str, used: float, limit: float = 100.0) -> QuotaUsed:
+    return QuotaUsed(id=f"q{next(_SEQ)}", ts=ts, user=user, used=used, limit=limit)
+
+
+def test_quota_used_pct_fires_exactly_when_the_threshold_is_crossed() -> None:
+    rule = Rule(name="quota", metric="quota_used_pct", threshold=80, cooldown_s=0)
+    e = engine(rule)
+    assert e.value("quota") is None  # nobody has reported a quota: no verdict
+    assert e.observe(quota(T0, "alice", 79.9)) == []
+    assert e.observe(quota(T0 + 1, "alice", 80.0)) == []  # 80% is not > 80%
+    [fired] = e.observe(quota(T0 + 2, "alice", 40.5, limit=50.0))  # 81%
+    assert isinstance(fired, AlertFired)
+    assert (fired.value, fired.threshold, fired.window_s) == (81.0, 80.0, 0.0)
+    assert fired.message == "quota: quota used 81.00% > 80.00% (user alice)"
+    assert e.observe(quota(T0 + 3, "alice", 90.0)) == []  # still firing: de-duplicated
+    assert e.tick(T0 + 3600) == []  # a level: time alone changes nothing
+    [resolved] = e.observe(quota(T0 + 3601, "alice", 0.0))  # a new period
+    assert isinstance(resolved, AlertResolved) and resolved.fired_id == fired.id
+    assert resolved.value == 0.0
+    assert e.observe(req(T0 + 3602)) == []  # requests do not move it
+
+
+def test_quota_used_pct_scope_all_is_the_max_over_users_and_user_scope_is_per_user() -> None:
+    rules = [
+        Rule(name="any", metric="quota_used_pct", threshold=90, comparison=">=", cooldown_s=0),
+        Rule(name="bob", metric="quota_used_pct", threshold=90, comparison=">=",
+             scope="user:bob", cooldown_s=0),
+        Rule(name="team", metric="quota_used_pct", threshold=90, comparison=">=",
+             scope="user:team-*", cooldown_s=0),
+    ]
+    e = engine(*rules)
+
+    def names(ts: float, user: str, used: float) -> list[tuple[str, str]]:
+        return [(type(t).__name__, t.rule) for t in e.observe(quota(ts, user, used))]
+
+    assert names(T0, "bob", 50) == []
+    assert names(T0 + 1, "alice", 95) == [("AlertFired", "any")]
+    assert e.value("any") == 95.0 and e.value("bob") == 50.0 and e.value("team") is None
+    assert names(T0 + 2, "bob", 90) == [("AlertFired", "bob")]  # "any" is already firing
+    assert names(T0 + 3, "alice", 10) == []  # bob still holds "any" at 90%
+    assert e.value("any") == 90.0
+    assert names(T0 + 4, "team-a", 99) == [("AlertFired", "team")]
+    assert names(T0 + 5, "bob", 1) == [("AlertResolved", "bob")]
+    assert names(T0 + 6, "team-a", 2) == [("AlertResolved", "any"), ("AlertResolved", "team")]
+
+
+def test_quota_used_pct_matches_an_oracle_over_a_random_sequence() -> None:
+    rnd = random.Random(6)
+    users = ["alice", "bob", "team-a", "team-b"]
+    events = [quota(T0 + i, rnd.choice(users), rnd.uniform(0, 120), rnd.choice([50.0, 200.0]))
+              for i in range(400)]
+    for scope, cmp_, thr in [("all", ">", 150.0), ("user:team-*", ">=", 60.0),
+                             ("user:bob", "<", 20.0)]:
+        rule = Rule(name="q", metric="quota_used_pct", scope=scope, comparison=cmp_,
+                    threshold=thr, cooldown_s=0)
+        got = run(engine(rule), events)
+        level: dict[str, float] = {}
+        firing, want = False, []
+        for ev in events:
+            level[ev.user] = ev.used / ev.limit * 100
+            vals = [v for u, v in level.items() if _match(scope, u)]
+            if not vals or not _match(scope, ev.user):
+                continue
+            cond = {">": max(vals) > thr, ">=": max(vals) >= thr, "<": max(vals) < thr}[cmp_]
+            if cond != firing:
+                firing = cond
+                want.append(("AlertFired" if cond else "AlertResolved", ev.ts, max(vals)))
+        assert got == want and len(want) >= 4, scope
+
+
+def test_quota_used_pct_cooldown_and_restart_reuse_the_state_machine() -> None:
+    rule = Rule(name="q", metric="quota_used_pct", threshold=80, cooldown_s=600)
+    e = engine(rule)
+    assert len(e.observe(quota(T0, "alice", 85))) == 1
+    assert [type(t) for t in e.observe(quota(T0 + 10, "alice", 5))] == [AlertResolved]
+    assert e.observe(quota(T0 + 20, "alice", 95)) == []  # flapping: held back by the cool-down
+    assert [type(t) for t in e.tick(T0 + 600)] == [AlertFired]  # still true once it passed
+    [reminder] = e.tick(T0 + 1200)
+    assert reminder.repeat_of is not None
+    # restart: the state is restored before any quota fact is seen; no verdict holds it
+    again = Engine(new_epoch=lambda: "e1")
+    again.restore([msgspec.convert(msgspec.to_builtins(e.states["q"]), AlertState)])
+    again.set_rules([rule], T0 + 1300)
+    assert again.tick(T0 + 1300) == []
+    assert again.observe(quota(T0 + 1301, "alice", 96), evaluate=False) == []  # warm-up
+    assert again.tick(T0 + 1302) == []  # firing, inside the cool-down: nothing twice
+    assert [type(t) for t in again.observe(quota(T0 + 1400, "alice", 1))] == [AlertResolved]
+
+
 def test_late_event_outside_the_window_is_ignored() -> None:
     rule = Rule(name="t", metric="tokens", threshold=500, window_s=60)
     e = engine(rule)
@@ -404,6 +502,7 @@ def test_late_event_outside_the_window_is_ignored() -> None:
         {"name": "x", "metric": "cost", "window_s": 0},
         {"name": "x", "metric": "no_traffic"},
         {"name": "x", "metric": "cost", "severity": "page"},
+        {"name": "x", "metric": "quota_used_pct", "scope": "provider:main"},
         {"name": "x", "metric": "cost", "channels": [{"url": "ftp://x"}]},
         {"name": "x", "metric": "cost", "channels": [{"url": "http://x", "format": "teams"}]},
     ],

@@ -35,6 +35,7 @@ from schemas.events import (
     AlertResolved,
     CircuitChanged,
     Event,
+    QuotaUsed,
     RequestCompleted,
 )
 from workers.alerts._prices import cost_nano
@@ -67,6 +68,7 @@ METRICS: dict[str, str] = {
     "tokens": "tokens (input incl. cache + output) in the window",
     "circuit_open": "number of circuit breakers not closed (not windowed)",
     "no_traffic": "minutes without a request (fires after `minutes`)",
+    "quota_used_pct": "% of the period's quota used, latest per user, max over users (a level)",
 }
 COMPARISONS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
@@ -80,6 +82,7 @@ CHANNEL_FORMATS = ("json", "slack", "feishu", "dingtalk")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _PERCENTILE = {"latency_p50": 50, "latency_p95": 95, "latency_p99": 99, "ttfb_p95": 95}
 _NEEDS_SAMPLES = {"error_rate", *_PERCENTILE}
+_LEVELS = {"circuit_open", "quota_used_pct"}  # not windowed: the current state is the value
 
 Transition = AlertFired | AlertResolved
 
@@ -139,6 +142,8 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"comparison {self.comparison!r} not in {sorted(COMPARISONS)}")
         if self.scope != "all":
             kind, _, value = self.scope.partition(":")
+            if self.metric == "quota_used_pct" and kind != "user":
+                raise ValueError("quota_used_pct scope must be all or user:X")
             if kind not in SCOPE_KINDS or not value:
                 raise ValueError(f"scope {self.scope!r}: 'all' or one of {SCOPE_KINDS}:<value>")
         if self.severity not in SEVERITIES:
@@ -157,7 +162,7 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True):
         """Seconds of history the rule looks at."""
         if self.metric == "no_traffic":
             return self.minutes * 60.0
-        if self.metric == "circuit_open":
+        if self.metric in _LEVELS:
             return 0.0
         return self.window_s
 
@@ -264,9 +269,13 @@ class _Bound:
         self.cmp = COMPARISONS[rule.effective_comparison]
         self.threshold = rule.effective_threshold
         self.last_seen = 0.0  # no_traffic
-        self.kind = 2 if rule.metric == "circuit_open" else 1 if rule.metric == "no_traffic" else 0
+        # 0 windowed, 1 no_traffic, 2 circuit_open, 3 quota_used_pct (>= 2: requests skip it)
+        self.kind = _KIND.get(rule.metric, 0)
         self.remind_every = rule.cooldown_s if rule.remind and rule.cooldown_s > 0 else math.inf
         self.check: Callable[[float], bool | None] = _no_check
+
+
+_KIND = {"no_traffic": 1, "circuit_open": 2, "quota_used_pct": 3}
 
 
 def _no_check(now: float) -> bool | None:
@@ -274,7 +283,9 @@ def _no_check(now: float) -> bool | None:
 
 
 def _compile_check(
-    bound: _Bound, circuits: Callable[[_Scope], int]
+    bound: _Bound,
+    circuits: Callable[[_Scope], int],
+    quota: Callable[[_Scope], tuple[str, float] | None],
 ) -> Callable[[float], bool | None]:
     """The rule's condition as a closure: True/False, or None when there are too few samples."""
     rule, w, cmp, threshold = bound.rule, bound.window, bound.cmp, bound.threshold
@@ -301,6 +312,13 @@ def _compile_check(
         silence = rule.minutes * 60.0
         return lambda now: now - bound.last_seen >= silence
     scope = bound.scope
+    if rule.metric == "quota_used_pct":
+
+        def quota_check(now: float) -> bool | None:
+            top = quota(scope)  # None: no user in scope has reported a quota yet
+            return None if top is None else cmp(top[1], threshold)
+
+        return quota_check
     return lambda now: cmp(circuits(scope), threshold)
 
 
@@ -341,6 +359,8 @@ class Engine:
         self._circuits: dict[tuple[str, str], str] = {}
         self._circuit_rules: list[_Bound] = []
         self._silence_rules: list[_Bound] = []
+        self._quota: dict[str, float] = {}  # user -> latest used / limit * 100
+        self._quota_rules: list[_Bound] = []
 
     # -- rules ------------------------------------------------------------------------------
 
@@ -402,11 +422,13 @@ class Engine:
         if isinstance(window, QuantileWindow):
             window.watch(rule.threshold)
         bound = _Bound(rule, scope, window, st)
-        bound.check = _compile_check(bound, self._circuit_count)
+        bound.check = _compile_check(bound, self._circuit_count, self._quota_top)
         scope.rules.append(bound)
         self._bound[rule.name] = bound
         if rule.metric == "circuit_open":
             self._circuit_rules.append(bound)
+        elif rule.metric == "quota_used_pct":
+            self._quota_rules.append(bound)
         elif rule.metric == "no_traffic":
             # a firing alert keeps its silence start; otherwise the clock starts at binding
             last = st.since if st.firing and st.since is not None else now
@@ -427,6 +449,8 @@ class Engine:
             self._circuit_rules.remove(bound)
         if bound in self._silence_rules:
             self._silence_rules.remove(bound)
+        if bound in self._quota_rules:
+            self._quota_rules.remove(bound)
         used = set()
         for other in scope.rules:
             made = _new_window(other.rule)
@@ -445,6 +469,8 @@ class Engine:
             return self._observe_request(sample_of(event), evaluate)
         if isinstance(event, CircuitChanged):
             return self._observe_circuit(event, evaluate)
+        if isinstance(event, QuotaUsed):
+            return self._observe_quota(event, evaluate)
         return []
 
     def _observe_request(self, s: Sample, evaluate: bool) -> list[Transition]:
@@ -464,8 +490,8 @@ class Engine:
                 window.add(s, now)
             for bound in scope.rules:
                 if bound.kind:
-                    if bound.kind == 2:
-                        continue  # circuit_open: requests do not move it
+                    if bound.kind >= 2:
+                        continue  # circuit_open, quota_used_pct: requests do not move them
                     if s.ts > bound.last_seen:
                         bound.last_seen = s.ts
                 if not evaluate:
@@ -495,6 +521,20 @@ class Engine:
         if evaluate:
             for bound in self._circuit_rules:
                 if bound.scope.matches_circuit(*key):
+                    t = self._evaluate(bound, self.clock)
+                    if t is not None:
+                        out.append(t)
+        return out
+
+    def _observe_quota(self, ev: QuotaUsed, evaluate: bool) -> list[Transition]:
+        if ev.ts > self.clock:
+            self.clock = ev.ts
+        # the latest fact per user is the level; the schema guarantees limit > 0
+        self._quota[ev.user] = ev.used / ev.limit * 100.0
+        out: list[Transition] = []
+        if evaluate:
+            for bound in self._quota_rules:
+                if bound.scope.matches_value(ev.user):
                     t = self._evaluate(bound, self.clock)
                     if t is not None:
                         out.append(t)
@@ -538,10 +578,21 @@ class Engine:
             return w.total / 1e9 if m == "cost" else float(w.total)
         if m == "no_traffic":
             return (now - bound.last_seen) / 60.0
+        if m == "quota_used_pct":
+            top = self._quota_top(bound.scope)
+            return None if top is None else top[1]
         return float(self._circuit_count(bound.scope))
 
     def _circuit_count(self, scope: _Scope) -> int:
         return sum(1 for key in self._circuits if scope.matches_circuit(*key))
+
+    def _quota_top(self, scope: _Scope) -> tuple[str, float] | None:
+        """The user in scope with the highest quota used % and that %, None if none reported."""
+        top: tuple[str, float] | None = None
+        for user, pct in self._quota.items():
+            if (top is None or pct > top[1]) and scope.matches_value(user):
+                top = (user, pct)
+        return top
 
     def _evaluate(self, bound: _Bound, now: float) -> Transition | None:
         verdict = bound.check(now)
@@ -555,8 +606,10 @@ class Engine:
             if now >= st.last_notified_at + bound.remind_every:
                 return self._remind(rule, st, self._value(bound, now) or 0.0, now)
             return None
-        if st.firing and (verdict is not None or bound.window is None or bound.window.n == 0):
-            # too few samples for a verdict holds a firing alert; an empty window resolves it
+        w = bound.window
+        if st.firing and (verdict is not None or (w is not None and w.n == 0)):
+            # no verdict (too few samples, no quota reported) holds a firing alert; an empty
+            # window resolves it
             return self._resolve(rule, st, self._value(bound, now) or 0.0, now, "")
         return None
 
@@ -594,9 +647,17 @@ class Engine:
             comparison=rule.effective_comparison,
             window_s=rule.span,
             severity=rule.severity,
-            message=_message(rule, value),
+            message=_message(rule, value) + self._detail(rule),
             repeat_of=repeat_of,
         )
+
+    def _detail(self, rule: Rule) -> str:
+        """quota_used_pct: which user the value is (the scope may hold many)."""
+        bound = self._bound.get(rule.name)
+        if rule.metric != "quota_used_pct" or bound is None:
+            return ""
+        top = self._quota_top(bound.scope)
+        return "" if top is None else f" (user {top[0]})"
 
     def _resolve(
         self, rule: Rule, st: AlertState, value: float, now: float, why: str
@@ -621,7 +682,7 @@ class Engine:
 
 
 def format_value(metric: str, value: float) -> str:
-    if metric == "error_rate":
+    if metric in ("error_rate", "quota_used_pct"):
         return f"{value:.2f}%"
     if metric == "cost":
         return f"${value:.4f}"
@@ -640,6 +701,11 @@ def _message(rule: Rule, value: float) -> str:
         return f"{rule.name}: no request for {value:.1f} min{where}"
     if rule.metric == "circuit_open":
         return f"{rule.name}: {value:g} circuit(s) open{where}"
+    if rule.metric == "quota_used_pct":
+        return (
+            f"{rule.name}: quota used {format_value(rule.metric, value)} {rule.comparison} "
+            f"{format_value(rule.metric, rule.threshold)}{where}"
+        )
     return (
         f"{rule.name}: {rule.metric} {format_value(rule.metric, value)} {rule.comparison} "
         f"{format_value(rule.metric, rule.threshold)} over {rule.window_s:g}s{where}"

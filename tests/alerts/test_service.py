@@ -12,11 +12,21 @@ from pathlib import Path
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js import api as js_api
 
 from codeswitch import bus
 from codeswitch.natsd import EmbeddedNats
-from schemas.events import CircuitChanged, Event, RequestCompleted, decode_event, encode_event
-from schemas.subjects import response_subject
+from schemas.events import (
+    AlertFired,
+    AlertResolved,
+    CircuitChanged,
+    Event,
+    QuotaUsed,
+    RequestCompleted,
+    decode_event,
+    encode_event,
+)
+from schemas.subjects import quota_subject, response_subject
 from workers.alerts import service
 from workers.alerts.notify import Notifier
 from workers.alerts.rules import Channel, Rule
@@ -52,11 +62,14 @@ class Worker:
             except Exception:
                 return False
 
+        async def pulling() -> bool:  # warm-up done: the main loop waits for events
+            info = await js.consumer_info(bus.EVENTS_STREAM, service.EVAL_DURABLE)
+            return bool(info.num_waiting)
+
         deadline = time.monotonic() + 10
-        while not await ready():
+        while not await ready() or not await pulling():
             assert time.monotonic() < deadline and not self.task.done()
             await asyncio.sleep(0.05)
-        await asyncio.sleep(0.3)  # rules loaded, warm-up done
 
     async def halt(self) -> None:
         assert self.task is not None
@@ -71,6 +84,8 @@ async def publish(nc: NATS, events: list[Event]) -> None:
             subject = response_subject(ev.dialect, ev.provider)
         elif isinstance(ev, CircuitChanged):
             subject = f"provider.circuit.{ev.provider}.{ev.state}"
+        elif isinstance(ev, QuotaUsed):
+            subject = quota_subject(ev.user)
         else:
             raise AssertionError(ev)
         await js.publish(subject, encode_event(ev), headers={"Nats-Msg-Id": ev.id})
@@ -236,3 +251,55 @@ async def test_circuit_open_through_the_worker(
     await worker.halt()
     texts = [b["text"] for b in receiver.bodies()]
     assert texts[0].startswith("[FIRING] cb (warning)") and texts[1].startswith("[RESOLVED] cb")
+
+
+async def test_quota_used_pct_through_the_worker_and_across_a_restart(
+    nats_server: EmbeddedNats, nc: NATS, receiver: Receiver, tmp_path: Path
+) -> None:
+    """QuotaUsed facts on user.<user>.quota fire and resolve a rule; after a restart the level
+    of each user is rebuilt from the log (and a consumer made by an older version, without the
+    quota subject in its filter, is widened)."""
+    js = nc.jetstream()
+    await js.add_consumer(bus.EVENTS_STREAM, js_api.ConsumerConfig(  # as an old version made it
+        durable_name=service.EVAL_DURABLE, ack_policy=js_api.AckPolicy.ALL,
+        deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=1,
+        filter_subjects=["llm.response.>", "provider.circuit.>"]))
+    facts = await alert_facts(nc)
+    await put_rule(nc, Rule(name="quota", metric="quota_used_pct", threshold=80,
+                            channels=[Channel(url=receiver.url())]))
+    worker = Worker(nats_server.url, tmp_path)
+    await worker.start(nc)
+    info = await js.consumer_info(bus.EVENTS_STREAM, service.EVAL_DURABLE)
+    assert sorted(info.config.filter_subjects or []) == sorted(service.INPUT_SUBJECTS)
+    now = time.time()
+
+    def q(n: int, user: str, used: float) -> QuotaUsed:
+        return QuotaUsed(id=f"q{n}", ts=now + n / 10, user=user, used=used, limit=20.0)
+
+    await publish(nc, [q(1, "alice", 10.0)])  # 50%
+    bob = q(2, "bob", 17.0)  # 85%
+    last = (await js.publish(quota_subject("bob"), encode_event(bob),
+                             headers={"Nats-Msg-Id": bob.id})).seq
+    await until(lambda: len(receiver.bodies()) == 1)
+    # everything acked before the restart: bob's 85% can only come back through the replay
+    # of the latest level per user, not through a redelivery
+    deadline = time.monotonic() + 10
+    while (await js.consumer_info(bus.EVENTS_STREAM, service.EVAL_DURABLE)).ack_floor \
+            .stream_seq < last:
+        assert time.monotonic() < deadline, "the worker never acked the quota facts"
+        await asyncio.sleep(0.05)
+    await worker.halt()
+    await worker.start(nc)  # restart while firing
+    await publish(nc, [q(3, "alice", 12.0)])  # 60%: bob's 85% (from before) still holds it
+    await asyncio.sleep(0.6)
+    assert len(facts) == 1 and len(receiver.bodies()) == 1
+    await publish(nc, [q(4, "bob", 2.0)])  # 10%: now the max is alice's 60%
+    await until(lambda: len(receiver.bodies()) == 2)
+    await worker.halt()
+    fired, resolved = (decode_event(m.data) for m in facts)
+    assert isinstance(fired, AlertFired) and isinstance(resolved, AlertResolved)
+    assert [m.subject for m in facts] == ["alert.fired.quota", "alert.resolved.quota"]
+    assert (fired.metric, fired.value, fired.threshold) == ("quota_used_pct", 85.0, 80.0)
+    assert fired.message.endswith("(user bob)")
+    assert (resolved.fired_id, resolved.value) == (fired.id, 60.0)
+    assert [b["kind"] for b in receiver.bodies()] == ["fired", "resolved"]

@@ -1,6 +1,6 @@
 """The alerts worker: the only part of workers/alerts that touches NATS.
 
-    CS_EVENTS (llm.response.>, provider.circuit.>) ──durable "alerts"──▶ Engine
+    CS_EVENTS (llm.response.>, provider.circuit.>, user.*.quota) ──durable "alerts"──▶ Engine
         ──▶ alert.fired.<rule> / alert.resolved.<rule>            (facts, back on CS_EVENTS)
     CS_EVENTS (alert.fired.>, alert.resolved.>) ──durable "alerts-notify"──▶ webhooks
         failures ──▶ alert.delivery_failed.<rule>
@@ -14,7 +14,8 @@ Restart safety: every rule's AlertState (firing, fired id, cool-down anchors) is
 KV cs_alert_state after its fact is published, and alert ids are deterministic, so the replay of
 unacked events after a crash re-creates the same facts, which JetStream de-duplicates. Windows
 are rebuilt on start by reading the recent part of the stream up to the consumer's ack floor
-without evaluating ("warm-up"); the first tick then evaluates everything.
+without evaluating ("warm-up"), plus the latest circuit transition and quota level of each
+breaker and user however old; the first tick then evaluates everything.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ RULES_BUCKET = "cs_rules"
 STATE_BUCKET = "cs_alert_state"
 EVAL_DURABLE = "alerts"
 NOTIFY_DURABLE = "alerts-notify"
-INPUT_SUBJECTS = ["llm.response.>", "provider.circuit.>"]
+INPUT_SUBJECTS = ["llm.response.>", "provider.circuit.>", "user.*.quota"]
 ALERT_SUBJECTS = ["alert.fired.>", "alert.resolved.>"]
 _rule_decoder = msgspec.json.Decoder(Rule)
 _state_decoder = msgspec.json.Decoder(AlertState)
@@ -106,6 +107,7 @@ class AlertsService:
         self._rules_kv: KeyValue
         self._state_kv: KeyValue
         self._watcher: KeyValue.KeyWatcher | None = None
+        self._rule_revs: dict[str, int] = {}  # revisions read at start (already applied)
 
     # -- startup ----------------------------------------------------------------------------
 
@@ -115,17 +117,32 @@ class AlertsService:
         self._state_kv = await self.js.key_value(STATE_BUCKET)
         self.engine.restore(await self._load_states())
         floor = await self._ensure_consumers()
+        # Start watching first (no change is missed), then read the current rules directly:
+        # nats-py's "initial values done" marker can arrive before the initial values (it
+        # compares consumer_info with what the callback has seen so far), and starting with
+        # no rules would resolve every restored alert as "rule removed".
         self._watcher = await self._rules_kv.watchall()
-        rules: list[Rule] = []
-        while (entry := await self._watcher.updates(timeout=10.0)) is not None:  # type: ignore[no-untyped-call]
-            if entry.operation not in (KV_DEL, KV_PURGE) and entry.value:
-                rule = self._decode_rule(entry.key, entry.value)
-                if rule is not None:
-                    rules.append(rule)
+        rules = await self._load_rules()
         async with self._lock:
             await self._emit(self.engine.set_rules(rules, self.clock()))
         await self._warm_up(floor)
         log.info("alerts: %d rules, warm-up to seq %d", len(rules), floor)
+
+    async def _load_rules(self) -> list[Rule]:
+        try:
+            keys = await self._rules_kv.keys()
+        except NoKeysError:
+            return []
+        rules = []
+        for key in keys:
+            with contextlib.suppress(KeyNotFoundError):
+                entry = await self._rules_kv.get(key)
+                if entry.value:
+                    self._rule_revs[key] = entry.revision or 0
+                    rule = self._decode_rule(key, entry.value)
+                    if rule is not None:
+                        rules.append(rule)
+        return rules
 
     async def _load_states(self) -> list[AlertState]:
         try:
@@ -167,6 +184,15 @@ class AlertsService:
                         filter_subjects=subjects,
                     ),
                 )
+            else:
+                config = info.config
+                had = config.filter_subjects or [config.filter_subject or ""]
+                if sorted(had) != sorted(subjects):
+                    # created by an older version (before quota facts): widen its filter
+                    config.filter_subject = None
+                    config.filter_subjects = subjects
+                    info = await self.js.add_consumer(bus.EVENTS_STREAM, config)
+                    log.info("alerts: consumer %s now filters %s", durable, subjects)
             if durable == EVAL_DURABLE:
                 acked = info.ack_floor.stream_seq if info.ack_floor else 0
                 floor = max(acked, (info.config.opt_start_seq or 1) - 1)
@@ -190,6 +216,13 @@ class AlertsService:
             js_api.ConsumerConfig(
                 deliver_policy=js_api.DeliverPolicy.LAST_PER_SUBJECT,
                 filter_subjects=["provider.circuit.>"],
+            ),
+            floor,
+        )
+        await self._replay(  # quota: the latest level of each user, however old
+            js_api.ConsumerConfig(
+                deliver_policy=js_api.DeliverPolicy.LAST_PER_SUBJECT,
+                filter_subjects=["user.*.quota"],
             ),
             floor,
         )
@@ -250,8 +283,8 @@ class AlertsService:
         """Apply rule changes from KV as they happen."""
         assert self._watcher is not None
         async for entry in self._watcher:
-            if entry is None:
-                continue
+            if entry is None or (entry.revision or 0) <= self._rule_revs.get(entry.key, 0):
+                continue  # the marker, or a value read at start
             async with self._lock:
                 now = self.clock()
                 if entry.operation in (KV_DEL, KV_PURGE):

@@ -21,7 +21,14 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.errors import (
+    BadRequestError,
+    BucketNotFoundError,
+    KeyNotFoundError,
+    NoKeysError,
+    NotFoundError,
+)
+from nats.js.kv import KeyValue
 
 from schemas.subjects import FACT_SUBJECTS, REQUEST_PREFIX
 
@@ -37,6 +44,7 @@ __all__ = [
     "StreamLimits",
     "connect",
     "ensure_all",
+    "follow_bucket",
     "stream_configs",
 ]
 
@@ -179,6 +187,45 @@ async def ensure_all(js: JetStreamContext, limits: StreamLimits | None = None) -
                 storage=js_api.StorageType.FILE,
             ),
         )
+
+
+async def follow_bucket(kv: KeyValue, apply: Callable[[str, bytes | None, int], None],
+                        ready: asyncio.Event | None = None) -> None:
+    """Keep a local copy of a KV bucket: ``apply(key, value or None when deleted, revision)``
+    for every current key, then ``ready`` is set, then every change, forever (re-reading
+    everything after a reconnect).
+
+    The current values are read with ``keys()``/``get()`` rather than taken from the watch:
+    nats-py's "initial values done" marker can arrive before the initial values themselves,
+    and a process that believed it had no providers, settings or rules would act on that
+    (answer "no provider", accept any key, resolve alerts)."""
+    while True:
+        try:
+            watcher = await kv.watchall()  # first, so that no change falls between the two
+            seen: dict[str, int] = {}
+            try:
+                keys = await kv.keys()
+            except NoKeysError:
+                keys = []
+            for key in keys:
+                try:
+                    entry = await kv.get(key)
+                except KeyNotFoundError:
+                    continue
+                seen[key] = entry.revision or 0
+                apply(key, entry.value, seen[key])
+            if ready is not None:
+                ready.set()
+            async for entry in watcher:
+                if entry is None or (entry.revision or 0) <= seen.get(entry.key, 0):
+                    continue
+                deleted = entry.operation in ("DEL", "PURGE")
+                apply(entry.key, None if deleted else entry.value, entry.revision or 0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # NATS restarted: read everything again
+            log.debug("following %s ended (%s); again", getattr(kv, "_name", "?"), exc)
+            await asyncio.sleep(0.5)
 
 
 async def wait_ready(nc: NATS, timeout: float = 10.0) -> None:

@@ -97,7 +97,12 @@ class EdgeApp:
         self.facts = FactPublisher(self.nc)
         self.facts.start()
         if not self._fixed_settings:
-            self._watch_task = asyncio.create_task(self._watch_settings())
+            # the settings (gateway keys!) are in place before the first request is served
+            loaded = asyncio.Event()
+            kv = await self.js.key_value(bus.SETTINGS_BUCKET)
+            self._watch_task = asyncio.create_task(
+                bus.follow_bucket(kv, self._apply_settings, loaded))
+            await asyncio.wait_for(loaded.wait(), 10)
 
     async def shutdown(self) -> None:
         if self._watch_task:
@@ -109,26 +114,16 @@ class EdgeApp:
         if self.nc and not self.nc.is_closed:
             await self.nc.drain()
 
-    async def _watch_settings(self) -> None:
-        kv = await self.js.key_value(bus.SETTINGS_BUCKET)
-        while True:
-            try:
-                watcher = await kv.watch("gateway")
-                async for entry in watcher:
-                    if entry is None or entry.value is None:
-                        continue
-                    if entry.operation in ("DEL", "PURGE"):
-                        self.settings = GatewaySettings()
-                        continue
-                    try:
-                        self.settings = _settings_decoder.decode(entry.value)
-                    except msgspec.ValidationError as exc:
-                        log.error("ignoring invalid gateway settings: %s", exc)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # NATS restarted: watch again
-                log.debug("settings watch ended (%s); re-watching", exc)
-                await asyncio.sleep(0.5)
+    def _apply_settings(self, key: str, value: bytes | None, revision: int) -> None:
+        if key != "gateway":
+            return
+        if value is None:
+            self.settings = GatewaySettings()
+            return
+        try:
+            self.settings = _settings_decoder.decode(value)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            log.error("ignoring invalid gateway settings: %s", exc)
 
     # -- ASGI -------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -364,3 +364,27 @@ def test_nothing_left_in_flight_after_mixed_traffic(gateway: Gateway,
         time.sleep(0.05)
     assert router._inflight == {} and dispatcher.in_flight == 0
     assert all(v == 0 for v in router.load.values())
+
+
+def test_gateway_keys_from_kv_apply_to_the_very_first_request(
+        nats_server: EmbeddedNats, fakes: dict[str, FakeUpstream]) -> None:
+    from codeswitch import admin
+    from edge.auth import hash_key
+    from tests.e2e.gateway import run_nats
+
+    run_nats(nats_server.url, lambda nc: admin.put_settings(
+        nc, GatewaySettings(key_hashes=[hash_key("only-this-key")])))
+    run_nats(nats_server.url, lambda nc: admin.put_provider(nc, provider_for(fakes["anthropic"])))
+    router = RouterThread(nats_server.url)
+    assert "anthropic" in router.router.table.providers  # loaded before startup returned
+    edge = EdgeThread(nats_server.url)  # reads the settings from KV on start
+    try:
+        with httpx.Client(base_url=edge.url, timeout=30) as c:
+            first = c.post("/v1/messages", json=ANTHROPIC_BODY, headers={"x-api-key": "nope"})
+            assert first.status_code == 401
+            ok = c.post("/v1/messages", json=ANTHROPIC_BODY,
+                        headers={"x-api-key": "only-this-key"})
+            assert ok.status_code == 200
+    finally:
+        edge.stop()
+        router.stop()

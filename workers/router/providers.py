@@ -8,7 +8,6 @@ import logging
 import time
 
 import msgspec
-from nats.js.kv import KeyValue
 
 from schemas.config import ProviderConfig
 
@@ -24,31 +23,14 @@ class ProviderTable:
         self.ready = asyncio.Event()
         self._cooldown: dict[str, float] = {}
 
-    def apply(self, key: str, value: bytes | None, deleted: bool) -> None:
-        if deleted or not value:
+    def apply(self, key: str, value: bytes | None, revision: int = 0) -> None:
+        if not value:
             self.providers.pop(key, None)
             return
         try:
             self.providers[key] = _decoder.decode(value)
         except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
             log.error("ignoring invalid provider %r in KV: %s", key, exc)
-
-    async def watch(self, kv: KeyValue) -> None:
-        """Follow the bucket forever (re-watching after a NATS reconnect)."""
-        while True:
-            try:
-                watcher = await kv.watchall()
-                async for entry in watcher:
-                    if entry is None:  # initial values delivered
-                        self.ready.set()
-                        continue
-                    self.apply(entry.key, entry.value,
-                               entry.operation in ("DEL", "PURGE"))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.debug("provider watch ended (%s); re-watching", exc)
-                await asyncio.sleep(0.5)
 
     def cool_down(self, name: str, seconds: float) -> None:
         self._cooldown[name] = time.monotonic() + min(seconds, 3600.0)

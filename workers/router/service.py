@@ -40,7 +40,7 @@ from workers.router.models import render_models
 from workers.router.plan import Candidate, NoProviderError, RoundRobin, plan
 from workers.router.providers import ProviderTable
 from workers.router.reply import Reply
-from workers.router.shared import CircuitTable, SettingsView, watch_bucket
+from workers.router.shared import CircuitTable, SettingsView
 from workers.translator.errors import error_body
 
 __all__ = ["Router", "run"]
@@ -98,13 +98,14 @@ class Router:
         self.breakers.nc, self.breakers.facts = nc, self.facts
         self.facts.start()
         kv = await js.key_value(bus.PROVIDERS_BUCKET)
-        self._tasks.append(asyncio.create_task(self.table.watch(kv), name="providers"))
+        self._tasks.append(asyncio.create_task(
+            bus.follow_bucket(kv, self.table.apply, self.table.ready), name="providers"))
         settings_kv = await js.key_value(bus.SETTINGS_BUCKET)
         self._tasks.append(asyncio.create_task(
-            watch_bucket(settings_kv, self.settings.apply, self.settings.ready)))
+            bus.follow_bucket(settings_kv, self.settings.apply, self.settings.ready)))
         self.circuits.kv = await js.key_value(bus.CIRCUITS_BUCKET)
         self._tasks.append(asyncio.create_task(
-            watch_bucket(self.circuits.kv, self.circuits.apply, self.circuits.ready)))
+            bus.follow_bucket(self.circuits.kv, self.circuits.apply, self.circuits.ready)))
         for ready, what in ((self.table.ready, "providers"), (self.settings.ready, "settings"),
                             (self.circuits.ready, "circuits")):
             try:

@@ -16,7 +16,7 @@ from nats.js.kv import KeyValue
 from schemas.config import ActiveProviders, RoutingSettings, UnifiedUpstream
 from workers.router.breaker import BreakerState
 
-__all__ = ["CircuitTable", "SettingsView", "watch_bucket"]
+__all__ = ["CircuitTable", "SettingsView"]
 
 log = logging.getLogger("codeswitch.router.shared")
 
@@ -25,25 +25,6 @@ _active = msgspec.json.Decoder(ActiveProviders)
 _unified = msgspec.json.Decoder(UnifiedUpstream)
 _breaker = msgspec.json.Decoder(BreakerState)
 _enc = msgspec.json.Encoder()
-
-
-async def watch_bucket(kv: KeyValue, apply: Callable[[str, bytes | None, int], None],
-                       ready: asyncio.Event) -> None:
-    """Follow every key of a bucket forever, re-watching after a NATS reconnect."""
-    while True:
-        try:
-            watcher = await kv.watchall()
-            async for entry in watcher:
-                if entry is None:
-                    ready.set()
-                    continue
-                deleted = entry.operation in ("DEL", "PURGE")
-                apply(entry.key, None if deleted else entry.value, entry.revision or 0)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.debug("watch of %s ended (%s); re-watching", kv._name, exc)
-            await asyncio.sleep(0.5)
 
 
 class SettingsView:

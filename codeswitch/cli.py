@@ -150,7 +150,7 @@ def up(
     try:
         code = sup.run()
     except Exception as exc:
-        err.print(f"[red]codeswitch failed to start:[/] {exc}")
+        err.print(f"[red]codeswitch:[/] {exc}")
         raise typer.Exit(1) from None
     console.print("codeswitch stopped.")
     raise typer.Exit(code)

@@ -30,7 +30,7 @@ from codeswitch._process import free_port, pdeathsig_preexec
 from codeswitch.natsd import EmbeddedNats
 from codeswitch.runtime import run_file
 
-__all__ = ["Part", "Supervisor", "run_edge", "run_worker", "WORKERS"]
+__all__ = ["Part", "Supervisor", "SupervisorError", "run_edge", "run_worker", "WORKERS"]
 
 log = logging.getLogger("codeswitch.supervisor")
 
@@ -134,6 +134,22 @@ def _use_uvloop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+class SupervisorError(RuntimeError):
+    """`codeswitch up` cannot run: the message says why."""
+
+
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise SupervisorError(
+                f"{host}:{port} is already in use ({exc.strerror}): is another codeswitch "
+                "running? Stop it, or pick another port with --port") from None
+
+
 @dataclass
 class Part:
     name: str
@@ -210,6 +226,7 @@ class Supervisor:
 
     def run(self) -> int:
         self.home.mkdir(parents=True, exist_ok=True)
+        _check_port_free(self.host, self.port)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self.handle_signal)
         url = self._start_nats()
@@ -220,8 +237,8 @@ class Supervisor:
             for part in self.parts:
                 part.start(env)
             if not self._wait_listening(timeout=30):
-                log.error("edge did not start listening on %s:%d", self.host, self.port)
-                self._signals.append(signal.SIGTERM)
+                raise SupervisorError(f"the edge did not start listening on {self.host}:"
+                                      f"{self.port}; see the messages above")
             info = {"nats_url": url, "edge_url": f"http://{self.host}:{self.port}",
                     "pid": os.getpid(), "home": str(self.home), "changes": changes,
                     "embedded_nats": self.nats is not None,
@@ -232,6 +249,9 @@ class Supervisor:
             while not self._signals:
                 time.sleep(0.2)
                 self._restart_dead(env)
+                if self._crash_looping("edge"):
+                    raise SupervisorError("the edge keeps exiting (5 times in a minute); "
+                                          "see the messages above")
             return 0
         finally:
             self._stop_all()
@@ -257,10 +277,14 @@ class Supervisor:
                 return False
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return True
+                    time.sleep(0.1)
+                    return edge.alive  # our edge, not something else on the port
             except OSError:
                 time.sleep(0.05)
         return False
+
+    def _crash_looping(self, name: str) -> bool:
+        return any(p.name == name and not p.alive and len(p.restarts) >= 5 for p in self.parts)
 
     def _restart_dead(self, env: dict[str, str]) -> None:
         now = time.monotonic()

@@ -331,3 +331,18 @@ def test_killed_supervisor_leaves_no_orphans(tmp_path: Path, fake: FakeUpstream)
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.1)
     assert not [p for p in pids if _alive(p)]
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run([*CLI, "up", "--home", str(tmp_path / "h"), "--port", str(port)],
+                           capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "already in use" in r.stderr and "Traceback" not in r.stderr
+    assert "listening on" not in r.stdout
+    assert not (tmp_path / "h" / "nats").exists()  # stopped before starting anything

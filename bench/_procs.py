@@ -12,9 +12,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ProcCpu", "free_port", "stop_process", "tree_cpu", "wait_port"]
+__all__ = ["ProcCpu", "free_port", "nodelay", "stop_process", "tree_cpu", "wait_port"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
+
+
+def nodelay(transport: object) -> None:
+    """TCP_NODELAY on an asyncio transport's socket (small writes go out at once)."""
+    sock = transport.get_extra_info("socket")  # type: ignore[attr-defined]
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def free_port() -> int:

@@ -33,7 +33,6 @@ import asyncio
 import json
 import re
 import signal
-import socket
 import sys
 import time
 from collections import Counter
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _procs import nodelay
 from payloads import CHUNKS, FULL_TEXT
 
 __all__ = ["Options", "serve"]
@@ -381,12 +381,7 @@ class _HttpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        nodelay(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._task is not None:

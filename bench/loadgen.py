@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import math
-import socket
 import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -32,6 +31,7 @@ from typing import cast
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _procs import nodelay
 from payloads import DIALECTS, client_request
 
 __all__ = ["Response", "Result", "build_request", "fetch_once", "percentiles", "run_load"]
@@ -83,12 +83,7 @@ class _ClientProtocol(asyncio.Protocol):
     # -- asyncio callbacks --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        nodelay(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -230,3 +230,39 @@ def test_count_tokens_estimated_for_providers_without_it(
                                          messages=[{"role": "user", "content": "hello"}])
     assert raw.parse().input_tokens > small.input_tokens > 0
     assert len(fakes["openai-chat"].requests) == 0  # nothing was sent upstream
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_unreadable_upstream_answer_falls_back_or_is_a_dialect_502(world: World,
+                                                                   stream: bool) -> None:
+    """Garbage from a provider is that provider's protocol error, never a crash: the next
+    provider answers, or the client gets a 502 in its own dialect."""
+    gw, fakes = world
+    fake = only(gw, fakes, "openai-chat")
+    garbage = (b'data: {"choices":"not a list","usage":7}\n\ndata: [DONE]\n\n' if stream
+               else b'{"choices": "not a list", "usage": 7}')
+    fake.push(Behavior(body=garbage, headers={"content-type": "text/event-stream" if stream
+                                              else "application/json"}))
+    client = anthropic.Anthropic(base_url=gw.url, api_key=CLIENT_KEY, max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as info:
+        if stream:
+            with client.messages.stream(model=MODEL, max_tokens=16,
+                                        messages=[{"role": "user", "content": "hi"}]) as s:
+                s.get_final_message()
+        else:
+            client.messages.create(model=MODEL, max_tokens=16,
+                                   messages=[{"role": "user", "content": "hi"}])
+    assert info.value.status_code == 502
+    assert "unreadable" in str(info.value) or "upstream" in str(info.value)
+    # with a second provider, the client never sees it
+    from schemas.config import ProviderConfig
+
+    gw.add_provider(ProviderConfig(name="backup-gemini", dialect="gemini",
+                                   base_url=fakes["gemini"].base_url, api_key="k", priority=5))
+    try:
+        fake.push(Behavior(body=garbage))
+        r = client.messages.with_raw_response.create(
+            model=MODEL, max_tokens=16, messages=[{"role": "user", "content": "hi"}])
+        assert r.status_code == 200 and r.headers["x-codeswitch-provider"] == "backup-gemini"
+    finally:
+        gw.remove_provider("backup-gemini")

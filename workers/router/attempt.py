@@ -5,7 +5,9 @@ for the fallback decision, the breakers and the facts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +65,7 @@ class Attempt:
     context: TranslationContext | None = None  # request-side state the response side needs
     conv: translator.StreamTranslator | None = None
     usage_filter: UsageChunkFilter | None = None  # Chat pass-through: we asked for usage
+    body_dialect: str | None = None  # set when `body` is already in the client's dialect
 
 
 class Caller:
@@ -138,6 +141,7 @@ class Caller:
             if not att.committed:
                 att.status = exc.status
             att.body, att.headers = exc.body, exc.headers
+            att.body_dialect = exc.body_dialect
             if exc.status == 429:
                 self.table.cool_down(p.name, _retry_after(exc.headers))
             if att.committed:
@@ -159,9 +163,10 @@ class Caller:
         except TranslationError as exc:
             status, message = getattr(exc, "status", 400), getattr(exc, "message", str(exc))
             att.status, att.error_class, att.error_message = status, "translation", message
-            att.body = error_body(env.dialect, status, message)
+            att.body, att.body_dialect = error_body(env.dialect, status, message), env.dialect
             att.headers = {"x-codeswitch-translated": "1"}
-            att.outcome = "failed"
+            # this provider's dialect cannot express the request; another provider may
+            att.outcome = "fallback" if has_next else "failed"
         finally:
             att.duration_ms = (time.perf_counter() - started) * 1000
 
@@ -176,17 +181,23 @@ class Caller:
         tracker.feed(data)
         tracker.finish()
         att.usage, att.finish_reason = tracker.usage, tracker.finish_reason
-        status = resp.status
         if cand.translated:
             try:
                 data = translator.translate_response(p.dialect, env.dialect, data,
                                                      model=env.model, request_id=env.request_id,
                                                      context=att.context)
-            except TranslationError as exc:  # an answer the client's dialect cannot express
-                status, att.error_class, att.error_message = exc.status, "translation", \
-                    exc.message
-                data = error_body(env.dialect, exc.status, exc.message)
-        start = ReplyStart(status=status,
+            except Exception as exc:
+                # an answer the client's dialect cannot express (TranslationError, e.g. Gemini
+                # MALFORMED_FUNCTION_CALL) or cannot be read at all: the provider failed, so
+                # the next one may answer; if none does, the client gets this, in its dialect
+                kind = "translation" if isinstance(exc, TranslationError) else "protocol"
+                message = exc.message if isinstance(exc, TranslationError) else \
+                    f"unreadable {p.dialect} answer from {p.name} ({type(exc).__name__})"
+                status = exc.status if isinstance(exc, TranslationError) else 502
+                raise UpstreamFailure(kind, message, status,
+                                      error_body(env.dialect, status, message),
+                                      body_dialect=env.dialect) from exc
+        start = ReplyStart(status=resp.status,
                            content_type=resp.headers.get("content-type", "application/json"),
                            provider=p.name, upstream_model=cand.upstream_model,
                            headers=keep_headers(resp.headers))
@@ -220,15 +231,16 @@ class Caller:
             async for chunk in resp.content.iter_any():
                 if att.ttfb_ms is None:
                     att.ttfb_ms = (time.perf_counter() - started) * 1000
-                tracker.feed(chunk)
-                if conv is not None:
-                    out = conv.feed(chunk)
-                    if framer is not None:
-                        out = framer.feed(out)
-                elif att.usage_filter is not None:
-                    out = att.usage_filter.feed(chunk)
-                else:
-                    out = chunk
+                with _unreadable(p.dialect):
+                    tracker.feed(chunk)
+                    if conv is not None:
+                        out = conv.feed(chunk)
+                        if framer is not None:
+                            out = framer.feed(out)
+                    elif att.usage_filter is not None:
+                        out = att.usage_filter.feed(chunk)
+                    else:
+                        out = chunk
                 if not att.committed:
                     if tracker.error is not None and not tracker.saw_content:
                         raise UpstreamFailure("stream_error", f"{tracker.error[0]}: "
@@ -246,16 +258,17 @@ class Caller:
                 elif out:
                     att.bytes_out += len(out)
                     await reply.data(out)
-        tracker.finish()
-        att.usage, att.finish_reason = tracker.usage, tracker.finish_reason
-        if conv is not None:
-            tail = conv.close()
-            if framer is not None:
-                tail = framer.feed(tail) + framer.close()
-        elif att.usage_filter is not None:
-            tail = att.usage_filter.flush()
-        else:
-            tail = b""
+        with _unreadable(p.dialect):
+            tracker.finish()
+            att.usage, att.finish_reason = tracker.usage, tracker.finish_reason
+            if conv is not None:
+                tail = conv.close()
+                if framer is not None:
+                    tail = framer.feed(tail) + framer.close()
+            elif att.usage_filter is not None:
+                tail = att.usage_filter.flush()
+            else:
+                tail = b""
         if not att.committed:
             if tracker.error is not None:
                 raise UpstreamFailure("stream_error",
@@ -299,6 +312,19 @@ class Caller:
                                     headers={"x-codeswitch-estimate": "true"}),
                          _enc.encode(doc))
         att.status, att.outcome, att.committed = 200, "ok", True
+
+
+@contextlib.contextmanager
+def _unreadable(dialect: str) -> Iterator[None]:
+    """Upstream bytes our codecs cannot read are the upstream's protocol error (fall back
+    before content, in-stream error after), never a crash of the request."""
+    try:
+        yield
+    except UpstreamFailure:
+        raise
+    except Exception as exc:
+        raise UpstreamFailure("protocol", f"unreadable {dialect} stream from upstream "
+                              f"({type(exc).__name__}: {str(exc)[:120]})", 502) from exc
 
 
 def keep_headers(headers: Any) -> dict[str, str]:

@@ -342,8 +342,7 @@ class Router:
         p = att.candidate.provider
         if att.status >= 400:
             status, data = att.status, att.body
-            same = p.dialect == env.dialect
-            if not same and att.error_class != "translation":
+            if att.body_dialect != env.dialect and p.dialect != env.dialect:
                 status, data = translator.translate_error(p.dialect, env.dialect, status, data)
             elif not data.strip():
                 data = error_body(env.dialect, status, att.error_message or "upstream error")

@@ -37,13 +37,15 @@ class UpstreamFailure(Exception):
     """An attempt that failed before or while talking to the provider."""
 
     def __init__(self, error_class: str, message: str, status: int = 0,
-                 body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+                 body: bytes = b"", headers: dict[str, str] | None = None, *,
+                 body_dialect: str | None = None) -> None:
         super().__init__(message)
         self.error_class = error_class
         self.message = message
         self.status = status
-        self.body = body
+        self.body = body  # in the provider's dialect unless body_dialect says otherwise
         self.headers = headers or {}
+        self.body_dialect = body_dialect
 
 
 def upstream_url(provider: ProviderConfig, *, operation: str, model: str, stream: bool,

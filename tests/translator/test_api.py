@@ -121,3 +121,29 @@ def test_count_tokens_estimate_grows_with_content() -> None:
     assert 0 < small < large and 400 <= large <= 700
     with_tools = count_tokens_estimate("anthropic", raw("anthropic_stream_tool_use_request.json"))
     assert with_tools > small
+
+
+def test_malformed_upstream_stream_events_raise_a_typed_502() -> None:
+    """Garbage from a provider is its protocol error, typed, whatever the pair: the router
+    falls back before content or fails the stream after (seen by fuzzing: these used to escape
+    as AttributeError/TypeError)."""
+    import itertools
+
+    from workers.translator import StreamTranslator, TranslationError
+
+    garbage = {
+        "anthropic": b'event: message_delta\ndata: {"type":"message_delta","delta":null,'
+                     b'"usage":"x"}\n\n',
+        "openai-chat": b'data: {"choices":"not a list","usage":7}\n\n',
+        "openai-responses": b'data: {"type":"response.output_item.done","item":null}\n\n',
+        "gemini": b'data: {"candidates":"x","usageMetadata":5}\n\n',
+    }
+    dialects = list(garbage)
+    for provider, client in itertools.permutations(dialects, 2):
+        st = StreamTranslator(provider, client, model="m", request_id="r")
+        try:
+            st.feed(garbage[provider])
+            st.close()
+        except TranslationError as exc:
+            assert exc.status == 502 and "unreadable" in exc.message
+        # not raising is fine too (the event was skippable), any other exception is not

@@ -297,7 +297,16 @@ class StreamTranslator:
             if self._done:
                 break
             for doc in _json_docs(sse.data):
-                for ev in self._dec.decode(sse.event, doc):
+                try:
+                    decoded = self._dec.decode(sse.event, doc)
+                except TranslationError:
+                    raise
+                except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
+                    # a malformed upstream event: the provider's protocol error, typed, so
+                    # the caller can fall back (before content) or fail the stream (after)
+                    raise TranslationError(f"unreadable {self.provider} stream event "
+                                           f"({type(exc).__name__}: {exc})"[:300], 502) from exc
+                for ev in decoded:
                     out.append(self._one(ev))
                     if self._done:
                         break

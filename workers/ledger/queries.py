@@ -54,7 +54,8 @@ class Filter(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     tz_offset_s: int = 0
 
 
-def _where(f: Filter) -> tuple[str, list[Any]]:
+def _time_range(f: Filter) -> tuple[list[str], list[Any]]:
+    """``ts`` inside [since, until): the clauses and parameters every query starts from."""
     clauses: list[str] = []
     params: list[Any] = []
     if f.since is not None:
@@ -63,6 +64,11 @@ def _where(f: Filter) -> tuple[str, list[Any]]:
     if f.until is not None:
         clauses.append("ts < ?")
         params.append(f.until)
+    return clauses, params
+
+
+def _where(f: Filter) -> tuple[str, list[Any]]:
+    clauses, params = _time_range(f)
     for col in ("provider", "user", "session", "dialect"):
         value = getattr(f, col)
         if value is not None:
@@ -182,14 +188,7 @@ def heatmap(con: duckdb.DuckDBPyConnection, f: Filter) -> list[dict[str, Any]]:
 def alerts(con: duckdb.DuckDBPyConnection, f: Filter, rule: str | None = None,
            limit: int = 100) -> list[dict[str, Any]]:
     """Alert history (fired, resolved, delivery failures), newest first."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if f.since is not None:
-        clauses.append("ts >= ?")
-        params.append(f.since)
-    if f.until is not None:
-        clauses.append("ts < ?")
-        params.append(f.until)
+    clauses, params = _time_range(f)
     if rule is not None:
         clauses.append("rule = ?")
         params.append(rule)
@@ -201,11 +200,7 @@ def alerts(con: duckdb.DuckDBPyConnection, f: Filter, rule: str | None = None,
 
 def circuits(con: duckdb.DuckDBPyConnection, f: Filter, limit: int = 100) -> list[dict[str, Any]]:
     """Circuit breaker transitions, newest first."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if f.since is not None:
-        clauses.append("ts >= ?")
-        params.append(f.since)
+    clauses, params = _time_range(f)
     if f.provider is not None:
         clauses.append("provider = ?")
         params.append(f.provider)

@@ -36,21 +36,8 @@ _dec = msgspec.json.Decoder(ProviderConfig)
 
 
 async def _values(nc: NATS, bucket: str) -> dict[str, bytes]:
-    """Every key of a bucket with its current value (deleted keys left out)."""
     kv = await nc.jetstream().key_value(bucket)
-    try:
-        keys = await kv.keys()
-    except Exception:  # nats-py raises NoKeysError on an empty bucket
-        return {}
-    out = {}
-    for key in keys:
-        try:
-            entry = await kv.get(key)
-        except KeyNotFoundError:
-            continue
-        if entry.value:
-            out[key] = entry.value
-    return out
+    return {key: value for key, (value, _) in (await bus.read_bucket(kv)).items()}
 
 
 async def list_providers(nc: NATS) -> list[ProviderConfig]:

@@ -45,6 +45,7 @@ __all__ = [
     "connect",
     "ensure_all",
     "follow_bucket",
+    "read_bucket",
     "stream_configs",
 ]
 
@@ -189,6 +190,23 @@ async def ensure_all(js: JetStreamContext, limits: StreamLimits | None = None) -
         )
 
 
+async def read_bucket(kv: KeyValue) -> dict[str, tuple[bytes, int]]:
+    """Every current key of a bucket: value and revision (deleted and empty keys left out)."""
+    try:
+        keys = await kv.keys()
+    except NoKeysError:  # nats-py's answer for an empty bucket
+        return {}
+    out: dict[str, tuple[bytes, int]] = {}
+    for key in keys:
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:  # deleted since keys() listed it
+            continue
+        if entry.value:
+            out[key] = (entry.value, entry.revision or 0)
+    return out
+
+
 async def follow_bucket(kv: KeyValue, apply: Callable[[str, bytes | None, int], None],
                         ready: asyncio.Event | None = None) -> None:
     """Keep a local copy of a KV bucket: ``apply(key, value or None when deleted, revision)``
@@ -203,17 +221,9 @@ async def follow_bucket(kv: KeyValue, apply: Callable[[str, bytes | None, int], 
         try:
             watcher = await kv.watchall()  # first, so that no change falls between the two
             seen: dict[str, int] = {}
-            try:
-                keys = await kv.keys()
-            except NoKeysError:
-                keys = []
-            for key in keys:
-                try:
-                    entry = await kv.get(key)
-                except KeyNotFoundError:
-                    continue
-                seen[key] = entry.revision or 0
-                apply(key, entry.value, seen[key])
+            for key, (value, revision) in (await read_bucket(kv)).items():
+                seen[key] = revision
+                apply(key, value, revision)
             if ready is not None:
                 ready.set()
             async for entry in watcher:

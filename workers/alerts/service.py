@@ -35,7 +35,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from codeswitch import bus
@@ -129,35 +129,18 @@ class AlertsService:
         log.info("alerts: %d rules, warm-up to seq %d", len(rules), floor)
 
     async def _load_rules(self) -> list[Rule]:
-        try:
-            keys = await self._rules_kv.keys()
-        except NoKeysError:
-            return []
         rules = []
-        for key in keys:
-            with contextlib.suppress(KeyNotFoundError):
-                entry = await self._rules_kv.get(key)
-                if entry.value:
-                    self._rule_revs[key] = entry.revision or 0
-                    rule = self._decode_rule(key, entry.value)
-                    if rule is not None:
-                        rules.append(rule)
+        for key, (value, revision) in (await bus.read_bucket(self._rules_kv)).items():
+            self._rule_revs[key] = revision
+            rule = self._decode_rule(key, value)
+            if rule is not None:
+                rules.append(rule)
         return rules
 
     async def _load_states(self) -> list[AlertState]:
-        try:
-            keys = await self._state_kv.keys()
-        except NoKeysError:
-            return []
-        states = []
-        for key in keys:
-            if key.startswith("sent."):
-                continue
-            with contextlib.suppress(KeyNotFoundError):
-                entry = await self._state_kv.get(key)
-                if entry.value:
-                    states.append(_state_decoder.decode(entry.value))
-        return states
+        return [_state_decoder.decode(value)
+                for key, (value, _) in (await bus.read_bucket(self._state_kv)).items()
+                if not key.startswith("sent.")]
 
     async def _ensure_consumers(self) -> int:
         """Create the two durables on first start (from the end of the stream, never from its

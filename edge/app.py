@@ -80,7 +80,6 @@ class EdgeApp:
         self.nc: NATS | None = None
         self.dispatcher: Dispatcher | None = None
         self.facts: FactPublisher | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._watch_task: asyncio.Task[None] | None = None
         self.draining = False
 

@@ -3,6 +3,7 @@ gateway settings. Every process watches these keys, so writes apply on the next 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
@@ -17,6 +18,7 @@ from schemas.config import (
     RoutingSettings,
     UnifiedUpstream,
 )
+from schemas.subjects import ROUTER_ROLLCALL
 from workers.router.breaker import BreakerState
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "list_providers",
     "put_provider",
     "put_settings",
+    "roll_call",
 ]
 
 _enc = msgspec.json.Encoder()
@@ -124,3 +127,24 @@ async def apply_file_config(nc: NATS, providers: list[ProviderConfig],
             await put_setting(nc, key, value)
             changes.append(f"{key} settings applied")
     return changes
+
+
+async def roll_call(nc: NATS, wait: float = 0.3) -> list[dict[str, Any]]:
+    """Every router taking work answers ``{"router": id, "in_flight": n}``; collect the answers
+    that arrive within ``wait`` seconds."""
+    inbox = nc.new_inbox()
+    answers: list[dict[str, Any]] = []
+    sub = await nc.subscribe(inbox)
+    try:
+        await nc.publish(ROUTER_ROLLCALL, b"", reply=inbox)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + wait
+        while (left := end - loop.time()) > 0:
+            try:
+                msg = await sub.next_msg(timeout=left)
+            except TimeoutError:
+                break
+            answers.append(msgspec.json.decode(msg.data))
+    finally:
+        await sub.unsubscribe()
+    return sorted(answers, key=lambda a: str(a.get("router")))

@@ -29,6 +29,7 @@ __all__ = [
     "RESPONSE_PREFIX",
     "ROUTER_MODELS",
     "ROUTER_PING",
+    "ROUTER_ROLLCALL",
     "attempt_subject",
     "cancel_subject",
     "circuit_subject",
@@ -44,6 +45,8 @@ RESPONSE_PREFIX: Final = "llm.response"
 CANCEL_PREFIX: Final = "cs.cancel"
 ROUTER_PING: Final = "cs.router.ping"
 ROUTER_MODELS: Final = "cs.router.models"
+# every live router answers (no queue group): how many routers are taking work right now
+ROUTER_ROLLCALL: Final = "cs.router.rollcall"
 BREAKER_FAIL_PREFIX: Final = "cs.breaker.fail"
 REPLY_PREFIX: Final = "_INBOX.cs"
 

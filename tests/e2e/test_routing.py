@@ -231,6 +231,9 @@ def test_two_router_processes_share_breakers_and_switches(nats_server: EmbeddedN
             while c.get("/readiness").status_code != 200:
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
+            # readiness needs one router; this test needs both to share the queue
+            while len(run_nats(nats_server.url, admin.roll_call)) < 2:
+                assert time.monotonic() < deadline, "the second router never took work"
             routers_seen: set[str] = set()
             for _ in range(12):
                 r = c.post("/v1/messages", json=BODY)
@@ -249,10 +252,13 @@ def test_two_router_processes_share_breakers_and_switches(nats_server: EmbeddedN
                 nc, "active", ActiveProviders(by_app={"claude": "other"})))
             time.sleep(0.3)
             served = {c.post("/v1/messages", json=BODY).headers["x-codeswitch-provider"]
-                      for _ in range(10)}
+                      for _ in range(20)}
             assert served == {"other"}
-            done = [e for _, _, e in events(nats_server.url, 60)
-                    if isinstance(e, RequestCompleted) and e.provider == "other"]
+            done: list[RequestCompleted] = []
+            while len(done) < 20:
+                assert time.monotonic() < deadline + 30, len(done)
+                done = [e for _, _, e in events(nats_server.url, 0)
+                        if isinstance(e, RequestCompleted) and e.provider == "other"]
             assert len({e.router for e in done}) == 2
     finally:
         edge.stop()

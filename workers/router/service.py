@@ -30,6 +30,7 @@ from schemas.subjects import (
     REQUEST_PREFIX,
     ROUTER_MODELS,
     ROUTER_PING,
+    ROUTER_ROLLCALL,
     attempt_subject,
     response_subject,
 )
@@ -112,13 +113,16 @@ class Router:
                 await asyncio.wait_for(ready.wait(), 10)
             except TimeoutError:
                 log.warning("%s not loaded after 10 s; continuing", what)
-        self._subs.append(await nc.subscribe(ROUTER_PING, queue="routers", cb=self._on_ping))
-        self._subs.append(await nc.subscribe(ROUTER_MODELS, queue="routers",
-                                             cb=self._on_models))
         self._subs.append(await nc.subscribe(f"{CANCEL_PREFIX}.*", cb=self._on_cancel))
         self._subs.append(await nc.subscribe(f"{BREAKER_FAIL_PREFIX}.>",
                                              cb=self.breakers.on_failure_note))
         await self._subscribe_work()
+        # Only answer pings once this router takes work: readiness means "a request sent now
+        # will be picked up", and a roll call counts routers that really share the queue.
+        self._subs.append(await nc.subscribe(ROUTER_MODELS, queue="routers",
+                                             cb=self._on_models))
+        self._subs.append(await nc.subscribe(ROUTER_PING, queue="routers", cb=self._on_ping))
+        self._subs.append(await nc.subscribe(ROUTER_ROLLCALL, cb=self._on_rollcall))
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
         log.info("router %s ready (%d providers)", self.router_id, len(self.table.providers))
 
@@ -183,6 +187,11 @@ class Router:
     # -- NATS callbacks ----------------------------------------------------------------------
     async def _on_ping(self, msg: Msg) -> None:
         await msg.respond(self.router_id.encode())
+
+    async def _on_rollcall(self, msg: Msg) -> None:
+        if not self._stopping:
+            await msg.respond(msgspec.json.encode(
+                {"router": self.router_id, "in_flight": len(self._inflight)}))
 
     async def _on_models(self, msg: Msg) -> None:
         await msg.respond(render_models(msg.data.decode() or "openai-chat",

@@ -144,6 +144,8 @@ async def roll_call(nc: NATS, wait: float = 0.3) -> list[dict[str, Any]]:
                 msg = await sub.next_msg(timeout=left)
             except TimeoutError:
                 break
+            if not msg.data:  # the server's "no responders" status: nobody is there
+                break
             answers.append(msgspec.json.decode(msg.data))
     finally:
         await sub.unsubscribe()

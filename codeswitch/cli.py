@@ -390,6 +390,42 @@ def provider_status(
 
 
 @app.command()
+def status(
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh every second.")] = False,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+    nats_url: NatsOpt = None, home: HomeOpt = None,
+) -> None:
+    """Is the gateway up: edge readiness, routers taking work, the queue, and how far each
+    worker (ledger, alerts) is behind the event log. Exit code 1 when degraded."""
+    from codeswitch.runtime import read_run_file
+    from codeswitch.status import as_json, gather, render
+
+    url = nats_url_for(home, nats_url)
+    run_info = read_run_file(home_dir(home))
+
+    def snap() -> Any:
+        return _with_nats(url, lambda nc: gather(nc, url, run_info))
+
+    if json_out:
+        got = snap()
+        sys.stdout.write(msgspec.json.encode(as_json(got)).decode() + "\n")
+        raise typer.Exit(0 if got.healthy else 1)
+    if not watch:
+        got = snap()
+        console.print(render(got, run_info))
+        raise typer.Exit(0 if got.healthy else 1)
+    from rich.live import Live
+
+    with Live(console=console, refresh_per_second=2) as live:
+        try:
+            while True:
+                live.update(render(snap(), run_info))
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command()
 def use(
     provider: Annotated[str | None, typer.Argument(help="Provider to use first.")] = None,
     client: Annotated[str, typer.Option(

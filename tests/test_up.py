@@ -250,8 +250,29 @@ def test_facts_flow_into_ledger_stats_and_breaker_status(tmp_path: Path,
         assert status["providers"][0]["name"] == "fake" and status["circuits"] == {}
         log = cli("log", "--json")
         assert log.returncode == 0 and log.stdout.count("claude-opus-4-8") >= 4
+        # `codeswitch status`: every part up, the ledger has caught up with the log
+        st = cli("status", "--json")
+        assert st.returncode == 0, st.stdout + st.stderr
+        snap = json.loads(st.stdout)
+        assert snap["healthy"] and snap["edge_ready"] == "ready" and snap["edge_url"] == up.url
+        assert len(snap["routers"]) == 1 and snap["routers"][0]["in_flight"] == 0
+        assert snap["streams"]["CS_EVENTS"]["messages"] >= 8  # 4 attempts + 4 requests
+        ledger = next(c for c in snap["consumers"] if c["durable"] == "ledger")
+        assert ledger["present"] and ledger["pending"] == 0
+        assert "healthy" in cli("status").stdout
     finally:
         up.stop()
+
+
+def test_status_without_routers_is_degraded(tmp_path: Path) -> None:
+    with EmbeddedNats(tmp_path / "nats") as server:
+        r = subprocess.run([*CLI, "status", "--json", "--nats-url", server.url,
+                            "--home", str(tmp_path / "nohome")],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1, r.stderr
+        snap = json.loads(r.stdout)
+        assert snap["healthy"] is False and snap["routers"] == [] and snap["edge_url"] is None
+        assert {c["durable"]: c["present"] for c in snap["consumers"]}["ledger"] is False
 
 
 def test_up_with_an_existing_nats(tmp_path: Path, fake: FakeUpstream) -> None:

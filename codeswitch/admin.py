@@ -32,6 +32,7 @@ __all__ = [
     "put_provider",
     "put_settings",
     "roll_call",
+    "wait_applied",
 ]
 
 _enc = msgspec.json.Encoder()
@@ -150,3 +151,21 @@ async def roll_call(nc: NATS, wait: float = 0.3) -> list[dict[str, Any]]:
     finally:
         await sub.unsubscribe()
     return sorted(answers, key=lambda a: str(a.get("router")))
+
+
+async def wait_applied(nc: NATS, buckets: tuple[str, ...] = (bus.PROVIDERS_BUCKET,
+                                                              bus.SETTINGS_BUCKET),
+                       timeout: float = 3.0) -> tuple[int, int]:
+    """Wait until every router taking work has applied the buckets' latest revision (so the
+    next request anywhere sees the change). Returns (routers caught up, routers answering)."""
+    js = nc.jetstream()
+    want = {b: (await (await js.key_value(b)).status()).stream_info.state.last_seq
+            for b in buckets}
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        answers = await roll_call(nc, wait=0.2)
+        caught = [a for a in answers
+                  if all(a.get("applied", {}).get(b, 0) >= rev for b, rev in want.items())]
+        if not answers or len(caught) == len(answers) or loop.time() > end:
+            return len(caught), len(answers)

@@ -208,7 +208,8 @@ async def read_bucket(kv: KeyValue) -> dict[str, tuple[bytes, int]]:
 
 
 async def follow_bucket(kv: KeyValue, apply: Callable[[str, bytes | None, int], None],
-                        ready: asyncio.Event | None = None) -> None:
+                        ready: asyncio.Event | None = None,
+                        progress: Callable[[int], None] | None = None) -> None:
     """Keep a local copy of a KV bucket: ``apply(key, value or None when deleted, revision)``
     for every current key, then ``ready`` is set, then every change, forever (re-reading
     everything after a reconnect).
@@ -216,21 +217,29 @@ async def follow_bucket(kv: KeyValue, apply: Callable[[str, bytes | None, int], 
     The current values are read with ``keys()``/``get()`` rather than taken from the watch:
     nats-py's "initial values done" marker can arrive before the initial values themselves,
     and a process that believed it had no providers, settings or rules would act on that
-    (answer "no provider", accept any key, resolve alerts)."""
+    (answer "no provider", accept any key, resolve alerts).
+
+    ``progress(revision)`` is told the bucket revision this copy reflects (every write and
+    delete up to it), so a writer can wait until its change is in effect everywhere."""
     while True:
         try:
             watcher = await kv.watchall()  # first, so that no change falls between the two
             seen: dict[str, int] = {}
+            upto = (await kv.status()).stream_info.state.last_seq  # the read below has these
             for key, (value, revision) in (await read_bucket(kv)).items():
                 seen[key] = revision
                 apply(key, value, revision)
             if ready is not None:
                 ready.set()
+            if progress is not None:
+                progress(upto)
             async for entry in watcher:
                 if entry is None or (entry.revision or 0) <= seen.get(entry.key, 0):
                     continue
                 deleted = entry.operation in ("DEL", "PURGE")
                 apply(entry.key, None if deleted else entry.value, entry.revision or 0)
+                if progress is not None:
+                    progress(entry.revision or 0)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # NATS restarted: read everything again

@@ -68,6 +68,18 @@ def _with_nats(url: str, fn: Callable[[Any], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
+async def _applied(nc: Any) -> str:
+    """After a config write: wait until the running routers use it, and say so."""
+    from codeswitch.admin import wait_applied
+
+    caught, routers = await wait_applied(nc)
+    if routers == 0:
+        return "no router running: used as soon as one starts"
+    if caught == routers:
+        return f"in effect on {routers} router{'s' if routers > 1 else ''}"
+    return f"[yellow]in effect on {caught} of {routers} routers so far[/]"
+
+
 # -- up / edge / worker ----------------------------------------------------------------------
 @app.command()
 def up(
@@ -281,27 +293,29 @@ def provider_add(
         err.print(f"[red]invalid provider:[/] {exc}")
         raise typer.Exit(2) from None
 
-    async def go(nc: Any) -> None:
+    async def go(nc: Any) -> str:
         await put_provider(nc, provider)
+        return await _applied(nc)
 
-    _with_nats(nats_url_for(home, nats_url), go)
-    console.print(f"provider [bold]{name}[/] saved ({dialect}, {base_url})")
+    applied = _with_nats(nats_url_for(home, nats_url), go)
+    console.print(f"provider [bold]{name}[/] saved ({dialect}, {base_url}); {applied}")
 
 
 def _set_enabled(name: str, enabled: bool, nats_url: str | None, home: Path | None) -> None:
     from codeswitch.admin import get_provider, put_provider
 
-    async def go(nc: Any) -> bool:
+    async def go(nc: Any) -> str | None:
         p = await get_provider(nc, name)
         if p is None:
-            return False
+            return None
         await put_provider(nc, msgspec.structs.replace(p, enabled=enabled))
-        return True
+        return await _applied(nc)
 
-    if not _with_nats(nats_url_for(home, nats_url), go):
+    applied = _with_nats(nats_url_for(home, nats_url), go)
+    if applied is None:
         err.print(f"[red]no provider named {name!r}[/]")
         raise typer.Exit(1)
-    console.print(f"provider [bold]{name}[/] {'enabled' if enabled else 'disabled'}")
+    console.print(f"provider [bold]{name}[/] {'enabled' if enabled else 'disabled'}; {applied}")
 
 
 @provider_app.command("enable")
@@ -321,13 +335,14 @@ def provider_remove(name: str, nats_url: NatsOpt = None, home: HomeOpt = None) -
     """Remove a provider."""
     from codeswitch.admin import delete_provider
 
-    async def go(nc: Any) -> bool:
-        return await delete_provider(nc, name)
+    async def go(nc: Any) -> str | None:
+        return await _applied(nc) if await delete_provider(nc, name) else None
 
-    if not _with_nats(nats_url_for(home, nats_url), go):
+    applied = _with_nats(nats_url_for(home, nats_url), go)
+    if applied is None:
         err.print(f"[red]no provider named {name!r}[/]")
         raise typer.Exit(1)
-    console.print(f"provider [bold]{name}[/] removed")
+    console.print(f"provider [bold]{name}[/] removed; {applied}")
 
 
 @provider_app.command("status")
@@ -445,9 +460,9 @@ def use(
         err.print("[red]name a provider, or pass --clear[/]")
         raise typer.Exit(2)
 
-    async def go(nc: Any) -> str | None:
+    async def go(nc: Any) -> tuple[str | None, str]:
         if provider and not clear and await get_provider(nc, provider) is None:
-            return f"no provider named {provider!r}"
+            return f"no provider named {provider!r}", ""
         current: ActiveProviders = await get_setting(nc, "active")
         by_app = dict(current.by_app)
         for a in apps:
@@ -456,14 +471,14 @@ def use(
             else:
                 by_app[a] = provider  # type: ignore[assignment]
         await put_setting(nc, "active", ActiveProviders(by_app=by_app))
-        return None
+        return None, await _applied(nc)
 
-    problem = _with_nats(nats_url_for(home, nats_url), go)
+    problem, applied = _with_nats(nats_url_for(home, nats_url), go)
     if problem:
         err.print(f"[red]{problem}[/]")
         raise typer.Exit(1)
     what = "normal routing" if clear else f"[bold]{provider}[/] first"
-    console.print(f"{', '.join(apps)}: {what} (takes effect on the next request)")
+    console.print(f"{', '.join(apps)}: {what}; {applied}")
 
 
 @app.command()
@@ -482,22 +497,22 @@ def unified(
         err.print("[red]state must be on, off or show[/]")
         raise typer.Exit(2)
 
-    async def go(nc: Any) -> UnifiedUpstream:
+    async def go(nc: Any) -> tuple[UnifiedUpstream, str]:
         current: UnifiedUpstream = await get_setting(nc, "unified")
         if state == "show":
-            return current
+            return current, ""
         new = UnifiedUpstream(enabled=state == "on", url=url or current.url,
                               token=token if token is not None else current.token)
         await put_setting(nc, "unified", new)
-        return new
+        return new, "; " + await _applied(nc)
 
     try:
-        result = _with_nats(nats_url_for(home, nats_url), go)
+        result, applied = _with_nats(nats_url_for(home, nats_url), go)
     except ValueError as exc:
         err.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from None
     console.print(f"unified upstream: {'[green]on[/]' if result.enabled else 'off'} "
-                  f"({result.url}, token {'set' if result.token else 'not set'})")
+                  f"({result.url}, token {'set' if result.token else 'not set'}){applied}")
 
 
 # -- tail ------------------------------------------------------------------------------------

@@ -155,13 +155,18 @@ def test_cli_providers_and_tail_against_running_gateway(tmp_path: Path,
         second = next(p for p in listed if p["name"] == "second")
         assert "SECRET" not in second["api_key"] and second["api_key"].endswith("abcd")
         assert second["timeouts"]["idle"] == 42 and second["weight"] == 3
-        assert cli("provider", "disable", "fake").returncode == 0
+        disabled = cli("provider", "disable", "fake")
+        # the command returns once the running router uses the change: no sleep needed
+        assert disabled.returncode == 0 and "in effect on 1 router" in disabled.stdout
         with httpx.Client(timeout=30) as c:
             r = c.post(up.url + "/v1/messages", json={
                 "model": "claude-opus-4-8", "max_tokens": 5,
                 "messages": [{"role": "user", "content": "hi"}]})
             assert r.status_code == 503  # the only provider for the model is disabled
         assert cli("provider", "enable", "fake").returncode == 0
+        switched = cli("use", "fake", "--client", "claude")
+        assert switched.returncode == 0 and "in effect on 1 router" in switched.stdout, \
+            switched.stdout + switched.stderr
         tail = subprocess.Popen([*CLI, "tail", "--json", "-n", "1"], stdout=subprocess.PIPE,
                                 text=True, env={**os.environ, "CODESWITCH_HOME": str(up.home)})
         time.sleep(1.5)

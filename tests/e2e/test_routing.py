@@ -248,9 +248,12 @@ def test_two_router_processes_share_breakers_and_switches(nats_server: EmbeddedN
                 routers_seen.add(e.router or "")
             assert len(routers_seen) == 2, "both router processes took requests"
             # a run-time switch is seen by both routers on their next request
-            run_nats(nats_server.url, lambda nc: admin.put_setting(
-                nc, "active", ActiveProviders(by_app={"claude": "other"})))
-            time.sleep(0.3)
+            async def switch(nc: object) -> tuple[int, int]:
+                await admin.put_setting(nc, "active",  # type: ignore[arg-type]
+                                        ActiveProviders(by_app={"claude": "other"}))
+                return await admin.wait_applied(nc)  # type: ignore[arg-type]
+
+            assert run_nats(nats_server.url, switch) == (2, 2)
             served = {c.post("/v1/messages", json=BODY).headers["x-codeswitch-provider"]
                       for _ in range(20)}
             assert served == {"other"}

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -78,6 +79,8 @@ class Router:
         self._tasks: list[asyncio.Task[None]] = []
         self._bg: set[asyncio.Future[Any]] = set()
         self._stopping = False
+        # bucket -> the KV revision this router's copy reflects (told in the roll call)
+        self.applied: dict[str, int] = {}
         self.breakers = Breakers(self.circuits, self.settings, self.router_id)
         self.handled = 0
 
@@ -100,10 +103,12 @@ class Router:
         self.facts.start()
         kv = await js.key_value(bus.PROVIDERS_BUCKET)
         self._tasks.append(asyncio.create_task(
-            bus.follow_bucket(kv, self.table.apply, self.table.ready), name="providers"))
+            bus.follow_bucket(kv, self.table.apply, self.table.ready,
+                              self._progress(bus.PROVIDERS_BUCKET)), name="providers"))
         settings_kv = await js.key_value(bus.SETTINGS_BUCKET)
         self._tasks.append(asyncio.create_task(
-            bus.follow_bucket(settings_kv, self.settings.apply, self.settings.ready)))
+            bus.follow_bucket(settings_kv, self.settings.apply, self.settings.ready,
+                              self._progress(bus.SETTINGS_BUCKET))))
         self.circuits.kv = await js.key_value(bus.CIRCUITS_BUCKET)
         self._tasks.append(asyncio.create_task(
             bus.follow_bucket(self.circuits.kv, self.circuits.apply, self.circuits.ready)))
@@ -125,6 +130,11 @@ class Router:
         self._subs.append(await nc.subscribe(ROUTER_ROLLCALL, cb=self._on_rollcall))
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
         log.info("router %s ready (%d providers)", self.router_id, len(self.table.providers))
+
+    def _progress(self, bucket: str) -> Callable[[int], None]:
+        def seen(revision: int) -> None:
+            self.applied[bucket] = max(self.applied.get(bucket, 0), revision)
+        return seen
 
     async def _subscribe_work(self) -> None:
         self._work_sub = await self.js.subscribe(
@@ -191,7 +201,8 @@ class Router:
     async def _on_rollcall(self, msg: Msg) -> None:
         if not self._stopping:
             await msg.respond(msgspec.json.encode(
-                {"router": self.router_id, "in_flight": len(self._inflight)}))
+                {"router": self.router_id, "in_flight": len(self._inflight),
+                 "applied": self.applied}))
 
     async def _on_models(self, msg: Msg) -> None:
         await msg.respond(render_models(msg.data.decode() or "openai-chat",

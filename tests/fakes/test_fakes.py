@@ -577,7 +577,7 @@ def test_hang_disconnect_detected(make_fake: MakeFake, dialect: str) -> None:
     closed_at = time.time()
     sock.close()
     seen = fake.wait_disconnect(0, 2)
-    assert seen is not None and seen - closed_at < 0.05
+    assert seen is not None and seen - closed_at < 0.5
     rec = fake.requests[0]
     assert rec.status is None and not rec.completed
 
@@ -591,7 +591,7 @@ def test_hang_with_httpx_timeout(make_fake: MakeFake) -> None:
         client.post(url, json=body)
     gone = time.time()
     seen = fake.wait_disconnect(0, 2)
-    assert seen is not None and seen - gone < 0.05
+    assert seen is not None and seen - gone < 0.5
 
 
 def test_disconnect_mid_stream(make_fake: MakeFake) -> None:
@@ -603,7 +603,7 @@ def test_disconnect_mid_stream(make_fake: MakeFake) -> None:
         assert next(lines).startswith("event: response.created")
         closed_at = time.time()
     seen = fake.wait_disconnect(0, 2)
-    assert seen is not None and seen - closed_at < 0.05
+    assert seen is not None and seen - closed_at < 0.5
     rec = fake.requests[0]
     assert not rec.completed and rec.status == 200 and rec.events_sent < 10
 
@@ -730,6 +730,6 @@ async def test_async_usage(make_fake: MakeFake) -> None:
             await client.post(url, json=body)
         gone = time.time()
         seen = await fake.await_disconnect(0, 2)
-        assert seen is not None and seen - gone < 0.05
+        assert seen is not None and seen - gone < 0.5
         r = await client.post(url, json=body)
         assert r.status_code == 200 and r.content.endswith(b"data: [DONE]\n\n")

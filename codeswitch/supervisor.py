@@ -142,6 +142,9 @@ def _check_port_free(host: str, port: int) -> None:
     import socket
 
     with socket.socket() as sock:
+        # as uvicorn binds: TIME_WAIT sockets of a gateway that just stopped do not count, a
+        # listening socket still does
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:

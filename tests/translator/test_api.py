@@ -96,6 +96,43 @@ def test_custom_tool_call_comes_back_as_custom_for_codex() -> None:
     assert item["type"] == "custom_tool_call" and item["input"] == "*** Begin Patch"
 
 
+def test_namespace_tool_call_comes_back_with_its_namespace_for_codex() -> None:
+    # Codex 0.171 groups tools ({"type": "namespace"}); a call of a grouped tool must carry
+    # "namespace" or Codex answers "unsupported call: <name>".
+    fn = {"type": "function", "name": "close_agent", "parameters": {"type": "object"}}
+    body = {"model": "m", "input": "x", "stream": True, "tools": [
+        {"type": "namespace", "name": "multi_agent_v1", "tools": [fn]},
+        {"type": "function", "name": "exec_command", "parameters": {"type": "object"}}]}
+    prep = prepare("openai-responses", "anthropic", json.dumps(body).encode(), model="m",
+                   stream=True)
+    assert [t["name"] for t in json.loads(prep.body)["tools"]] == ["close_agent", "exec_command"]
+    msg = {"id": "msg_1", "stop_reason": "tool_use", "usage": {}, "content": [
+        {"type": "tool_use", "id": "toolu_1", "name": "close_agent", "input": {"target": "a"}},
+        {"type": "tool_use", "id": "toolu_2", "name": "exec_command", "input": {"cmd": "ls"}}]}
+    out = json.loads(translator.translate_response(
+        "anthropic", "openai-responses", json.dumps(msg).encode(), model="m", request_id="r",
+        context=prep.context))
+    assert [(i["name"], i.get("namespace")) for i in out["output"]] == [
+        ("close_agent", "multi_agent_v1"), ("exec_command", None)]
+    sse = b"".join(f"event: {d['type']}\ndata: {json.dumps(d)}\n\n".encode() for d in [
+        {"type": "message_start", "message": {"id": "msg_1", "model": "c", "content": [],
+                                              "usage": {"input_tokens": 1, "output_tokens": 1}}},
+        {"type": "content_block_start", "index": 0, "content_block": {
+            "type": "tool_use", "id": "toolu_1", "name": "close_agent", "input": {}}},
+        {"type": "content_block_delta", "index": 0,
+         "delta": {"type": "input_json_delta", "partial_json": "{}"}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {}},
+        {"type": "message_stop"}])
+    st = translator.StreamTranslator("anthropic", "openai-responses", model="m",
+                                     request_id="r", context=prep.context)
+    wire = (st.feed(sse) + st.close()).decode()
+    items = [json.loads(line[5:]) for line in wire.splitlines() if line.startswith("data:")]
+    added = [e["item"] for e in items if e["type"] == "response.output_item.added"]
+    done = [e["item"] for e in items if e["type"] == "response.output_item.done"]
+    assert added[0]["namespace"] == done[0]["namespace"] == "multi_agent_v1"
+
+
 def test_gemini_cli_request_to_chat() -> None:
     body = {"contents": [{"role": "user", "parts": [{"text": "route"}]}],
             "generationConfig": {"responseMimeType": "application/json",

@@ -85,6 +85,8 @@ class TranslationContext(msgspec.Struct, kw_only=True):
     provider_dialect: str
     tool_names: dict[str, str] = msgspec.field(default_factory=dict)  # provider -> client
     custom_tools: list[str] = msgspec.field(default_factory=list)  # provider-side names
+    # provider-side name -> Responses namespace group (Codex `namespace` tools, flattened)
+    tool_namespaces: dict[str, str] = msgspec.field(default_factory=dict)
     include_usage: bool = True  # Chat clients: send the usage chunk
     dropped: list[str] = msgspec.field(default_factory=list)
 
@@ -155,6 +157,8 @@ def prepare(client_dialect: str, provider_dialect: str, body: bytes, *, model: s
     ctx = TranslationContext(client_dialect=client_dialect, provider_dialect=provider_dialect,
                              tool_names=names,
                              custom_tools=[t.name for t in req.tools if t.kind == "custom"],
+                             tool_namespaces={t.name: t.namespace for t in req.tools
+                                              if t.namespace},
                              include_usage=include_usage, dropped=req.dropped)
     return Prepared(dumps(out), ctx)
 
@@ -182,6 +186,7 @@ def _fix_response(resp: Response, ctx: TranslationContext | None, client: str) -
         for c in calls:
             if c.name in ctx.custom_tools:
                 c.kind = "custom"
+            c.namespace = ctx.tool_namespaces.get(c.name)
             c.name = ctx.tool_names.get(c.name, c.name)
 
 
@@ -318,6 +323,7 @@ class StreamTranslator:
             if self._ctx is not None:
                 if ev.name in self._ctx.custom_tools:
                     ev.kind = "custom"
+                ev.namespace = self._ctx.tool_namespaces.get(ev.name)
                 ev.name = self._ctx.tool_names.get(ev.name, ev.name)
         elif isinstance(ev, StreamFinish):
             if ev.reason == "end_turn" and self._saw_tool:

@@ -92,6 +92,7 @@ class ToolCall(_S):
     kind: str = "function"  # "function" | "custom" (Responses free-form tool)
     signature: str | None = None  # Gemini thoughtSignature attached to this call
     item_id: str | None = None  # Responses fc_... id
+    namespace: str | None = None  # Responses: the `namespace` tool group the tool came from
 
 
 class ToolResult(_S):
@@ -130,6 +131,7 @@ class Tool(_S):
     kind: str = "function"  # "function" | "custom"
     strict: bool | None = None
     extra: dict[str, Any] | None = None  # custom tool format, cache_control
+    namespace: str | None = None  # Responses `namespace` group (Codex), flattened elsewhere
 
 
 class ToolChoice(_S):
@@ -224,6 +226,7 @@ class StreamToolStart(_S):
     name: str
     kind: str = "function"
     signature: str | None = None
+    namespace: str | None = None
 
 
 class StreamToolArgs(_S):

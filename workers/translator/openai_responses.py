@@ -204,9 +204,15 @@ def _decode_tool(t: dict[str, Any], req: Request) -> None:
     elif kind == "custom":
         req.tools.append(Tool(name=t.get("name") or "", description=t.get("description"),
                               kind="custom", extra={"format": t.get("format")}))
-    elif kind == "namespace":  # GUESS at Codex's grouping shape: flatten its function tools
+    elif kind == "namespace":
+        # Codex groups tools ({"type":"namespace","name":"multi_agent_v1","tools":[...]}).
+        # Other dialects get the inner tools flat; the group name is kept so the calls going
+        # back to the client carry "namespace" (without it Codex answers "unsupported call").
+        start = len(req.tools)
         for inner in t.get("tools") or []:
             _decode_tool(inner, req)
+        for tool in req.tools[start:]:
+            tool.namespace = tool.namespace or t.get("name")
     else:
         req.dropped.append(f"hosted tool {kind}")
 
@@ -415,9 +421,12 @@ def _call_item(p: ToolCall, status: str = "completed") -> dict[str, Any]:
         return {"type": "custom_tool_call", "id": "ctc_" + p.id.removeprefix("call_"),
                 "status": status, "call_id": p.id, "name": p.name,
                 "input": str(args.get("input", ""))}
-    return {"type": "function_call", "id": p.item_id or "fc_" + p.id.removeprefix("call_"),
+    item = {"type": "function_call", "id": p.item_id or "fc_" + p.id.removeprefix("call_"),
             "status": status, "arguments": p.arguments or "{}", "call_id": p.id,
             "name": p.name}
+    if p.namespace:
+        item["namespace"] = p.namespace
+    return item
 
 
 def _response_doc(rid: str, model: str, created: int, status: str, reason: str | None,
@@ -716,7 +725,8 @@ class StreamEncoder:
             if ev.signature:
                 out.append(self.encode(StreamSignature(signature=ev.signature, source="gemini")))
             out += self._close_cur()
-            call = ToolCall(id=ev.id, name=ev.name, arguments="", kind=ev.kind)
+            call = ToolCall(id=ev.id, name=ev.name, arguments="", kind=ev.kind,
+                            namespace=ev.namespace)
             it = self._new("call", "fc" if ev.kind != "custom" else "ctc", call)
             self._tools[ev.key] = it
             item = _call_item(call, "in_progress")

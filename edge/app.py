@@ -373,9 +373,13 @@ class EdgeApp:
                           state: dict[str, Any], length: int | None) -> None:
         state["status"] = start.status
         state["provider"] = start.provider
+        rid = env.request_id.encode()
+        # the SDKs and CLIs show request-id (Anthropic) / x-request-id (OpenAI, Codex) in their
+        # errors: make that our id, the one `codeswitch log` knows (the provider's own id is in
+        # x-upstream-request-id)
         raw = [
             (b"content-type", start.content_type.encode("latin-1")),
-            (b"x-codeswitch-request-id", env.request_id.encode()),
+            (b"x-codeswitch-request-id", rid), (b"x-request-id", rid), (b"request-id", rid),
         ]
         if start.provider:
             raw.append((b"x-codeswitch-provider", start.provider.encode("latin-1")))
@@ -445,7 +449,9 @@ async def _respond(send: Send, status: int, body: bytes,
     headers = [(b"content-type", content_type.encode()),
                (b"content-length", str(len(body)).encode())]
     if request_id:
-        headers.append((b"x-codeswitch-request-id", request_id.encode()))
+        rid = request_id.encode()
+        headers += [(b"x-codeswitch-request-id", rid), (b"x-request-id", rid),
+                    (b"request-id", rid)]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 

@@ -90,15 +90,21 @@ def test_claude_code_session(world: World,
         _check_upstream(provider, fake.requests[-1].json)
 
 
+CODEX_RECORDED = "codex_0.171.0_recorded"  # a real Codex CLI's request, headers included
+
+
+@pytest.mark.parametrize("sample", ["codex_request", CODEX_RECORDED])
 @pytest.mark.parametrize("provider", DIALECTS)
-def test_codex_turn(world: World, provider: str) -> None:
+def test_codex_turn(world: World, provider: str, sample: str) -> None:
     gw, fakes = world
     fake = only(gw, fakes, provider)
-    raw = (CLIENTS / "codex_request.json").read_bytes()
+    raw = (CLIENTS / f"{sample}.json").read_bytes()
+    headers = {"authorization": "Bearer anything", "originator": "codex_cli_rs",
+               "session-id": "5e6f7a8b-2222", "accept-encoding": "zstd,gzip"}
+    if sample == CODEX_RECORDED:
+        headers = json.loads((CLIENTS / f"{sample}.headers.json").read_text())
     with gw.client() as c:
-        r = c.post("/v1/responses", content=raw, headers={
-            "authorization": "Bearer anything", "originator": "codex_cli_rs",
-            "session-id": "5e6f7a8b-2222", "accept-encoding": "zstd,gzip"})
+        r = c.post("/v1/responses", content=raw, headers=headers)
     assert r.status_code == 200, r.text[:500]
     events = _events(r.content)
     types = [d["type"] for _, d in events]

@@ -59,6 +59,8 @@ def test_anthropic_sdk(gateway: Gateway, fakes: dict[str, FakeUpstream], stream:
         assert raw.headers["x-codeswitch-provider"] == "anthropic"
         assert raw.headers["x-codeswitch-request-id"]
         final = raw.parse()
+        # the SDK reads request-id: ours, not the provider's (that one is x-upstream-request-id)
+        assert final._request_id == raw.headers["x-codeswitch-request-id"]
         text = "".join(b.text for b in final.content if b.type == "text")
     assert text and final.stop_reason == "end_turn"
     assert final.usage.input_tokens == 25 and final.usage.output_tokens == 15

@@ -254,6 +254,8 @@ def test_unreadable_upstream_answer_falls_back_or_is_a_dialect_502(world: World,
                                    messages=[{"role": "user", "content": "hi"}])
     assert info.value.status_code == 502
     assert "unreadable" in str(info.value) or "upstream" in str(info.value)
+    # the SDK's own error names our request id, the one `codeswitch log` shows
+    assert info.value.request_id == info.value.response.headers["x-codeswitch-request-id"]
     # with a second provider, the client never sees it
     from schemas.config import ProviderConfig
 

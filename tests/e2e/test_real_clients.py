@@ -126,15 +126,21 @@ def test_codex_turn(world: World, provider: str, sample: str) -> None:
         _check_upstream(provider, fake.requests[-1].json)
 
 
+GEMINI_RECORDED = "gemini_cli_0.61.0_recorded"  # a real Gemini CLI's tool turn
+
+
+@pytest.mark.parametrize("sample", ["gemini_cli_request", GEMINI_RECORDED])
 @pytest.mark.parametrize("provider", DIALECTS)
-def test_gemini_cli_turn(world: World, provider: str) -> None:
+def test_gemini_cli_turn(world: World, provider: str, sample: str) -> None:
     gw, fakes = world
     fake = only(gw, fakes, provider)
-    body = json.loads((CLIENTS / "gemini_cli_request.json").read_text())
+    body = json.loads((CLIENTS / f"{sample}.json").read_text())
+    headers = {"x-goog-api-key": "anything", "user-agent": "GeminiCLI/0.61.0 (linux; x64)"}
+    if sample == GEMINI_RECORDED:
+        headers = json.loads((CLIENTS / f"{sample}.headers.json").read_text())
     with gw.client() as c:
         r = c.post("/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse", json=body,
-                   headers={"x-goog-api-key": "anything",
-                            "user-agent": "GeminiCLI/0.61.0 (linux; x64)"})
+                   headers=headers)
     assert r.status_code == 200, r.text[:500]
     events = _events(r.content)
     assert all(name is None for name, _ in events), "Gemini SSE is data-only"
@@ -145,8 +151,20 @@ def test_gemini_cli_turn(world: World, provider: str) -> None:
     assert text
     assert chunks[-1]["usageMetadata"]["totalTokenCount"] > 0
     sent = fake.requests[-1].json
-    _check_upstream(provider, sent)
-    if provider == "gemini":  # pass-through: Gemini CLI's signature reaches Gemini unchanged
+    if provider == "gemini":  # pass-through: the body reaches Gemini as the CLI sent it
+        assert sent == body
+    else:
+        _check_upstream(provider, sent)
+    if sample == GEMINI_RECORDED:
+        call, result = body["contents"][-2]["parts"][0], body["contents"][-1]["parts"][0]
+        if provider == "gemini":  # unchanged, the call's thoughtSignature included
+            assert sent["contents"][-2:] == body["contents"][-2:]
+        else:  # the call and its output survive translation
+            blob = json.dumps(sent)
+            assert call["functionCall"]["name"] in blob and "cs-tool-ok" in blob
+            assert call["thoughtSignature"] not in blob, "a Gemini signature stays with Gemini"
+        assert result["functionResponse"]["name"] == "run_shell_command"
+    elif provider == "gemini":  # pass-through: Gemini CLI's signature reaches Gemini unchanged
         assert sent["contents"][1]["parts"][0]["thoughtSignature"] == \
             "skip_thought_signature_validator"
     else:  # the tool round trip survives translation

@@ -88,6 +88,8 @@ def test_request_round_trip_keeps_meaning(a: str, b: str, data: st.DataObject) -
     req = data.draw(requests(with_errors={a, b} <= {"anthropic", "gemini"}))
     body = json.dumps(_MODULES[a].encode_request(req, model="m", stream=False)).encode()
     original = meaning(decode_request(a, body))
+    if b == "anthropic" and original["temperature"] is not None:
+        original["top_p"] = None  # Anthropic gets temperature or top_p, never both
     there = prepare(a, b, body, model="m", stream=False).body
     back = prepare(b, a, there, model="m", stream=False).body
     assert meaning(decode_request(a, back)) == original

@@ -59,6 +59,7 @@ _STATUS_OF_TYPE = {"invalid_request_error": 400, "authentication_error": 401,
                    "timeout_error": 504, "overloaded_error": 529}
 _DROPPED = ("context_management", "container", "mcp_servers", "service_tier")
 _DEFAULT_MAX_TOKENS = 8192
+_MAX_OUTPUT = 32000  # Claude Opus 4.1 is the lowest current cap
 
 
 def status_of_type(kind: str | None) -> int:
@@ -247,7 +248,17 @@ def encode_request(req: Request, *, model: str, stream: bool) -> dict[str, Any]:
             tc["disable_parallel_tool_use"] = True
         if req.tools or mode == "none":
             doc["tool_choice"] = tc
-    thinking = _thinking(req, messages, doc["max_tokens"])
+    if req.max_tokens is None:
+        # No client limit: leave room for the thinking budget *and* a normal answer (a default
+        # of 8192 would clamp the budget to 8191 and leave the answer about one token), within
+        # the 32k output every current Claude model takes.
+        thinking = _thinking(req, messages, 1 << 30)  # no cap yet; capped just below
+        if thinking is not None and thinking["type"] == "enabled":
+            total = min(thinking["budget_tokens"] + _DEFAULT_MAX_TOKENS, _MAX_OUTPUT)
+            thinking["budget_tokens"] = max(1024, min(thinking["budget_tokens"], total - 4096))
+            doc["max_tokens"] = total
+    else:
+        thinking = _thinking(req, messages, doc["max_tokens"])
     if thinking is not None:
         doc["thinking"] = thinking
     else:
@@ -255,7 +266,8 @@ def encode_request(req: Request, *, model: str, stream: bool) -> dict[str, Any]:
             doc["temperature"] = min(max(req.temperature, 0.0), 1.0)
         if req.top_k is not None:
             doc["top_k"] = req.top_k
-    if req.top_p is not None and thinking is None:
+    if req.top_p is not None and thinking is None and "temperature" not in doc:
+        # Claude 4.5+ models reject temperature and top_p together (400); temperature wins.
         doc["top_p"] = req.top_p
     if req.stop:
         doc["stop_sequences"] = req.stop
@@ -296,8 +308,11 @@ def _thinking(req: Request, messages: list[dict[str, Any]],
         return None  # a tool loop started without a signed thinking block cannot enable it
     if th is not None and th.adaptive:
         return {"type": "adaptive"}
-    budget = th.budget_tokens if th and th.budget_tokens and th.budget_tokens > 0 else (
-        budget_for_effort((th.effort if th else None) or effort))
+    if th and th.budget_tokens and th.budget_tokens > 0:
+        budget = th.budget_tokens  # the client's own number
+    else:  # from an effort level: keep at least half of the client's limit for the answer
+        budget = min(budget_for_effort((th.effort if th else None) or effort),
+                     max(1024, max_tokens // 2))
     budget = max(1024, min(budget, max_tokens - 1))
     if budget >= max_tokens:
         return None

@@ -205,7 +205,9 @@ def decode_request(doc: dict[str, Any]) -> Request:
     req.top_k = _g(gc, "topK", "top_k")
     req.stop = _g(gc, "stopSequences", "stop_sequences") or None
     req.seed = gc.get("seed")
-    schema = _g(gc, "responseJsonSchema", "response_json_schema")
+    # Gemini CLI puts OpenAPI-style UPPERCASE types ("OBJECT", "STRING") in responseJsonSchema
+    # too (Gemini accepts them); other providers need JSON Schema's lower-case type names.
+    schema = _lower_types(_g(gc, "responseJsonSchema", "response_json_schema"))
     if schema is None and _g(gc, "responseSchema", "response_schema") is not None:
         schema = _lower_types(_g(gc, "responseSchema", "response_schema"))
     if _g(gc, "responseMimeType", "response_mime_type") == "application/json" or schema:
@@ -523,6 +525,9 @@ class StreamEncoder:
         self.id = request_id
         self._tools: dict[int | str, list[Any]] = {}  # key -> [id, name, args parts]
         self._carried: str | None = None
+        # Thought text of the current reasoning block: Gemini clients do not echo thought
+        # parts, so a foreign signature must carry its text (Anthropic checks the pair).
+        self._thought: list[str] = []
         self._usage: Usage | None = None
         self._finish: StreamFinish | None = None
 
@@ -542,12 +547,15 @@ class StreamEncoder:
         if isinstance(ev, StreamText) and ev.text:
             return self._chunk([{"text": ev.text}])
         if isinstance(ev, StreamReasoning) and ev.text:
+            self._thought.append(ev.text)
             return self._chunk([{"text": ev.text, "thought": True}])
         if isinstance(ev, StreamSignature):
             if ev.source != DIALECT:
-                self._carried = carry(Reasoning(signature=ev.signature, redacted=ev.redacted,
+                self._carried = carry(Reasoning(text="".join(self._thought),
+                                                signature=ev.signature, redacted=ev.redacted,
                                                 encrypted=ev.encrypted, source=ev.source,
                                                 item_id=ev.item_id))
+            self._thought = []
             return b""
         if isinstance(ev, StreamToolStart):
             self._tools[ev.key] = [ev.id, ev.name, [], ev.signature]

@@ -16,7 +16,7 @@ from google.genai import types as gtypes
 from schemas.events import RequestCompleted
 from tests.e2e.conftest import CLIENT_KEY, DIALECTS, World, only
 from tests.e2e.gateway import Gateway, event_count, events
-from tests.fakes.upstream import DEFAULT_TEXT, FAKE_TOOL_CALLS, Behavior
+from tests.fakes.upstream import DEFAULT_TEXT, FAKE_COUNT_TOKENS, FAKE_TOOL_CALLS, Behavior
 
 PAIRS = [(c, p) for c in DIALECTS for p in DIALECTS if c != p]
 MODEL = "any-model-1"
@@ -230,6 +230,36 @@ def test_count_tokens_estimated_for_providers_without_it(
                                          messages=[{"role": "user", "content": "hello"}])
     assert raw.parse().input_tokens > small.input_tokens > 0
     assert len(fakes["openai-chat"].requests) == 0  # nothing was sent upstream
+
+
+def test_count_tokens_asks_a_provider_of_another_dialect_that_counts(world: World) -> None:
+    """Claude Code's count_tokens on a Gemini provider, and Gemini CLI's countTokens on an
+    Anthropic one: the provider's own count of the translated request, not an estimate; when
+    that count fails, the estimate, marked."""
+    gw, fakes = world
+    fake = only(gw, fakes, "gemini")
+    client = anthropic.Anthropic(base_url=gw.url, api_key=CLIENT_KEY, max_retries=0)
+    raw = client.messages.with_raw_response.count_tokens(
+        model=MODEL, system="be brief", messages=[{"role": "user", "content": "hello"}])
+    assert raw.parse().input_tokens == FAKE_COUNT_TOKENS
+    assert "x-codeswitch-estimate" not in raw.headers
+    (sent,) = fake.requests
+    assert sent.path.endswith(":countTokens")
+    assert sent.json["generateContentRequest"]["systemInstruction"]["parts"][0]["text"] == \
+        "be brief"
+    fake.push(Behavior(status=500))
+    raw = client.messages.with_raw_response.count_tokens(
+        model=MODEL, messages=[{"role": "user", "content": "hello"}])
+    assert raw.headers["x-codeswitch-estimate"] == "true" and raw.parse().input_tokens > 0
+
+    fake = only(gw, fakes, "anthropic")
+    gclient = genai.Client(api_key=CLIENT_KEY,
+                           http_options=gtypes.HttpOptions(base_url=gw.url))
+    got = gclient.models.count_tokens(model="gemini-2.5-pro", contents="hello there")
+    assert got.total_tokens == FAKE_COUNT_TOKENS
+    (sent,) = fake.requests
+    assert sent.path == "/v1/messages/count_tokens"
+    assert "max_tokens" not in sent.json and sent.json["messages"][0]["role"] == "user"
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])

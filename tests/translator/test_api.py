@@ -160,6 +160,39 @@ def test_count_tokens_estimate_grows_with_content() -> None:
     assert with_tools > small
 
 
+def test_count_request_for_a_provider_that_counts() -> None:
+    """A count goes to the provider's own count endpoint, translated, with only the fields
+    that endpoint takes (no max_tokens, stream or sampling)."""
+    body = {"model": "claude-x", "system": "be brief", "messages": [
+        {"role": "user", "content": "hello"}], "tools": [
+        {"name": "ls", "description": "list", "input_schema": {"type": "object"}}]}
+    to_gemini = json.loads(translator.count_tokens_request(
+        "anthropic", "gemini", json.dumps(body).encode(), model="gemini-2.5-pro"))
+    inner = to_gemini["generateContentRequest"]
+    assert list(to_gemini) == ["generateContentRequest"]
+    assert inner["model"] == "models/gemini-2.5-pro"
+    assert inner["contents"] == [{"role": "user", "parts": [{"text": "hello"}]}]
+    assert inner["systemInstruction"]["parts"][0]["text"] == "be brief"
+    assert inner["tools"][0]["functionDeclarations"][0]["name"] == "ls"
+    assert "generationConfig" not in inner
+    gem = {"generateContentRequest": {"model": "models/g", "contents": [
+        {"role": "user", "parts": [{"text": "hi"}]}],
+        "systemInstruction": {"parts": [{"text": "sys"}]}}}
+    to_claude = json.loads(translator.count_tokens_request(
+        "gemini", "anthropic", json.dumps(gem).encode(), model="claude-sonnet-4-5"))
+    assert set(to_claude) == {"model", "messages", "system"}
+    assert to_claude["messages"][0]["content"][0]["text"] == "hi"
+    assert count_tokens_estimate("gemini", json.dumps(gem).encode()) > 0
+    with pytest.raises(TranslationError):
+        translator.count_tokens_request("anthropic", "openai-chat", json.dumps(body).encode(),
+                                        model="m")
+    assert translator.count_tokens_result("anthropic", b'{"input_tokens": 17}') == 17
+    assert translator.count_tokens_result("gemini", b'{"totalTokens": 9}') == 9
+    for bad in (b'{"totalTokens": "9"}', b'{"input_tokens": -1}', b"[]"):
+        with pytest.raises(TranslationError):
+            translator.count_tokens_result("gemini" if b"total" in bad else "anthropic", bad)
+
+
 def test_malformed_upstream_stream_events_raise_a_typed_502() -> None:
     """Garbage from a provider is its protocol error, typed, whatever the pair: the router
     falls back before content or fails the stream after (seen by fuzzing: these used to escape

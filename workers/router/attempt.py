@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from workers.router.upstream import (
 from workers.translator import TranslationContext, TranslationError
 from workers.translator.errors import error_body, stream_error
 from workers.translator.usage import UsageTracker
+
+log = logging.getLogger("codeswitch.router")
 
 __all__ = ["Attempt", "Caller", "keep_headers"]
 
@@ -84,6 +87,12 @@ class Caller:
         stream = env.stream and env.operation == "generate"
         try:
             if env.operation == "count_tokens" and not same:
+                if p.dialect in translator.COUNTING_DIALECTS:
+                    try:  # the provider's own count of the translated request
+                        await self._count_upstream(env, body, att, reply)
+                        return
+                    except Exception as exc:
+                        log.info("count via %s failed (%s); estimating", p.name, exc)
                 await self._estimate_tokens(env, body, att, reply)
                 return
             if same:
@@ -303,14 +312,40 @@ class Caller:
         except Exception:
             pass
 
+    async def _count_upstream(self, env: RequestEnvelope, body: bytes, att: Attempt,
+                              reply: Reply) -> None:
+        """A count request for a provider of another dialect that has a count endpoint of its
+        own (Anthropic, Gemini): translate, ask it, answer in the client's shape. Any failure
+        raises, and the caller answers with the estimate instead."""
+        cand = att.candidate
+        p = cand.provider
+        up_body = translator.count_tokens_request(env.dialect, p.dialect, body,
+                                                  model=cand.upstream_model)
+        url = upstream_url(p, operation="count_tokens", model=cand.upstream_model,
+                           stream=False, query="", sse=False)
+        limit = min(p.timeouts.first_byte, 30.0)
+        timeout = aiohttp.ClientTimeout(total=limit, sock_connect=p.timeouts.connect)
+        async with self.http.request("POST", url, data=up_body, timeout=timeout,
+                                     headers=upstream_headers(p, env.headers,
+                                                              same_dialect=False)) as resp:
+            raw = await resp.read()
+            if resp.status != 200:
+                raise UpstreamFailure(f"http_{resp.status}", "count failed", resp.status)
+        await self._answer_count(env, att, reply, translator.count_tokens_result(p.dialect, raw),
+                                 {})
+
     async def _estimate_tokens(self, env: RequestEnvelope, body: bytes, att: Attempt,
                                reply: Reply) -> None:
-        tokens = translator.count_tokens_estimate(env.dialect, body)
+        await self._answer_count(env, att, reply,
+                                 translator.count_tokens_estimate(env.dialect, body),
+                                 {"x-codeswitch-estimate": "true"})
+
+    async def _answer_count(self, env: RequestEnvelope, att: Attempt, reply: Reply,
+                            tokens: int, headers: dict[str, str]) -> None:
         doc: dict[str, Any] = ({"totalTokens": tokens} if env.dialect == "gemini"
                                else {"input_tokens": tokens})
         await reply.full(ReplyStart(status=200, provider=att.candidate.provider.name,
-                                    headers={"x-codeswitch-estimate": "true"}),
-                         _enc.encode(doc))
+                                    headers=headers), _enc.encode(doc))
         att.status, att.outcome, att.committed = 200, "ok", True
 
 

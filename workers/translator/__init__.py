@@ -57,6 +57,7 @@ from .sse import SSEDecoder, SSEEvent
 from .usage import UsageTracker
 
 __all__ = [
+    "COUNTING_DIALECTS",
     "Prepared",
     "SSEDecoder",
     "SSEEvent",
@@ -66,6 +67,8 @@ __all__ = [
     "UsageTracker",
     "can_translate",
     "count_tokens_estimate",
+    "count_tokens_request",
+    "count_tokens_result",
     "prepare",
     "translate_error",
     "translate_request",
@@ -378,11 +381,51 @@ def _json_docs(data: str) -> list[Any]:
 _IMAGE_TOKENS = 1600  # Anthropic's upper bound for a ~1.15 MP image; a fixed guess
 
 
+COUNTING_DIALECTS = ("anthropic", "gemini")  # providers with a count endpoint of their own
+_ANTHROPIC_COUNT_KEYS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
+_GEMINI_COUNT_KEYS = ("contents", "systemInstruction", "tools", "toolConfig")
+
+
+def _count_body(client_dialect: str, body: bytes) -> bytes:
+    """Gemini's countTokens takes ``{"contents"}`` or ``{"generateContentRequest": {...}}``
+    (the latter with system instruction and tools); both read as a request body."""
+    if client_dialect == "gemini":
+        doc = _doc(body)
+        inner = doc.get("generateContentRequest") or doc.get("generate_content_request")
+        if isinstance(inner, dict):
+            return dumps(inner)
+    return body
+
+
+def count_tokens_request(client_dialect: str, provider_dialect: str, body: bytes, *,
+                         model: str) -> bytes:
+    """A client's count request as the body of the provider's own count endpoint (Anthropic
+    ``/v1/messages/count_tokens``, Gemini ``:countTokens``): the same translation as a
+    generation request, then only the fields that endpoint takes."""
+    if provider_dialect not in COUNTING_DIALECTS:
+        raise TranslationError(f"{provider_dialect} has no count endpoint")
+    doc = loads(prepare(client_dialect, provider_dialect, _count_body(client_dialect, body),
+                        model=model, stream=False).body)
+    if provider_dialect == "anthropic":
+        return dumps({k: doc[k] for k in _ANTHROPIC_COUNT_KEYS if k in doc})
+    inner = {k: doc[k] for k in _GEMINI_COUNT_KEYS if k in doc}
+    return dumps({"generateContentRequest": {"model": f"models/{model}", **inner}})
+
+
+def count_tokens_result(provider_dialect: str, raw: bytes) -> int:
+    """The count out of the provider's answer (``input_tokens`` / ``totalTokens``)."""
+    doc = _doc(raw)
+    value = doc.get("input_tokens" if provider_dialect == "anthropic" else "totalTokens")
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise TranslationError(f"no token count in the {provider_dialect} answer", 502)
+    return value
+
+
 def count_tokens_estimate(client_dialect: str, body: bytes) -> int:
     """An estimate for providers without count_tokens: ceil(characters / 4) over every text,
     tool argument, tool result and tool definition (name, description, JSON schema), plus 4
     tokens per message and 1600 per image. Documented in docs/translator.md; not exact."""
-    req = decode_request(client_dialect, body)
+    req = decode_request(client_dialect, _count_body(client_dialect, body))
     chars = sum(len(t.text) for t in req.system)
     tokens = 0
     for m in req.messages:

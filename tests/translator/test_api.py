@@ -160,6 +160,25 @@ def test_count_tokens_estimate_grows_with_content() -> None:
     assert with_tools > small
 
 
+def test_claude_code_user_id_reaches_openai_providers_as_an_opaque_short_id() -> None:
+    """Claude Code's metadata.user_id is a ~150-character JSON string with a device id: OpenAI
+    takes at most 64 characters, and no device id should reach a third party."""
+    long_id = json.dumps({"device_id": "d" * 64, "account_uuid": "", "session_id": "s" * 36})
+    body = {"model": "m", "max_tokens": 5, "metadata": {"user_id": long_id},
+            "messages": [{"role": "user", "content": "hi"}]}
+    seen = set()
+    for target in ("openai-chat", "openai-responses"):
+        out = json.loads(prepare("anthropic", target, json.dumps(body).encode(), model="m",
+                                 stream=False).body)
+        assert len(out["user"]) <= 64 and "d" * 8 not in out["user"]
+        seen.add(out["user"])
+    assert len(seen) == 1  # stable: the same user is the same id everywhere
+    body["metadata"]["user_id"] = "alice"
+    out = json.loads(prepare("anthropic", "openai-chat", json.dumps(body).encode(), model="m",
+                             stream=False).body)
+    assert out["user"] == "alice"
+
+
 def test_count_request_for_a_provider_that_counts() -> None:
     """A count goes to the provider's own count endpoint, translated, with only the fields
     that endpoint takes (no max_tokens, stream or sampling)."""

@@ -634,3 +634,31 @@ def test_edge_25_sse_framing_variants() -> None:
     anth = sse_wire("anthropic_stream_text.sse").replace(b"\n", b"\r")
     got = read_stream("openai-chat", translate_stream("anthropic", "openai-chat", anth, size=4))
     assert got.text == read_stream("anthropic", sse_wire("anthropic_stream_text.sse")).text
+
+
+def test_chat_reasoning_content_comes_back_on_tool_call_turns() -> None:
+    # DeepSeek thinking mode streams reasoning_content and a tool call to Claude Code; Claude
+    # Code echoes the (unsigned) thinking block; DeepSeek wants it back on that turn, else 400.
+    body = chat_sse(choice({"role": "assistant", "reasoning_content": "run it"}),
+                    choice({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                            "function": {"name": "Bash", "arguments": "{}"}}]}),
+                    choice({}, "tool_calls"))
+    evs = events(translate_stream("openai-chat", "anthropic", body))
+    thinking = next(d["content_block"] for _, d in evs if d["type"] == "content_block_start"
+                    and d["content_block"]["type"] == "thinking")
+    history = {"model": "m", "max_tokens": 100, "messages": [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": [
+            {**thinking, "thinking": "run it"},
+            {"type": "tool_use", "id": "call_1", "name": "Bash", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1",
+                                      "content": "ok"}]}]}
+    c = req("anthropic", "openai-chat", history)
+    turn = next(m for m in c["messages"] if m["role"] == "assistant")
+    assert turn["reasoning_content"] == "run it"
+    assert turn["tool_calls"][0]["id"] == "call_1"
+    # Anthropic's own signed thinking is not handed to a Chat provider.
+    history["messages"][1]["content"][0]["signature"] = "EuYBCkQYAiJA"
+    turn = next(m for m in req("anthropic", "openai-chat", history)["messages"]
+                if m["role"] == "assistant")
+    assert "reasoning_content" not in turn

@@ -105,3 +105,22 @@ def test_thinking_without_client_max_tokens_leaves_room_for_the_answer() -> None
     out = json.loads(prepare("gemini", "anthropic", json.dumps(body).encode(),
                              model="claude-sonnet-4-5", stream=True).body)
     assert out["max_tokens"] == 3000 and out["thinking"]["budget_tokens"] == 2500
+
+
+def test_no_sampling_parameters_next_to_reasoning_for_openai() -> None:
+    """Gemini CLI always sends temperature 1 / topP 0.95 with a thinking level; OpenAI's
+    reasoning models answer 400 to sampling parameters next to reasoning."""
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+            "generationConfig": {"temperature": 1, "topP": 0.95,
+                                 "thinkingConfig": {"thinkingLevel": "HIGH"}}}
+    for target, effort_key in (("openai-responses", "reasoning"),
+                               ("openai-chat", "reasoning_effort")):
+        prep = prepare("gemini", target, json.dumps(body).encode(), model="gpt-5", stream=True)
+        out = json.loads(prep.body)
+        assert effort_key in out and "temperature" not in out and "top_p" not in out, target
+        assert any("temperature" in d for d in prep.context.dropped)
+    plain = {**body, "generationConfig": {"temperature": 0.2, "topP": 0.9}}
+    for target in ("openai-responses", "openai-chat"):  # without reasoning they are kept
+        out = json.loads(prepare("gemini", target, json.dumps(plain).encode(), model="gpt-4.1",
+                                 stream=True).body)
+        assert out["temperature"] == 0.2 and out["top_p"] == 0.9

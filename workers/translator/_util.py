@@ -174,3 +174,14 @@ def fill_result_names(messages: list[Any]) -> None:
         for p in m.parts:
             if isinstance(p, ToolResult) and not p.name:
                 p.name = names.get(p.call_id)
+
+
+def opaque_user(value: str | None) -> str | None:
+    """An end-user id for OpenAI's ``user``/``safety_identifier`` (at most 64 characters):
+    short ids pass as they are; a longer one (Claude Code's ``metadata.user_id`` is a JSON
+    string with a device id) becomes a stable hash, so no device id reaches a third party."""
+    if not value or len(value) <= 64:
+        return value
+    import hashlib
+
+    return "cs-" + hashlib.sha256(value.encode()).hexdigest()[:40]

@@ -19,7 +19,7 @@ from typing import Any
 
 from schemas.events import Usage
 
-from ._util import data_url, dumps, new_id, parse_data_url
+from ._util import data_url, dumps, new_id, opaque_user, parse_data_url
 from .anthropic import FINISH_IN as _ANTHROPIC_FINISH
 from .common import (
     Image,
@@ -206,6 +206,14 @@ def encode_request(req: Request, *, model: str, stream: bool) -> dict[str, Any]:
             calls = [_tool_call(p) for p in m.parts if isinstance(p, ToolCall)]
             if calls:
                 msg["tool_calls"] = calls
+                # DeepSeek/Kimi thinking mode: the reasoning of a tool-call turn must come back
+                # as reasoning_content, or the next request is a 400. Only unsigned reasoning
+                # text (what a Chat provider produced); signed or encrypted reasoning belongs
+                # to another provider.
+                reasoning = "".join(p.text for p in m.parts
+                                    if isinstance(p, Reasoning) and p.text and _unsigned(p))
+                if reasoning:
+                    msg["reasoning_content"] = reasoning
             if not text and not calls:
                 continue
             messages.append(msg)
@@ -233,16 +241,21 @@ def encode_request(req: Request, *, model: str, stream: bool) -> dict[str, Any]:
         doc["parallel_tool_calls"] = req.parallel_tool_calls
     if req.max_tokens is not None:
         doc["max_completion_tokens"] = req.max_tokens
-    for key in ("temperature", "top_p", "seed", "service_tier", "prompt_cache_key", "verbosity",
-                "user"):
+    for key in ("temperature", "top_p", "seed", "service_tier", "prompt_cache_key", "verbosity"):
         value = getattr(req, key)
         if value is not None:
             doc[key] = value
+    if req.user:
+        doc["user"] = opaque_user(req.user)
     if req.stop:
         doc["stop"] = req.stop[:4]
     effort = req.reasoning_effort or (req.thinking.effort if req.thinking else None)
     if effort:
         doc["reasoning_effort"] = effort
+        # OpenAI's reasoning models reject sampling parameters next to reasoning_effort (400)
+        for key in ("temperature", "top_p"):
+            if doc.pop(key, None) is not None:
+                req.dropped.append(f"{key} (reasoning_effort set)")
     rf = req.response_format
     if rf is not None:
         if rf.type == "json_schema":
@@ -256,6 +269,10 @@ def encode_request(req: Request, *, model: str, stream: bool) -> dict[str, Any]:
         doc["stream"] = True
         doc["stream_options"] = {"include_usage": True}
     return doc
+
+
+def _unsigned(r: Reasoning) -> bool:
+    return r.source == DIALECT or not (r.signature or r.encrypted or r.redacted)
 
 
 def _tool(t: Tool) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from ._util import (
     dumps,
     effort_for_budget,
     new_id,
+    opaque_user,
     parse_args,
     parse_data_url,
     uncarry,
@@ -276,13 +277,18 @@ def encode_request(req: Request, *, model: str, stream: bool) -> dict[str, Any]:
         doc["parallel_tool_calls"] = req.parallel_tool_calls
     if req.max_tokens is not None:
         doc["max_output_tokens"] = req.max_tokens
-    for key in ("temperature", "top_p", "service_tier", "prompt_cache_key", "user",
-                "metadata"):
+    for key in ("temperature", "top_p", "service_tier", "prompt_cache_key", "metadata"):
         value = getattr(req, key)
         if value is not None:
             doc[key] = value
+    if req.user:
+        doc["user"] = opaque_user(req.user)
     effort = req.reasoning_effort or (req.thinking.effort if req.thinking else None)
     if (req.thinking is not None and req.thinking.enabled) or effort:
+        # OpenAI's reasoning models reject sampling parameters next to reasoning (400)
+        for key in ("temperature", "top_p"):
+            if doc.pop(key, None) is not None:
+                req.dropped.append(f"{key} (reasoning on)")
         r: dict[str, Any] = {}
         if effort:
             r["effort"] = effort

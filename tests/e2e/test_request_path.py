@@ -132,7 +132,11 @@ def test_stream_error_after_content_ends_stream_in_dialect(
         r = c.post("/v1/messages", json={**ANTHROPIC_BODY, "stream": True})
     assert r.status_code == 200
     assert "text_delta" in r.text
-    assert r.text.rstrip().split("\n\n")[-1].startswith("event: error")
+    last = r.text.rstrip().split("\n\n")[-1]
+    assert last.startswith("event: error")
+    # what the user reads: plain words, not aiohttp's "TransferEncodingError: 400, ..."
+    message = json.loads(last.split("data: ", 1)[1])["error"]["message"]
+    assert "before the answer was complete" in message and "Error" not in message, message
     done = next(e for _, _, e in events(gateway.nats_url, 2) if isinstance(e, RequestCompleted))
     assert done.status == 200 and done.error_class == "protocol"
 

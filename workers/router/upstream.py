@@ -134,9 +134,12 @@ def map_errors(phase: str) -> Iterator[None]:
         raise UpstreamFailure("timeout", f"upstream timed out ({phase})") from exc
     except aiohttp.ClientConnectorError as exc:
         raise UpstreamFailure("connect", f"connection failed: {_short(exc)}") from exc
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
-        raise UpstreamFailure("protocol", f"upstream closed the connection ({phase}): "
-                              f"{_short(exc)}") from exc
+    except aiohttp.ClientPayloadError as exc:  # aiohttp's text ("TransferEncodingError: 400,
+        # Not enough data...") would reach the user; what happened is simpler than that
+        raise UpstreamFailure("protocol", "upstream closed the connection before the answer "
+                              f"was complete ({phase})") from exc
+    except aiohttp.ServerDisconnectedError as exc:
+        raise UpstreamFailure("protocol", f"upstream closed the connection ({phase})") from exc
     except aiohttp.ClientError as exc:
         raise UpstreamFailure("transport", f"{type(exc).__name__} ({phase}): "
                               f"{_short(exc)}") from exc

@@ -55,18 +55,23 @@ def _check_upstream(provider: str, body: Any) -> None:
                                         "custom_tool_call", "custom_tool_call_output")
 
 
+CLAUDE_RECORDED = "claude_code_2.1.197_recorded"  # a real Claude Code's tool turn 2
+
+
+@pytest.mark.parametrize("sample", ["claude_code_request", CLAUDE_RECORDED])
 @pytest.mark.parametrize("provider", DIALECTS)
-def test_claude_code_session(world: World,
-                             provider: str) -> None:
+def test_claude_code_session(world: World, provider: str, sample: str) -> None:
     gw, fakes = world
     fake = only(gw, fakes, provider)
-    raw = (CLIENTS / "claude_code_request.json").read_bytes()
+    raw = (CLIENTS / f"{sample}.json").read_bytes()
+    headers = {"anthropic-version": "2023-06-01", "x-app": "cli",
+               "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14",
+               "user-agent": "claude-cli/2.1.197 (external, cli)",
+               "authorization": "Bearer anything"}
+    if sample == CLAUDE_RECORDED:
+        headers = json.loads((CLIENTS / f"{sample}.headers.json").read_text())
     with gw.client() as c:
-        r = c.post("/v1/messages?beta=true", content=raw, headers={
-            "anthropic-version": "2023-06-01", "x-app": "cli",
-            "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14",
-            "user-agent": "claude-cli/2.1.197 (external, cli)",
-            "authorization": "Bearer anything"})
+        r = c.post("/v1/messages?beta=true", content=raw, headers=headers)
     assert r.status_code == 200, r.text[:500]
     assert r.headers["content-type"].startswith("text/event-stream")
     events = _events(r.content)
@@ -88,6 +93,11 @@ def test_claude_code_session(world: World,
         assert fake.requests[-1].body == raw
     else:
         _check_upstream(provider, fake.requests[-1].json)
+    if sample == CLAUDE_RECORDED:  # the Bash call and its result survive any translation
+        blob = fake.requests[-1].body.decode()
+        call = json.loads(raw)["messages"][2]["content"][0]
+        assert call["type"] == "tool_use" and call["input"]["command"] in blob
+        assert "CS_TOOL_MARKER_42" in blob
 
 
 CODEX_RECORDED = "codex_0.171.0_recorded"  # a real Codex CLI's request, headers included

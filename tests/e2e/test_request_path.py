@@ -14,7 +14,7 @@ import pytest
 from codeswitch.natsd import EmbeddedNats
 from schemas.config import GatewaySettings
 from schemas.events import AttemptFinished, RequestCompleted
-from tests.e2e.conftest import CLIENT_KEY, MODELS, provider_for
+from tests.e2e.conftest import CLIENT_KEY, MODELS, PROVIDER_KEYS, provider_for
 from tests.e2e.gateway import EdgeThread, Gateway, RouterThread, events
 from tests.fakes.upstream import Behavior, FakeUpstream
 
@@ -42,6 +42,27 @@ def test_head_root_health_metrics_models(gateway: Gateway) -> None:
         oa = c.get("/v1/models").json()
         assert oa["object"] == "list"
         assert "models" in c.get("/v1beta/models").json()
+
+
+def test_models_lists_what_glob_providers_serve(gateway: Gateway,
+                                               fakes: dict[str, FakeUpstream]) -> None:
+    """Providers configured with globs (claude-*, gpt-4*, gpt-5*, gemini-*): the list is what
+    each one's own model endpoint says, filtered by its globs, asked with its own key."""
+    with gateway.client() as c:
+        oa = c.get("/v1/models").json()
+        assert [(m["id"], m["owned_by"]) for m in oa["data"]] == [
+            ("claude-opus-4-1-20250805", "anthropic"), ("claude-sonnet-4-5-20250929", "anthropic"),
+            ("gemini-2.5-flash", "gemini"), ("gemini-2.5-pro", "gemini"),
+            ("gpt-4.1-2025-04-14", "chat"),  # the chat fake also lists gpt-5: not its glob
+            ("gpt-5", "responses")]
+        ant = c.get("/v1/models", headers={"anthropic-version": "2023-06-01"}).json()
+        assert ant["first_id"] == "claude-opus-4-1-20250805" and len(ant["data"]) == 6
+        gem = c.get("/v1beta/models").json()
+        assert "models/gemini-2.5-pro" in [m["name"] for m in gem["models"]]
+    asked = [r for r in fakes["anthropic"].requests if r.method == "GET"]
+    assert len(asked) == 1, "cached: three listings, one upstream call"
+    assert asked[0].headers["x-api-key"] == PROVIDER_KEYS["anthropic"]
+    assert [r.path for r in fakes["gemini"].requests if r.method == "GET"] == ["/v1beta/models"]
 
 
 def test_claude_code_query_string_and_path_prefix(gateway: Gateway,

@@ -1,6 +1,8 @@
 """GET /v1/models and /v1beta/models: the models the configured providers serve, in the
-shape of the asking client's dialect. Glob patterns are not models, so only exact names from
-``models`` and ``model_map`` are listed."""
+shape of the asking client's dialect. Exact names from ``models`` and ``model_map``, plus what
+each provider lists itself (``model_catalog``) where requesting that name routes back to it
+unchanged (so a ``claude-*`` provider shows its Claude models, and a renamed one does not
+show the upstream names)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,10 @@ _enc = msgspec.json.Encoder()
 _GLOB = set("*?[")
 
 
-def model_names(providers: list[ProviderConfig]) -> list[tuple[str, str]]:
+def model_names(providers: list[ProviderConfig],
+                discovered: dict[str, list[str]] | None = None) -> list[tuple[str, str]]:
+    """(model, provider) pairs, each model once, owned by the first provider in priority
+    order."""
     seen: dict[str, str] = {}
     for p in sorted(providers, key=lambda p: (p.priority, p.name)):
         if not p.enabled:
@@ -25,11 +30,15 @@ def model_names(providers: list[ProviderConfig]) -> list[tuple[str, str]]:
         for name in [*p.models, *p.model_map]:
             if not (_GLOB & set(name)):
                 seen.setdefault(name, p.name)
+        for name in (discovered or {}).get(p.name, []):
+            if p.serves(name) and p.upstream_model(name) == name:
+                seen.setdefault(name, p.name)
     return sorted(seen.items())
 
 
-def render_models(dialect: str, providers: list[ProviderConfig]) -> bytes:
-    names = model_names(providers)
+def render_models(dialect: str, providers: list[ProviderConfig],
+                  discovered: dict[str, list[str]] | None = None) -> bytes:
+    names = model_names(providers, discovered)
     created = int(time.time())
     doc: dict[str, Any]
     if dialect == "anthropic":

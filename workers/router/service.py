@@ -38,6 +38,7 @@ from schemas.subjects import (
 from workers import translator
 from workers.router.attempt import Attempt, Caller
 from workers.router.breakers import Breakers
+from workers.router.model_catalog import ModelCatalog
 from workers.router.models import render_models
 from workers.router.plan import Candidate, NoProviderError, RoundRobin, plan
 from workers.router.providers import ProviderTable
@@ -72,6 +73,7 @@ class Router:
         self.nc: NATS | None = None
         self.facts: FactPublisher | None = None
         self.http: aiohttp.ClientSession | None = None
+        self.catalog: ModelCatalog | None = None
         self.caller: Caller | None = None
         self._inflight: dict[str, tuple[asyncio.Task[None], str]] = {}
         self._subs: list[Subscription] = []
@@ -98,6 +100,7 @@ class Router:
             skip_auto_headers=("User-Agent",),
         )
         self.caller = Caller(self.http, self.table)
+        self.catalog = ModelCatalog(self.http)
         self.facts = FactPublisher(nc)
         self.breakers.nc, self.breakers.facts = nc, self.facts
         self.facts.start()
@@ -205,8 +208,10 @@ class Router:
                  "applied": self.applied}))
 
     async def _on_models(self, msg: Msg) -> None:
-        await msg.respond(render_models(msg.data.decode() or "openai-chat",
-                                        self.table.active()))
+        providers = self.table.active()
+        discovered = await self.catalog.names(providers) if self.catalog else {}
+        await msg.respond(render_models(msg.data.decode() or "openai-chat", providers,
+                                        discovered))
 
     async def _on_cancel(self, msg: Msg) -> None:
         entry = self._inflight.get(msg.subject[len(CANCEL_PREFIX) + 1:])

@@ -23,6 +23,7 @@ __all__ = [
     "UpstreamFailure",
     "rename_max_tokens",
     "map_errors",
+    "models_url",
     "rewrite_model",
     "upstream_headers",
     "upstream_url",
@@ -74,6 +75,20 @@ def upstream_url(provider: ProviderConfig, *, operation: str, model: str, stream
         return f"{base}{version}/models/{model}:streamGenerateContent" + \
             ("?alt=sse" if sse else "")
     return f"{base}{version}/models/{model}:generateContent"
+
+
+def models_url(provider: ProviderConfig) -> str:
+    """The provider's own model list (GET), in the largest page it allows."""
+    base = provider.base_url.rstrip("/")
+    d = provider.dialect
+    if d == "anthropic":
+        return base.removesuffix("/v1") + "/v1/models?limit=1000"
+    if d in ("openai-chat", "openai-responses"):
+        return base + "/models"
+    for v in ("/v1beta", "/v1alpha", "/v1"):
+        if base.endswith(v):
+            return base + "/models?pageSize=1000"
+    return base + "/v1beta/models?pageSize=1000"
 
 
 def upstream_headers(provider: ProviderConfig, passed: dict[str, str], *,

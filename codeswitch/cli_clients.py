@@ -97,6 +97,11 @@ def connect_cmd(
         files = ", ".join(str(c.path) for c in plan.changes)
         out.print(f"{plan.client}: {'connected' if plan.changed else 'already connected'} "
                   f"({files})", markup=False)
+        if plan.client == "gemini":  # checked against Gemini CLI 0.61's loadEnvironment
+            out.print("  Gemini CLI reads ~/.gemini/.env only in folders it trusts (it asks "
+                      "the first time it starts in one). For `gemini -p` in other folders: "
+                      "GEMINI_CLI_TRUST_WORKSPACE=true, or export GOOGLE_GEMINI_BASE_URL="
+                      f"{base_url} in your shell.", markup=False)
     if not dry_run and any(p.changed for p in plans):
         out.print(f"backups in {data / 'backups'}; undo with `codeswitch disconnect`",
                   markup=False)

@@ -167,8 +167,10 @@ def test_disconnect_keeps_later_edits_and_user_changed_keys(home: Path, run) -> 
 def test_previous_values_are_restored_exactly(home: Path, run) -> None:
     env = home / ".gemini" / ".env"
     original = env.read_text()
-    run("connect", "gemini", "--key", "gw")
+    said = run("connect", "gemini", "--key", "gw").output
     assert 'export GEMINI_API_KEY="gw"' in env.read_text()
+    # Gemini CLI skips ~/.gemini/.env in folders it does not trust: the user is told how
+    assert "trusts" in said and "GEMINI_CLI_TRUST_WORKSPACE=true" in said
     # an unrelated edit forces the key-by-key path instead of restoring the backup
     env.write_text(env.read_text() + "EXTRA=1\n")
     run("disconnect", "gemini")

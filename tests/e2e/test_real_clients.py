@@ -95,6 +95,8 @@ def test_claude_code_session(world: World, provider: str, sample: str) -> None:
         _check_upstream(provider, fake.requests[-1].json)
     if sample == CLAUDE_RECORDED:  # the Bash call and its result survive any translation
         blob = fake.requests[-1].body.decode()
+        # Claude Code's billing line is for Anthropic only
+        assert ("x-anthropic-billing-header" in blob) is (provider == "anthropic")
         call = json.loads(raw)["messages"][2]["content"][0]
         assert call["type"] == "tool_use" and call["input"]["command"] in blob
         assert "CS_TOOL_MARKER_42" in blob

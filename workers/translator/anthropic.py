@@ -122,7 +122,12 @@ def decode_request(doc: dict[str, Any]) -> Request:
     req = Request(model=doc.get("model") or "", stream=bool(doc.get("stream")))
     for b in _blocks(doc.get("system")):
         if b.get("type") == "text":
-            req.system.append(Text(text=b.get("text") or "", cache_control=b.get("cache_control")))
+            text = b.get("text") or ""
+            if text.startswith("x-anthropic-billing-header:"):
+                # Claude Code's billing line for Anthropic; noise in another model's prompt
+                req.dropped.append("system billing header")
+                continue
+            req.system.append(Text(text=text, cache_control=b.get("cache_control")))
     for m in doc.get("messages") or []:
         parts = [p for b in _blocks(m.get("content")) if (p := _part(b, req.dropped))]
         req.messages.append(Message(role=m.get("role") or "user", parts=parts))

@@ -33,6 +33,7 @@ from schemas.events import AlertFired, AlertNotificationFailed, AlertResolved, d
 from workers.alerts.notify import Notifier, probe_notification
 from workers.alerts.rules import CHANNEL_FORMATS, METRICS, AlertState, Channel, Rule
 from workers.alerts.service import RULES_BUCKET, STATE_BUCKET
+from workers.ledger.wire import decode_reply
 
 __all__ = ["LEDGER_HISTORY_SUBJECT", "parse_duration", "parse_time", "register"]
 
@@ -339,7 +340,7 @@ async def _ledger_history(
     query = {"since": since, "until": until, "rule": rule, "limit": limit}
     try:
         reply = await nc.request(LEDGER_HISTORY_SUBJECT, msgspec.json.encode(query), timeout=2.0)
-        data = msgspec.json.decode(reply.data)
+        data = decode_reply(reply.data, reply.headers)
     except (nats.errors.NoRespondersError, TimeoutError, msgspec.DecodeError):
         return None
     if isinstance(data, dict):  # the ledger answers {"ok": true, "result": [...]}, newest first

@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from codeswitch.runtime import home_dir, nats_url_for
+from workers.ledger.wire import decode_reply
 
 __all__ = ["LedgerUnavailableError", "ask", "parse_time", "register"]
 
@@ -100,7 +101,7 @@ async def _request(nc: NATS, query: str, params: dict[str, Any], timeout: float)
                                timeout=timeout)
     except (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError) as exc:
         raise LedgerUnavailableError(NOT_RUNNING) from exc
-    body = json.loads(msg.data)
+    body = decode_reply(msg.data, msg.headers)
     if not body.get("ok"):
         raise LedgerError(body.get("error", "ledger error"))
     return body.get("result")

@@ -43,8 +43,9 @@ class EmbeddedNats:
     """Start/stop one nats-server with JetStream in ``store_dir``."""
 
     def __init__(self, store_dir: Path, *, host: str = "127.0.0.1", port: int = 0,
-                 log_file: Path | None = None) -> None:
+                 log_file: Path | None = None, max_payload: int = MAX_PAYLOAD) -> None:
         self.store_dir = Path(store_dir)
+        self.max_payload = max_payload
         self.host = host
         self.port = port or free_port(host)
         self.log_file = log_file
@@ -61,7 +62,7 @@ class EmbeddedNats:
             "\n".join([
                 f"host: {self.host}",
                 f"port: {self.port}",
-                f"max_payload: {MAX_PAYLOAD}",
+                f"max_payload: {self.max_payload}",
                 "max_pending: 268435456",
                 "jetstream {",
                 f'  store_dir: "{self.store_dir / "jetstream"}"',

@@ -13,6 +13,7 @@ from nats.aio.client import Client as NATS
 from tests.conftest import FIXTURES
 from workers.ledger.projection import TABLES
 from workers.ledger.store import Store
+from workers.ledger.wire import decode_reply
 
 EVENTS = FIXTURES / "events"
 
@@ -42,7 +43,7 @@ async def ask(nc: NATS, query: str, params: dict[str, Any] | None = None,
               timeout: float = 10.0) -> Any:
     msg = await nc.request(f"cs.ledger.{query}", json.dumps(params or {}).encode(),
                            timeout=timeout)
-    body = json.loads(msg.data)
+    body = decode_reply(msg.data, msg.headers)
     assert body["ok"], body
     return body["result"]
 

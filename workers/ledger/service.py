@@ -52,6 +52,7 @@ from workers.ledger.queries import QUERIES, Filter, QueryError, table_counts
 from workers.ledger.rebuild import Rebuilder, remove_db
 from workers.ledger.replay import parse_reply, stream_bounds
 from workers.ledger.store import Store, StoreError
+from workers.ledger.wire import encode_reply
 
 __all__ = ["DB_FILE", "SUBJECT_PREFIX", "LedgerService", "db_path", "main", "run"]
 
@@ -309,9 +310,12 @@ class LedgerService:
         except Exception as exc:
             log.exception("ledger query %s failed", name)
             body = {"ok": False, "error": f"internal error: {exc}"}
-        if msg.reply:
-            with contextlib.suppress(Exception):
-                await msg.respond(self._enc.encode(body))
+        if msg.reply and self.nc is not None:
+            data, headers = encode_reply(body, self.nc.max_payload)
+            try:
+                await self.nc.publish(msg.reply, data, headers=headers)
+            except Exception as exc:
+                log.warning("ledger query %s: reply not sent: %s", name, exc)
 
     async def _dispatch(self, name: str, params: dict[str, Any]) -> Any:
         if name in QUERIES:

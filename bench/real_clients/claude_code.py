@@ -337,14 +337,18 @@ class Stack:
 
     def claude(self, prompt: str, *, pin: str | None = None, stream_json: bool = False,
                extra_env: dict[str, str] | None = None, args: list[str] | None = None,
-               timeout: float = 120) -> subprocess.CompletedProcess[str]:
+               timeout: float = 120, via_settings: bool = False,
+               ) -> subprocess.CompletedProcess[str]:
+        """Run `claude -p`; with via_settings the gateway comes only from what
+        `codeswitch connect claude` wrote into ~/.claude/settings.json."""
         assert self.proxy is not None
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("ANTHROPIC_", "CLAUDE_", "CODESWITCH_"))}
+        if not via_settings:
+            env.update({"ANTHROPIC_BASE_URL": f"http://127.0.0.1:{self.proxy.port}",
+                        "ANTHROPIC_AUTH_TOKEN": "sk-cs-test"})
         env.update({
             "HOME": str(self.claude_home),
-            "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{self.proxy.port}",
-            "ANTHROPIC_AUTH_TOKEN": "sk-cs-test",
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
             "DISABLE_TELEMETRY": "1",
             "DISABLE_AUTOUPDATER": "1",
@@ -493,6 +497,26 @@ def main(filters: list[str]) -> int:
                       f"stdout={r.stdout.strip()[:80]!r} upstream_requests="
                       f"{len(f.requests) - f0}")
         reset()
+        if want("connect-claude"):
+            # `codeswitch connect claude` alone points the real CLI at the gateway; disconnect
+            # puts settings.json back byte for byte
+            settings = st.claude_home / ".claude" / "settings.json"
+            settings.parent.mkdir(parents=True, exist_ok=True)
+            before = '{\n  "theme": "dark"\n}\n'
+            settings.write_text(before)
+            cs_env = {**os.environ, "HOME": str(st.claude_home),
+                      "CODESWITCH_HOME": str(st.base / "cs-connect")}
+            con = subprocess.run([str(VENV / "codeswitch"), "connect", "claude", "--base-url",
+                                  f"http://127.0.0.1:{st.proxy.port}"], env=cs_env,
+                                 capture_output=True, text=True, timeout=60)
+            r = st.claude("Say hello", via_settings=True)
+            dis = subprocess.run([str(VENV / "codeswitch"), "disconnect", "claude"],
+                                 env=cs_env, capture_output=True, text=True, timeout=60)
+            check("connect-claude", con.returncode == 0 and r.returncode == 0
+                  and "PONG from fa" in r.stdout and dis.returncode == 0
+                  and settings.read_text() == before,
+                  f"connect rc={con.returncode} stdout={r.stdout.strip()[:40]!r} "
+                  f"restored={settings.read_text() == before}")
         if want("haiku-fg"):
             n0 = len(st.proxy.log)
             r = st.claude("Say hello", pin="fg", args=["--model", "haiku"])

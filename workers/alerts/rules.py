@@ -484,7 +484,7 @@ class Engine:
             history.popleft()
         out: list[Transition] = []
         for scope in self._scopes.values():
-            if scope.field >= 0 and not scope.matches_value(cast(str, s[scope.field])):
+            if scope.field >= 0 and not scope.matches_value(s[scope.field]):  # type: ignore[arg-type]
                 continue
             for window in scope.windows.values():
                 window.add(s, now)

@@ -23,9 +23,9 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 
 from codeswitch.bus import EVENTS_STREAM
+from codeswitch.pull import BatchPuller
 from workers.ledger.prices import PriceBook
 from workers.ledger.projection import Rows, project
-from workers.ledger.pull import BatchPuller
 from workers.ledger.store import Store
 
 __all__ = ["StreamBounds", "fold", "parse_reply", "read_stream", "stream_bounds"]

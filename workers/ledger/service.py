@@ -39,6 +39,7 @@ from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
 from codeswitch import bus
+from codeswitch.pull import BatchPuller, ConsumerGoneError
 from workers.ledger.prices import (
     PRICES_KV_KEY,
     PriceBook,
@@ -47,7 +48,6 @@ from workers.ledger.prices import (
     parse_overrides,
 )
 from workers.ledger.projection import TABLES, Rows, project
-from workers.ledger.pull import BatchPuller, ConsumerGoneError
 from workers.ledger.queries import QUERIES, Filter, QueryError, table_counts
 from workers.ledger.rebuild import Rebuilder, remove_db
 from workers.ledger.replay import parse_reply, stream_bounds

@@ -43,6 +43,7 @@ class BatchPuller:
         self._done = asyncio.Event()
         self._error: str | None = None
         self._sub: Subscription | None = None
+        self._draining = False
 
     async def start(self) -> BatchPuller:
         self._sub = await self.nc.subscribe(
@@ -58,7 +59,8 @@ class BatchPuller:
                 if self._left <= 0:
                     self._left = None
                     self._done.set()
-                    if len(self._buf) < self.high_water and self._sub is not None:
+                    if (len(self._buf) < self.high_water and self._sub is not None
+                            and not self._draining):
                         await self._request()
             return
         status = (msg.headers or {}).get("Status", "")
@@ -91,6 +93,21 @@ class BatchPuller:
                 self._left = None  # a lost request (reconnect, restart): ask again next time
         if self._error:
             raise ConsumerGoneError(self._error)
+        out, self._buf = self._buf, []
+        return out
+
+    async def drain(self) -> list[Msg]:
+        """Stop asking for more and return what is buffered plus what the outstanding request
+        still brings (it ends with its batch or its expiry). A consumer that acks with
+        AckPolicy.ALL needs this before it stops: messages left in flight would be acked,
+        unseen, by the next ack of a later message."""
+        self._draining = True
+        if self._left is not None:
+            self._done.clear()
+            try:
+                await asyncio.wait_for(self._done.wait(), self.expires + 2.0)
+            except TimeoutError:
+                pass
         out, self._buf = self._buf, []
         return out
 

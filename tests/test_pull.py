@@ -1,0 +1,57 @@
+"""codeswitch.pull.BatchPuller against a real JetStream: batches in order with the next one
+prefetched, and drain() leaving nothing in flight when a consumer stops."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.aio.client import Client as NATS
+from nats.js import api
+
+from codeswitch.pull import BatchPuller
+
+
+async def _stream(nc: NATS, n: int) -> None:
+    js = nc.jetstream()
+    await js.add_stream(name="PULLT", subjects=["pullt.>"])
+    await js.add_consumer("PULLT", api.ConsumerConfig(
+        durable_name="c", ack_policy=api.AckPolicy.ALL, max_ack_pending=10_000))
+    for i in range(n):
+        await nc.publish(f"pullt.{i}", str(i).encode())
+    await nc.flush()
+
+
+async def test_batches_in_order_then_drain_leaves_nothing_in_flight(nc: NATS) -> None:
+    await _stream(nc, 3000)
+    puller = await BatchPuller(nc, "PULLT", "c", batch=1000, expires=1.0).start()
+    seen: list[int] = []
+    first = await puller.fetch()
+    seen += [int(m.data) for m in first]
+    # the next batch was asked for as soon as the first one completed (prefetch); drain
+    # returns it, and asks for nothing more
+    rest = await puller.drain()
+    seen += [int(m.data) for m in rest]
+    assert seen == list(range(2000))
+    await rest[-1].ack()
+    await nc.flush()
+    info = await nc.jetstream().consumer_info("PULLT", "c")
+    # everything delivered was handed to us and acked; the rest was never sent anywhere
+    assert info.num_ack_pending == 0
+    assert info.num_pending == 3000 - len(seen)
+    assert await puller.drain() == []
+    await puller.close()
+
+
+async def test_closing_without_drain_leaves_a_batch_in_flight(nc: NATS) -> None:
+    """What drain() prevents: the prefetched batch went to an inbox nobody reads, and with
+    AckPolicy.ALL the next ack of a later message would acknowledge it unseen."""
+    await _stream(nc, 3000)
+    puller = await BatchPuller(nc, "PULLT", "c", batch=1000, expires=1.0).start()
+    first = await puller.fetch()
+    await first[-1].ack()
+    await asyncio.sleep(0.3)  # the prefetched batch arrives in the buffer meanwhile
+    await puller.close()
+    await nc.flush()
+    info = await nc.jetstream().consumer_info("PULLT", "c")
+    # prefetched up to high_water (2 batches), all of it sent to an inbox nobody reads now
+    assert info.num_ack_pending == 2000 and info.num_pending == 0

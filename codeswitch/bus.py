@@ -34,6 +34,7 @@ from schemas.subjects import FACT_SUBJECTS, REQUEST_PREFIX
 
 __all__ = [
     "BODIES_BUCKET",
+    "BODY_LOG_BUCKET",
     "CIRCUITS_BUCKET",
     "EVENTS_STREAM",
     "KV_BUCKETS",
@@ -59,6 +60,10 @@ PROVIDERS_BUCKET = "cs_providers"
 SETTINGS_BUCKET = "cs_settings"
 CIRCUITS_BUCKET = "cs_circuits"
 BODIES_BUCKET = "cs_bodies"
+# request/response bodies when the body log is on ([gateway] body_log): 7 days, 1 GiB at most
+BODY_LOG_BUCKET = "cs_body_log"
+BODY_LOG_TTL_S = 7 * 24 * 3600.0
+BODY_LOG_MAX_BYTES = 1 << 30
 
 KV_BUCKETS: dict[str, dict[str, Any]] = {
     PROVIDERS_BUCKET: {"history": 5, "description": "provider configs"},
@@ -178,16 +183,20 @@ async def ensure_all(js: JetStreamContext, limits: StreamLimits | None = None) -
                     storage=js_api.StorageType.FILE,
                 )
             )
-    try:
-        await js.object_store(BODIES_BUCKET)
-    except (BucketNotFoundError, NotFoundError):
-        await js.create_object_store(
-            BODIES_BUCKET,
-            config=js_api.ObjectStoreConfig(
-                description="oversized request bodies", ttl=600.0,
-                storage=js_api.StorageType.FILE,
-            ),
-        )
+    for bucket, description, ttl, max_bytes in (
+            (BODIES_BUCKET, "oversized request bodies", 600.0, None),
+            (BODY_LOG_BUCKET, "request and response bodies (body_log)", BODY_LOG_TTL_S,
+             BODY_LOG_MAX_BYTES)):
+        try:
+            await js.object_store(bucket)
+        except (BucketNotFoundError, NotFoundError):
+            await js.create_object_store(
+                bucket,
+                config=js_api.ObjectStoreConfig(
+                    description=description, ttl=ttl, max_bytes=max_bytes,
+                    storage=js_api.StorageType.FILE,
+                ),
+            )
 
 
 async def read_bucket(kv: KeyValue) -> dict[str, tuple[bytes, int]]:

@@ -543,7 +543,8 @@ def tail(
 
 def _register_plugins() -> None:
     """Command groups that live beside their parts (clients, ledger, alerts)."""
-    for module in ("codeswitch.cli_clients", "codeswitch.cli_ledger", "codeswitch.cli_alerts"):
+    for module in ("codeswitch.cli_clients", "codeswitch.cli_ledger", "codeswitch.cli_alerts",
+                   "codeswitch.cli_bodylog"):
         try:
             mod = importlib.import_module(module)
         except ImportError:

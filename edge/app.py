@@ -18,6 +18,7 @@ from nats.errors import NoRespondersError
 from codeswitch import bus
 from codeswitch.facts import FactPublisher
 from edge.auth import AuthError, authenticate
+from edge.bodylog import BodyCapture
 from edge.errors import EdgeError, render
 from edge.identity import Peek, identify, peek_decoder
 from edge.metrics import EdgeMetrics
@@ -81,6 +82,7 @@ class EdgeApp:
         self.dispatcher: Dispatcher | None = None
         self.facts: FactPublisher | None = None
         self._watch_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Future[None]] = set()  # body-log writes
         self.draining = False
 
     # -- lifespan ---------------------------------------------------------------------------
@@ -106,6 +108,8 @@ class EdgeApp:
     async def shutdown(self) -> None:
         if self._watch_task:
             self._watch_task.cancel()
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
         if self.dispatcher:
             self.dispatcher.stop()
         if self.facts:
@@ -204,6 +208,10 @@ class EdgeApp:
         query = scope.get("query_string", b"").decode("latin-1")
         state: dict[str, Any] = {"status": 0, "provider": None, "ttfb": None, "bytes_out": 0}
         env: RequestEnvelope | None = None
+        capture = BodyCapture(send) if self.settings.body_log else None
+        if capture is not None:
+            send = capture
+        body = b""
         try:
             principal = authenticate(headers, query, self.settings)
             body = await _read_body(receive, self.settings.max_body_bytes)
@@ -255,6 +263,11 @@ class EdgeApp:
             latency = time.perf_counter() - started
             self.metrics.observe(dialect, state["provider"], state["status"], latency,
                                  state["ttfb"])
+            if capture is not None and capture.status:
+                self._keep_bodies(capture.entry(
+                    request_id=request_id, dialect=dialect, path=scope["path"],
+                    model=env.model if env else route.model, provider=state["provider"],
+                    request=body), request_id)
             if state.get("fact") and self.facts is not None:
                 # The edge answered alone (no router did): it records the request itself.
                 self.facts.emit(response_subject(dialect, None), RequestCompleted(
@@ -266,6 +279,19 @@ class EdgeApp:
                     user=env.user if env else None, session=env.session if env else None,
                     client=env.client if env else None, edge=self.edge_id,
                 ))
+
+    def _keep_bodies(self, entry: bytes, request_id: str) -> None:
+        """Store a body-log entry in the background (the response has been sent)."""
+        async def put() -> None:
+            try:
+                obs = await self.js.object_store(bus.BODY_LOG_BUCKET)
+                await obs.put(request_id, entry)
+            except Exception as exc:  # the body log never fails a request
+                log.warning("body log: %s not kept: %s", request_id, type(exc).__name__)
+
+        task = asyncio.ensure_future(put())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _publish(self, env: RequestEnvelope, body: bytes) -> RequestEnvelope:
         assert self.nc is not None

@@ -101,8 +101,14 @@ def up(
 ) -> None:
     """Start the gateway: embedded NATS, edge, router and workers. Ctrl-C stops it."""
     _logging()
-    from codeswitch.admin import apply_file_config
-    from codeswitch.config import ConfigError, FileConfig, load_config
+    from codeswitch.admin import apply_file_config, get_setting, put_setting
+    from codeswitch.config import (
+        ConfigError,
+        FileConfig,
+        load_config,
+        merge_legacy,
+        read_legacy_app_json,
+    )
     from codeswitch.supervisor import Supervisor
 
     home_path = home_dir(home)
@@ -119,14 +125,28 @@ def up(
             raise typer.Exit(2) from None
     listen_host = host or file_cfg.host or "127.0.0.1"
     listen_port = port or file_cfg.port or 18100
+    # the original Code Switch's settings file, in the same data directory
+    app_json = home_path / "app.json"
+    legacy = read_legacy_app_json(app_json)
+    taken = merge_legacy(file_cfg, legacy, app_json)
 
     async def apply(url: str) -> list[str]:
-        if cfg_path is None:
+        if cfg_path is None and not taken:
             return []
         nc = await bus.connect(url, name="codeswitch-up-config")
         try:
-            return await apply_file_config(nc, file_cfg.providers, file_cfg.settings,
-                                           file_cfg.routing, file_cfg.unified)
+            if cfg_path is not None:
+                return taken + await apply_file_config(
+                    nc, file_cfg.providers, file_cfg.settings, file_cfg.routing,
+                    file_cfg.unified)
+            # only app.json: its two settings, on top of what KV already holds
+            if legacy.unified is not None:
+                await put_setting(nc, "unified", legacy.unified)
+            if legacy.body_log is not None:
+                current = await get_setting(nc, "gateway")
+                await put_setting(nc, "gateway",
+                                  msgspec.structs.replace(current, body_log=legacy.body_log))
+            return taken
         finally:
             await nc.drain()
 

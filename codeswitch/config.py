@@ -9,6 +9,7 @@ start, while providers added with the CLI are left alone.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -25,7 +26,8 @@ from schemas.config import (
     resolve_secret,
 )
 
-__all__ = ["ConfigError", "FileConfig", "load_config"]
+__all__ = ["ConfigError", "FileConfig", "LegacySettings", "load_config", "merge_legacy",
+           "read_legacy_app_json"]
 
 
 class ConfigError(Exception):
@@ -170,3 +172,55 @@ def load_config(path: str | Path) -> FileConfig:
         names.add(provider.name)
         cfg.providers.append(provider)
     return cfg
+
+
+@dataclass
+class LegacySettings:
+    """What the original Code Switch's ``app.json`` says that we understand."""
+
+    notes: list[str] = field(default_factory=list)  # for the banner
+    unified: UnifiedUpstream | None = None
+    body_log: bool | None = None
+
+
+def read_legacy_app_json(app_json: Path) -> LegacySettings:
+    """The original Code Switch kept its settings in ``~/.code-switch/app.json`` (our data
+    directory too): ``new_api_enabled``/``new_api_url``/``new_api_token`` and
+    ``enable_body_log``. An unreadable file is reported and ignored (it is the other program's
+    file: never written)."""
+    out = LegacySettings()
+    try:
+        doc = json.loads(app_json.read_text())
+    except FileNotFoundError:
+        return out
+    except (OSError, ValueError) as exc:
+        out.notes.append(f"{app_json} ignored: {exc}")
+        return out
+    if not isinstance(doc, dict):
+        out.notes.append(f"{app_json} ignored: not a JSON object")
+        return out
+    if any(k in doc for k in ("new_api_enabled", "new_api_url")):
+        try:
+            out.unified = UnifiedUpstream(
+                enabled=bool(doc.get("new_api_enabled", False)),
+                url=str(doc.get("new_api_url") or "http://localhost:3000"),
+                token=str(doc.get("new_api_token") or ""))
+        except (TypeError, ValueError) as exc:
+            out.notes.append(f"{app_json}: new_api_* ignored: {exc}")
+    if "enable_body_log" in doc:
+        out.body_log = bool(doc["enable_body_log"])
+    return out
+
+
+def merge_legacy(cfg: FileConfig, legacy: LegacySettings, source: Path) -> list[str]:
+    """Take the legacy settings where the TOML config does not set them; say what was taken."""
+    taken = list(legacy.notes)
+    if legacy.unified is not None and cfg.unified is None:
+        cfg.unified = legacy.unified
+        taken.append(f"unified upstream {'on' if legacy.unified.enabled else 'off'} "
+                     f"({legacy.unified.url}) from {source}")
+    gateway = cfg.raw.get("gateway")
+    if legacy.body_log is not None and not (isinstance(gateway, dict) and "body_log" in gateway):
+        cfg.settings = msgspec.structs.replace(cfg.settings, body_log=legacy.body_log)
+        taken.append(f"body_log {'on' if legacy.body_log else 'off'} from {source}")
+    return taken

@@ -57,3 +57,42 @@ def test_env_secrets_and_gateway_keys_are_hashed(tmp_path: Path,
     assert len(cfg.settings.key_hashes) == 2
     assert "let-me-in" not in repr(cfg.settings)
     assert cfg.settings.max_body_bytes == 2 * 1024 * 1024
+
+
+# The original Code Switch's ~/.code-switch/app.json (its BackendAppSettings, snake_case)
+APP_JSON = ('{"show_heatmap": true, "show_home_title": true, "auto_start": false, '
+            '"enable_body_log": true, "new_api_enabled": true, '
+            '"new_api_url": "http://localhost:3000", "new_api_token": "sk-newapi-SECRET"}')
+
+
+def test_legacy_app_json_is_taken_where_the_toml_is_silent(tmp_path: Path) -> None:
+    from codeswitch.config import FileConfig, merge_legacy, read_legacy_app_json
+
+    app = tmp_path / "app.json"
+    app.write_text(APP_JSON)
+    legacy = read_legacy_app_json(app)
+    cfg = FileConfig()
+    notes = merge_legacy(cfg, legacy, app)
+    assert cfg.unified is not None and cfg.unified.enabled
+    assert (cfg.unified.url, cfg.unified.token) == ("http://localhost:3000", "sk-newapi-SECRET")
+    assert cfg.settings.body_log is True
+    assert len(notes) == 2 and not any("SECRET" in n for n in notes)
+    toml = tmp_path / "c.toml"
+    toml.write_text('[gateway]\nbody_log = false\n\n[unified]\nenabled = false\n'
+                    'url = "http://gw.internal:3000"\n')
+    cfg = load_config(toml)
+    assert merge_legacy(cfg, legacy, app) == []  # the TOML says both: it wins
+    assert cfg.unified is not None and not cfg.unified.enabled and not cfg.settings.body_log
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"new_api_url": "ftp://x"}'])
+def test_unreadable_legacy_app_json_is_reported_and_ignored(tmp_path: Path, text: str) -> None:
+    from codeswitch.config import FileConfig, merge_legacy, read_legacy_app_json
+
+    app = tmp_path / "app.json"
+    app.write_text(text)
+    cfg = FileConfig()
+    notes = merge_legacy(cfg, read_legacy_app_json(app), app)
+    assert cfg.unified is None and len(notes) == 1 and "ignored" in notes[0]
+    assert app.read_text() == text  # the other program's file is never written
+    assert read_legacy_app_json(tmp_path / "absent.json").notes == []

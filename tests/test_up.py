@@ -372,3 +372,31 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     assert "already in use" in r.stderr and "Traceback" not in r.stderr
     assert "listening on" not in r.stdout
     assert not (tmp_path / "h" / "nats").exists()  # stopped before starting anything
+
+
+def test_the_original_tools_app_json_is_taken_over(tmp_path: Path, fake: FakeUpstream) -> None:
+    """A user of the original Code Switch has ~/.code-switch/app.json: its new_api_* (unified
+    upstream) and enable_body_log apply, the TOML config saying nothing about them."""
+    dead = f"http://127.0.0.1:{free_port()}"  # the NEW-API gateway is down: fallback works
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "app.json").write_text(json.dumps({
+        "show_heatmap": True, "auto_start": False, "enable_body_log": True,
+        "new_api_enabled": True, "new_api_url": dead, "new_api_token": "sk-newapi-SECRET"}))
+    up = Up(tmp_path, fake)
+    try:
+        shown = up.cli("unified")
+        assert "on" in shown.stdout and dead in shown.stdout, shown.stdout
+        with httpx.Client(timeout=30) as c:
+            r = c.post(up.url + "/v1/messages", json={
+                "model": "claude-opus-4-8", "max_tokens": 5,
+                "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200 and r.headers["x-codeswitch-provider"] == "fake"
+        rid = r.headers["x-codeswitch-request-id"]
+        deadline = time.monotonic() + 10
+        while rid not in up.cli("body-log", "list", "--json").stdout:
+            assert time.monotonic() < deadline, "the body log did not keep the request"
+            time.sleep(0.2)
+    finally:
+        output = up.stop()
+    assert f"unified upstream on ({dead})" in output and "body_log on" in output
+    assert "SECRET" not in output

@@ -6,6 +6,7 @@ See docs/clients.md for what each command writes.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Coroutine
 from functools import wraps
 from pathlib import Path
@@ -17,7 +18,7 @@ from rich.table import Table
 
 from codeswitch import runtime
 from codeswitch.clients import connect as conn
-from codeswitch.clients._errors import ClientsError, McpError
+from codeswitch.clients._errors import ClientsError, FileChangedError, McpError
 from codeswitch.clients.mcp import McpServer, parse_pairs
 from codeswitch.clients.mcp_files import apply_sync, file_servers, plan_sync, sync_diff
 from codeswitch.clients.mcp_store import McpStore, open_store
@@ -93,7 +94,8 @@ def connect_cmd(
         if dry_run:
             out.print(plan.diff() or f"{plan.client}: no changes\n", markup=False, end="")
             continue
-        conn.apply_plan(plan, data)
+        plan = _apply_fresh(plan, data, lambda c: conn.plan_connect(
+            c, conn.edits_for(c, paths, base_url, key), conn.load_clients_state(data)))
         files = ", ".join(str(c.path) for c in plan.changes)
         out.print(f"{plan.client}: {'connected' if plan.changed else 'already connected'} "
                   f"({files})", markup=False)
@@ -127,7 +129,8 @@ def disconnect_cmd(
         if dry_run:
             out.print(plan.diff() or f"{plan.client}: no changes\n", markup=False, end="")
             continue
-        conn.apply_plan(plan, data)
+        plan = _apply_fresh(plan, data, lambda c: conn.plan_disconnect(
+            c, conn.load_clients_state(data)))
         if plan.changes:
             out.print(f"{plan.client}: disconnected", markup=False)
 
@@ -144,16 +147,48 @@ def _with_store(home: Path | None, nats_url: str | None,
     return asyncio.run(run())
 
 
+def _again_if_changed(fn: Callable[[], T], attempts: int = 3) -> T:
+    """Run a plan-then-write step again when a client rewrote its file in between (Claude
+    Code rewrites ~/.claude.json while it runs); the last FileChangedError goes to the user."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except FileChangedError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _apply_fresh(plan: conn.Plan, data: Path,
+                 replan: Callable[[str], conn.Plan]) -> conn.Plan:
+    """Apply ``plan``; if the client rewrote one of its files since, plan again and apply."""
+    plans = iter([plan])
+
+    def once() -> conn.Plan:
+        current = next(plans, None) or replan(plan.client)
+        conn.apply_plan(current, data)
+        return current
+
+    return _again_if_changed(once)
+
+
 def _sync(servers: list[McpServer], home: Path | None, dry_run: bool = False) -> None:
     data = runtime.home_dir(home)
-    results = plan_sync(servers, data, ClientPaths.discover())
+
+    def plan_and_apply() -> list[Any]:
+        results = plan_sync(servers, data, ClientPaths.discover())
+        if not dry_run:
+            apply_sync(results, data)
+        return results
+
+    results = _again_if_changed(plan_and_apply)
     for r in results:
         for note in r.notes:
             err.print(f"[yellow]note:[/yellow] {note}", markup=True)
     if dry_run:
         out.print(sync_diff(results) or "no changes", markup=False)
         return
-    apply_sync(results, data)
     for r in results:
         hand = f"; kept {len(r.hand_added)} added by hand" if r.hand_added else ""
         out.print(f"{r.client}: {len(r.owned)} server(s) from codeswitch in {r.path}{hand}",

@@ -3,6 +3,7 @@
     ClientsError                    root; every class has a stable ``code``
      ├── MalformedConfigError       an existing file does not parse; it is left untouched
      ├── ConfigShapeError           it parses, but a key we need holds the wrong type
+     ├── FileChangedError           another program rewrote the file while we edited it
      ├── McpError
      │    └── McpStoreUnavailableError   the gateway's NATS cannot be reached
      └── SkillError
@@ -17,6 +18,7 @@ from pathlib import Path
 __all__ = [
     "ClientsError",
     "ConfigShapeError",
+    "FileChangedError",
     "MalformedConfigError",
     "McpError",
     "McpStoreUnavailableError",
@@ -66,3 +68,15 @@ class UnsafeArchiveError(SkillError):
 
 class SkillValidationError(SkillError):
     code = "skill_invalid"
+
+
+class FileChangedError(ClientsError):
+    """The file changed between our read and our write (Claude Code rewrites ~/.claude.json
+    while it runs): nothing of ours replaced it; plan again from what is there now."""
+
+    code = "file_changed"
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        super().__init__(f"{path} changed while codeswitch was editing it (is the client "
+                         "running and writing it?); it was left as the other program wrote it")

@@ -20,8 +20,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from codeswitch.clients._errors import FileChangedError
+
 __all__ = [
     "atomic_write",
+    "unchanged",
     "backup_file",
     "load_state",
     "read_text",
@@ -66,8 +69,21 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def atomic_write(path: Path, data: str | bytes, *, mode: int | None = None) -> None:
-    """Replace ``path`` with ``data`` atomically, keeping its permission bits."""
+_ANY: Any = object()
+
+
+def unchanged(path: Path, expect: str | None) -> None:
+    """Raise FileChangedError unless ``path`` still holds ``expect`` (None: absent)."""
+    if read_text(real_target(path)) != expect:
+        raise FileChangedError(path)
+
+
+def atomic_write(path: Path, data: str | bytes, *, mode: int | None = None,
+                 expect: str | None = _ANY) -> None:
+    """Replace ``path`` with ``data`` atomically, keeping its permission bits. With ``expect``
+    (the text the new content was computed from, None for "absent"), the file is checked again
+    just before the rename: if another program wrote it meanwhile, FileChangedError and
+    nothing replaced."""
     target = real_target(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     if mode is None:
@@ -84,6 +100,8 @@ def atomic_write(path: Path, data: str | bytes, *, mode: int | None = None) -> N
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)
+        if expect is not _ANY:
+            unchanged(target, expect)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -31,6 +31,7 @@ from codeswitch.clients._files import (
     read_text,
     real_target,
     sha256_text,
+    unchanged,
     unified_diff,
 )
 from codeswitch.clients.paths import ClientPaths
@@ -215,7 +216,11 @@ def plan_disconnect(client: str, clients_state: dict[str, Any]) -> Plan:
 
 
 def apply_plan(plan: Plan, home: Path) -> None:
-    """Back up, record ownership, then write. A failed write leaves the old file in place."""
+    """Back up, record ownership, then write. A failed write leaves the old file in place; a
+    file another program rewrote since the plan read it is not touched (FileChangedError)."""
+    for change in plan.changes:
+        if change.changed:
+            unchanged(change.path, change.old)
     state_path = home / STATE_FILE
     state = load_state(state_path)
     files = (plan.state or {}).get("files", {})
@@ -244,7 +249,7 @@ def apply_plan(plan: Plan, home: Path) -> None:
                 with contextlib.suppress(OSError):
                     d.rmdir()  # only when empty
         else:
-            atomic_write(target, change.new)
+            atomic_write(target, change.new, expect=change.old)
 
 
 def load_clients_state(home: Path) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from codeswitch.clients._files import (
     load_state,
     read_text,
     real_target,
+    unchanged,
     unified_diff,
 )
 from codeswitch.clients.mcp import CLAUDE, CODEX, McpServer, SyncResult, read_servers, sync_text
@@ -55,6 +56,9 @@ def sync_diff(results: list[SyncResult]) -> str:
 
 
 def apply_sync(results: list[SyncResult], home: Path) -> None:
+    for r in results:  # nothing written if a client rewrote its file since plan_sync read it
+        if r.changed:
+            unchanged(r.path, r.old)
     state = load_state(home / STATE_FILE)
     files = state.setdefault("files", {})
     for r in results:
@@ -74,7 +78,7 @@ def apply_sync(results: list[SyncResult], home: Path) -> None:
         if r.new is None:
             target.unlink(missing_ok=True)
         else:
-            atomic_write(target, r.new)
+            atomic_write(target, r.new, expect=r.old)
 
 
 def file_servers(home: Path, paths: ClientPaths) -> dict[str, dict[str, tuple[Any, bool]]]:

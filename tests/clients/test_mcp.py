@@ -117,6 +117,46 @@ def test_malformed_claude_json_stops_the_whole_sync(home: Path, data_dir: Path) 
     assert snapshot(home) == before
 
 
+def test_a_client_writing_its_file_meanwhile_is_never_overwritten(
+        home: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Claude Code rewrites ~/.claude.json while it runs. A write between our read and our
+    rename must not be lost: the stale plan is refused (FileChangedError, nothing written),
+    and the sync done again from the new text keeps both."""
+    from codeswitch import cli_clients
+    from codeswitch.clients._errors import FileChangedError
+
+    paths = ClientPaths.discover()
+    claude_json = home / ".claude.json"
+    stale = plan_sync([DOCS], data_dir, paths)
+    doc = json.loads(claude_json.read_text())
+    doc["numStartups"] = 99  # Claude Code, meanwhile
+    claude_json.write_text(json.dumps(doc, indent=2))
+    theirs = claude_json.read_text()
+    with pytest.raises(FileChangedError, match="left as the other program wrote it"):
+        apply_sync(stale, data_dir)
+    assert claude_json.read_text() == theirs
+    assert not list(claude_json.parent.glob(".claude.json.*.tmp"))
+
+    # through the CLI's sync: the first plan goes stale, the second one lands
+    real_plan = cli_clients.plan_sync
+    calls = []
+
+    def racing_plan(*args, **kwargs):  # type: ignore[no-untyped-def]
+        results = real_plan(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:
+            d = json.loads(claude_json.read_text())
+            d["numStartups"] = 100
+            claude_json.write_text(json.dumps(d, indent=2))
+        return results
+
+    monkeypatch.setattr(cli_clients, "plan_sync", racing_plan)
+    cli_clients._sync([DOCS], data_dir)
+    final = json.loads(claude_json.read_text())
+    assert len(calls) == 2
+    assert final["numStartups"] == 100 and "docs" in final["mcpServers"]
+
+
 async def test_store_round_trip_over_real_nats(nats_server: EmbeddedNats) -> None:
     async with open_store(nats_server.url) as store:
         assert await store.list() == []

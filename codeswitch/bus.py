@@ -240,8 +240,8 @@ async def follow_bucket(kv: KeyValue, apply: Callable[[str, bytes | None, int], 
                 apply(key, value, revision)
             if ready is not None:
                 ready.set()
-            if progress is not None:
-                progress(upto)
+            if progress is not None:  # a write between status() and the read is in it too
+                progress(max(upto, *seen.values()) if seen else upto)
             async for entry in watcher:
                 if entry is None or (entry.revision or 0) <= seen.get(entry.key, 0):
                     continue

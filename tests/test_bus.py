@@ -15,3 +15,38 @@ async def test_ensure_all_is_idempotent(nc: NATS) -> None:
     kv = await js.key_value(bus.PROVIDERS_BUCKET)
     await kv.put("x", b"1")
     assert (await kv.get("x")).value == b"1"
+
+
+async def test_follow_bucket_reports_a_write_that_lands_during_its_first_read(
+        nc: NATS, monkeypatch: object) -> None:
+    """A write between the bucket status and the initial read is in the read: the progress
+    reported must include it, or `wait_applied` waits for a revision already applied."""
+    import asyncio
+
+    import pytest
+
+    js = nc.jetstream()
+    await bus.ensure_all(js)
+    kv = await js.key_value(bus.SETTINGS_BUCKET)
+    await kv.put("a", b"1")
+    real_read = bus.read_bucket
+
+    async def racing_read(bucket: object) -> dict[str, tuple[bytes, int]]:
+        await kv.put("b", b"2")  # someone writes right now
+        return await real_read(bucket)  # type: ignore[arg-type]
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(bus, "read_bucket", racing_read)
+    reported: list[int] = []
+    applied: dict[str, int] = {}
+    ready = asyncio.Event()
+    task = asyncio.create_task(bus.follow_bucket(
+        kv, lambda k, v, r: applied.__setitem__(k, r), ready, reported.append))
+    try:
+        await asyncio.wait_for(ready.wait(), 5)
+        await asyncio.sleep(0.2)  # the watcher delivers "b" again: skipped as already seen
+        last = (await kv.status()).stream_info.state.last_seq
+        assert applied["b"] == last and max(reported) == last
+    finally:
+        mp.undo()
+        task.cancel()

@@ -413,3 +413,32 @@ def test_gateway_keys_from_kv_apply_to_the_very_first_request(
     finally:
         edge.stop()
         router.stop()
+
+
+def test_models_requests_do_not_queue_behind_a_slow_provider_list(
+        gateway: Gateway, fakes: dict[str, FakeUpstream]) -> None:
+    """A provider whose model list never answers: concurrent /v1/models requests each get
+    their answer within the 1.5 s budget (nats-py runs one subscription's callbacks in turn:
+    handled inline, the second and third waited behind the first and timed out as 503)."""
+    import concurrent.futures
+
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(16)  # accepts, never answers
+    try:
+        gateway.add_provider(provider_for(
+            fakes["openai-chat"], name="silent", base_url=f"http://127.0.0.1:"
+            f"{hole.getsockname()[1]}/v1", models=[]))
+
+        def ask(_: int) -> tuple[int, float]:
+            t0 = time.monotonic()
+            with gateway.client() as c:
+                r = c.get("/v1/models")
+            return r.status_code, time.monotonic() - t0
+
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            got = list(pool.map(ask, range(3)))
+        assert [status for status, _ in got] == [200, 200, 200], got
+        assert max(took for _, took in got) < 1.9, got
+    finally:
+        hole.close()

@@ -50,3 +50,14 @@ def test_listed_only_where_the_name_routes_back_unchanged() -> None:
     assert pairs == [("claude-x", "main")], "each model once, owned by the first in priority"
     doc = json.loads(render_models("gemini", [globbed], {"main": ["claude-opus-4-1"]}))
     assert doc["models"][0]["name"] == "models/claude-opus-4-1"
+
+
+def test_vendor_prefixed_names_that_would_pin_another_provider_are_not_listed() -> None:
+    """OpenRouter lists "anthropic/claude-3.5-haiku"; with a provider named "anthropic" that
+    name pins it, so listing it as OpenRouter's would be a lie."""
+    anthropic = _p("anthropic", models=["claude-*"], priority=1)
+    router = _p("backup", "openai-chat", priority=2)
+    pairs = model_names([anthropic, router], {"backup": [
+        "anthropic/claude-3.5-haiku", "meta-llama/llama-3.3-70b", "backup/own-model"]})
+    # "backup/own-model" would pin backup and send it "own-model": not what was listed either
+    assert pairs == [("meta-llama/llama-3.3-70b", "backup")]

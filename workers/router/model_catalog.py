@@ -64,9 +64,11 @@ class ModelCatalog:
         got = self._cache.get(p.name)
         return got is not None and got[0] > now and got[2] == _fingerprint(p)
 
-    async def names(self, providers: list[ProviderConfig]) -> dict[str, list[str]]:
+    async def names(self, providers: list[ProviderConfig],
+                    timeout: float | None = None) -> dict[str, list[str]]:
         """Provider name -> the model ids it lists (stale or missing entries are refreshed;
-        this waits at most ``timeout`` for them, then answers with what it has)."""
+        this waits at most ``timeout`` (default ``self.timeout``) for them, then answers with
+        what it has)."""
         now = time.monotonic()
         tasks = []
         for p in providers:
@@ -78,8 +80,9 @@ class ModelCatalog:
                 self._refreshing[p.name] = task
                 task.add_done_callback(self._forget(p.name))
             tasks.append(task)
-        if tasks:
-            await asyncio.wait(tasks, timeout=self.timeout)
+        wait = self.timeout if timeout is None else timeout
+        if tasks and wait > 0:
+            await asyncio.wait(tasks, timeout=wait)
         return {p.name: self._cache[p.name][1] for p in providers
                 if p.name in self._cache and self._cache[p.name][2] == _fingerprint(p)}
 

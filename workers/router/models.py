@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from schemas.config import ProviderConfig
+from workers.router.plan import split_pinned_model
 
 __all__ = ["model_names", "render_models"]
 
@@ -24,6 +25,7 @@ def model_names(providers: list[ProviderConfig],
     """(model, provider) pairs, each model once, owned by the first provider in priority
     order."""
     seen: dict[str, str] = {}
+    names = {p.name for p in providers}
     for p in sorted(providers, key=lambda p: (p.priority, p.name)):
         if not p.enabled:
             continue
@@ -31,6 +33,9 @@ def model_names(providers: list[ProviderConfig],
             if not (_GLOB & set(name)):
                 seen.setdefault(name, p.name)
         for name in (discovered or {}).get(p.name, []):
+            if split_pinned_model(name, names)[0] is not None:
+                continue  # "anthropic/x" from OpenRouter's list: asking for it pins a provider
+
             if p.serves(name) and p.upstream_model(name) == name:
                 seen.setdefault(name, p.name)
     return sorted(seen.items())

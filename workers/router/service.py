@@ -7,6 +7,7 @@ back before the first content byte, and publishes attempt and response facts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -199,7 +200,8 @@ class Router:
 
     # -- NATS callbacks ----------------------------------------------------------------------
     async def _on_ping(self, msg: Msg) -> None:
-        await msg.respond(self.router_id.encode())
+        if not self._stopping:  # a stopping router takes no more work: not "ready"
+            await msg.respond(self.router_id.encode())
 
     async def _on_rollcall(self, msg: Msg) -> None:
         if not self._stopping:
@@ -208,10 +210,22 @@ class Router:
                  "applied": self.applied}))
 
     async def _on_models(self, msg: Msg) -> None:
+        # nats-py runs one subscription's callbacks one after another: a models request that
+        # waits for a provider's list must not hold the next one up past the edge's timeout
+        received = time.monotonic()
+        task = asyncio.create_task(self._answer_models(msg, received))
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    async def _answer_models(self, msg: Msg, received: float) -> None:
         providers = self.table.active()
-        discovered = await self.catalog.names(providers) if self.catalog else {}
-        await msg.respond(render_models(msg.data.decode() or "openai-chat", providers,
-                                        discovered))
+        discovered: dict[str, list[str]] = {}
+        if self.catalog is not None:
+            budget = max(0.0, 1.5 - (time.monotonic() - received))
+            discovered = await self.catalog.names(providers, timeout=budget)
+        with contextlib.suppress(Exception):
+            await msg.respond(render_models(msg.data.decode() or "openai-chat", providers,
+                                            discovered))
 
     async def _on_cancel(self, msg: Msg) -> None:
         entry = self._inflight.get(msg.subject[len(CANCEL_PREFIX) + 1:])

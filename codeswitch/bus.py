@@ -29,12 +29,14 @@ from nats.js.errors import (
     NotFoundError,
 )
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from schemas.subjects import FACT_SUBJECTS, REQUEST_PREFIX
 
 __all__ = [
     "BODIES_BUCKET",
     "BODY_LOG_BUCKET",
+    "body_log_store",
     "CIRCUITS_BUCKET",
     "EVENTS_STREAM",
     "KV_BUCKETS",
@@ -183,20 +185,40 @@ async def ensure_all(js: JetStreamContext, limits: StreamLimits | None = None) -
                     storage=js_api.StorageType.FILE,
                 )
             )
-    for bucket, description, ttl, max_bytes in (
-            (BODIES_BUCKET, "oversized request bodies", 600.0, None),
-            (BODY_LOG_BUCKET, "request and response bodies (body_log)", BODY_LOG_TTL_S,
-             BODY_LOG_MAX_BYTES)):
-        try:
-            await js.object_store(bucket)
-        except (BucketNotFoundError, NotFoundError):
-            await js.create_object_store(
-                bucket,
-                config=js_api.ObjectStoreConfig(
-                    description=description, ttl=ttl, max_bytes=max_bytes,
-                    storage=js_api.StorageType.FILE,
-                ),
-            )
+    try:
+        await js.object_store(BODIES_BUCKET)
+    except (BucketNotFoundError, NotFoundError):
+        await js.create_object_store(
+            BODIES_BUCKET,
+            config=js_api.ObjectStoreConfig(
+                description="oversized request bodies", ttl=600.0,
+                storage=js_api.StorageType.FILE,
+            ),
+        )
+    # cs_body_log is not created here: its 1 GiB limit is reserved against the account's
+    # JetStream storage, and it only exists once someone turns the body log on
+
+
+async def body_log_store(js: JetStreamContext,
+                         max_bytes: int = BODY_LOG_MAX_BYTES) -> ObjectStore:
+    """The body log's object store, created on first use: at most BODY_LOG_MAX_BYTES, entries
+    expire after a week, and when it is full the oldest go (nats-py creates object stores with
+    discard=new, which would refuse every new entry instead)."""
+    try:
+        return await js.object_store(BODY_LOG_BUCKET)
+    except (BucketNotFoundError, NotFoundError):
+        pass
+    await js.create_object_store(
+        BODY_LOG_BUCKET,
+        config=js_api.ObjectStoreConfig(
+            description="request and response bodies (body_log)", ttl=BODY_LOG_TTL_S,
+            max_bytes=max_bytes, storage=js_api.StorageType.FILE,
+        ),
+    )
+    config = (await js.stream_info(f"OBJ_{BODY_LOG_BUCKET}")).config
+    config.discard = js_api.DiscardPolicy.OLD
+    await js.update_stream(config)
+    return await js.object_store(BODY_LOG_BUCKET)
 
 
 async def read_bucket(kv: KeyValue) -> dict[str, tuple[bytes, int]]:

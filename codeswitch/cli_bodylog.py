@@ -36,11 +36,21 @@ def _with_nats(url: str | None, fn: Any) -> Any:
 def _switch(on: bool, nats_url: str | None) -> None:
     from codeswitch.admin import get_setting, put_setting
 
-    async def go(nc: Any) -> None:
+    async def go(nc: Any) -> str | None:
+        if on:  # the bucket first: on a NATS with too little storage, say so and stay off
+            try:
+                await bus.body_log_store(nc.jetstream())
+            except Exception as exc:
+                return (f"cannot create the body log bucket {bus.BODY_LOG_BUCKET} "
+                        f"({bus.BODY_LOG_MAX_BYTES >> 30} GiB): {exc}")
         current = await get_setting(nc, "gateway")
         await put_setting(nc, "gateway", msgspec.structs.replace(current, body_log=on))
+        return None
 
-    _with_nats(nats_url, go)
+    problem = _with_nats(nats_url, go)
+    if problem:
+        err.print(f"[red]{problem}[/]; the body log stays off")
+        raise typer.Exit(1)
     if on:
         out.print("body log [bold]on[/]: every request's body and response are kept for "
                   f"{bus.BODY_LOG_TTL_S / 86400:.0f} days (at most "
@@ -74,10 +84,10 @@ def body_list(
 
     async def go(nc: Any) -> tuple[bool, list[Any]]:
         on = (await get_setting(nc, "gateway")).body_log
-        obs = await nc.jetstream().object_store(bus.BODY_LOG_BUCKET)
         try:
+            obs = await nc.jetstream().object_store(bus.BODY_LOG_BUCKET)
             infos = await obs.list()
-        except NotFoundError:  # nats-py: an empty bucket
+        except NotFoundError:  # no bucket yet (never turned on), or an empty one
             infos = []
         return on, sorted(infos, key=lambda i: i.mtime or "", reverse=True)[:limit]
 
@@ -100,14 +110,20 @@ def body_show(
     nats_url: NatsOpt = None,
 ) -> None:
     """One request's body and the response as the client received it."""
-    async def go(nc: Any) -> bytes | None:
-        obs = await nc.jetstream().object_store(bus.BODY_LOG_BUCKET)
+    async def go(nc: Any) -> bytes | str | None:
         try:
+            obs = await nc.jetstream().object_store(bus.BODY_LOG_BUCKET)
             return (await obs.get(request_id)).data or b""
         except (ObjectNotFoundError, NotFoundError):
             return None
+        except Exception as exc:  # chunks dropped when the log was full: digest mismatch
+            return f"{type(exc).__name__}: {exc}"
 
     raw = _with_nats(nats_url, go)
+    if isinstance(raw, str):
+        err.print(f"[red]the entry for {request_id} is incomplete[/] (its oldest part was "
+                  f"dropped when the body log was full): {raw}")
+        raise typer.Exit(1)
     if raw is None:
         err.print(f"[red]no body kept for {request_id}[/]: is the body log on (`codeswitch "
                   "body-log on`), and is it less than a week old?")

@@ -44,14 +44,17 @@ class Snapshot:
 
     @property
     def healthy(self) -> bool:
-        return (self.edge_ready == "ready" and bool(self.routers)
-                and all(c["present"] for c in self.consumers))
+        # an edge we cannot locate (no run file for this NATS: started by hand) is not judged
+        edge_ok = self.edge_ready == "ready" or self.edge_url is None
+        return edge_ok and bool(self.routers) and all(c["present"] for c in self.consumers)
 
 
 async def gather(nc: NATS, nats_url: str, run_info: dict[str, Any] | None) -> Snapshot:
     js = nc.jetstream()
-    edge_url = str(run_info["edge_url"]) if run_info and run_info.get("edge_url") else None
-    snap = Snapshot(nats_url=nats_url, edge_url=edge_url, edge_ready="unknown")
+    # the run file describes the gateway `up` started here; use it only if it is this NATS
+    edge_url = (str(run_info["edge_url"]) if run_info and run_info.get("edge_url")
+                and run_info.get("nats_url") == nats_url else None)
+    snap = Snapshot(nats_url=_masked(nats_url), edge_url=edge_url, edge_ready="unknown")
     info = nc._server_info  # what the server said on connect (version, JetStream)
     snap.server = {"version": info.get("version"), "jetstream": bool(info.get("jetstream"))}
     snap.routers = await roll_call(nc)
@@ -84,6 +87,16 @@ async def gather(nc: NATS, nats_url: str, run_info: dict[str, Any] | None) -> Sn
     return snap
 
 
+def _masked(url: str) -> str:
+    """nats://user:pass@host -> nats://user:***@host (a status line is often pasted)."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"
+
+
 def _size(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -96,8 +109,12 @@ def render(snap: Snapshot, run_info: dict[str, Any] | None) -> Group:
     ok, bad = "[green]●[/]", "[red]●[/]"
     head = Table.grid(padding=(0, 2))
     head.add_row("gateway", (ok + " healthy") if snap.healthy else (bad + " degraded"))
-    head.add_row("edge", f"{snap.edge_url or '(no run file: started by hand?)'}  "
-                 + (ok if snap.edge_ready == "ready" else bad) + f" {snap.edge_ready}")
+    if snap.edge_url is None:
+        head.add_row("edge", "not known here (no run file for this NATS: edges started by "
+                     "hand are not checked)")
+    else:
+        head.add_row("edge", f"{snap.edge_url}  "
+                     + (ok if snap.edge_ready == "ready" else bad) + f" {snap.edge_ready}")
     head.add_row("nats", f"{snap.nats_url}  nats-server {snap.server.get('version', '?')}"
                  + ("" if snap.server.get("jetstream") else "  [red]JetStream off[/]"))
     if run_info and run_info.get("pid"):

@@ -169,7 +169,8 @@ class EdgeApp:
             await _respond(send, 200, self.metrics.render(),
                            "text/plain; version=0.0.4; charset=utf-8")
         elif route.kind == "models":
-            await self._models(send, route, headers)
+            await self._models(send, route, headers,
+                               scope.get("query_string", b"").decode("latin-1"))
         else:  # "/" and HEAD preconnects
             await _respond(send, 200, b'{"service":"codeswitch"}')
 
@@ -185,11 +186,18 @@ class EdgeApp:
             return
         await _respond(send, 200, b'{"status":"ready"}')
 
-    async def _models(self, send: Send, route: Route, headers: dict[str, str]) -> None:
+    async def _models(self, send: Send, route: Route, headers: dict[str, str],
+                      query: str) -> None:
         dialect = route.dialect or (
             "anthropic" if "anthropic-version" in headers
             else "gemini" if "x-goog-api-key" in headers else "openai-chat"
         )
+        try:  # the list comes from the providers' own accounts: same keys as the LLM routes
+            authenticate(headers, query, self.settings)
+        except AuthError as exc:
+            await _respond(send, exc.status, render(dialect, exc.status, exc.message,
+                                                    code="authentication"))
+            return
         assert self.nc is not None
         try:
             reply = await self.nc.request(ROUTER_MODELS, dialect.encode(), timeout=2.0)
@@ -284,10 +292,11 @@ class EdgeApp:
         """Store a body-log entry in the background (the response has been sent)."""
         async def put() -> None:
             try:
-                obs = await self.js.object_store(bus.BODY_LOG_BUCKET)
+                obs = await bus.body_log_store(self.js)
                 await obs.put(request_id, entry)
             except Exception as exc:  # the body log never fails a request
-                log.warning("body log: %s not kept: %s", request_id, type(exc).__name__)
+                log.warning("body log: %s not kept: %s: %s", request_id, type(exc).__name__,
+                            str(exc)[:200])
 
         task = asyncio.ensure_future(put())
         self._background.add(task)

@@ -1,7 +1,7 @@
 """The body log (``[gateway] body_log = true``, off by default, as in the original): each
 request's body and the response exactly as the client received it, kept for a week in the
 object store bucket ``cs_body_log`` under the request id, for debugging a client or a
-translation. ``codeswitch body <request id>`` shows one.
+translation. ``codeswitch body-log show <request id>`` shows one.
 
 Only bodies: no header is kept, so no key or auth header reaches it (provider keys an upstream
 echoes are scrubbed by the router before anything reaches the edge). Nothing here runs when the

@@ -50,3 +50,26 @@ async def test_follow_bucket_reports_a_write_that_lands_during_its_first_read(
     finally:
         mp.undo()
         task.cancel()
+
+
+async def test_the_body_log_bucket_is_made_on_first_use_and_keeps_the_newest(nc: NATS) -> None:
+    """ensure_all must not reserve the body log's storage (a small operator account would
+    refuse every start); once made, a full log drops its oldest entries, never new ones."""
+    from nats.js.errors import BucketNotFoundError, NotFoundError
+
+    js = nc.jetstream()
+    await bus.ensure_all(js)
+    try:
+        await js.object_store(bus.BODY_LOG_BUCKET)
+        raise AssertionError("ensure_all created the body log bucket")
+    except (BucketNotFoundError, NotFoundError):
+        pass
+    obs = await bus.body_log_store(js, max_bytes=256 * 1024)
+    entry = b"x" * (40 * 1024)
+    for i in range(20):  # 800 KB into 256 KB: every put succeeds
+        await obs.put(f"req-{i}", entry)
+    assert (await obs.get("req-19")).data == entry
+    names = {i.name for i in await obs.list()}
+    assert "req-19" in names and len(names) < 20
+    again = await bus.body_log_store(js)  # the existing bucket, as it is
+    assert (await again.get("req-19")).data == entry

@@ -22,8 +22,8 @@ BODY = {"model": MODELS["anthropic"], "max_tokens": 16,
 
 def _kept(gw: Gateway, request_id: str, timeout: float = 5) -> dict[str, Any] | None:
     async def get(nc: Any) -> bytes | None:
-        obs = await nc.jetstream().object_store(bus.BODY_LOG_BUCKET)
-        try:
+        try:  # no bucket until the body log is first turned on
+            obs = await nc.jetstream().object_store(bus.BODY_LOG_BUCKET)
             return (await obs.get(request_id)).data
         except Exception:
             return None

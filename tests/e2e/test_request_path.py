@@ -262,6 +262,11 @@ def test_gateway_key_required(nats_server: EmbeddedNats, fakes: dict[str, FakeUp
                        json={"contents": [{"parts": [{"text": "hi"}]}]},
                        headers={"x-goog-api-key": "the-gateway-key"})
             assert g.status_code == 200
+            # the model list comes from the providers' accounts: the same key is required
+            assert c.get("/v1/models").status_code == 401
+            assert c.get("/v1beta/models").json()["error"]["status"] == "UNAUTHENTICATED"
+            listed = c.get("/v1/models", headers={"authorization": "Bearer the-gateway-key"})
+            assert listed.status_code == 200 and listed.json()["data"]
     finally:
         gw.stop()
 

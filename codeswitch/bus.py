@@ -42,6 +42,7 @@ __all__ = [
     "KV_BUCKETS",
     "PROVIDERS_BUCKET",
     "REQUESTS_STREAM",
+    "ROUTER_DELIVER",
     "ROUTER_DURABLE",
     "SETTINGS_BUCKET",
     "StreamLimits",
@@ -58,6 +59,10 @@ _background: set[asyncio.Future[None]] = set()
 REQUESTS_STREAM = "CS_REQUESTS"
 EVENTS_STREAM = "CS_EVENTS"
 ROUTER_DURABLE = "routers"
+# the work queue consumer's deliver subject: fixed, so that routers starting together create
+# the same consumer (with a per-router inbox, each create rewrote it, and only the last router
+# to start received any work)
+ROUTER_DELIVER = "cs.work.routers"
 PROVIDERS_BUCKET = "cs_providers"
 SETTINGS_BUCKET = "cs_settings"
 CIRCUITS_BUCKET = "cs_circuits"

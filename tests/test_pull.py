@@ -32,8 +32,7 @@ async def test_batches_in_order_then_drain_leaves_nothing_in_flight(nc: NATS) ->
     rest = await puller.drain()
     seen += [int(m.data) for m in rest]
     assert seen == list(range(2000))
-    await rest[-1].ack()
-    await nc.flush()
+    await rest[-1].ack_sync()  # confirmed by the server before the consumer is inspected
     info = await nc.jetstream().consumer_info("PULLT", "c")
     # everything delivered was handed to us and acked; the rest was never sent anywhere
     assert info.num_ack_pending == 0
@@ -48,7 +47,7 @@ async def test_closing_without_drain_leaves_a_batch_in_flight(nc: NATS) -> None:
     await _stream(nc, 3000)
     puller = await BatchPuller(nc, "PULLT", "c", batch=1000, expires=1.0).start()
     first = await puller.fetch()
-    await first[-1].ack()
+    await first[-1].ack_sync()
     await asyncio.sleep(0.3)  # the prefetched batch arrives in the buffer meanwhile
     await puller.close()
     await nc.flush()

@@ -147,6 +147,7 @@ class Router:
             config=js_api.ConsumerConfig(
                 ack_policy=js_api.AckPolicy.EXPLICIT, ack_wait=30,
                 max_ack_pending=self.max_in_flight, max_deliver=1,
+                deliver_subject=bus.ROUTER_DELIVER,
             ),
             pending_msgs_limit=100_000, pending_bytes_limit=1024 * 1024 * 1024,
         )

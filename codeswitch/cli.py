@@ -80,6 +80,19 @@ async def _applied(nc: Any) -> str:
     return f"[yellow]in effect on {caught} of {routers} routers so far[/]"
 
 
+def _watch(frame: Callable[[], Any]) -> None:
+    """Redraw ``frame()`` every second until Ctrl-C (`provider status -w`, `status -w`)."""
+    from rich.live import Live
+
+    with Live(console=console, refresh_per_second=2) as live:
+        try:
+            while True:
+                live.update(frame())
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+
+
 # -- up / edge / worker ----------------------------------------------------------------------
 @app.command()
 def up(
@@ -413,15 +426,7 @@ def provider_status(
     if not watch:
         console.print(render(_with_nats(url, snapshot)))
         return
-    from rich.live import Live
-
-    with Live(console=console, refresh_per_second=2) as live:
-        try:
-            while True:
-                live.update(render(_with_nats(url, snapshot)))
-                time.sleep(1)
-        except KeyboardInterrupt:
-            pass
+    _watch(lambda: render(_with_nats(url, snapshot)))
 
 
 @app.command()
@@ -449,15 +454,7 @@ def status(
         got = snap()
         console.print(render(got, run_info))
         raise typer.Exit(0 if got.healthy else 1)
-    from rich.live import Live
-
-    with Live(console=console, refresh_per_second=2) as live:
-        try:
-            while True:
-                live.update(render(snap(), run_info))
-                time.sleep(1)
-        except KeyboardInterrupt:
-            pass
+    _watch(lambda: render(snap(), run_info))
 
 
 @app.command()

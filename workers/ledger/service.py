@@ -91,7 +91,6 @@ class LedgerService:
         self.rebuilder: Rebuilder | None = None
         self._inflight: tuple[asyncio.Future[bool], Msg] | None = None
         self._submitted = 0  # highest seq handed to the DB thread
-        self._enc = msgspec.json.Encoder()
 
     # -- plumbing ---------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ class RequestEnvelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
     pin_provider: str | None = None  # x-codeswitch-provider
     edge: str | None = None
     key_hash: str | None = None  # sha256 of the client's key (never the key itself)
+    client_request_id: str | None = None  # the client's own id (x-client-request-id), if sent
 
 
 class ReplyStart(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -57,3 +58,4 @@ class ReplyStart(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     provider: str | None = None
     upstream_model: str | None = None
     headers: dict[str, str] = {}
+    router: str | None = None  # the router answering (the edge watches that it stays alive)

@@ -31,6 +31,7 @@ __all__ = [
     "CircuitChanged",
     "Event",
     "EventBase",
+    "PartChanged",
     "QuotaUsed",
     "RequestCompleted",
     "Usage",
@@ -111,6 +112,15 @@ class RequestCompleted(EventBase, frozen=True, kw_only=True):
     router: str | None = None
     bytes_in: int = 0
     bytes_out: int = 0
+    # the client's own id for the request (Codex's x-client-request-id), when it sent one
+    client_request_id: str | None = None
+    # False when the answer did not reach the client whole (client or edge gone, router lost);
+    # the usage still counts, the request counts as an error
+    delivered: bool = True
+    # "edge" | "router" | "recovered": who wrote this fact (a request can have several; the
+    # ledger folds them into one row per request id)
+    source: str = "router"
+    usage_estimated: bool = False  # usage is an estimate (the router died before the end)
 
 
 class CircuitChanged(EventBase, frozen=True, kw_only=True):
@@ -174,6 +184,20 @@ class QuotaUsed(EventBase, frozen=True, kw_only=True):
     period: str = "month"  # "day" | "month" | ...
 
 
+class PartChanged(EventBase, frozen=True, kw_only=True):
+    """A part of a running gateway started, exited, was restarted or is crash-looping.
+    Subject: gateway.part.<part>.<state>; published by the supervisor."""
+
+    part: str  # edge | router | router-2 | ledger | alerts | nats-server | supervisor
+    state: str  # "started" | "exited" | "restarted" | "crash_loop" | "recovered"
+    pid: int | None = None
+    exit_code: int | None = None
+    restarts: int = 0  # restarts in the last 10 minutes
+    backoff_s: float = 0.0  # wait before the next start
+    message: str = ""
+    host: str | None = None
+
+
 Event = (
     AttemptFinished
     | RequestCompleted
@@ -182,6 +206,7 @@ Event = (
     | AlertResolved
     | AlertNotificationFailed
     | QuotaUsed
+    | PartChanged
 )
 
 _encoder = msgspec.json.Encoder()

@@ -12,6 +12,7 @@ Facts (JetStream stream CS_EVENTS, readable JSON):
     llm.attempt.<dialect>.<provider>    one per upstream attempt
     llm.response.<dialect>.<provider>   one per request (provider "-" when none served it)
     user.<user>.quota                   QuotaUsed: a user's quota level (latest per user)
+    gateway.part.<part>.<state>         PartChanged: the supervisor started/restarted a part
     provider.>  admin.>  user.>  alert.>  later facts of the other workers
 """
 
@@ -33,6 +34,7 @@ __all__ = [
     "attempt_subject",
     "cancel_subject",
     "circuit_subject",
+    "part_subject",
     "quota_subject",
     "request_subject",
     "response_subject",
@@ -57,6 +59,7 @@ FACT_SUBJECTS: Final[tuple[str, ...]] = (
     "admin.>",
     "user.>",
     "alert.>",
+    "gateway.>",
 )
 
 _UNSAFE = str.maketrans({c: "_" for c in ". *>\t\r\n"})
@@ -87,6 +90,10 @@ def circuit_subject(provider: str, state: str) -> str:
 
 def quota_subject(user: str) -> str:
     return f"user.{safe_token(user)}.quota"
+
+
+def part_subject(part: str, state: str) -> str:
+    return f"gateway.part.{safe_token(part)}.{state}"
 
 
 def cancel_subject(request_id: str) -> str:

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -32,6 +33,7 @@ from schemas.envelope import (
     KIND_END,
     KIND_FULL,
     KIND_START,
+    SEQ_BYTES,
     ReplyStart,
     RequestEnvelope,
 )
@@ -67,12 +69,24 @@ class _Stop(Exception):
     pass
 
 
+# Errors for a request that a router took and may have started upstream: a status no SDK or
+# CLI retries on its own (they retry 408, 409, 429 and every 5xx), so a lost answer never
+# becomes a second, billed call without the user deciding so.
+MAYBE_EXECUTED = 424
+_NO_RETRY = [(b"x-should-retry", b"false")]
+# edge-side outcomes where the upstream's answer did not reach the client
+_UNDELIVERED = frozenset({"router_lost", "reply_gap"})
+
+
 class EdgeApp:
     """ASGI application. ``startup``/``shutdown`` are driven by the lifespan protocol."""
 
     def __init__(self, nats_url: str, *, edge_id: str | None = None,
-                 settings: GatewaySettings | None = None, ensure_streams: bool = True) -> None:
+                 settings: GatewaySettings | None = None, ensure_streams: bool = True,
+                 home: Path | None = None) -> None:
         self.nats_url = nats_url
+        # write-ahead facts (codeswitch.facts) in <home>/outbox when run by `codeswitch up`
+        self.outbox = Path(home) / "outbox" if home is not None else None
         self.edge_id = edge_id
         self.settings = settings or GatewaySettings()
         self._fixed_settings = settings is not None
@@ -95,7 +109,7 @@ class EdgeApp:
         self.dispatcher = Dispatcher(self.nc, self.edge_id)
         self.edge_id = self.dispatcher.edge_id
         await self.dispatcher.start()
-        self.facts = FactPublisher(self.nc)
+        self.facts = FactPublisher(self.nc, wal=self.outbox, name="edge")
         self.facts.start()
         if not self._fixed_settings:
             # the settings (gateway keys!) are in place before the first request is served
@@ -250,8 +264,9 @@ class EdgeApp:
                     body_size=len(body), user=ident.user, session=ident.session,
                     client=ident.client, pin_provider=headers.get("x-codeswitch-provider"),
                     edge=self.edge_id, key_hash=principal.key_hash,
+                    client_request_id=(headers.get("x-client-request-id") or None),
                 )
-                env = await self._publish(env, body)
+                env = await self._publish(env, body, queue, state)
                 await self._relay(env, queue, timer, receive, send, state, started)
             finally:
                 self.dispatcher.unregister(request_id)
@@ -260,7 +275,8 @@ class EdgeApp:
                              request_id, started)
         except EdgeError as exc:
             await self._fail(send, state, dialect, exc.status, exc.message, exc.code,
-                             request_id, started)
+                             request_id, started,
+                             _NO_RETRY if exc.status == MAYBE_EXECUTED else None)
         except _Stop:
             pass
         except Exception as exc:  # never a bare 500 with a traceback
@@ -286,6 +302,11 @@ class EdgeApp:
                     received_at=t0, duration_ms=latency * 1000,
                     user=env.user if env else None, session=env.session if env else None,
                     client=env.client if env else None, edge=self.edge_id,
+                    provider=state["provider"], router=state.get("router"),
+                    delivered=state["fact"] not in _UNDELIVERED, source="edge",
+                    bytes_out=state["bytes_out"],
+                    client_request_id=env.client_request_id if env else
+                    (headers.get("x-client-request-id") or None),
                 ))
 
     def _keep_bodies(self, entry: bytes, request_id: str) -> None:
@@ -302,7 +323,8 @@ class EdgeApp:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _publish(self, env: RequestEnvelope, body: bytes) -> RequestEnvelope:
+    async def _publish(self, env: RequestEnvelope, body: bytes, queue: asyncio.Queue[bytes],
+                       state: dict[str, Any]) -> RequestEnvelope:
         assert self.nc is not None
         if len(body) + _HEADROOM > self.nc.max_payload:
             # Too large for one message: the body goes to the object store, the message
@@ -314,18 +336,39 @@ class EdgeApp:
         headers = {"Nats-Msg-Id": env.request_id, ENV_HEADER: _env_encoder.encode(env).decode()}
         subject = request_subject(env.dialect)
         try:
-            await self.js.publish(subject, body, headers=headers, timeout=5.0)
+            ack = await self.js.publish(subject, body, headers=headers, timeout=5.0)
         except NoRespondersError:
             # the work queue is gone (a restarted NATS, an operator's `stream rm`): recreate it
             try:
                 await bus.ensure_all(self.js)
-                await self.js.publish(subject, body, headers=headers, timeout=5.0)
+                ack = await self.js.publish(subject, body, headers=headers, timeout=5.0)
             except Exception as exc:
                 raise EdgeError(503, "gateway bus unavailable, try again",
                                 "bus_unavailable") from exc
         except Exception as exc:
-            raise EdgeError(503, "gateway bus unavailable, try again", "bus_unavailable") from exc
+            # No ack (NATS restarting): the message may still have been stored and taken. A
+            # router that took it has answered on the reply subject (registered before the
+            # publish); otherwise the pickup deadline has passed and routers drop it, so a
+            # retryable 503 cannot lead to a second call.
+            if queue.empty():
+                await asyncio.sleep(2 * 0.25)
+            if queue.empty():
+                raise EdgeError(503, "gateway bus unavailable, try again",
+                                "bus_unavailable") from exc
+            return env
+        state["seq"] = ack.seq
         return env
+
+    async def _untaken(self, state: dict[str, Any]) -> bool:
+        """After the pickup timeout: remove the request from the work queue. True when it was
+        still there (no router took it: nothing ran upstream)."""
+        seq = state.get("seq")
+        if not seq:
+            return False
+        try:
+            return bool(await self.js.delete_msg(bus.REQUESTS_STREAM, seq))
+        except Exception:
+            return False
 
     async def _relay(self, env: RequestEnvelope, queue: asyncio.Queue[bytes],
                      timer: asyncio.TimerHandle, receive: Receive, send: Send,
@@ -352,11 +395,14 @@ class EdgeApp:
                     continue
                 if data == PICKUP_TIMEOUT:
                     await self._cancel(env.request_id)
-                    raise EdgeError(503, "no router available to take the request (is "
-                                    "`codeswitch worker router` running?)", "no_router")
+                    if await self._untaken(state):
+                        raise EdgeError(503, "no router available to take the request (is "
+                                        "`codeswitch worker router` running?)", "no_router")
+                    raise EdgeError(MAYBE_EXECUTED, _LOST_MESSAGE, "router_lost")
                 if data == ROUTER_LOST:
-                    raise EdgeError(502, "the router handling this request stopped "
-                                    "responding", "router_lost")
+                    state["router"] = self.dispatcher.owner.get(env.request_id) \
+                        if self.dispatcher else None
+                    raise EdgeError(MAYBE_EXECUTED, _LOST_MESSAGE, "router_lost")
                 break
             # 2. the answer
             if kind == KIND_FULL:
@@ -371,8 +417,11 @@ class EdgeApp:
                 raise EdgeError(502, "router sent an unexpected reply", "bad_reply")
             head, _, first = data[1:].partition(b"\n")
             start = _start_decoder.decode(head)
+            if start.router and self.dispatcher is not None:
+                self.dispatcher.owner[env.request_id] = start.router
             await self._send_start(send, start, env, state, None)
             out = 0
+            expect = 1  # sequence number of the next D/E message
             if first:
                 state["ttfb"] = time.perf_counter() - started
                 out = len(first)
@@ -384,16 +433,30 @@ class EdgeApp:
                     state["status"] = 499
                     return
                 kind = data[0]
+                if kind in (KIND_DATA, KIND_END):
+                    seq = int.from_bytes(data[1:1 + SEQ_BYTES], "big")
+                    if seq != expect:  # a reply message was lost (NATS restarted)
+                        await self._cancel(env.request_id)
+                        state["fact"] = "reply_gap"
+                        state["message"] = "part of the answer was lost between router and edge"
+                        await send({"type": "http.response.body", "more_body": True,
+                                    "body": stream_error(env.dialect, 502,
+                                                         "part of the answer was lost inside "
+                                                         "the gateway (its message bus "
+                                                         "restarted); the answer is incomplete")})
+                        break
+                    expect += 1
                 if kind == KIND_DATA:
                     if state["ttfb"] is None:
                         state["ttfb"] = time.perf_counter() - started
-                    out += len(data) - 1
-                    await send({"type": "http.response.body", "body": data[1:],
+                    out += len(data) - 1 - SEQ_BYTES
+                    await send({"type": "http.response.body", "body": data[1 + SEQ_BYTES:],
                                 "more_body": True})
                 elif kind == KIND_END:
                     break
                 elif data == ROUTER_LOST:
                     state["fact"], state["message"] = "router_lost", "router stopped mid-stream"
+                    state["router"] = start.router
                     await send({"type": "http.response.body", "more_body": True,
                                 "body": stream_error(env.dialect, 502, "the router handling "
                                                      "this request stopped responding")})
@@ -437,15 +500,21 @@ class EdgeApp:
                 pass
 
     async def _fail(self, send: Send, state: dict[str, Any], dialect: str, status: int,
-                    message: str, code: str, request_id: str, started: float) -> None:
+                    message: str, code: str, request_id: str, started: float,
+                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
         state["status"] = status
         state["fact"] = code
         state["message"] = message
         body = render(dialect, status, message, code=code, request_id=request_id)
         try:
-            await _respond(send, status, body, request_id=request_id)
+            await _respond(send, status, body, request_id=request_id, extra=extra)
         except Exception:  # response already started: nothing more to say on this socket
             pass
+
+
+_LOST_MESSAGE = ("the gateway lost this request while its provider may already have been "
+                 "working on it (the codeswitch router handling it stopped). It is not retried "
+                 "automatically, so that you are not billed twice: send it again if you want.")
 
 
 def _peek(body: bytes, dialect: str) -> Peek:
@@ -480,9 +549,12 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
 
 async def _respond(send: Send, status: int, body: bytes,
                    content_type: str = "application/json", *,
-                   request_id: str | None = None) -> None:
+                   request_id: str | None = None,
+                   extra: list[tuple[bytes, bytes]] | None = None) -> None:
     headers = [(b"content-type", content_type.encode()),
                (b"content-length", str(len(body)).encode())]
+    if extra:
+        headers += extra
     if request_id:
         rid = request_id.encode()
         headers += [(b"x-codeswitch-request-id", rid), (b"x-request-id", rid),

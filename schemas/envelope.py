@@ -6,11 +6,20 @@ and this envelope as JSON in the ``Cs-Env`` header.
 
 Replies are core NATS messages on ``reply``; the first payload byte says what they are:
     b"A"  accepted/heartbeat: a router is working on it (sent when the answer takes >0.2 s
-          to start, then every 5 s; any reply stops the edge's no-router timer)
+          to start, then every 5 s; any reply stops the edge's no-router timer); the rest of
+          the payload is the router's id (the edge asks ``cs.router.alive.<id>`` whether it
+          still lives)
     b"S"  start: ReplyStart JSON, a newline, then the first body bytes (may be none)
-    b"D"  data: body bytes follow, relayed to the client as they are
-    b"E"  end: the response is complete
+    b"D"  data: a 4-byte big-endian sequence number (1, 2, ... after the start), then body
+          bytes, relayed to the client as they are; a gap means a message was lost (a NATS
+          restart): the edge ends the stream with an error instead of a silently broken answer
+    b"E"  end: the sequence number; the response is complete
     b"F"  full: ReplyStart JSON, a newline, then the whole body (non-streaming answers)
+
+``E`` and ``F`` are published with a NATS reply subject: the edge answers b"1" when the request
+is still its own (the answer is delivered) and b"0" when it no longer is (the client went
+away); a dead edge makes the server answer "no responders". The router records the outcome as
+``delivered`` on the request's fact.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from __future__ import annotations
 import msgspec
 
 __all__ = ["ENV_HEADER", "KIND_ACCEPTED", "KIND_DATA", "KIND_END", "KIND_FULL", "KIND_START",
-           "ReplyStart", "RequestEnvelope"]
+           "SEQ_BYTES", "ReplyStart", "RequestEnvelope"]
 
 ENV_HEADER = "Cs-Env"
 
@@ -27,6 +36,7 @@ KIND_START = 0x53  # "S"
 KIND_DATA = 0x44  # "D"
 KIND_END = 0x45  # "E"
 KIND_FULL = 0x46  # "F"
+SEQ_BYTES = 4
 
 
 class RequestEnvelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -5,6 +5,9 @@ Commands (never stored as facts):
     cs.cancel.<request id>       edge -> router: the client went away (core NATS)
     cs.router.ping               readiness probe, answered by any router (core NATS)
     cs.router.models             model list for GET /v1/models, answered by any router
+    cs.router.alive.<router>     is this router alive? (edge -> one router)
+    _INBOX.cs.<edge>.ping        is this edge alive? (router -> one edge)
+    _INBOX.csack.<router>.<rid>  the edge's word that a final reply reached it
     cs.breaker.fail.<key>        router -> routers: one failure counted toward a breaker
     _INBOX.cs.<edge>.<rid>       router -> edge reply stream (core NATS)
 
@@ -28,6 +31,7 @@ __all__ = [
     "REPLY_PREFIX",
     "REQUEST_PREFIX",
     "RESPONSE_PREFIX",
+    "ROUTER_ALIVE_PREFIX",
     "ROUTER_MODELS",
     "ROUTER_PING",
     "ROUTER_ROLLCALL",
@@ -50,6 +54,9 @@ ROUTER_MODELS: Final = "cs.router.models"
 # every live router answers (no queue group): how many routers are taking work right now
 ROUTER_ROLLCALL: Final = "cs.router.rollcall"
 BREAKER_FAIL_PREFIX: Final = "cs.breaker.fail"
+# cs.router.alive.<router id>: answered by that router alone (the edge checks that the router
+# holding its requests lives; "no responders" = it died)
+ROUTER_ALIVE_PREFIX: Final = "cs.router.alive"
 REPLY_PREFIX: Final = "_INBOX.cs"
 
 FACT_SUBJECTS: Final[tuple[str, ...]] = (

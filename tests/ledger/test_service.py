@@ -207,7 +207,8 @@ async def test_price_overrides_from_kv_apply_to_new_events(
             if any(p["source"] == "provider:local" for p in table):
                 break
             await asyncio.sleep(0.05)
-        again = local[1].replace(b'"0005q"', b'"0005z"')
+        # another request (one request id is one row: the ledger folds facts by request id)
+        again = local[1].replace(b'"0005q"', b'"0005z"').replace(b'"req-4"', b'"req-4b"')
         await publish(nc, [(local[0], again)])
         await wait_caught_up(nc, 2)
         log = await ask(nc, "log", {"provider": "local"})

@@ -32,6 +32,7 @@ __all__ = [
     "AuditRow",
     "CircuitRow",
     "RequestRow",
+    "fold_requests",
     "Row",
     "Rows",
     "project",
@@ -85,6 +86,12 @@ class RequestRow(msgspec.Struct, kw_only=True):
     price_cache_read: float | None
     price_cache_write: float | None
     price_reasoning: float | None
+    # the answer reached the client whole (False: client/edge gone, router lost, ...)
+    delivered: bool = True
+    # who recorded it: router | edge | recovered, joined with "+" when facts were folded
+    source: str = "router"
+    usage_estimated: bool = False
+    client_request_id: str | None = None
 
 
 class AttemptRow(msgspec.Struct, kw_only=True):
@@ -193,7 +200,8 @@ def _request(seq: int, ev: RequestCompleted, prices: PriceBook) -> RequestRow:
         received_at=ev.received_at, dialect=ev.dialect, operation=ev.operation, model=ev.model,
         provider=ev.provider, provider_dialect=ev.provider_dialect,
         upstream_model=ev.upstream_model, stream=ev.stream, status=ev.status,
-        ok=ev.error_class is None and ev.status < 400, error_class=ev.error_class,
+        ok=ev.error_class is None and ev.status < 400 and ev.delivered,
+        error_class=ev.error_class,
         error_message=ev.error_message, ttfb_ms=ev.ttfb_ms, duration_ms=ev.duration_ms,
         has_usage=ev.usage is not None, input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens, cache_read_tokens=usage.cache_read_tokens,
@@ -205,7 +213,65 @@ def _request(seq: int, ev: RequestCompleted, prices: PriceBook) -> RequestRow:
         price_input=tier.input if tier else None, price_output=tier.output if tier else None,
         price_cache_read=tier.cr if tier else None, price_cache_write=tier.cw if tier else None,
         price_reasoning=tier.reasoning if tier else None,
+        delivered=ev.delivered, source=ev.source, usage_estimated=ev.usage_estimated,
+        client_request_id=ev.client_request_id,
     )
+
+
+_USAGE_COLS = ("has_usage", "input_tokens", "output_tokens", "cache_read_tokens",
+               "cache_write_tokens", "reasoning_tokens", "total_tokens", "cost", "price_key",
+               "price_source", "price_input", "price_output", "price_cache_read",
+               "price_cache_write", "price_reasoning", "usage_estimated")
+_PRECEDENCE = {"router": 0, "recovered": 1, "edge": 2}
+
+
+def _rank(row: RequestRow) -> tuple[int, int]:
+    first = row.source.split("+", 1)[0]
+    return (_PRECEDENCE.get(first, 3), -row.seq)
+
+
+def fold_requests(rows: list[RequestRow]) -> RequestRow:
+    """Several facts about one request (the router's answer, the edge's view of what the
+    client got, a fact recovered for a router that died, the same fact published twice) ->
+    the one row of that request. Order-independent and idempotent: fold(a, b) == fold(b, a)
+    and fold(a, a) == a.
+
+    - the router's fact is the base (who served, timings); else the recovered one; else the
+      edge's;
+    - usage and cost: real usage wins over an estimate (the larger real one when two differ);
+    - the client's outcome: an edge fact with an error is what the client saw (its status and
+      error); the answer counts as delivered only if no fact says otherwise; ``ok`` only when
+      delivered without error.
+    """
+    uniq = list({r.event_id: r for r in sorted(rows, key=lambda r: r.seq)}.values())
+    if len(uniq) == 1:
+        return uniq[0]
+    uniq.sort(key=_rank)
+    base = msgspec.structs.replace(uniq[0])
+    real = [r for r in uniq if r.has_usage and not r.usage_estimated]
+    usage_from = (max(real, key=lambda r: (r.total_tokens, -_rank(r)[0])) if real
+                  else next((r for r in uniq if r.has_usage), base))
+    for col in _USAGE_COLS:
+        setattr(base, col, getattr(usage_from, col))
+    edge_error = next((r for r in uniq if r.source == "edge" and r.error_class), None)
+    if edge_error is not None:
+        base.status = edge_error.status
+        base.error_class = edge_error.error_class
+        base.error_message = edge_error.error_message
+    base.delivered = all(r.delivered for r in uniq)
+    if not base.delivered and base.error_class is None:
+        base.error_class = next((r.error_class for r in uniq if r.error_class), "not_delivered")
+    base.ok = base.delivered and base.error_class is None and base.status < 400
+    for col in ("provider", "provider_dialect", "upstream_model", "user", "session",
+                "client", "edge", "router", "client_request_id", "finish_reason"):
+        if getattr(base, col) is None:
+            setattr(base, col, next((getattr(r, col) for r in uniq
+                                     if getattr(r, col) is not None), None))
+    base.seq = max(r.seq for r in uniq)
+    base.ts = max(r.ts for r in uniq)
+    base.source = "+".join(sorted({part for r in uniq for part in r.source.split("+")},
+                                  key=lambda x: _PRECEDENCE.get(x, 3)))
+    return base
 
 
 def _attempt(seq: int, ev: AttemptFinished, prices: PriceBook) -> AttemptRow:

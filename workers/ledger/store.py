@@ -25,7 +25,7 @@ from typing import Any
 import duckdb
 import msgspec
 
-from workers.ledger.projection import TABLES, Rows
+from workers.ledger.projection import TABLES, RequestRow, Rows, fold_requests
 
 __all__ = ["LedgerState", "Store", "StoreError", "ddl_type", "table_columns"]
 
@@ -76,6 +76,7 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+_ROW_DEFAULTS = {"delivered": True, "source": "router", "usage_estimated": False}
 _STATE_COLS = [(f, ddl_type(t)) for f, t in typing.get_type_hints(LedgerState).items()]
 
 
@@ -205,6 +206,12 @@ class Store:
         con.execute("BEGIN")
         try:
             for table, table_rows in fresh.items():
+                if not table_rows:
+                    continue
+                if table == "requests":
+                    table_rows = self._fold_requests(table_rows)  # type: ignore[arg-type]
+                else:
+                    table_rows = self._new_events(table, table_rows)
                 if table_rows:
                     self._insert(table, table_rows)
             self._write_state(state)
@@ -214,6 +221,56 @@ class Store:
             raise
         self.state = state
         return True
+
+    def _new_events(self, table: str, rows: list[Any]) -> list[Any]:
+        """Rows whose event is not in the table yet: a fact published again after a crash
+        (the write-ahead files, codeswitch/facts.py) has a new stream sequence but its old
+        event id. Event ids start with their time, so DuckDB's min/max statistics keep this
+        lookup to the newest row groups."""
+        ids = [r.event_id for r in rows if r.event_id]
+        if not ids:
+            return rows
+        have = {r[0] for r in self.con.execute(
+            f"SELECT event_id FROM {_q(table)} WHERE event_id >= ? AND event_id <= ? "
+            "AND event_id IN (SELECT unnest(?::VARCHAR[]))",
+            [min(ids), max(ids), ids]).fetchall()}
+        seen: set[str | None] = set(have)
+        out = []
+        for row in rows:
+            if row.event_id in seen:
+                continue
+            if row.event_id:
+                seen.add(row.event_id)
+            out.append(row)
+        return out
+
+    def _fold_requests(self, rows: list[RequestRow]) -> list[RequestRow]:
+        """One row per request id: facts of a request already in the table (or twice in
+        this batch) are folded with ``fold_requests`` and the old row replaced."""
+        groups: dict[str, list[RequestRow]] = {}
+        for row in rows:
+            groups.setdefault(row.request_id, []).append(row)
+        ids = list(groups)
+        cols = list(RequestRow.__struct_fields__)
+        existing = self.con.execute(
+            f"SELECT {', '.join(_q(c) for c in cols)} FROM requests "
+            "WHERE request_id >= ? AND request_id <= ? "
+            "AND request_id IN (SELECT unnest(?::VARCHAR[]))",
+            [min(ids), max(ids), ids]).fetchall()
+        if existing:
+            for values in existing:
+                found = dict(zip(cols, values, strict=True))
+                for col, default in _ROW_DEFAULTS.items():  # rows written before a column
+                    if found[col] is None:
+                        found[col] = default
+                old = msgspec.convert(found, RequestRow, strict=False)
+                groups[old.request_id].insert(0, old)
+            self.con.execute(
+                "DELETE FROM requests WHERE request_id >= ? AND request_id <= ? "
+                "AND request_id IN (SELECT unnest(?::VARCHAR[]))",
+                [min(ids), max(ids), [r[cols.index("request_id")] for r in existing]])
+        return [group[0] if len(group) == 1 else fold_requests(group)
+                for group in groups.values()]
 
     def mark(self, **changes: Any) -> None:
         """Update ledger_state fields (replay bookkeeping) in their own transaction."""

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ from workers.router.gemini_array import ArrayFramer, wants_sse
 from workers.router.plan import Candidate, should_fail_over
 from workers.router.providers import ProviderTable
 from workers.router.reply import Reply
+from workers.router.scrub import Scrubber, scrub_text
 from workers.router.upstream import (
     UpstreamFailure,
     map_errors,
@@ -69,6 +70,7 @@ class Attempt:
     conv: translator.StreamTranslator | None = None
     usage_filter: UsageChunkFilter | None = None  # Chat pass-through: we asked for usage
     body_dialect: str | None = None  # set when `body` is already in the client's dialect
+    tracker: UsageTracker | None = None  # usage so far (read when the call is cut short)
 
 
 class Caller:
@@ -113,6 +115,8 @@ class Caller:
                 query=env.query if same and p.dialect == "anthropic" else "",
                 sse=not (same and p.dialect == "gemini" and not wants_sse(env.query)))
             headers = upstream_headers(p, env.headers, same_dialect=same)
+            # every byte from the upstream is scrubbed of the secrets we sent it
+            scrub = Scrubber(secret_values(p, headers))
             t = p.timeouts
             # sock_read is the idle timeout between two reads of a stream; a non-streaming
             # answer may take up to first_byte to arrive.
@@ -128,16 +132,14 @@ class Caller:
                         with map_errors("error body"):
                             err_body = await resp.read()
                         # some providers echo the key they were sent: it goes no further
-                        secret = resolve_secret(p.api_key)
-                        if len(secret) >= 4:
-                            err_body = err_body.replace(secret.encode(), b"[key]")
+                        err_body = scrub.whole(err_body)
                         raise UpstreamFailure(
                             f"http_{resp.status}", _error_text(err_body), resp.status,
-                            err_body, keep_headers(resp.headers))
+                            err_body, keep_headers(resp.headers, scrub))
                     if stream:
-                        await self._stream(env, resp, cand, att, started, reply)
+                        await self._stream(env, resp, cand, att, started, reply, scrub)
                     else:
-                        await self._whole(env, resp, cand, att, started, reply)
+                        await self._whole(env, resp, cand, att, started, reply, scrub)
                 finally:
                     # After a complete body the connection goes back to the pool; otherwise
                     # (cancelled, cut, failed) it is closed, so the upstream sees us leave.
@@ -146,7 +148,8 @@ class Caller:
                     else:
                         resp.close()
         except UpstreamFailure as exc:
-            att.error_class, att.error_message = exc.error_class, exc.message
+            att.error_class = exc.error_class
+            att.error_message = scrub_text(exc.message, secret_values(p, {}))
             if not att.committed:
                 att.status = exc.status
             att.body, att.headers = exc.body, exc.headers
@@ -180,9 +183,10 @@ class Caller:
             att.duration_ms = (time.perf_counter() - started) * 1000
 
     async def _whole(self, env: RequestEnvelope, resp: aiohttp.ClientResponse,
-                     cand: Candidate, att: Attempt, started: float, reply: Reply) -> None:
+                     cand: Candidate, att: Attempt, started: float, reply: Reply,
+                     scrub: Scrubber) -> None:
         with map_errors("body"):
-            data = await resp.read()
+            data = scrub.whole(await resp.read())
         att.ttfb_ms = (time.perf_counter() - started) * 1000
         att.status = resp.status
         p = cand.provider
@@ -209,16 +213,17 @@ class Caller:
         start = ReplyStart(status=resp.status,
                            content_type=resp.headers.get("content-type", "application/json"),
                            provider=p.name, upstream_model=cand.upstream_model,
-                           headers=keep_headers(resp.headers))
+                           headers=keep_headers(resp.headers, scrub))
         await reply.full(start, data)
         att.committed = True
         att.outcome = "ok"
         att.bytes_out = len(data)
 
     async def _stream(self, env: RequestEnvelope, resp: aiohttp.ClientResponse,
-                      cand: Candidate, att: Attempt, started: float, reply: Reply) -> None:
+                      cand: Candidate, att: Attempt, started: float, reply: Reply,
+                      scrub: Scrubber) -> None:
         p = cand.provider
-        tracker = UsageTracker(p.dialect, True)
+        tracker = att.tracker = UsageTracker(p.dialect, True)
         conv = att.conv = (
             translator.StreamTranslator(p.dialect, env.dialect, model=env.model,
                                         request_id=env.request_id, context=att.context)
@@ -235,9 +240,10 @@ class Caller:
             ctype = resp.headers.get("content-type", "text/event-stream")
         start = _enc.encode(ReplyStart(status=200, content_type=ctype, provider=p.name,
                                        upstream_model=cand.upstream_model,
-                                       headers=keep_headers(resp.headers)))
+                                       headers=keep_headers(resp.headers, scrub),
+                                       router=reply.router))
         with map_errors("stream"):
-            async for chunk in resp.content.iter_any():
+            async for chunk in _reads(resp, scrub):
                 if att.ttfb_ms is None:
                     att.ttfb_ms = (time.perf_counter() - started) * 1000
                 with _unreadable(p.dialect):
@@ -303,7 +309,8 @@ class Caller:
                                      exc: UpstreamFailure, reply: Reply) -> None:
         """After content reached the client: close the stream with an in-stream error."""
         status = exc.status if exc.status >= 400 else 502
-        message = f"upstream {att.candidate.provider.name} failed mid-stream: {exc.message}"
+        message = (f"upstream {att.candidate.provider.name} failed mid-stream: "
+                   f"{att.error_message or exc.message}")
         payload = (att.conv.fail(status, message) if att.conv is not None
                    else stream_error(env.dialect, status, message))
         try:
@@ -362,11 +369,36 @@ def _unreadable(dialect: str) -> Iterator[None]:
                               f"({type(exc).__name__}: {str(exc)[:120]})", 502) from exc
 
 
-def keep_headers(headers: Any) -> dict[str, str]:
+async def _reads(resp: aiohttp.ClientResponse, scrub: Scrubber) -> AsyncIterator[bytes]:
+    """The upstream's reads, scrubbed (a secret's start at the end of a read waits for the
+    next read; what is left at the end of the stream comes last)."""
+    async for raw in resp.content.iter_any():
+        chunk = scrub.feed(raw)
+        if chunk:
+            yield chunk
+    rest = scrub.flush()
+    if rest:
+        yield rest
+
+
+def secret_values(provider: Any, headers: dict[str, str]) -> list[str]:
+    """What we authenticate to a provider with: its key and the values of its own headers."""
+    found = [resolve_secret(provider.api_key)]
+    for name, value in (provider.headers or {}).items():
+        found.append(headers.get(name.lower()) or resolve_secret(value))
+    auth = headers.get("authorization", "")
+    if auth.startswith("Bearer "):
+        found.append(auth[7:])
+    return [s for s in found if s]
+
+
+def keep_headers(headers: Any, scrub: Scrubber | None = None) -> dict[str, str]:
     keep = {}
     for name in ("retry-after", "request-id", "x-request-id"):
         value = headers.get(name)
         if value:
+            if scrub:
+                value = scrub.whole(value.encode("latin-1", "replace")).decode("latin-1")
             keep["retry-after" if name == "retry-after" else "x-upstream-request-id"] = value
     return keep
 

@@ -1,14 +1,20 @@
-"""The router's end of one request's reply stream (core NATS, kinds in schemas/envelope.py)."""
+"""The router's end of one request's reply stream (core NATS, kinds in schemas/envelope.py).
+
+The final message (``E`` or ``F``) carries a NATS reply subject (``_INBOX.csack.<router>.<id>``)
+so the edge can say whether the answer reached it; ``delivered()`` waits for that word."""
 
 from __future__ import annotations
+
+import asyncio
 
 import msgspec
 from nats.aio.client import Client as NATS
 
 from schemas.envelope import KIND_ACCEPTED, KIND_DATA, KIND_END, KIND_FULL, KIND_START, ReplyStart
 
-__all__ = ["Reply"]
+__all__ = ["ACK_PREFIX", "Reply"]
 
+ACK_PREFIX = "_INBOX.csack"
 _enc = msgspec.json.Encoder()
 _A = bytes([KIND_ACCEPTED])
 _D = bytes([KIND_DATA])
@@ -18,33 +24,71 @@ _S = bytes([KIND_START])
 
 
 class Reply:
-    __slots__ = ("nc", "subject")
+    __slots__ = ("_acks", "_final", "nc", "rid", "router", "seq", "subject")
 
-    def __init__(self, nc: NATS, subject: str) -> None:
+    def __init__(self, nc: NATS, subject: str, *, router: str | None = None, rid: str = "",
+                 acks: dict[str, asyncio.Future[bool]] | None = None) -> None:
         self.nc = nc
         self.subject = subject
+        self.router = router
+        self.rid = rid
+        self.seq = 0
+        self._acks = acks
+        self._final: asyncio.Future[bool] | None = None
 
     async def accepted(self) -> None:
-        await self.nc.publish(self.subject, _A)
+        await self.nc.publish(self.subject, _A + (self.router or "").encode())
 
     async def start(self, start_json: bytes, data: bytes = b"") -> None:
         """The answer's start and its first bytes, in one message."""
         await self.nc.publish(self.subject, _S + start_json + b"\n" + data)
 
     async def data(self, data: bytes) -> None:
-        await self.nc.publish(self.subject, _D + data)
+        self.seq += 1
+        await self.nc.publish(self.subject, _D + self.seq.to_bytes(4, "big") + data)
 
     async def end(self) -> None:
-        await self.nc.publish(self.subject, _E)
+        self.seq += 1
+        await self.nc.publish(self.subject, _E + self.seq.to_bytes(4, "big"),
+                              reply=self._expect_ack())
 
     async def full(self, start: ReplyStart, data: bytes) -> None:
         """A whole answer: one message when it fits, else start, data chunks, end."""
+        if self.router and start.router is None:
+            start = msgspec.structs.replace(start, router=self.router)
         head = _enc.encode(start)
         if len(data) + len(head) + 64 < self.nc.max_payload:
-            await self.nc.publish(self.subject, _F + head + b"\n" + data)
+            await self.nc.publish(self.subject, _F + head + b"\n" + data,
+                                  reply=self._expect_ack())
             return
         step = self.nc.max_payload - 1024
         await self.start(head)
         for i in range(0, len(data), step):
             await self.data(data[i:i + step])
         await self.end()
+
+    def _expect_ack(self) -> str:
+        if self._acks is None or not self.router:
+            return ""
+        self._final = asyncio.get_running_loop().create_future()
+        self._acks[self.rid] = self._final
+        return f"{ACK_PREFIX}.{self.router}.{self.rid}"
+
+    @property
+    def finished(self) -> bool:
+        """The final message was sent."""
+        return self._final is not None
+
+    async def delivered(self, timeout: float = 5.0) -> bool | None:
+        """True: the edge took the answer; False: the edge is gone or no longer waits for it;
+        None: no final message was sent, or no word within ``timeout`` (NATS away)."""
+        fut = self._final
+        if fut is None:
+            return None
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            return None
+        finally:
+            if self._acks is not None:
+                self._acks.pop(self.rid, None)

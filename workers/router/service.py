@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,17 +20,20 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
 from nats.js import api as js_api
 
 from codeswitch import bus
 from codeswitch.facts import FactPublisher
 from schemas.config import ProviderConfig
 from schemas.envelope import ENV_HEADER, KIND_ACCEPTED, ReplyStart, RequestEnvelope
-from schemas.events import AttemptFinished, RequestCompleted, new_id
+from schemas.events import AttemptFinished, RequestCompleted, Usage, new_id
 from schemas.subjects import (
     BREAKER_FAIL_PREFIX,
     CANCEL_PREFIX,
+    REPLY_PREFIX,
     REQUEST_PREFIX,
+    ROUTER_ALIVE_PREFIX,
     ROUTER_MODELS,
     ROUTER_PING,
     ROUTER_ROLLCALL,
@@ -43,7 +47,7 @@ from workers.router.model_catalog import ModelCatalog
 from workers.router.models import render_models
 from workers.router.plan import Candidate, NoProviderError, RoundRobin, plan
 from workers.router.providers import ProviderTable
-from workers.router.reply import Reply
+from workers.router.reply import ACK_PREFIX, Reply
 from workers.router.shared import CircuitTable, SettingsView
 from workers.translator.errors import error_body
 
@@ -57,12 +61,21 @@ _env_decoder = msgspec.json.Decoder(RequestEnvelope)
 _A = bytes([KIND_ACCEPTED])
 HEARTBEAT_S = 5.0
 ACCEPT_AFTER_S = 0.2
+# how often the router asks whether the edges waiting for its answers are still there
+EDGE_CHECK_S = 0.5
+# a request taken this close to the edge's pickup deadline is not started: the edge may
+# already be answering "no router" (and the client retrying)
+DEADLINE_MARGIN_S = 0.25
 
 
 class Router:
     def __init__(self, nats_url: str, *, router_id: str | None = None,
-                 max_in_flight: int = 4096, grace: float = 10.0) -> None:
+                 max_in_flight: int = 4096, grace: float = 10.0,
+                 home: Path | None = None) -> None:
         self.nats_url = nats_url
+        # write-ahead facts (codeswitch.facts): what this router may have had billed is
+        # recorded even if it is killed mid-request
+        self.outbox = Path(home) / "outbox" if home is not None else None
         self.router_id = router_id or f"router-{os.getpid()}-{os.urandom(2).hex()}"
         self.max_in_flight = max_in_flight
         self.grace = grace
@@ -77,6 +90,8 @@ class Router:
         self.catalog: ModelCatalog | None = None
         self.caller: Caller | None = None
         self._inflight: dict[str, tuple[asyncio.Task[None], str]] = {}
+        self._acks: dict[str, asyncio.Future[bool]] = {}  # request id -> the edge's word
+        self._gone: dict[str, str] = {}  # request id -> why it was cancelled (edge_lost)
         self._subs: list[Subscription] = []
         self._work_sub: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -102,7 +117,7 @@ class Router:
         )
         self.caller = Caller(self.http, self.table)
         self.catalog = ModelCatalog(self.http)
-        self.facts = FactPublisher(nc)
+        self.facts = FactPublisher(nc, wal=self.outbox, name="router")
         self.breakers.nc, self.breakers.facts = nc, self.facts
         self.facts.start()
         kv = await js.key_value(bus.PROVIDERS_BUCKET)
@@ -125,6 +140,10 @@ class Router:
         self._subs.append(await nc.subscribe(f"{CANCEL_PREFIX}.*", cb=self._on_cancel))
         self._subs.append(await nc.subscribe(f"{BREAKER_FAIL_PREFIX}.>",
                                              cb=self.breakers.on_failure_note))
+        self._subs.append(await nc.subscribe(f"{ACK_PREFIX}.{self.router_id}.*",
+                                             cb=self._on_ack))
+        self._subs.append(await nc.subscribe(f"{ROUTER_ALIVE_PREFIX}.{self.router_id}",
+                                             cb=self._on_alive))
         await self._subscribe_work()
         # Only answer pings once this router takes work: readiness means "a request sent now
         # will be picked up", and a roll call counts routers that really share the queue.
@@ -133,6 +152,7 @@ class Router:
         self._subs.append(await nc.subscribe(ROUTER_PING, queue="routers", cb=self._on_ping))
         self._subs.append(await nc.subscribe(ROUTER_ROLLCALL, cb=self._on_rollcall))
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
+        self._tasks.append(asyncio.create_task(self._watch_edges(), name="edge-watch"))
         log.info("router %s ready (%d providers)", self.router_id, len(self.table.providers))
 
     def _progress(self, bucket: str) -> Callable[[int], None]:
@@ -228,6 +248,17 @@ class Router:
             await msg.respond(render_models(msg.data.decode() or "openai-chat", providers,
                                             discovered))
 
+    async def _on_alive(self, msg: Msg) -> None:
+        await msg.respond(b"1")
+
+    async def _on_ack(self, msg: Msg) -> None:
+        fut = self._acks.pop(msg.subject.rsplit(".", 1)[-1], None)
+        if fut is None or fut.done():
+            return
+        status = (msg.headers or {}).get("Status")
+        # "no responders" (the edge is gone) comes as an empty message with Status 503
+        fut.set_result(status is None and msg.data == b"1")
+
     async def _on_cancel(self, msg: Msg) -> None:
         entry = self._inflight.get(msg.subject[len(CANCEL_PREFIX) + 1:])
         if entry is not None:
@@ -243,9 +274,12 @@ class Router:
         if env is None:
             log.error("dropping malformed request message on %s", msg.subject)
             return
-        if env.deadline and time.time() > env.deadline:
+        now = time.time()
+        if env.deadline and now > env.deadline - DEADLINE_MARGIN_S:
             return  # the edge stopped waiting (and answered 503); nobody to reply to
         task = asyncio.create_task(self._handle(env, msg.data))
+        if env.deadline and env.deadline - now < 1.0:
+            self._accept_late(env.reply)  # late pickup: tell the edge now, before its timer
         rid = env.request_id
         self._inflight[rid] = (task, env.reply)
 
@@ -256,7 +290,7 @@ class Router:
 
     def _accept_late(self, reply: str) -> None:
         assert self.nc is not None
-        task = asyncio.ensure_future(self.nc.publish(reply, _A))
+        task = asyncio.ensure_future(self.nc.publish(reply, self._accept))
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)
 
@@ -267,14 +301,49 @@ class Router:
             assert self.nc is not None
             for _, reply in list(self._inflight.values()):
                 try:
-                    await self.nc.publish(reply, _A)
+                    await self.nc.publish(reply, self._accept)
                 except Exception:
                     break
+
+    @property
+    def _accept(self) -> bytes:
+        return _A + self.router_id.encode()
+
+    async def _watch_edges(self) -> None:
+        """Cancel the upstream calls of an edge that died (its clients are cut): asked every
+        EDGE_CHECK_S, one request per edge with requests here; "no responders" = gone."""
+        assert self.nc is not None
+        nc = self.nc
+        prefix = len(REPLY_PREFIX) + 1
+        while True:
+            await asyncio.sleep(EDGE_CHECK_S)
+            edges: dict[str, list[str]] = {}
+            for rid, (_, reply) in list(self._inflight.items()):
+                edge = reply[prefix:].split(".", 1)[0]
+                edges.setdefault(edge, []).append(rid)
+            if not edges or not nc.is_connected:
+                continue
+
+            async def check(edge: str, rids: list[str]) -> None:
+                try:
+                    await nc.request(f"{REPLY_PREFIX}.{edge}.ping", b"", timeout=1.0)
+                except NoRespondersError:
+                    for rid in rids:
+                        entry = self._inflight.get(rid)
+                        if entry is not None and not entry[0].done():
+                            self._gone[rid] = "edge_lost"
+                            entry[0].cancel()
+                    log.warning("edge %s is gone: cancelled %d requests", edge, len(rids))
+                except Exception:
+                    pass  # slow or NATS away: not a verdict
+
+            await asyncio.gather(*(check(e, r) for e, r in edges.items()))
 
     # -- one request -------------------------------------------------------------------------
     async def _handle(self, env: RequestEnvelope, body: bytes) -> None:
         assert self.nc is not None and self.caller is not None
-        reply = Reply(self.nc, env.reply)
+        reply = Reply(self.nc, env.reply, router=self.router_id, rid=env.request_id,
+                      acks=self._acks)
         # Any reply tells the edge its request was taken; an explicit "accepted" is only sent
         # when the answer takes a while to start (saves a message on every fast request).
         accept = asyncio.get_running_loop().call_later(
@@ -286,6 +355,7 @@ class Router:
         error_class: str | None = None
         error_message: str | None = None
         ttfb_ms: float | None = None
+        delivered = True
         try:
             if env.body_ref:
                 obs = await self.js.object_store(bus.BODIES_BUCKET)
@@ -302,7 +372,7 @@ class Router:
             except NoProviderError as exc:
                 status, error_class, error_message = exc.status, "no_provider", exc.message
                 await self._reply_error(env, reply, exc.status, exc.message, "no_provider")
-                return
+                candidates = []
             candidates = self._skip_cooling(candidates)
             for number, cand in enumerate(candidates, 1):
                 has_next = number < len(candidates)
@@ -312,6 +382,7 @@ class Router:
                 attempts.append(att)
                 name = cand.provider.name
                 self.load[name] = self.load.get(name, 0) + 1
+                self._intend(env, att)  # if this router dies now, the call is still recorded
                 try:
                     await self.caller.run(env, body, att, reply, has_next,
                                           routing.failover_statuses)
@@ -321,24 +392,31 @@ class Router:
                 if att.committed or att.outcome != "fallback":
                     final = att
                     break
-            if final is None:
+                self._attempt_fact(env, att)
+            if final is None and attempts:
                 final = attempts[-1]
                 final.outcome = "failed"
                 await self._relay_failure(env, final, reply)
-            elif not final.committed:
+            elif final is not None and not final.committed:
                 await self._relay_failure(env, final, reply)
-            status = final.status if final.committed or final.status else 502
-            if not final.committed and not final.status:
-                status = 504 if final.error_class == "timeout" else 502
-            error_class = final.error_class
-            error_message = final.error_message
-            ttfb_ms = final.ttfb_ms
+            if final is not None:
+                status = final.status if final.committed or final.status else 502
+                if not final.committed and not final.status:
+                    status = 504 if final.error_class == "timeout" else 502
+                error_class = final.error_class
+                error_message = final.error_message
+                ttfb_ms = final.ttfb_ms
         except asyncio.CancelledError:
-            status, error_class, error_message = 499, "client_disconnected", "client went away"
+            why = self._gone.pop(env.request_id, "client_disconnected")
+            status, error_class, delivered = 499, why, False
+            error_message = ("the edge serving the client stopped" if why == "edge_lost"
+                             else "client went away")
             if attempts:
                 last = attempts[-1]
                 last.outcome = "cancelled"
-                last.error_class = last.error_class or "client_disconnected"
+                last.error_class = last.error_class or why
+                if last.usage is None and last.tracker is not None:
+                    last.usage = last.tracker.usage  # what was used until the cut
                 final = last
         except Exception as exc:
             log.exception("router failure on %s", env.request_id)
@@ -351,8 +429,16 @@ class Router:
         finally:
             accept.cancel()
             self.handled += 1
-            self._record(env, attempts, final, status, error_class, error_message, ttfb_ms,
-                         (time.perf_counter() - t0) * 1000)
+            if final is not None and final.outcome != "fallback":
+                self._attempt_fact(env, final)
+        if reply.finished:  # the answer (or error) went out: did the edge take it?
+            word = await reply.delivered()
+            if word is False:
+                delivered, status = False, 499
+                error_class = error_class or "not_delivered"
+                error_message = error_message or "the answer did not reach the client"
+        self._record(env, attempts, final, status, error_class, error_message, ttfb_ms,
+                     (time.perf_counter() - t0) * 1000, delivered)
 
     # -- providers, breakers -----------------------------------------------------------------
     def _providers(self, dialect: str) -> list[ProviderConfig]:
@@ -406,29 +492,54 @@ class Router:
                                     request_id=env.request_id))
 
     # -- facts -------------------------------------------------------------------------------
-    def _record(self, env: RequestEnvelope, attempts: list[Attempt], final: Attempt | None,
-                status: int, error_class: str | None, error_message: str | None,
-                ttfb_ms: float | None, duration_ms: float) -> None:
+    def _intend(self, env: RequestEnvelope, att: Attempt) -> None:
+        """Before an upstream call: the fact to publish if this router dies during it (the
+        call may be billed; nobody else would record it). Usage is an estimate: the prompt at
+        ~4 bytes per token, nothing generated."""
+        facts = self.facts
+        if facts is None or facts.wal is None:
+            return
+        c = att.candidate
+        facts.intent(env.request_id, [(
+            response_subject(env.dialect, c.provider.name), RequestCompleted(
+                id=new_id(), ts=time.time(), request_id=env.request_id, dialect=env.dialect,
+                operation=env.operation, model=env.model, provider=c.provider.name,
+                provider_dialect=c.provider.dialect, upstream_model=c.upstream_model,
+                stream=env.stream, status=502, error_class="router_lost",
+                error_message="the router stopped during the upstream call",
+                received_at=env.received_at, usage=Usage(input_tokens=env.body_size // 4),
+                usage_estimated=True, attempts=att.number, translated=c.translated,
+                user=env.user, session=env.session, client=env.client, edge=env.edge,
+                router=self.router_id, bytes_in=env.body_size, delivered=False,
+                source="recovered", client_request_id=env.client_request_id,
+            ))])
+
+    def _attempt_fact(self, env: RequestEnvelope, att: Attempt) -> None:
         facts = self.facts
         if facts is None:
             return
-        now = time.time()
-        for att in attempts:
-            c = att.candidate
-            facts.emit(attempt_subject(env.dialect, c.provider.name), AttemptFinished(
-                id=new_id(), ts=now, request_id=env.request_id, attempt=att.number,
-                dialect=env.dialect, provider=c.provider.name,
-                provider_dialect=c.provider.dialect, model=env.model,
-                upstream_model=c.upstream_model, stream=env.stream, outcome=att.outcome,
-                status=att.status, error_class=att.error_class,
-                error_message=att.error_message, started_at=att.started_at,
-                ttfb_ms=att.ttfb_ms, duration_ms=att.duration_ms, usage=att.usage,
-                translated=c.translated,
-            ))
+        c = att.candidate
+        facts.emit(attempt_subject(env.dialect, c.provider.name), AttemptFinished(
+            id=new_id(), ts=time.time(), request_id=env.request_id, attempt=att.number,
+            dialect=env.dialect, provider=c.provider.name,
+            provider_dialect=c.provider.dialect, model=env.model,
+            upstream_model=c.upstream_model, stream=env.stream, outcome=att.outcome,
+            status=att.status, error_class=att.error_class,
+            error_message=att.error_message, started_at=att.started_at,
+            ttfb_ms=att.ttfb_ms, duration_ms=att.duration_ms, usage=att.usage,
+            translated=c.translated,
+        ))
+
+    def _record(self, env: RequestEnvelope, attempts: list[Attempt], final: Attempt | None,
+                status: int, error_class: str | None, error_message: str | None,
+                ttfb_ms: float | None, duration_ms: float, delivered: bool = True) -> None:
+        facts = self.facts
+        if facts is None:
+            return
         served = final.candidate if final is not None and final.committed else None
         facts.emit(response_subject(env.dialect, served.provider.name if served else None),
                    RequestCompleted(
-            id=new_id(), ts=now, request_id=env.request_id, dialect=env.dialect,
+            id=new_id(), ts=time.time(), request_id=env.request_id, dialect=env.dialect,
             operation=env.operation, model=env.model,
             provider=served.provider.name if served else
             (final.candidate.provider.name if final else None),
@@ -444,13 +555,13 @@ class Router:
             finish_reason=final.finish_reason if final else None, user=env.user,
             session=env.session, client=env.client, edge=env.edge, router=self.router_id,
             bytes_in=env.body_size, bytes_out=final.bytes_out if final else 0,
-        ))
-
+            delivered=delivered, client_request_id=env.client_request_id,
+        ), resolves=env.request_id)
 
 async def run(nats_url: str, home: Any = None, stop: asyncio.Event | None = None,
               **kwargs: Any) -> None:
     """Run one router until ``stop`` is set."""
-    router = Router(nats_url, **kwargs)
+    router = Router(nats_url, home=home, **kwargs)
     await router.startup()
     try:
         await (stop or asyncio.Event()).wait()

@@ -114,6 +114,7 @@ class WriteAhead:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.name, self._lock_fd = self._claim(name)
+        self._set_aside_leftovers()
         self._segments: dict[int, int] = {}  # segment -> items not yet settled
         self._intents: dict[str, int] = {}  # key -> segment of its live intent
         self._current = 0
@@ -132,6 +133,17 @@ class WriteAhead:
                 continue
             return candidate, fd
         raise RuntimeError(f"no free write-ahead name for {name} in {self.dir}")
+
+    def _set_aside_leftovers(self) -> None:
+        """Files under our name from a previous process of the same name (it died): renamed
+        to an unlocked name of their own, so that they are adopted like any orphan."""
+        leftovers = self.segments_of(self.name)
+        if not leftovers:
+            return
+        orphan = f"{self.name}~{time.time_ns()}"
+        for path in leftovers:
+            path.rename(self.dir / f"{orphan}{path.name[len(self.name):]}")
+        os.close(os.open(self.dir / f"{orphan}.lock", os.O_CREAT | os.O_RDWR, 0o600))
 
     def _path(self, segment: int) -> Path:
         return self.dir / f"{self.name}.{segment}.wal"

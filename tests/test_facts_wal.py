@@ -1,0 +1,101 @@
+"""Write-ahead facts: what a process emitted (and the calls it had in flight) survives its
+death and is published by the next process that looks at the directory."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from nats.aio.client import Client as NATS
+
+from codeswitch import bus
+from codeswitch.facts import FactPublisher, WriteAhead, read_segments
+from codeswitch.natsd import EmbeddedNats
+from schemas.events import RequestCompleted, decode_event, encode_event
+
+
+def _rc(rid: str, eid: str, **kw: object) -> RequestCompleted:
+    return RequestCompleted(id=eid, ts=1.0, request_id=rid, dialect="anthropic", **kw)  # type: ignore[arg-type]
+
+
+def test_segments_parse_facts_and_unresolved_intents(tmp_path: Path) -> None:
+    wal = WriteAhead(tmp_path, "router")
+    wal.fact("llm.response.a.p", "e1", encode_event(_rc("r1", "e1")), None)
+    wal.intent("r2", [("llm.response.a.p", "i2", encode_event(_rc("r2", "i2")))])
+    wal.intent("r3", [("llm.response.a.p", "i3", encode_event(_rc("r3", "i3")))])
+    # a second attempt of r3 replaces its intent; r2 is resolved by its fact
+    wal.intent("r3", [("llm.response.a.p", "i3b", encode_event(_rc("r3", "i3b")))])
+    wal.fact("llm.response.a.p", "e2", encode_event(_rc("r2", "e2")), "r2")
+    facts, orphaned = read_segments(wal.segments_of("router"))
+    assert [f[1] for f in facts] == ["e1", "e2"]
+    assert [f[1] for f in orphaned] == ["i3b"]
+
+
+def test_settled_segments_are_removed(tmp_path: Path, monkeypatch: object) -> None:
+    import codeswitch.facts as facts
+
+    monkeypatch.setattr(facts, "SEGMENT_BYTES", 200)  # type: ignore[attr-defined]
+    wal = WriteAhead(tmp_path, "edge")
+    segs = [wal.fact("s", f"e{i}", b"x" * 100, None) for i in range(6)]
+    assert len(set(segs)) > 1 and len(wal.segments_of("edge")) == len(set(segs))
+    for seg in segs:
+        wal.settled(seg)
+    assert len(wal.segments_of("edge")) == 1  # only the current one is left
+    wal.close(clean=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_second_process_with_the_same_name_gets_its_own_files(tmp_path: Path) -> None:
+    one = WriteAhead(tmp_path, "router")
+    two = WriteAhead(tmp_path, "router")
+    assert one.name == "router" and two.name == "router-1"
+    assert not one.orphans() and not two.orphans()  # both alive: nobody adopts
+
+
+async def test_killed_process_facts_are_published_by_the_next(
+        nc: NATS, nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    """A child emits 50 facts and an intent, then is killed with SIGKILL before publishing
+    anything (NATS is given as an unreachable URL); a new publisher adopts its files."""
+    outbox = tmp_path / "outbox"
+    code = textwrap.dedent(f"""
+        import asyncio, os, signal
+        from unittest import mock
+        from codeswitch.facts import FactPublisher
+        from schemas.events import RequestCompleted
+        async def main():
+            nc = mock.MagicMock()
+            pub = FactPublisher(nc, wal={str(outbox)!r}, name="router")
+            for i in range(50):
+                pub.emit("llm.response.anthropic.p", RequestCompleted(
+                    id=f"ev{{i:04d}}", ts=1.0, request_id=f"r{{i}}", dialect="anthropic"))
+            pub.intent("r-inflight", [("llm.response.anthropic.p", RequestCompleted(
+                id="lost-1", ts=1.0, request_id="r-inflight", dialect="anthropic",
+                source="recovered", usage_estimated=True))])
+            os.kill(os.getpid(), signal.SIGKILL)
+        asyncio.run(main())
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1],
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert proc.returncode == -9
+    assert any(outbox.glob("router*.wal"))
+
+    pub = FactPublisher(nc, wal=outbox, name="router")
+    pub.start()
+    js = nc.jetstream()
+    for _ in range(200):
+        if (await js.stream_info(bus.EVENTS_STREAM)).state.messages >= 51:
+            break
+        await asyncio.sleep(0.05)
+    await pub.aclose()
+    info = await js.stream_info(bus.EVENTS_STREAM)
+    assert info.state.messages == 51
+    ids = set()
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        ids.add(decode_event((await js.get_msg(bus.EVENTS_STREAM, seq)).data or b"").id)
+    assert ids == {f"ev{i:04d}" for i in range(50)} | {"lost-1"}
+    assert pub.recovered == 51
+    assert not list(outbox.glob("*.wal")) and not list(outbox.glob("*.lock"))

@@ -34,7 +34,7 @@ _LOG_COLUMNS = (
     "error_class", "error_message", "stream", "attempts", "ttfb_ms", "duration_ms",
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
     "reasoning_tokens", "total_tokens", "cost", "price_key", "user", "session", "client",
-    "finish_reason",
+    "finish_reason", "delivered", "usage_estimated", "source", "client_request_id",
 )
 
 

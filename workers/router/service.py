@@ -497,8 +497,8 @@ class Router:
         call may be billed; nobody else would record it). Usage is an estimate: the prompt at
         ~4 bytes per token, nothing generated."""
         facts = self.facts
-        if facts is None or facts.wal is None:
-            return
+        if facts is None or facts.wal is None or env.operation != "generate":
+            return  # token counts are not billed
         c = att.candidate
         facts.intent(env.request_id, [(
             response_subject(env.dialect, c.provider.name), RequestCompleted(

@@ -105,8 +105,17 @@ class Caller:
                     if with_usage is not None:
                         up_body, att.usage_filter = with_usage, UsageChunkFilter()
             else:
-                prepared = translator.prepare(env.dialect, p.dialect, body,
-                                              model=cand.upstream_model, stream=stream)
+                try:
+                    prepared = translator.prepare(env.dialect, p.dialect, body,
+                                                  model=cand.upstream_model, stream=stream)
+                except TranslationError:
+                    raise
+                except Exception as exc:  # a body the codecs did not expect: the client's 400
+                    log.warning("request %s could not be translated %s -> %s: %s",
+                                env.request_id, env.dialect, p.dialect, type(exc).__name__)
+                    raise TranslationError(
+                        f"the request could not be read as {env.dialect} for a {p.dialect} "
+                        f"provider ({type(exc).__name__})") from None
                 up_body, att.context = prepared.body, prepared.context
                 if p.dialect == "openai-chat":
                     up_body = rename_max_tokens(up_body, p.max_tokens_field())

@@ -75,7 +75,7 @@ class _Stop(Exception):
 MAYBE_EXECUTED = 424
 _NO_RETRY = [(b"x-should-retry", b"false")]
 # edge-side outcomes where the upstream's answer did not reach the client
-_UNDELIVERED = frozenset({"router_lost", "reply_gap"})
+_UNDELIVERED = frozenset({"router_lost", "reply_gap", "gateway_stopping"})
 
 
 class EdgeApp:
@@ -279,6 +279,12 @@ class EdgeApp:
                              _NO_RETRY if exc.status == MAYBE_EXECUTED else None)
         except _Stop:
             pass
+        except asyncio.CancelledError:
+            # The server is stopping past its grace period (or its supervisor died): end the
+            # answer in the client's dialect rather than uvicorn's plain-text 500, and say
+            # whether it may have run upstream (published: yes, so not retryable).
+            await self._stopped(send, state, dialect, request_id, started, env)
+            raise
         except Exception as exc:  # never a bare 500 with a traceback
             log.exception("edge error on %s", request_id)
             await self._fail(send, state, dialect, 500, f"gateway error: {type(exc).__name__}",
@@ -308,6 +314,29 @@ class EdgeApp:
                     client_request_id=env.client_request_id if env else
                     (headers.get("x-client-request-id") or None),
                 ))
+
+    async def _stopped(self, send: Send, state: dict[str, Any], dialect: str, request_id: str,
+                       started: float, env: RequestEnvelope | None) -> None:
+        if env is not None:
+            await self._cancel(request_id)
+        message = "the gateway stopped before this request finished"
+        try:
+            if state["status"] == 0:  # nothing sent yet
+                if env is None:
+                    await self._fail(send, state, dialect, 503, message, "gateway_stopping",
+                                     request_id, started)
+                else:
+                    await self._fail(send, state, dialect, MAYBE_EXECUTED,
+                                     f"{message}; its provider may already have been working "
+                                     "on it, so it is not retried automatically",
+                                     "gateway_stopping", request_id, started, _NO_RETRY)
+                    state["fact"] = "gateway_stopping"
+            else:  # a stream under way: close it with the dialect's error event
+                state["fact"], state["message"] = "gateway_stopping", message
+                await send({"type": "http.response.body", "more_body": False,
+                            "body": stream_error(dialect, 503, message)})
+        except Exception:
+            pass
 
     def _keep_bodies(self, entry: bytes, request_id: str) -> None:
         """Store a body-log entry in the background (the response has been sent)."""

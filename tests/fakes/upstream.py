@@ -23,6 +23,18 @@ Stream "events" (what ``cut_after``, ``stream_error_after`` and ``chunk_delay`` 
 events as sent, pings and ``[DONE]`` included; for a Gemini JSON-array stream, array elements.
 For a non-streaming answer ``cut_after=N`` sends the headers (full content-length) and the first
 N bytes of the body, then closes the connection.
+
+Per-request behaviours without a FIFO (concurrent load): set ``fake.chooser`` to a function of
+the ``Received`` request returning a ``Behavior`` (or None for the queue/default); the chaos
+harness keys it on a tag in the prompt text.
+
+Secret echo (for leak tests): ``Behavior(echo_key=True)`` sends the provider key the fake received
+(``Received.api_key``: x-api-key, ``Authorization: Bearer``, x-goog-api-key or ``?key=``) back in
+response headers (``x-echo-api-key`` and inside the dialect's request-id header), in the message
+of error bodies (any ``status`` >= 400) and in the message of in-stream errors
+(``stream_error_after``). ``split_key=True`` sends the bytes holding the key in two writes
+``split_delay`` apart, the boundary in the middle of the key, so the gateway reads it in two
+pieces.
 """
 
 from __future__ import annotations
@@ -299,6 +311,9 @@ class Behavior(msgspec.Struct):
     text: str | None = None
     tool_call: bool = False
     chunks: int | None = None
+    echo_key: bool = False  # the received provider key in headers, error bodies, stream errors
+    split_key: bool = False  # bytes holding the echoed key go out in two writes
+    split_delay: float = 0.05
 
 
 @dataclass
@@ -324,6 +339,18 @@ class Received:
     """Stream events sent (SSE events, or array elements for a Gemini JSON stream)."""
     behavior: Behavior | None = None
 
+    @property
+    def api_key(self) -> str | None:
+        """The provider key this request carried (as each dialect's SDK sends it)."""
+        h = self.headers
+        key = h.get("x-api-key") or h.get("x-goog-api-key")
+        if key:
+            return key
+        scheme, _, value = h.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        return self.query.get("key") or None
+
 
 @dataclass
 class _Answer:
@@ -342,6 +369,8 @@ class _Plan:
     error_events: Callable[[int], list[bytes]] | None = None
     # Gemini JSON-array framing: elements joined with ",\r\n" inside [ ].
     array: bool = False
+    # split_key: body and error-event bytes holding this are sent in two writes, cut inside it
+    split_at: bytes | None = None
 
 
 class _Conn:
@@ -427,6 +456,8 @@ class FakeUpstream:
         self._sock: socket.socket | None = None
         self._ids = itertools.count(1)
         self.port = 0
+        # per-request behaviour (checked before the queue): None = use the queue/default
+        self.chooser: Callable[[Received], Behavior | None] | None = None
 
     # ---- lifecycle
 
@@ -505,7 +536,12 @@ class FakeUpstream:
             self._queue.clear()
             self.requests.clear()
 
-    def _next_behavior(self) -> Behavior:
+    def _next_behavior(self, rec: Received | None = None) -> Behavior:
+        chooser = self.chooser
+        if chooser is not None and rec is not None:
+            chosen = chooser(rec)
+            if chosen is not None:
+                return chosen
         with self._cond:
             return self._queue.popleft() if self._queue else self.default
 
@@ -578,7 +614,7 @@ class FakeUpstream:
         if kind == "models":
             await self._send_plan(conn, _Plan(body=self._models_body()), Behavior())
             return
-        behavior = self._next_behavior()
+        behavior = self._next_behavior(rec)
         rec.behavior = behavior
         if behavior.first_byte_delay and await conn.sleep(behavior.first_byte_delay):
             await self._abandon(conn)
@@ -587,17 +623,27 @@ class FakeUpstream:
             await conn.hang()
             await self._abandon(conn)
             return
+        echo = rec.api_key if behavior.echo_key else None
         if behavior.status != 200:
-            plan = self._error_plan(behavior.status, _ERROR_MESSAGES.get(
-                behavior.status, f"Fake upstream error {behavior.status}."))
+            message = _ERROR_MESSAGES.get(behavior.status,
+                                          f"Fake upstream error {behavior.status}.")
+            if echo:
+                message = f"{message} Incorrect API key provided: {echo}."
+            plan = self._error_plan(behavior.status, message)
             if behavior.body is not None:
                 plan.body = behavior.body
             elif kind == "stream" and self.dialect == "gemini" and rec.query.get("alt") != "sse":
                 plan.body = b"[" + (plan.body or b"") + b"]"  # array-wrapped, as Google sends
         else:
-            plan = self._answer_plan(kind, model, rec, behavior)
+            plan = self._answer_plan(kind, model, rec, behavior, echo)
             if behavior.body is not None:
                 plan.body, plan.events, plan.array = behavior.body, None, False
+        if echo:
+            plan.headers["x-echo-api-key"] = echo
+            for name in ("request-id", "x-request-id"):
+                if name in plan.headers:
+                    plan.headers[name] = f"req_{echo}"
+            plan.split_at = echo.encode("latin-1") if behavior.split_key else None
         plan.headers.update({k.lower(): v for k, v in behavior.headers.items()})
         await self._send_plan(conn, plan, behavior)
 
@@ -623,6 +669,13 @@ class FakeUpstream:
                             "more_body": True})
                 await conn.cut()
                 return
+            head, tail = self._split(plan, body)
+            if tail:
+                await send({"type": "http.response.body", "body": head, "more_body": True})
+                if await conn.sleep(behavior.split_delay):
+                    await self._abandon(conn)
+                    return
+                body = tail
             conn.finishing = True
             rec.completed = True  # set first: the client may see the answer before send returns
             await send({"type": "http.response.body", "body": body, "more_body": False})
@@ -651,8 +704,14 @@ class FakeUpstream:
                 for err in plan.error_events(i):
                     sent += 1
                     rec.events_sent = sent
-                    await send({"type": "http.response.body",
-                                "body": self._frame(plan, err, sent - 1), "more_body": True})
+                    head, tail = self._split(plan, self._frame(plan, err, sent - 1))
+                    await send({"type": "http.response.body", "body": head, "more_body": True})
+                    if tail:
+                        if await conn.sleep(behavior.split_delay):
+                            await self._abandon(conn)
+                            return
+                        await send({"type": "http.response.body", "body": tail,
+                                    "more_body": True})
                 break
             sent += 1
             rec.events_sent = sent
@@ -666,6 +725,18 @@ class FakeUpstream:
         rec.completed = True
         await send({"type": "http.response.body", "body": b"]" if plan.array else b"",
                     "more_body": False})
+
+    @staticmethod
+    def _split(plan: _Plan, data: bytes) -> tuple[bytes, bytes]:
+        """(before, after) the middle of the first ``plan.split_at`` in ``data``; (data, b"")
+        when there is nothing to split."""
+        if not plan.split_at:
+            return data, b""
+        at = data.find(plan.split_at)
+        if at < 0:
+            return data, b""
+        cut = at + max(1, len(plan.split_at) // 2)
+        return data[:cut], data[cut:]
 
     @staticmethod
     def _frame(plan: _Plan, event: bytes, index: int) -> bytes:
@@ -758,7 +829,12 @@ class FakeUpstream:
         with_text = bool(chunks) or not tools
         return _Answer(chunks=chunks, tools=tools, with_text=with_text)
 
-    def _answer_plan(self, kind: str, model: str, rec: Received, behavior: Behavior) -> _Plan:
+    def _answer_plan(self, kind: str, model: str, rec: Received, behavior: Behavior,
+                     echo: str | None = None) -> _Plan:
+        """The answer; ``echo`` (a key) goes into the message of in-stream errors."""
+        def msg(message: str) -> str:
+            return f"{message} Incorrect API key provided: {echo}." if echo else message
+
         headers = self._base_headers()
         body = rec.json if isinstance(rec.json, dict) else {}
         d = self.dialect
@@ -776,15 +852,17 @@ class FakeUpstream:
                 return _Plan(headers=headers, body=_dumps(_anthropic_message(model, ans)))
             headers["content-type"] = "text/event-stream; charset=utf-8"
             headers["cache-control"] = "no-cache"
+            status, message, _ = STREAM_ERROR[d]
             return _Plan(headers=headers, events=_anthropic_events(model, ans),
-                         error_events=lambda i: [stream_error(d, *STREAM_ERROR[d][:2])])
+                         error_events=lambda i: [stream_error(d, status, msg(message))])
         if d == "openai-chat":
             if not stream:
                 return _Plan(headers=headers, body=_dumps(_chat_completion(model, ans)))
             headers["content-type"] = "text/event-stream; charset=utf-8"
             headers["cache-control"] = "no-cache"
+            status, message, _ = STREAM_ERROR[d]
             return _Plan(headers=headers, events=_chat_events(model, ans, body),
-                         error_events=lambda i: [stream_error(d, *STREAM_ERROR[d][:2])])
+                         error_events=lambda i: [stream_error(d, status, msg(message))])
         if d == "openai-responses":
             rid = "resp_" + uuid.uuid4().hex * 2
             if not stream:
@@ -795,7 +873,7 @@ class FakeUpstream:
             status, message, code = STREAM_ERROR[d]
 
             def errors(i: int) -> list[bytes]:
-                raw = stream_error(d, status, message, code=code, response_id=rid,
+                raw = stream_error(d, status, msg(message), code=code, response_id=rid,
                                    sequence_number=i)
                 return [part + b"\n\n" for part in raw.split(b"\n\n") if part]
 
@@ -812,10 +890,10 @@ class FakeUpstream:
             headers["cache-control"] = "no-cache"
             events = [b"data: " + e + b"\r\n\r\n" for e in elements]
             return _Plan(headers=headers, events=events,
-                         error_events=lambda i: [stream_error(d, status, message)])
+                         error_events=lambda i: [stream_error(d, status, msg(message))])
         headers["content-type"] = "application/json; charset=UTF-8"
         return _Plan(headers=headers, events=elements, array=True,
-                     error_events=lambda i: [error_body(d, status, message)])
+                     error_events=lambda i: [error_body(d, status, msg(message))])
 
 
 # --------------------------------------------------------------------------- anthropic

@@ -21,10 +21,11 @@ from codeswitch.facts import FactPublisher
 from edge.auth import AuthError, authenticate
 from edge.bodylog import BodyCapture
 from edge.errors import EdgeError, render
-from edge.identity import Peek, identify, peek_decoder
+from edge.identity import identify, peek_body
 from edge.metrics import EdgeMetrics
 from edge.relay import DISCONNECTED, PICKUP_TIMEOUT, ROUTER_LOST, Dispatcher
 from edge.routes import Route, match_route
+from edge.server import ClientGone, body_timeout, read_body
 from schemas.config import GatewaySettings
 from schemas.envelope import (
     ENV_HEADER,
@@ -236,8 +237,8 @@ class EdgeApp:
         body = b""
         try:
             principal = authenticate(headers, query, self.settings)
-            body = await _read_body(receive, self.settings.max_body_bytes)
-            peek = _peek(body, dialect)
+            body = await read_body(receive, self.settings.max_body_bytes, body_timeout(scope))
+            peek = peek_body(body)
             if dialect == "gemini":
                 model, stream = route.model, bool(route.stream)
             else:
@@ -277,7 +278,7 @@ class EdgeApp:
             await self._fail(send, state, dialect, exc.status, exc.message, exc.code,
                              request_id, started,
                              _NO_RETRY if exc.status == MAYBE_EXECUTED else None)
-        except _Stop:
+        except (_Stop, ClientGone):
             pass
         except asyncio.CancelledError:
             # The server is stopping past its grace period (or its supervisor died): end the
@@ -544,36 +545,6 @@ class EdgeApp:
 _LOST_MESSAGE = ("the gateway lost this request while its provider may already have been "
                  "working on it (the codeswitch router handling it stopped). It is not retried "
                  "automatically, so that you are not billed twice: send it again if you want.")
-
-
-def _peek(body: bytes, dialect: str) -> Peek:
-    if not body:
-        raise EdgeError(400, "request body is empty; expected a JSON object", "invalid_json")
-    try:
-        return peek_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise EdgeError(400, f"invalid request: {exc}", "invalid_request") from None
-    except msgspec.DecodeError as exc:
-        raise EdgeError(400, f"request body is not valid JSON: {exc}", "invalid_json") from None
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Stop
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise EdgeError(413, f"request body exceeds the gateway limit of {limit} bytes",
-                                "request_too_large")
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def _respond(send: Send, status: int, body: bytes,

@@ -3,6 +3,11 @@
 Claude Code: ``metadata.user_id`` is a JSON string {device_id, account_uuid, session_id};
 header ``x-claude-code-session-id``. Codex: headers ``session-id``/``session_id`` and
 ``originator``. OpenAI SDK users may send ``user``/``safety_identifier`` in the body.
+
+``peek_body`` is the edge's one read of a body: it raises ``EdgeError`` 400 for an empty body,
+invalid JSON, wrong field types and JSON nested deeper than msgspec's recursion budget (about
+980 levels on CPython 3.11): msgspec raises ``RecursionError`` there, which used to escape as
+a 500 with a traceback per request.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ from typing import NamedTuple
 
 import msgspec
 
-__all__ = ["Identity", "Peek", "identify", "peek_decoder"]
+from edge.errors import EdgeError
+
+__all__ = ["Identity", "Peek", "identify", "peek_body", "peek_decoder"]
 
 
 class _Metadata(msgspec.Struct):
@@ -30,6 +37,21 @@ class Peek(msgspec.Struct):
 
 
 peek_decoder = msgspec.json.Decoder(Peek)
+
+
+def peek_body(body: bytes) -> Peek:
+    """The fields the edge reads, or ``EdgeError`` 400 (never another exception)."""
+    if not body:
+        raise EdgeError(400, "request body is empty; expected a JSON object", "invalid_json")
+    try:
+        return peek_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise EdgeError(400, f"invalid request: {exc}", "invalid_request") from None
+    except msgspec.DecodeError as exc:
+        raise EdgeError(400, f"request body is not valid JSON: {exc}", "invalid_json") from None
+    except RecursionError:
+        raise EdgeError(400, "request body is JSON nested too deeply", "invalid_request") \
+            from None
 
 
 class _ClaudeUser(msgspec.Struct):
@@ -74,7 +96,7 @@ def identify(headers: dict[str, str], peek: Peek | None) -> Identity:
                 parsed = _claude_user.decode(raw)
                 user = parsed.account_uuid or parsed.device_id
                 session = parsed.session_id
-            except (msgspec.DecodeError, TypeError):
+            except (msgspec.DecodeError, TypeError, RecursionError):
                 user = raw
         user = user or peek.user or peek.safety_identifier
     session = (

@@ -15,6 +15,7 @@ import uvicorn
 from codeswitch import admin, bus
 from codeswitch._process import free_port
 from edge.app import EdgeApp
+from edge.server import make_config
 from schemas.config import GatewaySettings, ProviderConfig
 from schemas.events import Event, decode_event
 from workers.router.service import Router
@@ -66,10 +67,8 @@ class EdgeThread:
     def __init__(self, nats_url: str, settings: GatewaySettings | None = None) -> None:
         self.port = free_port()
         self.app = EdgeApp(nats_url, settings=settings)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, lifespan="on",
-                                log_level="warning", access_log=False, http="httptools",
-                                timeout_graceful_shutdown=5)
-        self.server = uvicorn.Server(config)
+        # the edge's real server: uvicorn with the connection limits of edge/server.py
+        self.server = uvicorn.Server(make_config(self.app, "127.0.0.1", self.port, grace=5))
         self.thread = threading.Thread(target=self.server.run, name="edge", daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 15

@@ -17,7 +17,10 @@ _enc = msgspec.json.Encoder()
 def request_usage(body: bytes) -> bytes | None:
     """The body with ``stream_options.include_usage = true`` added, or None when the client
     already asked for it (nothing to add, nothing to strip)."""
-    doc = _raw_obj.decode(body)
+    try:
+        doc = _raw_obj.decode(body)
+    except RecursionError:
+        return None
     raw = doc.get("stream_options")
     options: dict[str, object] = {}
     if raw is not None:

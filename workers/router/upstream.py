@@ -18,6 +18,7 @@ import aiohttp
 import msgspec
 
 from schemas.config import ProviderConfig, resolve_secret
+from workers.translator.common import TranslationError
 
 __all__ = [
     "UpstreamFailure",
@@ -122,7 +123,10 @@ def rewrite_model(body: bytes, model: str, requested: str) -> bytes:
     level is decoded; every other value passes through as raw JSON."""
     if model == requested:
         return body
-    doc = _raw_obj.decode(body)
+    try:
+        doc = _raw_obj.decode(body)
+    except RecursionError:  # the edge lets ~980 levels through; msgspec stops near there
+        raise TranslationError("request body is JSON nested too deeply") from None
     doc["model"] = msgspec.Raw(_enc.encode(model))
     return _enc.encode(doc)
 

@@ -24,6 +24,14 @@ from the request alone. ``model`` in the response calls is the model name shown 
 ``TranslationError`` (status 400, or 502 for an upstream answer that cannot be expressed, e.g.
 Gemini MALFORMED_FUNCTION_CALL to a non-Gemini client) carries a message for the client; render
 it with ``errors.error_body(client_dialect, e.status, e.message)``.
+
+Hostile input (docs/hostile-input.md): whatever the bytes, the functions above return or raise
+``TranslationError``, never another exception. The codecs read fields duck-typed (a client may
+put any JSON type in any field); what a wrong type breaks (``_MALFORMED``: a TypeError on a
+list where text was expected, a RecursionError on JSON nested ~1,000 deep...) is caught at
+each public entry point and becomes a 400 for a request, a 502 for an upstream answer
+(``tests/translator/test_fuzz.py``). ``translate_error`` and ``StreamTranslator.fail`` never
+raise at all.
 """
 
 from __future__ import annotations
@@ -52,7 +60,7 @@ from .common import (
     ToolResult,
     TranslationError,
 )
-from .errors import error_body
+from .errors import error_body, stream_error
 from .sse import SSEDecoder, SSEEvent
 from .usage import UsageTracker
 
@@ -110,8 +118,23 @@ def _module(dialect: str) -> ModuleType:
         raise ValueError(f"unknown dialect {dialect!r}") from None
 
 
+# What a value of the wrong type or shape makes the duck-typed codecs raise. RecursionError:
+# msgspec (and the schema walkers) on JSON nested deeper than the interpreter's stack allows.
+_MALFORMED = (LookupError, TypeError, AttributeError, ValueError, ArithmeticError,
+              RecursionError, msgspec.MsgspecError)
+
+
+def _malformed(what: str, exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return f"{what}: JSON nested too deeply"
+    return f"{what}: {exc!r}"[:500]
+
+
 def _doc(body: bytes) -> dict[str, Any]:
-    doc = loads(body)
+    try:
+        doc = loads(body)
+    except RecursionError:
+        raise TranslationError("request body is JSON nested too deeply") from None
     if not isinstance(doc, dict):
         raise TranslationError("request body must be a JSON object")
     return doc
@@ -119,12 +142,17 @@ def _doc(body: bytes) -> dict[str, Any]:
 
 def decode_request(client_dialect: str, body: bytes) -> Request:
     """The client's request in the common form (raises TranslationError)."""
+    return _decode_doc(client_dialect, _doc(body))
+
+
+def _decode_doc(client_dialect: str, doc: dict[str, Any]) -> Request:
     try:
-        return _module(client_dialect).decode_request(_doc(body))  # type: ignore[no-any-return]
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        if isinstance(exc, TranslationError):
-            raise
-        raise TranslationError(f"malformed {client_dialect} request: {exc!r}") from None
+        return _module(client_dialect).decode_request(doc)  # type: ignore[no-any-return]
+    except TranslationError:
+        raise
+    except _MALFORMED as exc:
+        raise TranslationError(_malformed(f"malformed {client_dialect} request", exc)) \
+            from None
 
 
 def _rename_tools(req: Request, provider: str) -> dict[str, str]:
@@ -150,20 +178,28 @@ def _rename_tools(req: Request, provider: str) -> dict[str, str]:
 def prepare(client_dialect: str, provider_dialect: str, body: bytes, *, model: str,
             stream: bool) -> Prepared:
     """Translate a request body and keep what the response side needs."""
-    doc = _doc(body)
-    req = decode_request(client_dialect, body)
-    names = _rename_tools(req, provider_dialect)
-    include_usage = True
-    if client_dialect == "openai-chat":
-        include_usage = bool((doc.get("stream_options") or {}).get("include_usage"))
-    out = _module(provider_dialect).encode_request(req, model=model, stream=stream)
-    ctx = TranslationContext(client_dialect=client_dialect, provider_dialect=provider_dialect,
-                             tool_names=names,
-                             custom_tools=[t.name for t in req.tools if t.kind == "custom"],
-                             tool_namespaces={t.name: t.namespace for t in req.tools
-                                              if t.namespace},
-                             include_usage=include_usage, dropped=req.dropped)
-    return Prepared(dumps(out), ctx)
+    encoder = _module(provider_dialect)
+    try:
+        doc = _doc(body)
+        req = _decode_doc(client_dialect, doc)
+        names = _rename_tools(req, provider_dialect)
+        include_usage = True
+        if client_dialect == "openai-chat":
+            include_usage = bool((doc.get("stream_options") or {}).get("include_usage"))
+        out = encoder.encode_request(req, model=model, stream=stream)
+        ctx = TranslationContext(client_dialect=client_dialect,
+                                 provider_dialect=provider_dialect, tool_names=names,
+                                 custom_tools=[t.name for t in req.tools if t.kind == "custom"],
+                                 tool_namespaces={t.name: t.namespace for t in req.tools
+                                                  if t.namespace},
+                                 include_usage=include_usage, dropped=req.dropped)
+        return Prepared(dumps(out), ctx)
+    except TranslationError:
+        raise
+    except _MALFORMED as exc:
+        raise TranslationError(_malformed(
+            f"malformed {client_dialect} request for a {provider_dialect} provider", exc)) \
+            from None
 
 
 def translate_request(client_dialect: str, provider_dialect: str, body: bytes, *, model: str,
@@ -196,19 +232,27 @@ def _fix_response(resp: Response, ctx: TranslationContext | None, client: str) -
 def translate_response(provider_dialect: str, client_dialect: str, body: bytes, *, model: str,
                        request_id: str, context: TranslationContext | None = None) -> bytes:
     """A provider's non-streaming success body as the client's dialect."""
+    decoder, encoder = _module(provider_dialect), _module(client_dialect)
     try:
         doc = loads(body)
         if isinstance(doc, list) and provider_dialect == "gemini":
             doc = _merge_gemini_array(doc)
-        resp: Response = _module(provider_dialect).decode_response(doc)
+        resp: Response = decoder.decode_response(doc)
     except TranslationError as exc:
         raise TranslationError(f"upstream response could not be read: {exc.message}",
                                502) from None
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise TranslationError(f"upstream response could not be read: {exc!r}", 502) from None
-    _fix_response(resp, context, client_dialect)
-    out = _module(client_dialect).encode_response(resp, model=model, request_id=request_id)
-    return dumps(out)
+    except _MALFORMED as exc:
+        raise TranslationError(_malformed("upstream response could not be read", exc),
+                               502) from None
+    try:
+        _fix_response(resp, context, client_dialect)
+        return dumps(encoder.encode_response(resp, model=model, request_id=request_id))
+    except TranslationError:
+        raise
+    except _MALFORMED as exc:
+        raise TranslationError(_malformed(
+            f"upstream {provider_dialect} response could not be expressed for a "
+            f"{client_dialect} client", exc), 502) from None
 
 
 def _merge_gemini_array(chunks: list[Any]) -> dict[str, Any]:
@@ -256,9 +300,12 @@ def translate_error(provider_dialect: str, client_dialect: str, status: int,
     """An upstream error response as the client's status and envelope."""
     try:
         doc = msgspec.json.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         doc = None
-    message, kind, reason = _error_fields(provider_dialect, doc)
+    try:
+        message, kind, reason = _error_fields(provider_dialect, doc)
+    except _MALFORMED:
+        message, kind, reason = "", None, None
     if not message:
         message = body.decode("utf-8", "replace")[:500] or f"upstream error {status}"
     out_status = status
@@ -304,20 +351,23 @@ class StreamTranslator:
         for sse in events:
             if self._done:
                 break
-            for doc in _json_docs(sse.data):
-                try:
-                    decoded = self._dec.decode(sse.event, doc)
-                except TranslationError:
-                    raise
-                except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
-                    # a malformed upstream event: the provider's protocol error, typed, so
-                    # the caller can fall back (before content) or fail the stream (after)
-                    raise TranslationError(f"unreadable {self.provider} stream event "
-                                           f"({type(exc).__name__}: {exc})"[:300], 502) from exc
-                for ev in decoded:
-                    out.append(self._one(ev))
+            try:
+                for doc in _json_docs(sse.data):
+                    for ev in self._dec.decode(sse.event, doc):
+                        out.append(self._one(ev))
+                        if self._done:
+                            break
                     if self._done:
                         break
+            except TranslationError:
+                raise
+            except _MALFORMED as exc:
+                # a malformed upstream event: the provider's protocol error, typed, so the
+                # caller can fall back (before content) or fail the stream (after)
+                detail = "nested too deeply" if isinstance(exc, RecursionError) else \
+                    f"{type(exc).__name__}: {exc}"
+                raise TranslationError(f"unreadable {self.provider} stream event "
+                                       f"({detail})"[:300], 502) from None
         return b"".join(out)
 
     def _one(self, ev: StreamEvent) -> bytes:
@@ -348,14 +398,24 @@ class StreamTranslator:
         if not self._dec.terminal:
             return out + self.fail(502, "upstream stream ended before its terminal event")
         self._done = True
-        return out + self._enc.close()  # type: ignore[no-any-return]
+        try:
+            return out + self._enc.close()  # type: ignore[no-any-return]
+        except _MALFORMED as exc:
+            self._done = False  # so that the caller's fail() still ends the stream
+            raise TranslationError(_malformed(f"unreadable {self.provider} stream", exc),
+                                   502) from None
 
     def fail(self, status: int, message: str) -> bytes:
-        """An error after the stream started, in the client's in-stream error shape."""
+        """An error after the stream started, in the client's in-stream error shape (never
+        raises: the encoder's state may be whatever a malformed upstream left it in)."""
         if self._done:
             return b""
         self._done = True
-        return self._enc.fail(status, message)  # type: ignore[no-any-return]
+        try:
+            return self._enc.fail(status, message)  # type: ignore[no-any-return]
+        except _MALFORMED:
+            return stream_error(self.client, status if isinstance(status, int) else 502,
+                                str(message))
 
 
 def _json_docs(data: str) -> list[Any]:
@@ -426,6 +486,14 @@ def count_tokens_estimate(client_dialect: str, body: bytes) -> int:
     tool argument, tool result and tool definition (name, description, JSON schema), plus 4
     tokens per message and 1600 per image. Documented in docs/translator.md; not exact."""
     req = decode_request(client_dialect, _count_body(client_dialect, body))
+    try:
+        return _estimate(req)
+    except _MALFORMED as exc:
+        raise TranslationError(_malformed(f"malformed {client_dialect} request", exc)) \
+            from None
+
+
+def _estimate(req: Request) -> int:
     chars = sum(len(t.text) for t in req.system)
     tokens = 0
     for m in req.messages:

@@ -53,11 +53,14 @@ _RESP_CONTENT = frozenset({
 _RESP_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
+_MAX_TOKENS = 2 ** 53  # a count above this is garbage (and would not fit the ledger's BIGINT)
+
+
 def _int(d: Any, key: str) -> int:
     if not isinstance(d, dict):
         return 0
     v = d.get(key)
-    return v if isinstance(v, int) else 0
+    return v if type(v) is int and 0 <= v < _MAX_TOKENS else 0
 
 
 def normalise_usage(dialect: str, raw: Any) -> Usage | None:
@@ -67,7 +70,7 @@ def normalise_usage(dialect: str, raw: Any) -> Usage | None:
     if dialect == "anthropic":
         write = _int(raw, "cache_creation_input_tokens")
         if not write and isinstance(raw.get("cache_creation"), dict):
-            write = sum(v for v in raw["cache_creation"].values() if isinstance(v, int))
+            write = sum(_int(raw["cache_creation"], k) for k in raw["cache_creation"])
         return Usage(
             input_tokens=_int(raw, "input_tokens"),
             output_tokens=_int(raw, "output_tokens"),
@@ -114,10 +117,18 @@ def _error_of(doc: Any) -> tuple[str, str] | None:
         kind = err.get("type") or err.get("status") or err.get("code") or "error"
         if doc.get("type") == "error" and err.get("code"):
             kind = err["code"]  # Responses nested error: code is the specific one
-        return str(kind), str(err.get("message") or "")
+        return _str(kind), _str(err.get("message") or "")
     if doc.get("type") == "error":  # Responses flat error event
-        return str(doc.get("code") or "error"), str(doc.get("message") or "")
+        return _str(doc.get("code") or "error"), _str(doc.get("message") or "")
     return None
+
+
+def _str(value: Any) -> str:
+    """``str(value)``; a value nested too deeply to print is not worth printing."""
+    try:
+        return value if isinstance(value, str) else str(value)[:500]
+    except RecursionError:
+        return "(nested too deeply)"
 
 
 class UsageTracker:
@@ -173,7 +184,7 @@ class UsageTracker:
         self._body = []
         try:
             self._doc = _decode(body) if body.strip() else None
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             self._doc = None
             return
         err = _error_of(self._doc)
@@ -200,7 +211,11 @@ class UsageTracker:
 
     def _results(self) -> tuple[Usage | None, str | None, str | None]:
         if self._cache is None:
-            self._cache = self._compute()
+            try:
+                usage, finish, model = self._compute()
+            except RecursionError:  # an upstream event nested too deeply: nothing to read
+                usage, finish, model = None, None, None
+            self._cache = (usage, _text(finish), _text(model))
         return self._cache
 
     # -- streams -----------------------------------------------------------------------------
@@ -274,7 +289,7 @@ class UsageTracker:
             doc = resp if isinstance(resp, dict) else {}
             err = doc.get("error")
             if isinstance(err, dict):
-                self.error = (str(err.get("code") or "failed"), str(err.get("message") or ""))
+                self.error = (_str(err.get("code") or "failed"), _str(err.get("message") or ""))
             return
         found = _error_of(doc)
         if found is not None:
@@ -374,11 +389,22 @@ class UsageTracker:
             return False
 
 
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _text(value: Any) -> str | None:
+    """A model name or finish reason as read off the wire: a string, or nothing."""
+    return value if isinstance(value, str) else None
+
+
 def _loads(data: str | None) -> Any:
     if data is None:
         return None
     try:
         return _decode(data)
+    except RecursionError:
+        return None
     except msgspec.DecodeError:
         # Some upstreams omit the blank line between events, so one SSE event holds several
         # JSON documents on separate data lines: take the last one.
@@ -395,7 +421,7 @@ def _json_type(data: str) -> str | None:
 def _chat_finish(doc: Any) -> str | None:
     if not isinstance(doc, dict):
         return None
-    for choice in doc.get("choices") or []:
+    for choice in _list(doc.get("choices")):
         if isinstance(choice, dict) and choice.get("finish_reason"):
             return str(choice["finish_reason"])
     return None
@@ -412,7 +438,7 @@ def _responses_finish(resp: dict[str, Any]) -> str | None:
 def _gemini_finish(doc: Any) -> str | None:
     if not isinstance(doc, dict):
         return None
-    for cand in doc.get("candidates") or []:
+    for cand in _list(doc.get("candidates")):
         if isinstance(cand, dict) and cand.get("finishReason"):
             return str(cand["finishReason"])
     fb = doc.get("promptFeedback")

@@ -1,27 +1,49 @@
-"""Child-process helpers: children die with their parent (Linux PR_SET_PDEATHSIG)."""
+"""Child-process helpers: children die with their parent (Linux PR_SET_PDEATHSIG), files are
+private to the user, and each part shows its name in ``ps``."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import os
 import signal
 import socket
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
-__all__ = ["free_port", "pdeathsig_preexec"]
+__all__ = ["free_port", "pdeathsig_preexec", "pid_alive", "private_umask", "set_title",
+           "write_private"]
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+_libc: ctypes.CDLL | None = None
 
 
-def pdeathsig_preexec() -> Callable[[], None] | None:
-    """A preexec_fn that asks the kernel to SIGTERM the child when its parent dies."""
-    if not sys.platform.startswith("linux"):
+def _load_libc() -> ctypes.CDLL | None:
+    global _libc
+    if _libc is None and sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    return _libc
+
+
+def pdeathsig_preexec(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A preexec_fn that asks the kernel to send ``sig`` (SIGTERM) to the child when its
+    parent dies.
+
+    libc is loaded here, in the parent: the child between fork and exec only makes the one
+    system call (no dlopen, which could deadlock on a lock another thread of the parent held
+    at fork time). The signal is tied to the thread that forks: start children from the
+    supervisor's main thread."""
+    libc = _load_libc()
+    if libc is None:
         return None
-    libc_name = ctypes.util.find_library("c") or "libc.so.6"
+    prctl = libc.prctl
 
     def _preexec() -> None:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+        prctl(_PR_SET_PDEATHSIG, sig)
 
     return _preexec
 
@@ -30,3 +52,52 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def private_umask() -> None:
+    """Files this process (and its children: nats-server, DuckDB, logs) creates are readable
+    by this user only."""
+    os.umask(0o077)
+
+
+def write_private(path: Path, data: str | bytes) -> None:
+    """Write a file atomically with mode 0600 (a reader never sees half of it)."""
+    raw = data.encode() if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, raw)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def set_title(title: str, short: str | None = None) -> None:
+    """Show this process as ``title`` in ps (``codeswitch worker router``) and as ``short``
+    (15 bytes at most, e.g. ``cs-router``) where only the short name shows (top, ps -o comm)."""
+    try:
+        import setproctitle
+    except ImportError:
+        setproctitle = None  # type: ignore[assignment]
+    if setproctitle is not None:
+        setproctitle.setproctitle(title)
+    libc = _load_libc()
+    if libc is not None:
+        name = (short or title).encode()[:15]
+        libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)

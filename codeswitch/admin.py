@@ -1,5 +1,10 @@
 """Config operations on NATS KV shared by the CLI and ``codeswitch up``: providers and
-gateway settings. Every process watches these keys, so writes apply on the next request."""
+gateway settings. Every process watches these keys, so writes apply on the next request.
+
+Literal secrets (a provider's ``api_key``, the unified upstream's ``token``) are written
+encrypted when the caller passes ``secret_key`` (the CLI and ``codeswitch up`` always do):
+``enc:v1:...``, see ``codeswitch/secrets.py``. ``seal_stored_secrets`` encrypts the literals an
+older version left in KV and purges the plain-text history from the store."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import KeyNotFoundError
 
 from codeswitch import bus
+from codeswitch.secrets import SecretKeyError, decrypt_secret, encrypt_secret, is_encrypted
 from schemas.config import (
     ActiveProviders,
     GatewaySettings,
@@ -32,6 +38,9 @@ __all__ = [
     "put_provider",
     "put_settings",
     "roll_call",
+    "seal_provider",
+    "seal_stored_secrets",
+    "seal_unified",
     "wait_applied",
 ]
 
@@ -58,7 +67,50 @@ async def get_provider(nc: NATS, name: str) -> ProviderConfig | None:
     return _dec.decode(entry.value) if entry.value else None
 
 
-async def put_provider(nc: NATS, provider: ProviderConfig) -> None:
+def seal_provider(provider: ProviderConfig, key: bytes) -> ProviderConfig:
+    """The provider with a literal api_key encrypted (env:NAME and empty keys unchanged)."""
+    sealed = encrypt_secret(provider.api_key, key)
+    if sealed == provider.api_key:
+        return provider
+    return msgspec.structs.replace(provider, api_key=sealed)
+
+
+def seal_unified(unified: UnifiedUpstream, key: bytes) -> UnifiedUpstream:
+    sealed = encrypt_secret(unified.token, key)
+    if sealed == unified.token:
+        return unified
+    return msgspec.structs.replace(unified, token=sealed)
+
+
+def _plain_provider(provider: ProviderConfig, key: bytes | None) -> ProviderConfig | None:
+    """With the key decrypted (to compare with a file's literal); None when it cannot be."""
+    if not is_encrypted(provider.api_key):
+        return provider
+    if key is None:
+        return None
+    try:
+        return msgspec.structs.replace(provider,
+                                       api_key=decrypt_secret(provider.api_key, key))
+    except SecretKeyError:
+        return None
+
+
+def _plain_unified(unified: UnifiedUpstream, key: bytes | None) -> UnifiedUpstream | None:
+    if not is_encrypted(unified.token):
+        return unified
+    if key is None:
+        return None
+    try:
+        return msgspec.structs.replace(unified, token=decrypt_secret(unified.token, key))
+    except SecretKeyError:
+        return None
+
+
+async def put_provider(nc: NATS, provider: ProviderConfig, *,
+                       secret_key: bytes | None = None) -> None:
+    """Write a provider; with ``secret_key`` a literal api_key is stored encrypted."""
+    if secret_key is not None:
+        provider = seal_provider(provider, secret_key)
     kv = await nc.jetstream().key_value(bus.PROVIDERS_BUCKET)
     await kv.put(provider.name, _enc.encode(provider))
 
@@ -95,7 +147,12 @@ async def get_setting(nc: NATS, key: str) -> Any:
     return msgspec.json.decode(entry.value, type=kind) if entry.value else kind()
 
 
-async def put_setting(nc: NATS, key: str, value: Any) -> None:
+async def put_setting(nc: NATS, key: str, value: Any, *,
+                      secret_key: bytes | None = None) -> None:
+    """Write a cs_settings document; with ``secret_key`` the unified upstream's literal token
+    is stored encrypted."""
+    if secret_key is not None and isinstance(value, UnifiedUpstream):
+        value = seal_unified(value, secret_key)
     kv = await nc.jetstream().key_value(bus.SETTINGS_BUCKET)
     await kv.put(key, _enc.encode(value))
 
@@ -108,14 +165,18 @@ async def list_circuits(nc: NATS) -> dict[str, BreakerState]:
 async def apply_file_config(nc: NATS, providers: list[ProviderConfig],
                             settings: GatewaySettings | None,
                             routing: RoutingSettings | None = None,
-                            unified: UnifiedUpstream | None = None) -> list[str]:
-    """Upsert the file's providers; drop file-sourced providers no longer in it."""
+                            unified: UnifiedUpstream | None = None, *,
+                            secret_key: bytes | None = None) -> list[str]:
+    """Upsert the file's providers; drop file-sourced providers no longer in it. With
+    ``secret_key``, literal keys are stored encrypted (and compared decrypted, so an unchanged
+    file writes nothing)."""
     changes = []
     current = {p.name: p for p in await list_providers(nc)}
     wanted = {p.name for p in providers}
     for p in providers:
-        if current.get(p.name) != p:
-            await put_provider(nc, p)
+        cur = current.get(p.name)
+        if cur is None or _plain_provider(cur, secret_key) != p:
+            await put_provider(nc, p, secret_key=secret_key)
             changes.append(f"provider {p.name} {'updated' if p.name in current else 'added'}")
     for name, p in current.items():
         if p.source == "config" and name not in wanted:
@@ -123,10 +184,56 @@ async def apply_file_config(nc: NATS, providers: list[ProviderConfig],
             changes.append(f"provider {name} removed (no longer in the config file)")
     if settings is not None:
         await put_settings(nc, settings)
-    for key, value in (("routing", routing), ("unified", unified)):
-        if value is not None and value != await get_setting(nc, key):
-            await put_setting(nc, key, value)
-            changes.append(f"{key} settings applied")
+    if routing is not None and routing != await get_setting(nc, "routing"):
+        await put_setting(nc, "routing", routing)
+        changes.append("routing settings applied")
+    if unified is not None and \
+            unified != _plain_unified(await get_setting(nc, "unified"), secret_key):
+        await put_setting(nc, "unified", unified, secret_key=secret_key)
+        changes.append("unified settings applied")
+    return changes
+
+
+async def _rewrite_purged(nc: NATS, bucket: str, values: dict[str, bytes]) -> None:
+    """Purge the bucket's stream (its files go: the store no longer holds the old revisions)
+    and write the given values back."""
+    js = nc.jetstream()
+    await js.purge_stream(f"KV_{bucket}")
+    kv = await js.key_value(bucket)
+    for name, value in values.items():
+        await kv.put(name, value)
+
+
+async def seal_stored_secrets(nc: NATS, key: bytes) -> list[str]:
+    """Encrypt the literal keys stored in KV by an older version (providers' api_key, the
+    unified token). The bucket's history is purged so no revision keeps the plain text on
+    disk; the other entries are written back unchanged (their history goes too)."""
+    changes: list[str] = []
+    raw = await _values(nc, bus.PROVIDERS_BUCKET)
+    rewritten: dict[str, bytes] = {}
+    for name, value in raw.items():
+        try:
+            p = _dec.decode(value)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            rewritten[name] = value
+            continue
+        sealed = seal_provider(p, key)
+        if sealed is not p:
+            changes.append(f"provider {name}: literal key encrypted at rest")
+        rewritten[name] = _enc.encode(sealed)
+    if changes:
+        await _rewrite_purged(nc, bus.PROVIDERS_BUCKET, rewritten)
+    settings = await _values(nc, bus.SETTINGS_BUCKET)
+    if "unified" in settings:
+        try:
+            unified = msgspec.json.decode(settings["unified"], type=UnifiedUpstream)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return changes
+        sealed_u = seal_unified(unified, key)
+        if sealed_u is not unified:
+            settings["unified"] = _enc.encode(sealed_u)
+            await _rewrite_purged(nc, bus.SETTINGS_BUCKET, settings)
+            changes.append("unified upstream: literal token encrypted at rest")
     return changes
 
 

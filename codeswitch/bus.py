@@ -122,12 +122,28 @@ def stream_configs(limits: StreamLimits | None = None) -> list[js_api.StreamConf
     ]
 
 
+_AUTH_OPTIONS = ("user", "password", "token", "user_credentials", "nkeys_seed",
+                 "nkeys_seed_str", "signature_cb", "user_jwt_cb")
+
+
+async def _quiet_error(exc: Exception) -> None:
+    """nats-py logs connection errors with tracebacks by default; the CLI reports them."""
+
+
 async def connect(url: str, *, name: str,
                   on_reconnect: Callable[[], Awaitable[None]] | None = None,
-                  **kwargs: Any) -> NATS:
+                  once: bool = False, **kwargs: Any) -> NATS:
     """Connect with reconnects forever: a NATS restart under a running process is survived.
     ``on_reconnect`` runs after each reconnect (e.g. to re-create a stream or consumer that a
-    restarted server no longer has)."""
+    restarted server no longer has).
+
+    ``once=True`` is the CLI's connection: one attempt (2 s unless ``connect_timeout`` says
+    otherwise), no reconnect loop, errors left to the caller to report.
+
+    Credentials: the caller's (``user``/``password``/``token``/``user_credentials`` or a
+    ``user:pass@`` URL), else the ones ``runtime.nats_auth_options`` finds for this URL (the
+    running gateway's, ``$CODESWITCH_NATS_CREDS``, ``$CODESWITCH_NATS_AUTH``)."""
+    from codeswitch.runtime import nats_auth_options
 
     async def _error_cb(exc: Exception) -> None:
         log.debug("nats error (%s): %s", name, exc)
@@ -153,11 +169,18 @@ async def connect(url: str, *, name: str,
         "reconnected_cb": _reconnected_cb,
         "pending_size": 64 * 1024 * 1024,
     }
+    if once:
+        # max_reconnect_attempts must stay > 0: nats-py treats 0 as "no limit" when picking
+        # a server, and the first connect would loop forever
+        opts.update(allow_reconnect=False, max_reconnect_attempts=1, connect_timeout=2,
+                    reconnect_time_wait=0.1, error_cb=_quiet_error)
     opts.update(kwargs)
     if opts["max_reconnect_attempts"] == 0:
         # nats-py treats 0 as "no limit"; callers mean "fail fast" (the CLI).
         opts["max_reconnect_attempts"] = 1
         opts["allow_reconnect"] = False
+    if not any(opts.get(k) for k in _AUTH_OPTIONS):
+        opts.update(nats_auth_options(url))
     return await nats.connect(url, **opts)
 
 

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from codeswitch import __version__, bus
-from codeswitch.runtime import home_dir, nats_url_for
+from codeswitch.runtime import home_dir, masked_url, nats_url_for
 
 app = typer.Typer(
     name="codeswitch", no_args_is_help=True, add_completion=False,
@@ -41,6 +41,9 @@ HomeOpt = Annotated[Path | None, typer.Option("--home", help="Data directory "
                     "(default $CODESWITCH_HOME or ~/.code-switch).", show_default=False)]
 NatsOpt = Annotated[str | None, typer.Option("--nats-url", help="NATS URL (default: the "
                     "running gateway's, or $CODESWITCH_NATS_URL).", show_default=False)]
+NatsCredsOpt = Annotated[str | None, typer.Option(
+    "--nats-creds", envvar="CODESWITCH_NATS_CREDS", show_default=False,
+    help="NATS .creds file for an operator's NATS ($CODESWITCH_NATS_CREDS).")]
 
 
 def _logging(level: str = "WARNING") -> None:
@@ -53,11 +56,10 @@ def _with_nats(url: str, fn: Callable[[Any], Awaitable[T]]) -> T:
 
     async def main() -> T:
         try:
-            nc = await bus.connect(url, name="codeswitch-cli", max_reconnect_attempts=0,
-                                   allow_reconnect=False, connect_timeout=2)
+            nc = await bus.connect(url, name="codeswitch-cli", once=True)
         except Exception:
-            err.print(f"[red]cannot reach NATS at {url}[/]: is the gateway running? Start it "
-                      "with `codeswitch up`, or pass --nats-url.")
+            err.print(f"[red]cannot reach NATS at {masked_url(url)}[/]: is the gateway running? "
+                      "Start it with `codeswitch up`, or pass --nats-url.")
             raise typer.Exit(2) from None
         try:
             await bus.ensure_all(nc.jetstream())
@@ -111,9 +113,12 @@ def up(
     grace: Annotated[float, typer.Option(help="Seconds in-flight requests get on stop.")] = 30,
     connect: Annotated[bool, typer.Option(
         "--connect", help="Point Claude Code, Codex and Gemini CLI at the gateway.")] = False,
+    nats_creds: NatsCredsOpt = None,
 ) -> None:
     """Start the gateway: embedded NATS, edge, router and workers. Ctrl-C stops it."""
     _logging()
+    from codeswitch import secrets
+    from codeswitch._process import set_title
     from codeswitch.admin import apply_file_config, get_setting, put_setting
     from codeswitch.config import (
         ConfigError,
@@ -125,6 +130,7 @@ def up(
     from codeswitch.supervisor import Supervisor
 
     home_path = home_dir(home)
+    set_title(f"codeswitch up --home {home_path}", "codeswitch-up")
     cfg_path = config or (Path(os.environ["CODESWITCH_CONFIG"])
                           if os.environ.get("CODESWITCH_CONFIG") else None)
     if cfg_path is None and (home_path / "config.toml").exists():
@@ -146,15 +152,17 @@ def up(
     async def apply(url: str) -> list[str]:
         if cfg_path is None and not taken:
             return []
+        # literal keys go to KV encrypted with <home>/secret.key (created 0600 on first use)
+        key = secrets.load_key(home_path, create=True)
         nc = await bus.connect(url, name="codeswitch-up-config")
         try:
             if cfg_path is not None:
                 return taken + await apply_file_config(
                     nc, file_cfg.providers, file_cfg.settings, file_cfg.routing,
-                    file_cfg.unified)
+                    file_cfg.unified, secret_key=key)
             # only app.json: its two settings, on top of what KV already holds
             if legacy.unified is not None:
-                await put_setting(nc, "unified", legacy.unified)
+                await put_setting(nc, "unified", legacy.unified, secret_key=key)
             if legacy.body_log is not None:
                 current = await get_setting(nc, "gateway")
                 await put_setting(nc, "gateway",
@@ -166,7 +174,7 @@ def up(
     def ready(info: dict[str, Any]) -> None:
         base = info["edge_url"]
         console.print(f"[bold green]codeswitch {__version__}[/] listening on [bold]{base}[/]")
-        console.print(f"  NATS      {info['nats_url']}"
+        console.print(f"  NATS      {masked_url(info['nats_url'])}"
                       + ("  (embedded)" if info["embedded_nats"] else ""))
         console.print(f"  data      {info['home']}")
         if cfg_path:
@@ -191,7 +199,7 @@ def up(
 
     sup = Supervisor(home=home_path, host=listen_host, port=listen_port, nats_url=nats_url,
                      routers=routers, single_process=single_process, grace=grace,
-                     on_ready=ready, apply=apply)
+                     on_ready=ready, apply=apply, nats_creds=nats_creds if nats_url else None)
     try:
         code = sup.run()
     except Exception as exc:
@@ -209,39 +217,64 @@ def edge(
     grace: Annotated[float, typer.Option(help="Graceful shutdown seconds.")] = 30,
     with_router: Annotated[bool, typer.Option("--with-router", hidden=True)] = False,
     home: HomeOpt = None,
+    nats_creds: NatsCredsOpt = None,
 ) -> None:
     """Run only the HTTP edge against a NATS (scale out by starting more)."""
     _logging()
     from codeswitch.supervisor import run_edge
 
-    run_edge(nats_url_for(home, nats_url), host, port, grace=grace, with_router=with_router)
+    _part_title("edge", "edge")
+    url = _part_nats(home, nats_url, nats_creds)
+    run_edge(url, host, port, grace=grace, with_router=with_router, home=home_dir(home))
+
+
+def _part_title(command: str, default: str) -> None:
+    """``codeswitch worker router`` in ps (``... (router-2)`` when the supervisor runs several);
+    ``cs-router-2`` where only the short name shows (top)."""
+    from codeswitch._process import set_title
+
+    part = os.environ.get("CODESWITCH_PART") or default
+    title = f"codeswitch {command}" + (f" ({part})" if part != default else "")
+    set_title(title, f"cs-{part}")
+
+
+def _part_nats(home: Path | None, nats_url: str | None, nats_creds: str | None) -> str:
+    from codeswitch.runtime import use_nats_credentials
+
+    url = nats_url_for(home, nats_url)
+    if nats_creds:
+        use_nats_credentials(url, creds_file=nats_creds)
+    return url
+
+
+def _run_worker(name: str, home: Path | None, nats_url: str | None,
+                nats_creds: str | None) -> None:
+    _logging()
+    from codeswitch.supervisor import run_worker
+
+    _part_title(f"worker {name}", name)
+    run_worker(name, _part_nats(home, nats_url, nats_creds), home_dir(home))
 
 
 @worker_app.command("router")
-def worker_router(nats_url: NatsOpt = None, home: HomeOpt = None) -> None:
+def worker_router(nats_url: NatsOpt = None, home: HomeOpt = None,
+                  nats_creds: NatsCredsOpt = None) -> None:
     """Run one router (more routers share the work queue)."""
-    _logging()
-    from codeswitch.supervisor import run_worker
-
-    run_worker("router", nats_url_for(home, nats_url), home_dir(home))
+    _run_worker("router", home, nats_url, nats_creds)
 
 
 @worker_app.command("ledger")
-def worker_ledger(nats_url: NatsOpt = None, home: HomeOpt = None) -> None:
+def worker_ledger(nats_url: NatsOpt = None, home: HomeOpt = None,
+                  nats_creds: NatsCredsOpt = None) -> None:
     """Run the ledger (event log -> DuckDB projection)."""
-    _logging()
-    from codeswitch.supervisor import run_worker
-
-    run_worker("ledger", nats_url_for(home, nats_url), home_dir(home))
+    _run_worker("ledger", home, nats_url, nats_creds)
 
 
 @worker_app.command("alerts")
-def worker_alerts(nats_url: NatsOpt = None, home: HomeOpt = None) -> None:
+def worker_alerts(nats_url: NatsOpt = None, home: HomeOpt = None,
+                  nats_creds: NatsCredsOpt = None) -> None:
     """Run the alerts worker."""
-    _logging()
-    from codeswitch.supervisor import run_worker
-
-    run_worker("alerts", nats_url_for(home, nats_url), home_dir(home))
+    _run_worker("alerts", home, nats_url, nats_creds)
 
 
 @nats_app.command("init")
@@ -259,10 +292,51 @@ def nats_init(nats_url: NatsOpt = None, home: HomeOpt = None) -> None:
         await bus.ensure_all(js)
 
     _with_nats(url, go)
-    console.print(f"[green]streams and buckets ready on {url}[/]")
+    console.print(f"[green]streams and buckets ready on {masked_url(url)}[/]")
+
+
+@nats_app.command("env")
+def nats_env(nats_url: NatsOpt = None, home: HomeOpt = None) -> None:
+    """Print NATS_URL (with the running gateway's credentials) for the nats CLI:
+    eval "$(codeswitch nats env)" && nats sub 'llm.>'"""
+    from codeswitch.runtime import nats_env_lines, read_run_file
+
+    if nats_url is None and not os.environ.get("CODESWITCH_NATS_URL") and \
+            read_run_file(home_dir(home)) is None:
+        err.print(f"[red]no running gateway in {home_dir(home)}[/] (no run.json): start it "
+                  "with `codeswitch up`, or pass --nats-url / --home")
+        raise typer.Exit(2)
+    try:
+        lines = nats_env_lines(nats_url_for(home, nats_url))
+    except ConnectionError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
 # -- providers -------------------------------------------------------------------------------
+def _masked(p: Any, home: Path | None) -> Any:
+    """A provider safe to print: an encrypted key is decrypted here (never printed) so the
+    masked form shows its last 4 characters, as for a literal."""
+    from codeswitch.secrets import SecretKeyError, is_encrypted, reveal
+
+    if is_encrypted(p.api_key):
+        try:
+            p = msgspec.structs.replace(p, api_key=reveal(p.api_key, home_dir(home)))
+        except SecretKeyError:
+            pass  # masked as "enc:…"
+    return p.masked()
+
+
+def _secret_key(home: Path | None) -> bytes:
+    """The key that encrypts literal provider keys in KV (created 0600 on first use)."""
+    from codeswitch.secrets import load_key
+
+    key = load_key(home_dir(home), create=True)
+    assert key is not None
+    return key
+
+
 @provider_app.command("list")
 def provider_list(nats_url: NatsOpt = None, home: HomeOpt = None,
                   json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -271,12 +345,13 @@ def provider_list(nats_url: NatsOpt = None, home: HomeOpt = None,
 
     providers = _with_nats(nats_url_for(home, nats_url), list_providers)
     if json_out:
-        sys.stdout.write(msgspec.json.encode([p.masked() for p in providers]).decode() + "\n")
+        sys.stdout.write(msgspec.json.encode([_masked(p, home) for p in providers]).decode()
+                         + "\n")
         return
     table = Table("name", "dialect", "base_url", "models", "priority", "weight", "enabled",
                   "key", "source")
     for p in providers:
-        m = p.masked()
+        m = _masked(p, home)
         table.add_row(p.name, p.dialect, p.base_url, ", ".join(p.models) or "*",
                       str(p.priority), str(p.weight), "yes" if p.enabled else "no",
                       m.api_key or "-", p.source)
@@ -326,8 +401,10 @@ def provider_add(
         err.print(f"[red]invalid provider:[/] {exc}")
         raise typer.Exit(2) from None
 
+    key = _secret_key(home) if provider.api_key else None
+
     async def go(nc: Any) -> str:
-        await put_provider(nc, provider)
+        await put_provider(nc, provider, secret_key=key)
         return await _applied(nc)
 
     applied = _with_nats(nats_url_for(home, nats_url), go)
@@ -419,7 +496,7 @@ def provider_status(
     if json_out:
         providers, circuits, active, unified = _with_nats(url, snapshot)
         sys.stdout.write(msgspec.json.encode({
-            "providers": [p.masked() for p in providers], "circuits": circuits,
+            "providers": [_masked(p, home) for p in providers], "circuits": circuits,
             "active": active, "unified": {"enabled": unified.enabled, "url": unified.url},
         }).decode() + "\n")
         return
@@ -514,13 +591,15 @@ def unified(
         err.print("[red]state must be on, off or show[/]")
         raise typer.Exit(2)
 
+    key = _secret_key(home) if token else None
+
     async def go(nc: Any) -> tuple[UnifiedUpstream, str]:
         current: UnifiedUpstream = await get_setting(nc, "unified")
         if state == "show":
             return current, ""
         new = UnifiedUpstream(enabled=state == "on", url=url or current.url,
                               token=token if token is not None else current.token)
-        await put_setting(nc, "unified", new)
+        await put_setting(nc, "unified", new, secret_key=key)
         return new, "; " + await _applied(nc)
 
     try:
@@ -554,7 +633,8 @@ def tail(
     except KeyboardInterrupt:
         pass
     except ConnectionError as exc:
-        err.print(f"[red]{exc}[/]")
+        url = nats_url_for(home, nats_url)
+        err.print(f"[red]{str(exc).replace(url, masked_url(url))}[/]")
         raise typer.Exit(2) from None
 
 
@@ -583,4 +663,9 @@ def _root(version: Annotated[bool, typer.Option("--version", help="Print the ver
 
 
 def main() -> None:
+    # before anything is written: the NATS store, DuckDB, logs, run.json and the outbox files
+    # of this process and of every process it starts are this user's only
+    from codeswitch._process import private_umask
+
+    private_umask()
     app()

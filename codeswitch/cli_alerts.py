@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from codeswitch import bus
-from codeswitch.runtime import home_dir, nats_url_for
+from codeswitch.runtime import home_dir, masked_url, nats_url_for
 from schemas.events import AlertFired, AlertNotificationFailed, AlertResolved, decode_event
 from workers.alerts.notify import Notifier, probe_notification
 from workers.alerts.rules import CHANNEL_FORMATS, METRICS, AlertState, Channel, Rule
@@ -92,12 +92,10 @@ def _run(home: Path | None, url: str | None, fn: Callable[[NATS], Awaitable[T]])
 
     async def main() -> T:
         try:
-            nc = await bus.connect(
-                target, name="codeswitch-cli", allow_reconnect=False,
-                max_reconnect_attempts=1, connect_timeout=2,  # 0 would mean "forever" here
-            )
+            nc = await bus.connect(target, name="codeswitch-cli", once=True)
         except (OSError, TimeoutError, nats.errors.Error) as exc:
-            console.print(f"[red]cannot reach NATS at {target}[/red] ({type(exc).__name__}). "
+            console.print(f"[red]cannot reach NATS at {masked_url(target)}[/red] "
+                          f"({type(exc).__name__}). "
                           "Is the gateway running (codeswitch up)? Or pass --nats-url.")
             raise typer.Exit(2) from None
         try:

@@ -21,7 +21,8 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from codeswitch.runtime import home_dir, nats_url_for
+from codeswitch import bus
+from codeswitch.runtime import home_dir, masked_url, nats_url_for
 from workers.ledger.wire import decode_reply
 
 __all__ = ["LedgerUnavailableError", "ask", "parse_time", "register"]
@@ -80,19 +81,12 @@ def _offset() -> int:
     return int(time.localtime().tm_gmtoff)
 
 
-async def _quiet(exc: Exception) -> None:
-    """nats-py logs connection errors with tracebacks by default; the CLI reports them."""
-
-
 async def _connect(url: str) -> NATS:
     try:
-        # max_reconnect_attempts=0 would mean "retry the first connect forever" in nats-py
-        return await asyncio.wait_for(
-            nats.connect(url, name="codeswitch-cli", allow_reconnect=False, connect_timeout=2,
-                         max_reconnect_attempts=1, reconnect_time_wait=0.1,
-                         error_cb=_quiet), 5)
+        # the CLI's one connection setting (bus.connect once=True), credentials included
+        return await asyncio.wait_for(bus.connect(url, name="codeswitch-cli", once=True), 5)
     except Exception as exc:
-        raise LedgerUnavailableError(f"{NOT_RUNNING} (no NATS at {url})") from exc
+        raise LedgerUnavailableError(f"{NOT_RUNNING} (no NATS at {masked_url(url)})") from exc
 
 
 async def _request(nc: NATS, query: str, params: dict[str, Any], timeout: float) -> Any:

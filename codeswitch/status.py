@@ -41,12 +41,16 @@ class Snapshot:
     routers: list[dict[str, Any]] = field(default_factory=list)
     streams: dict[str, dict[str, Any]] = field(default_factory=dict)
     consumers: list[dict[str, Any]] = field(default_factory=list)
+    # the supervisor's view (parts.json: pids, restarts, crash loops); None when not known
+    parts: dict[str, Any] | None = None
+    parts_ok: bool | None = None
 
     @property
     def healthy(self) -> bool:
         # an edge we cannot locate (no run file for this NATS: started by hand) is not judged
         edge_ok = self.edge_ready == "ready" or self.edge_url is None
-        return edge_ok and bool(self.routers) and all(c["present"] for c in self.consumers)
+        return (edge_ok and bool(self.routers) and all(c["present"] for c in self.consumers)
+                and self.parts_ok is not False)
 
 
 async def gather(nc: NATS, nats_url: str, run_info: dict[str, Any] | None) -> Snapshot:
@@ -55,6 +59,12 @@ async def gather(nc: NATS, nats_url: str, run_info: dict[str, Any] | None) -> Sn
     edge_url = (str(run_info["edge_url"]) if run_info and run_info.get("edge_url")
                 and run_info.get("nats_url") == nats_url else None)
     snap = Snapshot(nats_url=_masked(nats_url), edge_url=edge_url, edge_ready="unknown")
+    if edge_url and run_info and run_info.get("home"):
+        from pathlib import Path
+
+        from codeswitch.health import parts_health
+
+        snap.parts_ok, snap.parts = parts_health(Path(str(run_info["home"])))
     info = nc._server_info  # what the server said on connect (version, JetStream)
     snap.server = {"version": info.get("version"), "jetstream": bool(info.get("jetstream"))}
     snap.routers = await roll_call(nc)
@@ -119,6 +129,18 @@ def render(snap: Snapshot, run_info: dict[str, Any] | None) -> Group:
                  + ("" if snap.server.get("jetstream") else "  [red]JetStream off[/]"))
     if run_info and run_info.get("pid"):
         head.add_row("supervisor", f"pid {run_info['pid']}, home {run_info.get('home', '?')}")
+    parts = None
+    if snap.parts is not None and snap.parts.get("parts"):
+        parts = Table("part", "pid", "state", "restarts", "last exit",
+                      title="parts (supervised)", title_justify="left")
+        for name, p in snap.parts["parts"].items():
+            state = ok + " up" if p.get("alive") else bad + " down"
+            if p.get("crash_loop"):
+                state += "  [red]crash loop[/]"
+            parts.add_row(name, str(p.get("pid") or ""), state, str(p.get("restarts", 0)),
+                          "" if p.get("last_exit") is None else _exit(p["last_exit"]))
+        if snap.parts.get("reason"):
+            parts.caption = f"[red]{snap.parts['reason']}[/]"
     routers = Table("router", "in flight", title=f"routers taking work: {len(snap.routers)}",
                     title_justify="left")
     for r in snap.routers:
@@ -143,10 +165,17 @@ def render(snap: Snapshot, run_info: dict[str, Any] | None) -> Group:
         consumers.add_row(c["what"], c["stream"],
                           f"[{'green' if lag < 1000 else 'yellow'}]{lag:,}[/]",
                           f"{c['ack_pending']:,}")
-    return Group(head, routers, streams, consumers)
+    return Group(head, *([parts] if parts is not None else []), routers, streams, consumers)
+
+
+def _exit(code: int) -> str:
+    from codeswitch.supervisor import describe_exit
+
+    return describe_exit(code)
 
 
 def as_json(snap: Snapshot) -> dict[str, Any]:
     return {"healthy": snap.healthy, "nats_url": snap.nats_url, "edge_url": snap.edge_url,
             "edge_ready": snap.edge_ready, "server": snap.server, "routers": snap.routers,
-            "streams": snap.streams, "consumers": snap.consumers, "at": time.time()}
+            "streams": snap.streams, "consumers": snap.consumers, "parts": snap.parts,
+            "at": time.time()}

@@ -1,24 +1,44 @@
 """Running the parts. ``codeswitch up`` is a supervisor in the style of uvicorn's
 multiprocess supervisor: it starts the embedded nats-server (unless --nats-url), applies the
 stream/KV definitions and the config file, then runs each part as its own process (edge,
-router, ledger, alerts), restarts a part that dies, and on SIGINT/SIGTERM stops them in order:
-edge first (no new requests; in-flight ones finish), then routers (in-flight upstream calls
-finish within the grace period), then the projection workers, then nats-server last.
+router, ledger, alerts), and on SIGINT/SIGTERM stops them in order: edge first (no new
+requests; in-flight ones finish), then routers (in-flight upstream calls finish within the
+grace period), then the projection workers, then nats-server last.
 
-Signal handlers only record the signal; the main loop does the work.
+Every part, nats-server included, is supervised: a part that exits is started again after a
+backoff (0.1 s, doubling up to 10 s; back to 0.1 s once the part had run ``stable_after``
+seconds), and never given up on. Each exit and each restart is a log line and a
+``PartChanged`` fact (``gateway.part.<part>.<state>``); five restarts inside a minute is a
+crash loop, reported loudly (a log line at ERROR and a ``crash_loop`` fact), and so is the
+recovery from it. ``<home>/parts.json`` (0600) describes every part after each change and at
+least every ``health.HEARTBEAT_S`` seconds; ``codeswitch.health.parts_health`` reads it for
+``/health``.
+
+nats-server comes back on the same port, with the same store and credentials; the parts
+reconnect on their own (``bus.connect`` reconnects forever).
+
+The loop sleeps in ``select`` on a socket written by the signal wake-up fd: SIGCHLD (a part
+died), SIGINT and SIGTERM wake it at once. Signal handlers only record the signal; the main
+loop does the work. Facts are published from a background thread with its own event loop and
+NATS connection, so a NATS outage never blocks the loop (they wait in its queue).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import importlib
+import inspect
 import json
 import logging
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,11 +46,22 @@ from pathlib import Path
 from typing import Any
 
 from codeswitch import bus
-from codeswitch._process import free_port, pdeathsig_preexec
-from codeswitch.natsd import EmbeddedNats
-from codeswitch.runtime import run_file
+from codeswitch._process import free_port, pdeathsig_preexec, pid_alive, write_private
+from codeswitch.health import HEARTBEAT_S, SUPERVISED_ENV, parts_file
+from codeswitch.natsd import EmbeddedNats, load_or_create_auth
+from codeswitch.runtime import (
+    AUTH_ENV,
+    CREDS_ENV,
+    read_run_file,
+    run_file,
+    url_has_auth,
+    use_nats_credentials,
+)
+from schemas.events import PartChanged, new_id
+from schemas.subjects import part_subject
 
-__all__ = ["Part", "Supervisor", "SupervisorError", "run_edge", "run_worker", "WORKERS"]
+__all__ = ["Part", "RestartPolicy", "Supervisor", "SupervisorError", "run_edge", "run_worker",
+           "WORKERS"]
 
 log = logging.getLogger("codeswitch.supervisor")
 
@@ -41,6 +72,11 @@ WORKERS = {
     "alerts": "workers.alerts.service",
 }
 EMBEDDED_NATS_PORT = 18122
+NATS_PART = "nats-server"
+# "restarts" in facts and parts.json: restarts in the last 10 minutes
+RESTARTS_WINDOW_S = 600.0
+# the variable that tells a child which part it is (its process title)
+PART_ENV = "CODESWITCH_PART"
 
 
 def available_workers() -> list[str]:
@@ -56,17 +92,19 @@ def available_workers() -> list[str]:
 
 
 def _install_stop(stop: asyncio.Event, force: Callable[[], None] | None = None) -> None:
+    """SIGINT/SIGTERM: stop gracefully. A second SIGINT (Ctrl-C twice) forces the exit, as in
+    uvicorn; SIGTERM never does: when a multi-threaded supervisor is killed, the kernel sends
+    the parent-death SIGTERM once per exiting thread, and the second must not cut the
+    requests still finishing."""
     loop = asyncio.get_running_loop()
-    count = {"n": 0}
 
-    def handle_signal() -> None:
-        count["n"] += 1
-        stop.set()
-        if count["n"] > 1 and force is not None:
+    def handle_signal(sig: int) -> None:
+        if stop.is_set() and sig == signal.SIGINT and force is not None:
             force()
+        stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, handle_signal)
+        loop.add_signal_handler(sig, handle_signal, sig)
 
 
 async def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -77,6 +115,9 @@ async def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) ->
 
 def run_worker(name: str, nats_url: str, home: Path) -> None:
     """Run one worker in this process until SIGINT/SIGTERM."""
+    from codeswitch import secrets
+
+    secrets.use_home(home)  # the router decrypts provider keys with <home>/secret.key
     module = importlib.import_module(WORKERS[name])
     _use_uvloop()
 
@@ -87,27 +128,27 @@ def run_worker(name: str, nats_url: str, home: Path) -> None:
 
 
 def run_edge(nats_url: str, host: str, port: int, *, grace: float = 30.0,
-             with_router: bool = False) -> None:
+             with_router: bool = False, home: Path | None = None) -> None:
     """Run the edge under uvicorn (httptools, uvloop). ``with_router`` also runs a router in
     the same event loop (the single-process mode)."""
     import uvicorn
 
+    from codeswitch import secrets
     from edge.app import EdgeApp
 
-    app = EdgeApp(nats_url)
-    config = uvicorn.Config(
-        app, host=host, port=port, loop="uvloop" if _has_uvloop() else "asyncio",
-        http="httptools", lifespan="on", access_log=False, log_level="warning",
-        timeout_graceful_shutdown=int(grace), timeout_keep_alive=75, backlog=4096,
-    )
-    server = uvicorn.Server(config)
+    if home is not None:
+        secrets.use_home(home)
+    from edge.server import make_config
+
+    app = EdgeApp(nats_url, home=home)
+    server = uvicorn.Server(make_config(app, host, port, grace=grace))
 
     async def main() -> None:
         router = None
         if with_router:
             from workers.router.service import Router
 
-            router = Router(nats_url)
+            router = Router(nats_url, home=home)
             await router.startup()
         try:
             await server.serve()
@@ -139,8 +180,6 @@ class SupervisorError(RuntimeError):
 
 
 def _check_port_free(host: str, port: int) -> None:
-    import socket
-
     with socket.socket() as sock:
         # as uvicorn binds: TIME_WAIT sockets of a gateway that just stopped do not count, a
         # listening socket still does
@@ -153,129 +192,418 @@ def _check_port_free(host: str, port: int) -> None:
                 "running? Stop it, or pick another port with --port") from None
 
 
+def _port_bindable(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nats-server binds
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def describe_exit(code: int | None) -> str:
+    """"killed by SIGKILL" / "exited with code 1"."""
+    if code is None:
+        return "could not be started"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When to start a dead part again, and what counts as a crash loop (pure)."""
+
+    backoff_start: float = 0.1
+    backoff_cap: float = 10.0
+    # a part that ran this long: the next backoff starts over; a crash loop is over
+    stable_after: float = 10.0
+    loop_restarts: int = 5
+    loop_window: float = 60.0
+
+    @classmethod
+    def from_env(cls) -> RestartPolicy:
+        raw = os.environ.get("CODESWITCH_RESTART_STABLE_S")
+        try:
+            stable = float(raw) if raw else cls.stable_after
+        except ValueError:
+            stable = cls.stable_after
+        return cls(stable_after=stable)
+
+    def next_backoff(self, previous: float, ran_for: float) -> float:
+        if previous <= 0 or ran_for >= self.stable_after:
+            return self.backoff_start
+        return min(previous * 2, self.backoff_cap)
+
+    def crash_looping(self, restart_times: list[float], now: float) -> bool:
+        recent = sum(1 for t in restart_times if now - t < self.loop_window)
+        return recent >= self.loop_restarts
+
+
 @dataclass
 class Part:
     name: str
     argv: list[str]
     order: int  # stop order: lower stops first
+    # starts the process instead of argv (nats-server: EmbeddedNats.launch)
+    launcher: Callable[[], subprocess.Popen[bytes]] | None = None
     proc: subprocess.Popen[bytes] | None = None
-    restarts: list[float] = field(default_factory=list)
+    started_at: float = 0.0  # monotonic
+    started_wall: float = 0.0
+    restart_times: list[float] = field(default_factory=list)  # monotonic, last 10 minutes
+    restarts_total: int = 0
+    backoff: float = 0.0  # the wait before the pending (or last) restart
+    next_start: float | None = None  # monotonic, while dead
+    last_exit: int | None = None
+    last_exit_at: float | None = None
+    crash_loop: bool = False
 
     def start(self, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            self.argv, env=env, start_new_session=True, preexec_fn=pdeathsig_preexec(),
-            stdin=subprocess.DEVNULL,
-        )
+        if self.launcher is not None:
+            self.proc = self.launcher()
+        else:
+            self.proc = subprocess.Popen(
+                self.argv, env={**env, PART_ENV: self.name}, start_new_session=True,
+                preexec_fn=pdeathsig_preexec(), stdin=subprocess.DEVNULL,
+            )
+        self.started_at = time.monotonic()
+        self.started_wall = time.time()
 
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def recent_restarts(self, now: float, window: float = RESTARTS_WINDOW_S) -> int:
+        return sum(1 for t in self.restart_times if now - t < window)
+
+    def status(self, now: float) -> dict[str, Any]:
+        return {"pid": self.pid, "alive": self.alive, "restarts": self.restarts_total,
+                "restarts_10m": self.recent_restarts(now), "last_exit": self.last_exit,
+                "last_exit_at": self.last_exit_at, "crash_loop": self.crash_loop,
+                "started_at": self.started_wall,
+                "next_start_in": (round(max(0.0, self.next_start - now), 3)
+                                  if self.next_start is not None else None)}
+
+
+def _make_publisher(nc: Any, home: Path) -> Any:
+    from codeswitch.facts import FactPublisher
+
+    params = inspect.signature(FactPublisher).parameters
+    kwargs: dict[str, Any] = {}
+    if "wal" in params:  # the write-ahead outbox, where this version of facts.py has it
+        kwargs["wal"] = home / "outbox"
+        if "name" in params:
+            kwargs["name"] = "supervisor"
+    try:
+        return FactPublisher(nc, **kwargs)
+    except Exception as exc:  # the outbox cannot be used: facts in memory only
+        log.error("supervisor facts: no write-ahead outbox (%s); keeping them in memory", exc)
+        return FactPublisher(nc)
+
+
+class FactsThread:
+    """The supervisor's facts: a thread with its own event loop, one NATS connection
+    (reconnecting forever) and a FactPublisher. ``emit`` never blocks; facts emitted before
+    the connection is up wait in memory."""
+
+    def __init__(self, url: str, home: Path) -> None:
+        self.url = url
+        self.home = home
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name="supervisor-facts", daemon=True)
+        self._publisher: Any = None
+        self._nc: Any = None
+        self._pending: list[tuple[str, PartChanged]] = []
+        self._connecting: concurrent.futures.Future[None] | None = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def start(self) -> None:
+        self.thread.start()
+        self._connecting = asyncio.run_coroutine_threadsafe(self._connect(), self.loop)
+
+    async def _connect(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                nc = await bus.connect(self.url, name="codeswitch-supervisor",
+                                       connect_timeout=2)
+                break
+            except Exception as exc:
+                log.debug("facts: cannot connect yet (%s)", type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self._nc = nc
+        self._publisher = _make_publisher(nc, self.home)
+        self._publisher.start()
+        for subject, event in self._pending:
+            self._publisher.emit(subject, event)
+        self._pending.clear()
+
+    def _emit(self, subject: str, event: PartChanged) -> None:
+        if self._publisher is None:
+            self._pending.append((subject, event))
+        else:
+            self._publisher.emit(subject, event)
+
+    def emit(self, subject: str, event: PartChanged) -> None:
+        with contextlib.suppress(RuntimeError):  # loop closed: shutting down
+            self.loop.call_soon_threadsafe(self._emit, subject, event)
+
+    async def _aclose(self, timeout: float) -> None:
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+        if self._publisher is not None:
+            await self._publisher.aclose(timeout)
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._nc.close(), 2)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Flush what is queued (bounded by ``timeout``), then stop the thread."""
+        if not self.thread.is_alive():
+            return
+        fut = asyncio.run_coroutine_threadsafe(self._aclose(timeout), self.loop)
+        with contextlib.suppress(Exception):
+            fut.result(timeout + 3)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(3)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _nats_servers_on(conf: Path) -> list[int]:
+    """nats-server processes started with this config (a previous gateway's, on our store)."""
+    found = []
+    want = str(conf).encode()
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            argv = _cmdline(int(entry)).split(b"\0")
+            if argv[0].endswith(b"nats-server") and want in argv:
+                found.append(int(entry))
+    return found
 
 
 class Supervisor:
     def __init__(self, *, home: Path, host: str, port: int, nats_url: str | None,
                  routers: int = 1, single_process: bool = False, grace: float = 30.0,
                  on_ready: Callable[[dict[str, Any]], None] | None = None,
-                 apply: Callable[[str], Awaitable[list[str]]] | None = None) -> None:
+                 apply: Callable[[str], Awaitable[list[str]]] | None = None,
+                 nats_creds: str | None = None, policy: RestartPolicy | None = None) -> None:
         self.home = home
         self.host = host
         self.port = port
         self.external_nats = nats_url
+        self.nats_creds = nats_creds
         self.routers = routers
         self.single_process = single_process
         self.grace = grace
         self.on_ready = on_ready
         self.apply = apply
+        self.policy = policy or RestartPolicy.from_env()
         self.nats: EmbeddedNats | None = None
         self.parts: list[Part] = []
+        self.facts: FactsThread | None = None
+        self.info: dict[str, Any] = {}
         self._signals: list[int] = []
+        self._stopping = False
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._hostname = socket.gethostname()
 
     def handle_signal(self, signum: int, frame: Any) -> None:
         self._signals.append(signum)
 
+    @property
+    def nats_credentials_file(self) -> Path:
+        return self.home / "nats" / "credentials.json"
+
+    # -- start -------------------------------------------------------------------------------
+    def _clean_stale(self) -> None:
+        """A supervisor killed with SIGKILL leaves its run file, and its children finishing
+        (they got SIGTERM from the kernel). Refuse when that supervisor still runs; otherwise
+        wait a little for its processes, stop a nats-server still on our store, and go on."""
+        info = read_run_file(self.home)
+        leftovers: list[int] = []
+        if info is not None:
+            pid = info.get("pid")
+            if isinstance(pid, int) and pid != os.getpid() and pid_alive(pid) \
+                    and b"codeswitch" in _cmdline(pid):
+                raise SupervisorError(
+                    f"another `codeswitch up` (pid {pid}) runs with the data directory "
+                    f"{self.home}: stop it first, or use another --home")
+            log.warning("the gateway that wrote %s (pid %s) did not stop cleanly; cleaning up",
+                        run_file(self.home), pid)
+            parts = info.get("parts")
+            if isinstance(parts, dict):
+                leftovers = [p for p in parts.values() if isinstance(p, int)]
+        stale_nats = _nats_servers_on(self.home / "nats" / "nats-server.conf")
+        ours = [p for p in leftovers if pid_alive(p) and b"codeswitch" in _cmdline(p)]
+        waiting = sorted(set(ours) | set(stale_nats))
+        if waiting:
+            log.warning("waiting for %d process(es) of the previous gateway to exit: %s",
+                        len(waiting), ", ".join(map(str, waiting)))
+        embedded = info is not None and bool(info.get("embedded_nats"))
+        deadline = time.monotonic() + (2.0 if embedded else 5.0)
+        while waiting and time.monotonic() < deadline:
+            time.sleep(0.05)
+            waiting = [p for p in waiting if pid_alive(p)]
+        # Still there: a nats-server on our store (two must never share one), and parts of a
+        # gateway whose embedded NATS is gone (nothing left to finish: their replies went
+        # through it; the ledger would hold the DuckDB file). With an external NATS, parts
+        # finishing their requests are left alone.
+        doomed = [p for p in waiting if p in stale_nats or embedded]
+        for pid in doomed:
+            log.warning("stopping process %d of the previous gateway", pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        end = time.monotonic() + 5
+        while any(pid_alive(p) for p in doomed) and time.monotonic() < end:
+            time.sleep(0.02)
+        for path in (run_file(self.home), parts_file(self.home)):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
     def _start_nats(self) -> str:
         if self.external_nats:
+            if self.nats_creds:
+                use_nats_credentials(self.external_nats, creds_file=self.nats_creds)
             return self.external_nats
         port = EMBEDDED_NATS_PORT
-        try:
-            import socket
-
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port))
-        except OSError:
+        if not _port_bindable("127.0.0.1", port):
             port = free_port()
-        (self.home / "logs").mkdir(parents=True, exist_ok=True)
-        self.nats = EmbeddedNats(self.home / "nats", port=port,
+        (self.home / "logs").mkdir(parents=True, exist_ok=True, mode=0o700)
+        auth = load_or_create_auth(self.nats_credentials_file)
+        # linger: killed with SIGKILL, this supervisor leaves nats-server serving its parts
+        # for --grace seconds while they finish their requests (then it exits)
+        self.nats = EmbeddedNats(self.home / "nats", port=port, auth=auth, linger=self.grace,
                                  log_file=self.home / "logs" / "nats.log")
-        self.nats.start()
+        use_nats_credentials(self.nats.url, auth_file=self.nats_credentials_file)
+        part = Part(NATS_PART, [], order=9, launcher=self._launch_nats)
+        self._start_part(part, {})
+        if not part.alive:
+            raise SupervisorError(f"nats-server did not start; see {self.nats.log_file}")
+        self.parts.append(part)
         return self.nats.url
+
+    def _launch_nats(self) -> subprocess.Popen[bytes]:
+        assert self.nats is not None
+        proc = self.nats.launch()
+        try:
+            self.nats.wait_listening(10)
+        except RuntimeError as exc:
+            log.error("%s", exc)
+        return proc
+
+    def _child_env(self, url: str) -> dict[str, str]:
+        env = {**os.environ, "CODESWITCH_HOME": str(self.home), SUPERVISED_ENV: str(self.home)}
+        for name in (AUTH_ENV, CREDS_ENV, "CODESWITCH_NATS_URL"):
+            env.pop(name, None)
+        if self.nats is not None:
+            env[AUTH_ENV] = str(self.nats_credentials_file)  # a path: never the password
+        elif self.nats_creds:
+            env[CREDS_ENV] = self.nats_creds
+        if url_has_auth(url):
+            env["CODESWITCH_NATS_URL"] = url  # the parts take it from here, not from argv
+        return env
 
     def _plan_parts(self, url: str) -> list[Part]:
         exe = [sys.executable, "-m", "codeswitch"]
         home = ["--home", str(self.home)]
-        parts = [Part("edge", [*exe, "edge", "--nats-url", url, "--host", self.host,
-                               "--port", str(self.port), "--grace", str(self.grace)]
+        # a URL with a password goes to the parts through the environment (argv shows in ps)
+        nats = [] if url_has_auth(url) else ["--nats-url", url]
+        parts = [Part("edge", [*exe, "edge", *nats, "--host", self.host,
+                               "--port", str(self.port), "--grace", str(self.grace), *home]
                       + (["--with-router"] if self.single_process else []), order=0)]
         if not self.single_process:
             for i in range(self.routers):
                 parts.append(Part(f"router-{i + 1}" if self.routers > 1 else "router",
-                                  [*exe, "worker", "router", "--nats-url", url, *home],
-                                  order=1))
+                                  [*exe, "worker", "router", *nats, *home], order=1))
         for name in available_workers():
             if name != "router":
-                parts.append(Part(name, [*exe, "worker", name, "--nats-url", url, *home],
-                                  order=2))
+                parts.append(Part(name, [*exe, "worker", name, *nats, *home], order=2))
         return parts
 
     def run(self) -> int:
-        self.home.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.home, 0o700)  # NATS store, DuckDB, logs, keys: this user's only
+        self._clean_stale()  # before the port check: its edge may still hold the port
         _check_port_free(self.host, self.port)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self.handle_signal)
-        url = self._start_nats()
         try:
+            url = self._start_nats()
             changes = asyncio.run(self._prepare(url))
-            env = {**os.environ, "CODESWITCH_HOME": str(self.home)}
-            self.parts = self._plan_parts(url)
-            for part in self.parts:
-                part.start(env)
+            # after _prepare: the event log stream exists
+            self.facts = FactsThread(url, self.home)
+            self.facts.start()
+            for part in self.parts:  # nats-server
+                self._fact(part, "started")
+            env = self._child_env(url)
+            planned = self._plan_parts(url)
+            for part in planned:
+                self._start_part(part, env)
+                self._fact(part, "started")
+            self.parts = planned + self.parts
+            self._write_parts()
             if not self._wait_listening(timeout=30):
                 raise SupervisorError(f"the edge did not start listening on {self.host}:"
                                       f"{self.port}; see the messages above")
-            info = {"nats_url": url, "edge_url": f"http://{self.host}:{self.port}",
-                    "pid": os.getpid(), "home": str(self.home), "changes": changes,
-                    "embedded_nats": self.nats is not None,
-                    "parts": {p.name: p.proc.pid for p in self.parts if p.proc}}
-            run_file(self.home).write_text(json.dumps(info, indent=2))
+            self.info = {"nats_url": url, "edge_url": f"http://{self.host}:{self.port}",
+                         "pid": os.getpid(), "home": str(self.home), "changes": changes,
+                         "embedded_nats": self.nats is not None,
+                         "nats_credentials": (str(self.nats_credentials_file)
+                                              if self.nats is not None else None),
+                         "nats_creds": self.nats_creds if self.nats is None else None,
+                         "parts_file": str(parts_file(self.home)),
+                         "parts": self._pids()}
+            write_private(run_file(self.home), json.dumps(self.info, indent=2))
             if self.on_ready and not self._signals:
-                self.on_ready(info)
-            while not self._signals:
-                time.sleep(0.2)
-                self._restart_dead(env)
-                if self._crash_looping("edge"):
-                    raise SupervisorError("the edge keeps exiting (5 times in a minute); "
-                                          "see the messages above")
+                self.on_ready(self.info)
+            self._loop(env)
             return 0
         finally:
             self._stop_all()
 
     async def _prepare(self, url: str) -> list[str]:
+        from codeswitch import secrets
+        from codeswitch.admin import seal_stored_secrets
+
         nc = await bus.connect(url, name="codeswitch-up", max_reconnect_attempts=5)
         try:
             await bus.wait_ready(nc)
             await bus.ensure_all(nc.jetstream())
+            key = secrets.load_key(self.home, create=True)
+            assert key is not None
+            changes = await seal_stored_secrets(nc, key)
             if self.apply is not None:
-                return await self.apply(url)
-            return []
+                changes += await self.apply(url)
+            return changes
         finally:
             await nc.drain()
 
     def _wait_listening(self, timeout: float) -> bool:
-        import socket
-
         deadline = time.monotonic() + timeout
+        edge = next(p for p in self.parts if p.name == "edge")
         while time.monotonic() < deadline and not self._signals:
-            edge = self.parts[0]
             if not edge.alive:
                 return False
             try:
@@ -286,24 +614,144 @@ class Supervisor:
                 time.sleep(0.05)
         return False
 
-    def _crash_looping(self, name: str) -> bool:
-        return any(p.name == name and not p.alive and len(p.restarts) >= 5 for p in self.parts)
+    # -- supervision -------------------------------------------------------------------------
+    def _loop(self, env: dict[str, str]) -> None:
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        old_chld = signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        last_write = time.monotonic()
+        try:
+            while not self._signals:
+                changed = self.tick(env)
+                now = time.monotonic()
+                if changed or now - last_write >= HEARTBEAT_S:
+                    self._write_parts()
+                    if changed:
+                        self.info["parts"] = self._pids()
+                        write_private(run_file(self.home), json.dumps(self.info, indent=2))
+                    last_write = now
+                if self._signals:
+                    break
+                select.select([self._wake_r], [], [], self._sleep_for(now, last_write))
+                with contextlib.suppress(BlockingIOError, InterruptedError):
+                    while self._wake_r.recv(4096):
+                        pass
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            signal.signal(signal.SIGCHLD, old_chld)
+            self._wake_r.close()
+            self._wake_w.close()
 
-    def _restart_dead(self, env: dict[str, str]) -> None:
+    def _sleep_for(self, now: float, last_write: float) -> float:
+        wait = HEARTBEAT_S - (now - last_write)
+        for part in self.parts:
+            if part.next_start is not None:
+                wait = min(wait, part.next_start - now)
+            elif part.crash_loop:
+                wait = min(wait, part.started_at + self.policy.stable_after - now)
+        return max(0.0, min(wait, HEARTBEAT_S))
+
+    def tick(self, env: dict[str, str]) -> bool:
+        """One pass: notice exits, restart the parts whose backoff is over, notice recoveries.
+        True when something changed."""
+        changed = False
         now = time.monotonic()
         for part in self.parts:
-            if part.alive or part.proc is None:
+            if self._stopping or self._signals:
+                break
+            if part.alive:
+                if part.crash_loop and now - part.started_at >= self.policy.stable_after:
+                    part.crash_loop = False
+                    log.warning("part %s recovered: running for %.0f s (pid %s) after a crash "
+                                "loop", part.name, now - part.started_at, part.pid)
+                    self._fact(part, "recovered",
+                               message=f"running for {now - part.started_at:.0f} s")
+                    changed = True
                 continue
-            part.restarts = [t for t in part.restarts if now - t < 60]
-            if len(part.restarts) >= 5:
-                continue  # crash loop: leave it down, the log says why
-            log.warning("%s exited with %s; restarting", part.name, part.proc.returncode)
-            part.restarts.append(now)
-            part.start(env)
+            if part.next_start is None:
+                self._on_exit(part, now)
+                changed = True
+            if part.next_start is not None and now >= part.next_start:
+                self._restart(part, env, now)
+                changed = True
+        return changed
 
+    def _on_exit(self, part: Part, now: float) -> None:
+        code = part.proc.returncode if part.proc is not None else None
+        ran = now - part.started_at
+        part.backoff = self.policy.next_backoff(part.backoff, ran)
+        part.next_start = now + part.backoff
+        part.last_exit = code
+        part.last_exit_at = time.time()
+        how = describe_exit(code)
+        log.warning("part %s (pid %s) %s after %.1f s; restart #%d in %.2f s (%d restarts in "
+                    "the last 10 min)", part.name, part.pid, how, ran, part.restarts_total + 1,
+                    part.backoff, part.recent_restarts(now))
+        self._fact(part, "exited", exit_code=code, message=f"{how} after {ran:.1f} s")
+
+    def _restart(self, part: Part, env: dict[str, str], now: float) -> None:
+        part.restart_times = [t for t in part.restart_times if now - t < RESTARTS_WINDOW_S]
+        part.restart_times.append(now)
+        part.restarts_total += 1
+        part.next_start = None
+        self._start_part(part, env)
+        if part.proc is None:
+            return
+        log.warning("part %s restarted (pid %s): restart #%d, %d in the last minute; next "
+                    "backoff %.2f s if it exits soon", part.name, part.pid, part.restarts_total,
+                    part.recent_restarts(now, self.policy.loop_window),
+                    self.policy.next_backoff(part.backoff, 0.0))
+        self._fact(part, "restarted")
+        if not part.crash_loop and self.policy.crash_looping(part.restart_times, now):
+            part.crash_loop = True
+            log.error("CRASH LOOP: part %s was restarted %d times in the last %.0f s; it "
+                      "keeps being restarted, with backoff up to %.0f s. Look at its "
+                      "messages above%s", part.name,
+                      part.recent_restarts(now, self.policy.loop_window),
+                      self.policy.loop_window, self.policy.backoff_cap,
+                      f" and {self.nats.log_file}" if part.name == NATS_PART and self.nats
+                      else "")
+            self._fact(part, "crash_loop", message=f"{part.recent_restarts(now, 60)} "
+                                                   f"restarts in {self.policy.loop_window:.0f} s")
+
+    def _start_part(self, part: Part, env: dict[str, str]) -> None:
+        try:
+            part.start(env)
+        except Exception as exc:  # e.g. nats-server missing: counts as an exit
+            log.error("part %s could not be started: %s", part.name, exc)
+            part.proc = None
+            part.started_at = time.monotonic()
+
+    def _fact(self, part: Part, state: str, *, exit_code: int | None = None,
+              message: str = "") -> None:
+        if self.facts is None:
+            return
+        now = time.monotonic()
+        event = PartChanged(id=new_id(), ts=time.time(), part=part.name, state=state,
+                            pid=part.pid,
+                            exit_code=exit_code, restarts=part.recent_restarts(now),
+                            backoff_s=round(part.backoff, 3) if state == "exited" else 0.0,
+                            message=message, host=self._hostname)
+        self.facts.emit(part_subject(part.name, state), event)
+
+    def _pids(self) -> dict[str, int]:
+        return {p.name: p.pid for p in self.parts if p.pid is not None}
+
+    def _write_parts(self) -> None:
+        now = time.monotonic()
+        data = {"pid": os.getpid(), "updated": time.time(), "home": str(self.home),
+                "parts": {p.name: p.status(now) for p in self.parts}}
+        with contextlib.suppress(OSError):
+            write_private(parts_file(self.home), json.dumps(data, indent=1))
+
+    # -- stop --------------------------------------------------------------------------------
     def _stop_all(self) -> None:
-        for order in sorted({p.order for p in self.parts}):
-            group = [p for p in self.parts if p.order == order and p.alive]
+        self._stopping = True
+        workers = [p for p in self.parts if p.name != NATS_PART]
+        for order in sorted({p.order for p in workers}):
+            group = [p for p in workers if p.order == order and p.alive]
             for part in group:
                 assert part.proc is not None
                 with contextlib.suppress(ProcessLookupError):
@@ -316,7 +764,10 @@ class Supervisor:
                 except subprocess.TimeoutExpired:
                     part.proc.kill()
                     part.proc.wait()
+        if self.facts is not None:
+            self.facts.close(2.0)
         if self.nats is not None:
             self.nats.stop()
-        with contextlib.suppress(OSError):
-            run_file(self.home).unlink()
+        for path in (run_file(self.home), parts_file(self.home)):
+            with contextlib.suppress(OSError):
+                path.unlink()

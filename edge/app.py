@@ -18,6 +18,7 @@ from nats.errors import NoRespondersError
 
 from codeswitch import bus
 from codeswitch.facts import FactPublisher
+from codeswitch.health import parts_health, supervised_home
 from edge.auth import AuthError, authenticate
 from edge.bodylog import BodyCapture
 from edge.errors import EdgeError, render
@@ -88,6 +89,7 @@ class EdgeApp:
         self.nats_url = nats_url
         # write-ahead facts (codeswitch.facts) in <home>/outbox when run by `codeswitch up`
         self.outbox = Path(home) / "outbox" if home is not None else None
+        self._parts_home = supervised_home()  # set by `codeswitch up` for its parts
         self.edge_id = edge_id
         self.settings = settings or GatewaySettings()
         self._fixed_settings = settings is not None
@@ -177,7 +179,7 @@ class EdgeApp:
         if route.kind == "llm":
             await self._llm(scope, receive, send, route, headers)
         elif route.kind == "health":
-            await _respond(send, 200, b'{"status":"ok"}')
+            await self._health(send)
         elif route.kind == "readiness":
             await self._readiness(send)
         elif route.kind == "metrics":
@@ -188,6 +190,16 @@ class EdgeApp:
                                scope.get("query_string", b"").decode("latin-1"))
         else:  # "/" and HEAD preconnects
             await _respond(send, 200, b'{"service":"codeswitch"}')
+
+    async def _health(self, send: Send) -> None:
+        """200 while every part is up; under `codeswitch up` a part that is down (or crash
+        looping) makes it 503 and names the part (codeswitch/health.py)."""
+        if self._parts_home is None:  # not under a supervisor
+            await _respond(send, 200, b'{"status":"ok"}')
+            return
+        ok, detail = parts_health(self._parts_home)
+        body = msgspec.json.encode({"status": "ok" if ok else "degraded", **detail})
+        await _respond(send, 200 if ok else 503, body)
 
     async def _readiness(self, send: Send) -> None:
         nc = self.nc

@@ -25,10 +25,13 @@ __all__ = [
     "ProviderConfig",
     "Timeouts",
     "resolve_secret",
+    "ENCRYPTED_PREFIX",
     "PROVIDER_NAME_RE",
 ]
 
 PROVIDER_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# a literal secret encrypted at rest (codeswitch/secrets.py)
+ENCRYPTED_PREFIX = "enc:v1:"
 
 
 class Timeouts(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -44,7 +47,9 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     name: str
     dialect: Dialect
     base_url: str
-    api_key: str = ""  # literal, or "env:NAME" resolved by the router at call time
+    # "env:NAME" resolved by the router at call time, or a literal: stored encrypted in KV
+    # ("enc:v1:...", codeswitch/secrets.py), decrypted by the router at call time
+    api_key: str = ""
     models: list[str] = []  # glob patterns of requested models it serves; empty = all
     model_map: dict[str, str] = {}  # requested model (glob) -> upstream model
     priority: int = 1  # lower is tried first
@@ -88,9 +93,12 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         return model
 
     def masked(self) -> ProviderConfig:
-        """A copy safe to print: a literal key is reduced to its last 4 characters."""
+        """A copy safe to print: a literal key is reduced to its last 4 characters (decrypt an
+        encrypted one first to see those; otherwise it shows as ``enc:…``)."""
         key = self.api_key
-        if key and not key.startswith("env:"):
+        if key.startswith(ENCRYPTED_PREFIX):
+            key = "enc:…"
+        elif key and not key.startswith("env:"):
             key = "…" + key[-4:] if len(key) > 8 else "…"
         return msgspec.structs.replace(self, api_key=key)
 
@@ -159,7 +167,7 @@ class UnifiedUpstream(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
     enabled: bool = False
     url: str = "http://localhost:3000"
-    token: str = ""  # literal or env:NAME
+    token: str = ""  # env:NAME, or a literal (stored encrypted, like a provider's api_key)
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
@@ -167,7 +175,13 @@ class UnifiedUpstream(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
 
 def resolve_secret(value: str) -> str:
-    """Resolve "env:NAME" to the variable's value ("" when unset); literals pass through."""
+    """Resolve "env:NAME" to the variable's value ("" when unset) and "enc:v1:..." to the
+    literal it encrypts (with the data directory's secret.key or $CODESWITCH_SECRET_KEY; ""
+    when it cannot be decrypted here, logged); literals pass through."""
     if value.startswith("env:"):
         return os.environ.get(value[4:], "")
+    if value.startswith(ENCRYPTED_PREFIX):
+        from codeswitch.secrets import reveal_or_empty
+
+        return reveal_or_empty(value)
     return value

@@ -214,12 +214,11 @@ class Store:
             for table, table_rows in fresh.items():
                 if not table_rows:
                     continue
-                if table == "requests":
-                    table_rows = self._fold_requests(table_rows)  # type: ignore[arg-type]
-                else:
-                    table_rows = self._new_events(table, table_rows)
-                if table_rows:
-                    self._insert(table, table_rows)
+                kept: list[Any] = (
+                    self._fold_requests([r for r in table_rows if isinstance(r, RequestRow)])
+                    if table == "requests" else self._new_events(table, table_rows))
+                if kept:
+                    self._insert(table, kept)
             self._write_state(state)
             con.execute("COMMIT")
         except BaseException:

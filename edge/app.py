@@ -6,6 +6,7 @@ subject. It never calls an upstream and parses only model, stream flag and ident
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -395,6 +396,10 @@ class EdgeApp:
             if queue.empty():
                 await asyncio.sleep(2 * 0.25)
             if queue.empty():
+                # a publish nats-py kept while reconnecting may still go out: the cancel
+                # follows it on the same connection, so a router that takes it drops it
+                with contextlib.suppress(Exception):
+                    await self.nc.publish(cancel_subject(env.request_id), b"")
                 raise EdgeError(503, "gateway bus unavailable, try again",
                                 "bus_unavailable") from exc
             return env
@@ -455,8 +460,9 @@ class EdgeApp:
                 await send({"type": "http.response.body", "body": body, "more_body": False})
                 state["bytes_out"] = len(body)
                 return
-            if kind != KIND_START:
-                raise EdgeError(502, "router sent an unexpected reply", "bad_reply")
+            if kind != KIND_START:  # the start was lost (NATS restarting): it may have run
+                await self._cancel(env.request_id)
+                raise EdgeError(MAYBE_EXECUTED, _LOST_MESSAGE, "reply_gap")
             head, _, first = data[1:].partition(b"\n")
             start = _start_decoder.decode(head)
             if start.router and self.dispatcher is not None:

@@ -92,6 +92,7 @@ class Router:
         self._inflight: dict[str, tuple[asyncio.Task[None], str]] = {}
         self._acks: dict[str, asyncio.Future[bool]] = {}  # request id -> the edge's word
         self._gone: dict[str, str] = {}  # request id -> why it was cancelled (edge_lost)
+        self._cancelled: dict[str, float] = {}  # cancels that came before their request
         self._subs: list[Subscription] = []
         self._work_sub: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -260,9 +261,15 @@ class Router:
         fut.set_result(status is None and msg.data == b"1")
 
     async def _on_cancel(self, msg: Msg) -> None:
-        entry = self._inflight.get(msg.subject[len(CANCEL_PREFIX) + 1:])
+        rid = msg.subject[len(CANCEL_PREFIX) + 1:]
+        entry = self._inflight.get(rid)
         if entry is not None:
             entry[0].cancel()
+        else:  # the cancel overtook its request (NATS reconnecting): drop it when it comes
+            self._cancelled[rid] = time.monotonic()
+            if len(self._cancelled) > 10_000:
+                cutoff = time.monotonic() - 300
+                self._cancelled = {k: t for k, t in self._cancelled.items() if t > cutoff}
 
     async def _on_request(self, msg: Msg) -> None:
         try:
@@ -275,6 +282,8 @@ class Router:
             log.error("dropping malformed request message on %s", msg.subject)
             return
         now = time.time()
+        if self._cancelled and self._cancelled.pop(env.request_id, None) is not None:
+            return  # its edge already answered (and cancelled it)
         if env.deadline and now > env.deadline - DEADLINE_MARGIN_S:
             return  # the edge stopped waiting (and answered 503); nobody to reply to
         task = asyncio.create_task(self._handle(env, msg.data))

@@ -65,16 +65,16 @@ class Dispatcher:
     async def _on_msg(self, msg: Msg) -> None:
         rid = msg.subject[len(self.prefix):]
         queue = self._queues.get(rid)
-        if msg.reply:  # a final message (or a router's ping): say whether it landed
-            with contextlib.suppress(Exception):
-                await self.nc.publish(msg.reply, b"1" if queue is not None or rid == "ping"
-                                      else b"0")
         if queue is not None:
             data = msg.data
             self._last[rid] = asyncio.get_running_loop().time()
             if len(data) > 1 and data[0] == KIND_ACCEPTED:
                 self.owner[rid] = data[1:].decode()
             queue.put_nowait(data)
+        if msg.reply:  # a final message (or a router's ping): say whether it landed
+            with contextlib.suppress(Exception):
+                await self.nc.publish(msg.reply, b"1" if queue is not None or rid == "ping"
+                                      else b"0")
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()

@@ -27,14 +27,14 @@ class Reply:
     __slots__ = ("_acks", "_final", "nc", "rid", "router", "seq", "subject")
 
     def __init__(self, nc: NATS, subject: str, *, router: str | None = None, rid: str = "",
-                 acks: dict[str, asyncio.Future[bool]] | None = None) -> None:
+                 acks: dict[str, asyncio.Future[bool | None]] | None = None) -> None:
         self.nc = nc
         self.subject = subject
         self.router = router
         self.rid = rid
         self.seq = 0
         self._acks = acks
-        self._final: asyncio.Future[bool] | None = None
+        self._final: asyncio.Future[bool | None] | None = None
 
     async def accepted(self) -> None:
         await self.nc.publish(self.subject, _A + (self.router or "").encode())
@@ -85,10 +85,16 @@ class Reply:
         fut = self._final
         if fut is None:
             return None
+        # a timer, not wait_for: no extra task per request
+        timer = asyncio.get_running_loop().call_later(timeout, _no_word, fut)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except TimeoutError:
-            return None
+            return await fut
         finally:
+            timer.cancel()
             if self._acks is not None:
                 self._acks.pop(self.rid, None)
+
+
+def _no_word(fut: asyncio.Future[bool | None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -90,7 +90,7 @@ class Router:
         self.catalog: ModelCatalog | None = None
         self.caller: Caller | None = None
         self._inflight: dict[str, tuple[asyncio.Task[None], str]] = {}
-        self._acks: dict[str, asyncio.Future[bool]] = {}  # request id -> the edge's word
+        self._acks: dict[str, asyncio.Future[bool | None]] = {}  # request id -> the edge's word
         self._gone: dict[str, str] = {}  # request id -> why it was cancelled (edge_lost)
         self._cancelled: dict[str, float] = {}  # cancels that came before their request
         self._subs: list[Subscription] = []

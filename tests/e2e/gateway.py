@@ -15,7 +15,7 @@ import uvicorn
 from codeswitch import admin, bus
 from codeswitch._process import free_port
 from edge.app import EdgeApp
-from edge.server import make_config
+from edge.server import Limits, make_config
 from schemas.config import GatewaySettings, ProviderConfig
 from schemas.events import Event, decode_event
 from workers.router.service import Router
@@ -64,11 +64,14 @@ class RouterThread:
 
 
 class EdgeThread:
-    def __init__(self, nats_url: str, settings: GatewaySettings | None = None) -> None:
+    def __init__(self, nats_url: str, settings: GatewaySettings | None = None, *,
+                 limits: Limits | None = None, grace: float = 5) -> None:
         self.port = free_port()
         self.app = EdgeApp(nats_url, settings=settings)
         # the edge's real server: uvicorn with the connection limits of edge/server.py
-        self.server = uvicorn.Server(make_config(self.app, "127.0.0.1", self.port, grace=5))
+        extra = {"limits": limits} if limits is not None else {}
+        self.server = uvicorn.Server(make_config(self.app, "127.0.0.1", self.port, grace=grace,
+                                                 **extra))
         self.thread = threading.Thread(target=self.server.run, name="edge", daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 15

@@ -11,22 +11,18 @@ import json
 import logging
 import selectors
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from codeswitch import admin
-from codeswitch._process import free_port
 from codeswitch.natsd import EmbeddedNats
-from edge.app import EdgeApp
-from edge.server import LINGER, Limits, make_config
+from edge.server import LINGER, Limits
 from schemas.config import GatewaySettings, ProviderConfig
-from tests.e2e.gateway import RouterThread, run_nats
+from tests.e2e.gateway import EdgeThread, RouterThread, run_nats
 from tests.fakes.upstream import Behavior, FakeUpstream
 from workers.translator.errors import anthropic_type, gemini_status, openai_type
 
@@ -43,32 +39,14 @@ MODEL = "claude-hostile-1"
 SLACK = 1.5  # seconds a timeout may fire late on a loaded 2-core CI machine
 
 
-class EdgeServer:
-    """An edge under a real uvicorn server in a thread, configured by ``make_config``."""
+class EdgeServer(EdgeThread):
+    """The tests' real edge (tests/e2e/gateway.py) with the limits under test."""
 
     def __init__(self, nats_url: str, limits: Limits) -> None:
-        self.port = free_port()
-        self.app = EdgeApp(nats_url, settings=GatewaySettings())
-        self.server = uvicorn.Server(make_config(self.app, "127.0.0.1", self.port, grace=2,
-                                                 limits=limits))
-        self.thread = threading.Thread(target=self.server.run, name="edge", daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("edge did not start")
-            time.sleep(0.01)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        super().__init__(nats_url, GatewaySettings(), limits=limits, grace=2)
 
     def connections(self) -> int:
         return len(self.server.server_state.connections)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
 
 
 class World:

@@ -145,10 +145,10 @@ class ScriptedFake(fu.FakeUpstream):
         return PNG_B64_PREFIX in raw or "image/png" in raw
 
     def _answer_plan(self, kind: str, model: str, rec: fu.Received,
-                     behavior: fu.Behavior) -> Any:
+                     behavior: fu.Behavior, echo: str | None = None) -> Any:
         if kind in ("generate", "stream") and behavior == fu.Behavior():
             behavior = self._script(rec)
-        return super()._answer_plan(kind, model, rec, behavior)
+        return super()._answer_plan(kind, model, rec, behavior, echo)
 
     def _answer(self, behavior: fu.Behavior) -> Any:
         if isinstance(behavior, ScriptBehavior):

@@ -169,7 +169,7 @@ class ScriptedFake(FakeUpstream):
             ans.with_text = False
         return ans
 
-    def _answer_plan(self, kind, model, rec, behavior):  # type: ignore[override]
+    def _answer_plan(self, kind, model, rec, behavior, echo=None):  # type: ignore[override]
         body = rec.json if isinstance(rec.json, dict) else {}
         raw = rec.body
         result = _has_tool_result(self.dialect, body) if kind != "count" else None
@@ -195,7 +195,7 @@ class ScriptedFake(FakeUpstream):
                 behavior = msgspec.structs.replace(behavior, tool_call=True)
                 decision = "patch"
         self.decisions.append(decision)
-        plan = super()._answer_plan(kind, model, rec, behavior)
+        plan = super()._answer_plan(kind, model, rec, behavior, echo)
         if decision == "patch" and self.dialect == "openai-responses":
             plan = self._custom_patch(plan)
         if decision == "ns" and self.dialect == "openai-responses" and b"RUN_NS_NATIVE" in raw:

@@ -172,9 +172,9 @@ class ScriptedFake(FakeUpstream):
             ans.tools, ans.chunks, ans.with_text = self._tools_next, [], False
         return ans
 
-    def _answer_plan(self, kind, model, rec, behavior):  # type: ignore[override]
+    def _answer_plan(self, kind, model, rec, behavior, echo=None):  # type: ignore[override]
         if kind == "count" or behavior is not self.default:
-            return super()._answer_plan(kind, model, rec, behavior)
+            return super()._answer_plan(kind, model, rec, behavior, echo)
         what, arg = self.analyse(rec.json if isinstance(rec.json, dict) else {})
         self._tools_next = None
         try:
@@ -187,7 +187,7 @@ class ScriptedFake(FakeUpstream):
             else:
                 b = Behavior(text=f"Hello from the fake {self.dialect} upstream.")
             rec.behavior = b
-            return super()._answer_plan(kind, model, rec, b)
+            return super()._answer_plan(kind, model, rec, b, echo)
         finally:
             self._tools_next = None
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import msgspec
 
-from codeswitch import bus
-from codeswitch.natsd import EmbeddedNats
+from runtime import bus, names
+from runtime.natsd import EmbeddedNats
 from schemas.events import RequestCompleted, Usage, encode_event
 from schemas.subjects import response_subject
 from workers.alerts import service
@@ -102,14 +102,14 @@ async def bench_worker(n: int, rate: float) -> float:
             await bus.wait_ready(nc)
             js = nc.jetstream()
             await bus.ensure_all(js)
-            kv = await js.key_value(service.RULES_BUCKET)
+            kv = await js.key_value(names.RULES_BUCKET)
             for rule in rules():
                 await kv.put(rule.name, msgspec.json.encode(rule))
             stop = asyncio.Event()
             first = asyncio.create_task(service.run(server.url, Path(tmp), stop))
             while True:  # consumers created
                 try:
-                    await js.consumer_info(bus.EVENTS_STREAM, service.EVAL_DURABLE)
+                    await js.consumer_info(names.EVENTS_STREAM, names.ALERTS_EVAL_DURABLE)
                     break
                 except Exception:
                     await asyncio.sleep(0.05)
@@ -121,13 +121,13 @@ async def bench_worker(n: int, rate: float) -> float:
             await nc.flush()
             last = 0
             while last < n:
-                last = (await js.stream_info(bus.EVENTS_STREAM)).state.last_seq
+                last = (await js.stream_info(names.EVENTS_STREAM)).state.last_seq
                 await asyncio.sleep(0.05)
             stop = asyncio.Event()
             started = time.perf_counter()
             worker = asyncio.create_task(service.run(server.url, Path(tmp), stop))
             while True:
-                info = await js.consumer_info(bus.EVENTS_STREAM, service.EVAL_DURABLE)
+                info = await js.consumer_info(names.EVENTS_STREAM, names.ALERTS_EVAL_DURABLE)
                 if info.ack_floor and info.ack_floor.stream_seq >= last:
                     break
                 await asyncio.sleep(0.02)

@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from codeswitch import bus
-from codeswitch.natsd import EmbeddedNats
+from runtime import bus
+from runtime.natsd import EmbeddedNats
 from schemas.events import encode_event
 from tests.ledger.eventgen import generate, subject_of
 from workers.ledger import queries

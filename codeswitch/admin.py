@@ -15,8 +15,8 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.js.errors import KeyNotFoundError
 
-from codeswitch import bus
-from codeswitch.secrets import SecretKeyError, decrypt_secret, encrypt_secret, is_encrypted
+from runtime import bus, names
+from runtime.secrets import SecretKeyError, decrypt_secret, encrypt_secret, is_encrypted
 from schemas.config import (
     ActiveProviders,
     GatewaySettings,
@@ -54,12 +54,12 @@ async def _values(nc: NATS, bucket: str) -> dict[str, bytes]:
 
 
 async def list_providers(nc: NATS) -> list[ProviderConfig]:
-    providers = [_dec.decode(v) for v in (await _values(nc, bus.PROVIDERS_BUCKET)).values()]
+    providers = [_dec.decode(v) for v in (await _values(nc, names.PROVIDERS_BUCKET)).values()]
     return sorted(providers, key=lambda p: (p.priority, p.name))
 
 
 async def get_provider(nc: NATS, name: str) -> ProviderConfig | None:
-    kv = await nc.jetstream().key_value(bus.PROVIDERS_BUCKET)
+    kv = await nc.jetstream().key_value(names.PROVIDERS_BUCKET)
     try:
         entry = await kv.get(name)
     except KeyNotFoundError:
@@ -111,20 +111,20 @@ async def put_provider(nc: NATS, provider: ProviderConfig, *,
     """Write a provider; with ``secret_key`` a literal api_key is stored encrypted."""
     if secret_key is not None:
         provider = seal_provider(provider, secret_key)
-    kv = await nc.jetstream().key_value(bus.PROVIDERS_BUCKET)
+    kv = await nc.jetstream().key_value(names.PROVIDERS_BUCKET)
     await kv.put(provider.name, _enc.encode(provider))
 
 
 async def delete_provider(nc: NATS, name: str) -> bool:
     if await get_provider(nc, name) is None:
         return False
-    kv = await nc.jetstream().key_value(bus.PROVIDERS_BUCKET)
+    kv = await nc.jetstream().key_value(names.PROVIDERS_BUCKET)
     await kv.delete(name)
     return True
 
 
 async def put_settings(nc: NATS, settings: GatewaySettings) -> None:
-    kv = await nc.jetstream().key_value(bus.SETTINGS_BUCKET)
+    kv = await nc.jetstream().key_value(names.SETTINGS_BUCKET)
     await kv.put("gateway", _enc.encode(settings))
 
 
@@ -138,7 +138,7 @@ _SETTING_TYPES: dict[str, type] = {
 
 async def get_setting(nc: NATS, key: str) -> Any:
     """A cs_settings document, or its default when unset."""
-    kv = await nc.jetstream().key_value(bus.SETTINGS_BUCKET)
+    kv = await nc.jetstream().key_value(names.SETTINGS_BUCKET)
     kind = _SETTING_TYPES[key]
     try:
         entry = await kv.get(key)
@@ -153,13 +153,13 @@ async def put_setting(nc: NATS, key: str, value: Any, *,
     is stored encrypted."""
     if secret_key is not None and isinstance(value, UnifiedUpstream):
         value = seal_unified(value, secret_key)
-    kv = await nc.jetstream().key_value(bus.SETTINGS_BUCKET)
+    kv = await nc.jetstream().key_value(names.SETTINGS_BUCKET)
     await kv.put(key, _enc.encode(value))
 
 
 async def list_circuits(nc: NATS) -> dict[str, BreakerState]:
     return {key: msgspec.json.decode(value, type=BreakerState)
-            for key, value in (await _values(nc, bus.CIRCUITS_BUCKET)).items()}
+            for key, value in (await _values(nc, names.CIRCUITS_BUCKET)).items()}
 
 
 async def apply_file_config(nc: NATS, providers: list[ProviderConfig],
@@ -209,7 +209,7 @@ async def seal_stored_secrets(nc: NATS, key: bytes) -> list[str]:
     unified token). The bucket's history is purged so no revision keeps the plain text on
     disk; the other entries are written back unchanged (their history goes too)."""
     changes: list[str] = []
-    raw = await _values(nc, bus.PROVIDERS_BUCKET)
+    raw = await _values(nc, names.PROVIDERS_BUCKET)
     rewritten: dict[str, bytes] = {}
     for name, value in raw.items():
         try:
@@ -222,8 +222,8 @@ async def seal_stored_secrets(nc: NATS, key: bytes) -> list[str]:
             changes.append(f"provider {name}: literal key encrypted at rest")
         rewritten[name] = _enc.encode(sealed)
     if changes:
-        await _rewrite_purged(nc, bus.PROVIDERS_BUCKET, rewritten)
-    settings = await _values(nc, bus.SETTINGS_BUCKET)
+        await _rewrite_purged(nc, names.PROVIDERS_BUCKET, rewritten)
+    settings = await _values(nc, names.SETTINGS_BUCKET)
     if "unified" in settings:
         try:
             unified = msgspec.json.decode(settings["unified"], type=UnifiedUpstream)
@@ -232,7 +232,7 @@ async def seal_stored_secrets(nc: NATS, key: bytes) -> list[str]:
         sealed_u = seal_unified(unified, key)
         if sealed_u is not unified:
             settings["unified"] = _enc.encode(sealed_u)
-            await _rewrite_purged(nc, bus.SETTINGS_BUCKET, settings)
+            await _rewrite_purged(nc, names.SETTINGS_BUCKET, settings)
             changes.append("unified upstream: literal token encrypted at rest")
     return changes
 
@@ -260,8 +260,8 @@ async def roll_call(nc: NATS, wait: float = 0.3) -> list[dict[str, Any]]:
     return sorted(answers, key=lambda a: str(a.get("router")))
 
 
-async def wait_applied(nc: NATS, buckets: tuple[str, ...] = (bus.PROVIDERS_BUCKET,
-                                                              bus.SETTINGS_BUCKET),
+async def wait_applied(nc: NATS, buckets: tuple[str, ...] = (names.PROVIDERS_BUCKET,
+                                                              names.SETTINGS_BUCKET),
                        timeout: float = 3.0) -> tuple[int, int]:
     """Wait until every router taking work has applied the buckets' latest revision (so the
     next request anywhere sees the change). Returns (routers caught up, routers answering)."""

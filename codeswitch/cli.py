@@ -18,8 +18,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from codeswitch import __version__, bus
-from codeswitch.runtime import home_dir, masked_url, nats_url_for
+from codeswitch import __version__
+from runtime import bus, names
+from runtime.home import home_dir, masked_url, nats_url_for
 
 app = typer.Typer(
     name="codeswitch", no_args_is_help=True, add_completion=False,
@@ -117,8 +118,6 @@ def up(
 ) -> None:
     """Start the gateway: embedded NATS, edge, router and workers. Ctrl-C stops it."""
     _logging()
-    from codeswitch import secrets
-    from codeswitch._process import set_title
     from codeswitch.admin import apply_file_config, get_setting, put_setting
     from codeswitch.config import (
         ConfigError,
@@ -128,6 +127,8 @@ def up(
         read_legacy_app_json,
     )
     from codeswitch.supervisor import Supervisor
+    from runtime import secrets
+    from runtime.process import set_title
 
     home_path = home_dir(home)
     set_title(f"codeswitch up --home {home_path}", "codeswitch-up")
@@ -231,7 +232,7 @@ def edge(
 def _part_title(command: str, default: str) -> None:
     """``codeswitch worker router`` in ps (``... (router-2)`` when the supervisor runs several);
     ``cs-router-2`` where only the short name shows (top)."""
-    from codeswitch._process import set_title
+    from runtime.process import set_title
 
     part = os.environ.get("CODESWITCH_PART") or default
     title = f"codeswitch {command}" + (f" ({part})" if part != default else "")
@@ -239,7 +240,7 @@ def _part_title(command: str, default: str) -> None:
 
 
 def _part_nats(home: Path | None, nats_url: str | None, nats_creds: str | None) -> str:
-    from codeswitch.runtime import use_nats_credentials
+    from runtime.home import use_nats_credentials
 
     url = nats_url_for(home, nats_url)
     if nats_creds:
@@ -286,9 +287,9 @@ def nats_init(nats_url: NatsOpt = None, home: HomeOpt = None) -> None:
         js = nc.jetstream()
         for cfg in bus.stream_configs():
             console.print(f"stream {cfg.name}: {', '.join(cfg.subjects or [])}")
-        for name in bus.KV_BUCKETS:
+        for name in names.KV_BUCKETS:
             console.print(f"kv     {name}")
-        console.print(f"object {bus.BODIES_BUCKET}")
+        console.print(f"object {names.BODIES_BUCKET}")
         await bus.ensure_all(js)
 
     _with_nats(url, go)
@@ -299,7 +300,7 @@ def nats_init(nats_url: NatsOpt = None, home: HomeOpt = None) -> None:
 def nats_env(nats_url: NatsOpt = None, home: HomeOpt = None) -> None:
     """Print NATS_URL (with the running gateway's credentials) for the nats CLI:
     eval "$(codeswitch nats env)" && nats sub 'llm.>'"""
-    from codeswitch.runtime import nats_env_lines, read_run_file
+    from runtime.home import nats_env_lines, read_run_file
 
     if nats_url is None and not os.environ.get("CODESWITCH_NATS_URL") and \
             read_run_file(home_dir(home)) is None:
@@ -318,7 +319,7 @@ def nats_env(nats_url: NatsOpt = None, home: HomeOpt = None) -> None:
 def _masked(p: Any, home: Path | None) -> Any:
     """A provider safe to print: an encrypted key is decrypted here (never printed) so the
     masked form shows its last 4 characters, as for a literal."""
-    from codeswitch.secrets import SecretKeyError, is_encrypted, reveal
+    from runtime.secrets import SecretKeyError, is_encrypted, reveal
 
     if is_encrypted(p.api_key):
         try:
@@ -330,7 +331,7 @@ def _masked(p: Any, home: Path | None) -> Any:
 
 def _secret_key(home: Path | None) -> bytes:
     """The key that encrypts literal provider keys in KV (created 0600 on first use)."""
-    from codeswitch.secrets import load_key
+    from runtime.secrets import load_key
 
     key = load_key(home_dir(home), create=True)
     assert key is not None
@@ -514,8 +515,8 @@ def status(
 ) -> None:
     """Is the gateway up: edge readiness, routers taking work, the queue, and how far each
     worker (ledger, alerts) is behind the event log. Exit code 1 when degraded."""
-    from codeswitch.runtime import read_run_file
     from codeswitch.status import as_json, gather, render
+    from runtime.home import read_run_file
 
     url = nats_url_for(home, nats_url)
     run_info = read_run_file(home_dir(home))
@@ -665,7 +666,7 @@ def _root(version: Annotated[bool, typer.Option("--version", help="Print the ver
 def main() -> None:
     # before anything is written: the NATS store, DuckDB, logs, run.json and the outbox files
     # of this process and of every process it starts are this user's only
-    from codeswitch._process import private_umask
+    from runtime.process import private_umask
 
     private_umask()
     app()

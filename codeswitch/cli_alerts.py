@@ -27,17 +27,17 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
 from rich.console import Console
 from rich.table import Table
 
-from codeswitch import bus
-from codeswitch.runtime import home_dir, masked_url, nats_url_for
+from runtime import bus, names
+from runtime.home import home_dir, masked_url, nats_url_for
 from schemas.events import AlertFired, AlertNotificationFailed, AlertResolved, decode_event
+from schemas.subjects import ledger_query_subject
 from workers.alerts.notify import Notifier, probe_notification
 from workers.alerts.rules import CHANNEL_FORMATS, METRICS, AlertState, Channel, Rule
-from workers.alerts.service import RULES_BUCKET, STATE_BUCKET
 from workers.ledger.wire import decode_reply
 
 __all__ = ["LEDGER_HISTORY_SUBJECT", "parse_duration", "parse_time", "register"]
 
-LEDGER_HISTORY_SUBJECT = "cs.ledger.alert_history"
+LEDGER_HISTORY_SUBJECT = ledger_query_subject("alert_history")
 console = Console()
 T = TypeVar("T")
 HomeOpt = Annotated[Path | None, typer.Option("--home", help="data directory")]
@@ -179,7 +179,7 @@ def register(app: typer.Typer) -> None:
             raise _fail(f"invalid rule: {exc}", 2) from None
 
         async def put(nc: NATS) -> None:
-            kv = await _kv(nc, RULES_BUCKET)
+            kv = await _kv(nc, names.RULES_BUCKET)
             data = msgspec.json.encode(rule)
             if replace:
                 await kv.put(name, data)
@@ -226,7 +226,7 @@ def register(app: typer.Typer) -> None:
         """Remove a rule (a firing alert of it resolves)."""
 
         async def delete(nc: NATS) -> bool:
-            kv = await _kv(nc, RULES_BUCKET)
+            kv = await _kv(nc, names.RULES_BUCKET)
             try:
                 await kv.get(name)
             except KeyNotFoundError:
@@ -300,7 +300,7 @@ def register(app: typer.Typer) -> None:
 
 
 async def _load_rules(nc: NATS) -> list[Rule]:
-    kv = await _kv(nc, RULES_BUCKET)
+    kv = await _kv(nc, names.RULES_BUCKET)
     try:
         keys = await kv.keys()
     except NoKeysError:
@@ -316,7 +316,7 @@ async def _load_rules(nc: NATS) -> list[Rule]:
 
 
 async def _load_states(nc: NATS) -> dict[str, AlertState]:
-    kv = await _kv(nc, STATE_BUCKET)
+    kv = await _kv(nc, names.ALERT_STATE_BUCKET)
     try:
         keys = await kv.keys()
     except NoKeysError:
@@ -364,7 +364,7 @@ async def _stream_history(
         config.deliver_policy = js_api.DeliverPolicy.BY_START_TIME
         config.opt_start_time = datetime.fromtimestamp(since - 5, UTC)  # event ts vs store time
     try:
-        sub = await js.pull_subscribe("", stream=bus.EVENTS_STREAM, config=config)
+        sub = await js.pull_subscribe("", stream=names.EVENTS_STREAM, config=config)
     except nats.js.errors.NotFoundError:  # no event log yet: no history
         return []
     rows: list[dict[str, Any]] = []

@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from codeswitch import bus
-from codeswitch.runtime import nats_url_for
+from runtime import bus, names
+from runtime.home import nats_url_for
 
 __all__ = ["register"]
 
@@ -41,8 +41,8 @@ def _switch(on: bool, nats_url: str | None) -> None:
             try:
                 await bus.body_log_store(nc.jetstream())
             except Exception as exc:
-                return (f"cannot create the body log bucket {bus.BODY_LOG_BUCKET} "
-                        f"({bus.BODY_LOG_MAX_BYTES >> 30} GiB): {exc}")
+                return (f"cannot create the body log bucket {names.BODY_LOG_BUCKET} "
+                        f"({names.BODY_LOG_MAX_BYTES >> 30} GiB): {exc}")
         current = await get_setting(nc, "gateway")
         await put_setting(nc, "gateway", msgspec.structs.replace(current, body_log=on))
         return None
@@ -53,8 +53,8 @@ def _switch(on: bool, nats_url: str | None) -> None:
         raise typer.Exit(1)
     if on:
         out.print("body log [bold]on[/]: every request's body and response are kept for "
-                  f"{bus.BODY_LOG_TTL_S / 86400:.0f} days (at most "
-                  f"{bus.BODY_LOG_MAX_BYTES >> 30} GiB) in NATS bucket {bus.BODY_LOG_BUCKET}. "
+                  f"{names.BODY_LOG_TTL_S / 86400:.0f} days (at most "
+                  f"{names.BODY_LOG_MAX_BYTES >> 30} GiB) in NATS bucket {names.BODY_LOG_BUCKET}. "
                   "They hold your prompts and code: turn it off when you are done.")
     else:
         out.print("body log off (what it kept stays until it expires)")
@@ -85,7 +85,7 @@ def body_list(
     async def go(nc: Any) -> tuple[bool, list[Any]]:
         on = (await get_setting(nc, "gateway")).body_log
         try:
-            obs = await nc.jetstream().object_store(bus.BODY_LOG_BUCKET)
+            obs = await nc.jetstream().object_store(names.BODY_LOG_BUCKET)
             infos = await obs.list()
         except NotFoundError:  # no bucket yet (never turned on), or an empty one
             infos = []
@@ -112,7 +112,7 @@ def body_show(
     """One request's body and the response as the client received it."""
     async def go(nc: Any) -> bytes | str | None:
         try:
-            obs = await nc.jetstream().object_store(bus.BODY_LOG_BUCKET)
+            obs = await nc.jetstream().object_store(names.BODY_LOG_BUCKET)
             return (await obs.get(request_id)).data or b""
         except (ObjectNotFoundError, NotFoundError):
             return None

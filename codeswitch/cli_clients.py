@@ -16,7 +16,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from codeswitch import runtime
 from codeswitch.clients import connect as conn
 from codeswitch.clients._errors import ClientsError, FileChangedError, McpError
 from codeswitch.clients.mcp import McpServer, parse_pairs
@@ -24,6 +23,7 @@ from codeswitch.clients.mcp_files import apply_sync, file_servers, plan_sync, sy
 from codeswitch.clients.mcp_store import McpStore, open_store
 from codeswitch.clients.paths import ClientPaths
 from codeswitch.clients.skills import SkillsManager
+from runtime.home import home_dir, nats_url_for
 
 __all__ = ["connect_all", "register"]
 
@@ -78,7 +78,7 @@ def connect_cmd(
     home: Path | None = HOME_OPT,
 ) -> None:
     """Point Claude Code, Codex and/or Gemini CLI at the gateway."""
-    data = runtime.home_dir(home)
+    data = home_dir(home)
     paths = ClientPaths.discover()
     names = _targets(target, conn.detected(paths))
     if not names:
@@ -116,7 +116,7 @@ def disconnect_cmd(
     home: Path | None = HOME_OPT,
 ) -> None:
     """Restore the clients' files as they were before `connect`."""
-    data = runtime.home_dir(home)
+    data = home_dir(home)
     state = conn.load_clients_state(data)
     names = _targets(target, [n for n in conn.CLIENT_NAMES if n in state])
     if not names:
@@ -138,7 +138,7 @@ def disconnect_cmd(
 # -- mcp ----------------------------------------------------------------------------------
 def _with_store(home: Path | None, nats_url: str | None,
                 fn: Callable[[McpStore], Coroutine[Any, Any, T]]) -> T:
-    url = runtime.nats_url_for(home, nats_url)
+    url = nats_url_for(home, nats_url)
 
     async def run() -> T:
         async with open_store(url) as store:
@@ -174,7 +174,7 @@ def _apply_fresh(plan: conn.Plan, data: Path,
 
 
 def _sync(servers: list[McpServer], home: Path | None, dry_run: bool = False) -> None:
-    data = runtime.home_dir(home)
+    data = home_dir(home)
 
     def plan_and_apply() -> list[Any]:
         results = plan_sync(servers, data, ClientPaths.discover())
@@ -203,7 +203,7 @@ def mcp_list(home: Path | None = HOME_OPT, nats_url: str | None = NATS_OPT) -> N
         return await store.list()
 
     servers = _with_store(home, nats_url, fetch)
-    found = file_servers(runtime.home_dir(home), ClientPaths.discover())
+    found = file_servers(home_dir(home), ClientPaths.discover())
     table = Table("name", "transport", "command / url", "enabled", "in", "source")
     for s in servers:
         where = ",".join(c for c, entries in found.items() if s.name in entries) or "-"
@@ -328,7 +328,7 @@ def mcp_sync(dry_run: bool = DRY_OPT, home: Path | None = HOME_OPT,
 
 # -- skills -------------------------------------------------------------------------------
 def _skills(home: Path | None) -> SkillsManager:
-    return SkillsManager(runtime.home_dir(home), ClientPaths.discover().claude_skills,
+    return SkillsManager(home_dir(home), ClientPaths.discover().claude_skills,
                          console=err)
 
 

@@ -21,8 +21,9 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from codeswitch import bus
-from codeswitch.runtime import home_dir, masked_url, nats_url_for
+from runtime import bus
+from runtime.home import home_dir, masked_url, nats_url_for
+from schemas.subjects import ledger_query_subject
 from workers.ledger.wire import decode_reply
 
 __all__ = ["LedgerUnavailableError", "ask", "parse_time", "register"]
@@ -91,7 +92,7 @@ async def _connect(url: str) -> NATS:
 
 async def _request(nc: NATS, query: str, params: dict[str, Any], timeout: float) -> Any:
     try:
-        msg = await nc.request(f"cs.ledger.{query}", json.dumps(params).encode(),
+        msg = await nc.request(ledger_query_subject(query), json.dumps(params).encode(),
                                timeout=timeout)
     except (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError) as exc:
         raise LedgerUnavailableError(NOT_RUNNING) from exc

@@ -16,19 +16,17 @@ from nats.aio.client import Client as NATS
 from rich.console import Group
 from rich.table import Table
 
-from codeswitch import bus
 from codeswitch.admin import roll_call
-from workers.alerts.service import EVAL_DURABLE, NOTIFY_DURABLE
-from workers.ledger.service import DURABLE as LEDGER_DURABLE
+from runtime import names
 
 __all__ = ["Snapshot", "as_json", "gather", "render"]
 
 # (stream, durable, what the consumer is) for every worker that follows a stream
 CONSUMERS: tuple[tuple[str, str, str], ...] = (
-    (bus.REQUESTS_STREAM, bus.ROUTER_DURABLE, "routers (work queue)"),
-    (bus.EVENTS_STREAM, LEDGER_DURABLE, "ledger (DuckDB projection)"),
-    (bus.EVENTS_STREAM, EVAL_DURABLE, "alerts (rule evaluation)"),
-    (bus.EVENTS_STREAM, NOTIFY_DURABLE, "alerts (notifications)"),
+    (names.REQUESTS_STREAM, names.ROUTER_DURABLE, "routers (work queue)"),
+    (names.EVENTS_STREAM, names.LEDGER_DURABLE, "ledger (DuckDB projection)"),
+    (names.EVENTS_STREAM, names.ALERTS_EVAL_DURABLE, "alerts (rule evaluation)"),
+    (names.EVENTS_STREAM, names.ALERTS_NOTIFY_DURABLE, "alerts (notifications)"),
 )
 
 
@@ -62,13 +60,13 @@ async def gather(nc: NATS, nats_url: str, run_info: dict[str, Any] | None) -> Sn
     if edge_url and run_info and run_info.get("home"):
         from pathlib import Path
 
-        from codeswitch.health import parts_health
+        from runtime.health import parts_health
 
         snap.parts_ok, snap.parts = parts_health(Path(str(run_info["home"])))
     info = nc._server_info  # what the server said on connect (version, JetStream)
     snap.server = {"version": info.get("version"), "jetstream": bool(info.get("jetstream"))}
     snap.routers = await roll_call(nc)
-    for name in (bus.REQUESTS_STREAM, bus.EVENTS_STREAM):
+    for name in (names.REQUESTS_STREAM, names.EVENTS_STREAM):
         try:
             st = (await js.stream_info(name)).state
             snap.streams[name] = {"messages": st.messages, "bytes": st.bytes,

@@ -11,7 +11,7 @@ seconds), and never given up on. Each exit and each restart is a log line and a
 ``PartChanged`` fact (``gateway.part.<part>.<state>``); five restarts inside a minute is a
 crash loop, reported loudly (a log line at ERROR and a ``crash_loop`` fact), and so is the
 recovery from it. ``<home>/parts.json`` (0600) describes every part after each change and at
-least every ``health.HEARTBEAT_S`` seconds; ``codeswitch.health.parts_health`` reads it for
+least every ``health.HEARTBEAT_S`` seconds; ``runtime.health.parts_health`` reads it for
 ``/health``.
 
 nats-server comes back on the same port, with the same store and credentials; the parts
@@ -45,11 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from codeswitch import bus
-from codeswitch._process import free_port, pdeathsig_preexec, pid_alive, write_private
-from codeswitch.health import HEARTBEAT_S, SUPERVISED_ENV, parts_file
-from codeswitch.natsd import EmbeddedNats, load_or_create_auth
-from codeswitch.runtime import (
+from runtime import bus
+from runtime.health import HEARTBEAT_S, SUPERVISED_ENV, parts_file
+from runtime.home import (
     AUTH_ENV,
     CREDS_ENV,
     read_run_file,
@@ -57,6 +55,8 @@ from codeswitch.runtime import (
     url_has_auth,
     use_nats_credentials,
 )
+from runtime.natsd import EmbeddedNats, load_or_create_auth
+from runtime.process import free_port, pdeathsig_preexec, pid_alive, write_private
 from schemas.events import PartChanged, new_id
 from schemas.subjects import part_subject
 
@@ -115,7 +115,7 @@ async def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) ->
 
 def run_worker(name: str, nats_url: str, home: Path) -> None:
     """Run one worker in this process until SIGINT/SIGTERM."""
-    from codeswitch import secrets
+    from runtime import secrets
 
     secrets.use_home(home)  # the router decrypts provider keys with <home>/secret.key
     module = importlib.import_module(WORKERS[name])
@@ -133,8 +133,8 @@ def run_edge(nats_url: str, host: str, port: int, *, grace: float = 30.0,
     the same event loop (the single-process mode)."""
     import uvicorn
 
-    from codeswitch import secrets
     from edge.app import EdgeApp
+    from runtime import secrets
 
     if home is not None:
         secrets.use_home(home)
@@ -294,7 +294,7 @@ class Part:
 
 
 def _make_publisher(nc: Any, home: Path) -> Any:
-    from codeswitch.facts import FactPublisher
+    from runtime.facts import FactPublisher
 
     params = inspect.signature(FactPublisher).parameters
     kwargs: dict[str, Any] = {}
@@ -584,8 +584,8 @@ class Supervisor:
             self._stop_all()
 
     async def _prepare(self, url: str) -> list[str]:
-        from codeswitch import secrets
         from codeswitch.admin import seal_stored_secrets
+        from runtime import secrets
 
         nc = await bus.connect(url, name="codeswitch-up", max_reconnect_attempts=5)
         try:

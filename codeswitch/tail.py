@@ -10,7 +10,7 @@ import time
 import msgspec
 from rich.console import Console
 
-from codeswitch import bus
+from runtime import bus
 from schemas.events import AttemptFinished, Event, RequestCompleted, decode_event
 
 __all__ = ["follow", "matches", "render_line"]

@@ -17,9 +17,6 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 
-from codeswitch import bus
-from codeswitch.facts import FactPublisher
-from codeswitch.health import parts_health, supervised_home
 from edge.auth import AuthError, authenticate
 from edge.bodylog import BodyCapture
 from edge.errors import EdgeError, render
@@ -28,6 +25,9 @@ from edge.metrics import EdgeMetrics
 from edge.relay import DISCONNECTED, PICKUP_TIMEOUT, ROUTER_LOST, Dispatcher
 from edge.routes import Route, match_route
 from edge.server import ClientGone, body_timeout, read_body
+from runtime import bus, names
+from runtime.facts import FactPublisher
+from runtime.health import parts_health, supervised_home
 from schemas.config import GatewaySettings
 from schemas.envelope import (
     ENV_HEADER,
@@ -88,7 +88,7 @@ class EdgeApp:
                  settings: GatewaySettings | None = None, ensure_streams: bool = True,
                  home: Path | None = None) -> None:
         self.nats_url = nats_url
-        # write-ahead facts (codeswitch.facts) in <home>/outbox when run by `codeswitch up`
+        # write-ahead facts (runtime.facts) in <home>/outbox when run by `codeswitch up`
         self.outbox = Path(home) / "outbox" if home is not None else None
         self._parts_home = supervised_home()  # set by `codeswitch up` for its parts
         self.edge_id = edge_id
@@ -118,7 +118,7 @@ class EdgeApp:
         if not self._fixed_settings:
             # the settings (gateway keys!) are in place before the first request is served
             loaded = asyncio.Event()
-            kv = await self.js.key_value(bus.SETTINGS_BUCKET)
+            kv = await self.js.key_value(names.SETTINGS_BUCKET)
             self._watch_task = asyncio.create_task(
                 bus.follow_bucket(kv, self._apply_settings, loaded))
             await asyncio.wait_for(loaded.wait(), 10)
@@ -372,7 +372,7 @@ class EdgeApp:
         if len(body) + _HEADROOM > self.nc.max_payload:
             # Too large for one message: the body goes to the object store, the message
             # carries its name. (The only case where the request path writes twice.)
-            obs = await self.js.object_store(bus.BODIES_BUCKET)
+            obs = await self.js.object_store(names.BODIES_BUCKET)
             await obs.put(env.request_id, body)
             env = msgspec.structs.replace(env, body_ref=env.request_id)
             body = b""
@@ -413,7 +413,7 @@ class EdgeApp:
         if not seq:
             return False
         try:
-            return bool(await self.js.delete_msg(bus.REQUESTS_STREAM, seq))
+            return bool(await self.js.delete_msg(names.REQUESTS_STREAM, seq))
         except Exception:
             return False
 

@@ -184,7 +184,7 @@ def resolve_secret(value: str) -> str:
         known = _revealed.get(value)
         if known is not None:  # the hot path: once per upstream call (it was 5 % of the
             return known       # router's CPU to find and read the key each time)
-        from codeswitch.secrets import reveal_or_empty
+        from runtime.secrets import reveal_or_empty
 
         plain = reveal_or_empty(value)
         if plain and len(_revealed) < 1024:

@@ -10,6 +10,7 @@ Commands (never stored as facts):
     _INBOX.csack.<router>.<rid>  the edge's word that a final reply reached it
     cs.breaker.fail.<key>        router -> routers: one failure counted toward a breaker
     _INBOX.cs.<edge>.<rid>       router -> edge reply stream (core NATS)
+    cs.ledger.<query>            ledger queries (stats, log, ...), queue group cs-ledger
 
 Facts (JetStream stream CS_EVENTS, readable JSON):
     llm.attempt.<dialect>.<provider>    one per upstream attempt
@@ -28,6 +29,7 @@ __all__ = [
     "BREAKER_FAIL_PREFIX",
     "CANCEL_PREFIX",
     "FACT_SUBJECTS",
+    "LEDGER_QUERY_PREFIX",
     "REPLY_PREFIX",
     "REQUEST_PREFIX",
     "RESPONSE_PREFIX",
@@ -37,6 +39,7 @@ __all__ = [
     "ROUTER_ROLLCALL",
     "attempt_subject",
     "cancel_subject",
+    "ledger_query_subject",
     "circuit_subject",
     "part_subject",
     "quota_subject",
@@ -58,6 +61,8 @@ BREAKER_FAIL_PREFIX: Final = "cs.breaker.fail"
 # holding its requests lives; "no responders" = it died)
 ROUTER_ALIVE_PREFIX: Final = "cs.router.alive"
 REPLY_PREFIX: Final = "_INBOX.cs"
+# cs.ledger.<query>: answered by any ledger (queue group "cs-ledger")
+LEDGER_QUERY_PREFIX: Final = "cs.ledger"
 
 FACT_SUBJECTS: Final[tuple[str, ...]] = (
     "llm.attempt.>",
@@ -105,3 +110,8 @@ def part_subject(part: str, state: str) -> str:
 
 def cancel_subject(request_id: str) -> str:
     return f"{CANCEL_PREFIX}.{request_id}"
+
+
+def ledger_query_subject(query: str) -> str:
+    """``cs.ledger.<query>``: where the CLI asks the ledger (``stats``, ``log``, ...)."""
+    return f"{LEDGER_QUERY_PREFIX}.{query}"

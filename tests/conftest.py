@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from codeswitch import bus
-from codeswitch.natsd import EmbeddedNats
+from runtime import bus
+from runtime.natsd import EmbeddedNats
 
 FIXTURES = Path(__file__).parent / "fixtures"
 VECTORS = FIXTURES / "vectors"

@@ -2,17 +2,17 @@ from __future__ import annotations
 
 from nats.aio.client import Client as NATS
 
-from codeswitch import bus
+from runtime import bus, names
 
 
 async def test_ensure_all_is_idempotent(nc: NATS) -> None:
     js = nc.jetstream()
     await bus.ensure_all(js)  # second time: no error, same streams
-    names = {s.config.name for s in await js.streams_info()}
-    assert {bus.REQUESTS_STREAM, bus.EVENTS_STREAM} <= names
-    info = await js.stream_info(bus.REQUESTS_STREAM)
+    streams = {s.config.name for s in await js.streams_info()}
+    assert {names.REQUESTS_STREAM, names.EVENTS_STREAM} <= streams
+    info = await js.stream_info(names.REQUESTS_STREAM)
     assert info.config.subjects == ["llm.request.>"]
-    kv = await js.key_value(bus.PROVIDERS_BUCKET)
+    kv = await js.key_value(names.PROVIDERS_BUCKET)
     await kv.put("x", b"1")
     assert (await kv.get("x")).value == b"1"
 
@@ -27,7 +27,7 @@ async def test_follow_bucket_reports_a_write_that_lands_during_its_first_read(
 
     js = nc.jetstream()
     await bus.ensure_all(js)
-    kv = await js.key_value(bus.SETTINGS_BUCKET)
+    kv = await js.key_value(names.SETTINGS_BUCKET)
     await kv.put("a", b"1")
     real_read = bus.read_bucket
 
@@ -60,7 +60,7 @@ async def test_the_body_log_bucket_is_made_on_first_use_and_keeps_the_newest(nc:
     js = nc.jetstream()
     await bus.ensure_all(js)
     try:
-        await js.object_store(bus.BODY_LOG_BUCKET)
+        await js.object_store(names.BODY_LOG_BUCKET)
         raise AssertionError("ensure_all created the body log bucket")
     except (BucketNotFoundError, NotFoundError):
         pass
@@ -69,7 +69,7 @@ async def test_the_body_log_bucket_is_made_on_first_use_and_keeps_the_newest(nc:
     for i in range(20):  # 800 KB into 256 KB: every put succeeds
         await obs.put(f"req-{i}", entry)
     assert (await obs.get("req-19")).data == entry
-    names = {i.name for i in await obs.list()}
-    assert "req-19" in names and len(names) < 20
+    stored = {i.name for i in await obs.list()}
+    assert "req-19" in stored and len(stored) < 20
     again = await bus.body_log_store(js)  # the existing bucket, as it is
     assert (await again.get("req-19")).data == entry

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from nats.aio.client import Client as NATS
 
-from codeswitch import bus
-from codeswitch.facts import FactPublisher, WriteAhead, read_segments
-from codeswitch.natsd import EmbeddedNats
+from runtime import names
+from runtime.facts import FactPublisher, WriteAhead, read_segments
+from runtime.natsd import EmbeddedNats
 from schemas.events import RequestCompleted, decode_event, encode_event
 
 
@@ -36,7 +36,7 @@ def test_segments_parse_facts_and_unresolved_intents(tmp_path: Path) -> None:
 
 
 def test_settled_segments_are_removed(tmp_path: Path, monkeypatch: object) -> None:
-    import codeswitch.facts as facts
+    import runtime.facts as facts
 
     monkeypatch.setattr(facts, "SEGMENT_BYTES", 200)  # type: ignore[attr-defined]
     wal = WriteAhead(tmp_path, "edge")
@@ -64,7 +64,7 @@ async def test_killed_process_facts_are_published_by_the_next(
     code = textwrap.dedent(f"""
         import asyncio, os, signal
         from unittest import mock
-        from codeswitch.facts import FactPublisher
+        from runtime.facts import FactPublisher
         from schemas.events import RequestCompleted
         async def main():
             nc = mock.MagicMock()
@@ -87,15 +87,15 @@ async def test_killed_process_facts_are_published_by_the_next(
     pub.start()
     js = nc.jetstream()
     for _ in range(200):
-        if (await js.stream_info(bus.EVENTS_STREAM)).state.messages >= 51:
+        if (await js.stream_info(names.EVENTS_STREAM)).state.messages >= 51:
             break
         await asyncio.sleep(0.05)
     await pub.aclose()
-    info = await js.stream_info(bus.EVENTS_STREAM)
+    info = await js.stream_info(names.EVENTS_STREAM)
     assert info.state.messages == 51
     ids = set()
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        ids.add(decode_event((await js.get_msg(bus.EVENTS_STREAM, seq)).data or b"").id)
+        ids.add(decode_event((await js.get_msg(names.EVENTS_STREAM, seq)).data or b"").id)
     assert ids == {f"ev{i:04d}" for i in range(50)} | {"lost-1"}
     assert pub.recovered == 51
     assert not list(outbox.glob("*.wal")) and not list(outbox.glob("*.lock"))

@@ -1,4 +1,4 @@
-"""codeswitch.pull.BatchPuller against a real JetStream: batches in order with the next one
+"""runtime.pull.BatchPuller against a real JetStream: batches in order with the next one
 prefetched, and drain() leaving nothing in flight when a consumer stops."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import asyncio
 from nats.aio.client import Client as NATS
 from nats.js import api
 
-from codeswitch.pull import BatchPuller
+from runtime.pull import BatchPuller
 
 
 async def _stream(nc: NATS, n: int) -> None:

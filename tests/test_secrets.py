@@ -207,7 +207,7 @@ async def _nats_messages(url: str) -> dict[str, bytes]:
     it: ``bus.connect`` then uses the gateway's credentials, as the CLI does."""
     from nats.js.errors import BadRequestError, NotFoundError
 
-    from codeswitch import bus
+    from runtime import bus
 
     out: dict[str, bytes] = {}
     nc = await bus.connect(url, name="test-secrets", max_reconnect_attempts=0,

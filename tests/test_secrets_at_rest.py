@@ -20,10 +20,11 @@ import pytest
 from cryptography.fernet import Fernet
 from nats.aio.client import Client as NATS
 
-from codeswitch import admin, bus, secrets
-from codeswitch._process import free_port
-from codeswitch.natsd import EmbeddedNats
-from codeswitch.secrets import (
+from codeswitch import admin
+from runtime import bus, secrets
+from runtime.natsd import EmbeddedNats
+from runtime.process import free_port
+from runtime.secrets import (
     SecretKeyError,
     decrypt_secret,
     encrypt_secret,
@@ -214,35 +215,35 @@ def test_literal_keys_reach_the_upstream_but_never_the_store(tmp_path: Path) -> 
 
 def test_which_nats_credentials_a_connection_uses(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from codeswitch import runtime
+    from runtime import home as rt
 
-    monkeypatch.delenv(runtime.CREDS_ENV, raising=False)
-    monkeypatch.delenv(runtime.AUTH_ENV, raising=False)
-    monkeypatch.setattr(runtime, "_registered", {})
+    monkeypatch.delenv(rt.CREDS_ENV, raising=False)
+    monkeypatch.delenv(rt.AUTH_ENV, raising=False)
+    monkeypatch.setattr(rt, "_registered", {})
     auth = tmp_path / "credentials.json"
     auth.write_text(json.dumps({"user": "codeswitch", "password": "pw-0123456789abcdef"}))
     url = "nats://127.0.0.1:18122"
-    assert runtime.nats_auth_options(url) == {}  # tests' open servers: nothing added
-    monkeypatch.setenv(runtime.AUTH_ENV, str(auth))  # what the supervisor gives its parts
-    assert runtime.nats_auth_options(url) == {"user": "codeswitch",
+    assert rt.nats_auth_options(url) == {}  # tests' open servers: nothing added
+    monkeypatch.setenv(rt.AUTH_ENV, str(auth))  # what the supervisor gives its parts
+    assert rt.nats_auth_options(url) == {"user": "codeswitch",
                                               "password": "pw-0123456789abcdef"}
-    monkeypatch.setenv(runtime.CREDS_ENV, "/etc/nats/app.creds")  # an operator's NATS
-    assert runtime.nats_auth_options(url) == {"user_credentials": "/etc/nats/app.creds"}
-    assert runtime.nats_auth_options("nats://app:pw@h:4222") == {}  # the URL says it all
-    monkeypatch.delenv(runtime.CREDS_ENV)
-    monkeypatch.delenv(runtime.AUTH_ENV)
+    monkeypatch.setenv(rt.CREDS_ENV, "/etc/nats/app.creds")  # an operator's NATS
+    assert rt.nats_auth_options(url) == {"user_credentials": "/etc/nats/app.creds"}
+    assert rt.nats_auth_options("nats://app:pw@h:4222") == {}  # the URL says it all
+    monkeypatch.delenv(rt.CREDS_ENV)
+    monkeypatch.delenv(rt.AUTH_ENV)
     # the CLI: the run file of the running gateway names the file for its URL
     home = tmp_path / "home"
     home.mkdir()
     (home / "run.json").write_text(json.dumps({"nats_url": url, "nats_credentials": str(auth)}))
-    assert runtime.nats_url_for(home) == url
-    assert runtime.nats_auth_options(url)["user"] == "codeswitch"
-    assert runtime.nats_auth_options("nats://other:4222") == {}  # never sent elsewhere
-    exported = runtime.nats_env_lines(url)
+    assert rt.nats_url_for(home) == url
+    assert rt.nats_auth_options(url)["user"] == "codeswitch"
+    assert rt.nats_auth_options("nats://other:4222") == {}  # never sent elsewhere
+    exported = rt.nats_env_lines(url)
     assert exported == ["export NATS_URL=nats://codeswitch:pw-0123456789abcdef@127.0.0.1:18122"]
     auth.write_text("{not json")
     with pytest.raises(ConnectionError) as caught:
-        runtime.nats_auth_options(url)
+        rt.nats_auth_options(url)
     assert "pw-" not in str(caught.value)
-    assert runtime.masked_url("nats://a:pw@h:1,nats://b:pw2@i:2") == \
+    assert rt.masked_url("nats://a:pw@h:1,nats://b:pw2@i:2") == \
         "nats://a:***@h:1,nats://b:***@i:2"

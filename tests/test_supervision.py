@@ -22,9 +22,9 @@ import httpx
 import nats
 import pytest
 
-from codeswitch._process import free_port, pid_alive
-from codeswitch.health import parts_health
 from codeswitch.supervisor import Part, RestartPolicy, Supervisor, describe_exit
+from runtime.health import parts_health
+from runtime.process import free_port, pid_alive
 from schemas.events import PartChanged, decode_event
 from tests.fakes.upstream import Behavior, FakeUpstream
 from tests.test_up import CLI, Up

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from codeswitch._process import free_port
-from codeswitch.natsd import EmbeddedNats
+from runtime.natsd import EmbeddedNats
+from runtime.process import free_port
 from tests.fakes.upstream import Behavior, FakeUpstream
 
 CLI = [sys.executable, "-m", "codeswitch"]

@@ -351,7 +351,7 @@ class Env:
             lines.append("")
         cfg = os.path.join(self.tmp, "codeswitch.toml")
         Path(cfg).write_text("\n".join(lines))
-        from codeswitch.natsd import EmbeddedNats
+        from runtime.natsd import EmbeddedNats
         # `codeswitch up` refuses a port that still has TIME_WAIT sockets (its pre-check binds
         # without SO_REUSEADDR): take the first port from CX_PORT on that binds strictly.
         for cand in range(PORT, PORT + 40):

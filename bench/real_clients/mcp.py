@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from codeswitch.natsd import EmbeddedNats  # noqa: E402
+from runtime.natsd import EmbeddedNats  # noqa: E402
 
 CS = ROOT / ".venv" / "bin" / "codeswitch"
 CLAUDE = Path("/tmp/realcli/claude/node_modules/.bin/claude")

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from codeswitch import runtime
 from codeswitch.clients import claude, codex, gemini
 from codeswitch.clients._docs import is_empty, open_doc
 from codeswitch.clients._edits import KeyEdit
@@ -35,6 +34,7 @@ from codeswitch.clients._files import (
     unified_diff,
 )
 from codeswitch.clients.paths import ClientPaths
+from runtime.home import home_dir
 
 __all__ = [
     "CLIENT_NAMES",
@@ -287,7 +287,7 @@ def detected(paths: ClientPaths | None = None) -> list[str]:
 def connect_all(base_url: str, key: str | None, *, home: Path | None = None) -> list[str]:
     """Connect every detected client (for ``codeswitch up --connect``); one line per client.
     A client whose file cannot be edited is reported and skipped, the others still connect."""
-    home = runtime.home_dir(home)
+    home = home_dir(home)
     paths = ClientPaths.discover()
     lines: list[str] = []
     for name in detected(paths):

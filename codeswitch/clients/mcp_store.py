@@ -16,13 +16,12 @@ from nats.js import api as js_api
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
-from codeswitch import bus
 from codeswitch.clients._errors import McpError, McpStoreUnavailableError
 from codeswitch.clients.mcp import McpServer
+from runtime import bus, names
 
-__all__ = ["MCP_BUCKET", "McpStore", "open_store"]
+__all__ = ["McpStore", "open_store"]
 
-MCP_BUCKET = "cs_mcp"
 _decoder = msgspec.json.Decoder(McpServer)
 _encoder = msgspec.json.Encoder()
 UNAVAILABLE_HINT = "gateway not running: start it with `codeswitch up` or pass --nats-url"
@@ -68,11 +67,11 @@ class McpStore:
 
 async def _bucket(js: nats.js.JetStreamContext) -> KeyValue:
     try:
-        return await js.key_value(MCP_BUCKET)
+        return await js.key_value(names.MCP_BUCKET)
     except BucketNotFoundError:
-        opts = bus.KV_BUCKETS[MCP_BUCKET]
+        opts = names.KV_BUCKETS[names.MCP_BUCKET]
         return await js.create_key_value(js_api.KeyValueConfig(
-            bucket=MCP_BUCKET, history=opts["history"], description=opts["description"],
+            bucket=names.MCP_BUCKET, history=opts["history"], description=opts["description"],
             storage=js_api.StorageType.FILE,
         ))
 

@@ -14,9 +14,10 @@ import typer
 from rich.console import Console
 from typer.testing import CliRunner
 
-from codeswitch import bus, cli_alerts
+from codeswitch import cli_alerts
 from codeswitch.cli_alerts import parse_duration, parse_time, register
-from codeswitch.natsd import EmbeddedNats
+from runtime import bus
+from runtime.natsd import EmbeddedNats
 from schemas.events import AlertFired, AlertResolved, encode_event
 from workers.alerts.service import alert_subject
 

@@ -14,8 +14,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api as js_api
 
-from codeswitch import bus
-from codeswitch.natsd import EmbeddedNats
+from runtime import names
+from runtime.natsd import EmbeddedNats
 from schemas.events import (
     AlertFired,
     AlertResolved,
@@ -57,13 +57,13 @@ class Worker:
 
         async def ready() -> bool:
             try:
-                await js.consumer_info(bus.EVENTS_STREAM, service.NOTIFY_DURABLE)
+                await js.consumer_info(names.EVENTS_STREAM, names.ALERTS_NOTIFY_DURABLE)
                 return True
             except Exception:
                 return False
 
         async def pulling() -> bool:  # warm-up done: the main loop waits for events
-            info = await js.consumer_info(bus.EVENTS_STREAM, service.EVAL_DURABLE)
+            info = await js.consumer_info(names.EVENTS_STREAM, names.ALERTS_EVAL_DURABLE)
             return bool(info.num_waiting)
 
         deadline = time.monotonic() + 10
@@ -92,7 +92,7 @@ async def publish(nc: NATS, events: list[Event]) -> None:
 
 
 async def put_rule(nc: NATS, rule: Rule) -> None:
-    kv = await nc.jetstream().key_value(service.RULES_BUCKET)
+    kv = await nc.jetstream().key_value(names.RULES_BUCKET)
     await kv.put(rule.name, msgspec.json.encode(rule))
 
 
@@ -197,7 +197,7 @@ async def test_rule_changes_apply_without_restart(
     assert [b["kind"] for b in receiver.bodies()] == ["fired", "resolved"]
     await put_rule(nc, error_rule(receiver, threshold=10.0, cooldown_s=0.0))
     await until(lambda: len(receiver.bodies()) == 3)
-    kv = await nc.jetstream().key_value(service.RULES_BUCKET)
+    kv = await nc.jetstream().key_value(names.RULES_BUCKET)
     await kv.delete("main-errors")  # removing a firing rule resolves it, to its channels
     await until(lambda: len(receiver.bodies()) == 4)
     assert receiver.bodies()[3]["message"] == "rule removed"
@@ -260,8 +260,8 @@ async def test_quota_used_pct_through_the_worker_and_across_a_restart(
     of each user is rebuilt from the log (and a consumer made by an older version, without the
     quota subject in its filter, is widened)."""
     js = nc.jetstream()
-    await js.add_consumer(bus.EVENTS_STREAM, js_api.ConsumerConfig(  # as an old version made it
-        durable_name=service.EVAL_DURABLE, ack_policy=js_api.AckPolicy.ALL,
+    await js.add_consumer(names.EVENTS_STREAM, js_api.ConsumerConfig(  # as an old version made it
+        durable_name=names.ALERTS_EVAL_DURABLE, ack_policy=js_api.AckPolicy.ALL,
         deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=1,
         filter_subjects=["llm.response.>", "provider.circuit.>"]))
     facts = await alert_facts(nc)
@@ -269,7 +269,7 @@ async def test_quota_used_pct_through_the_worker_and_across_a_restart(
                             channels=[Channel(url=receiver.url())]))
     worker = Worker(nats_server.url, tmp_path)
     await worker.start(nc)
-    info = await js.consumer_info(bus.EVENTS_STREAM, service.EVAL_DURABLE)
+    info = await js.consumer_info(names.EVENTS_STREAM, names.ALERTS_EVAL_DURABLE)
     assert sorted(info.config.filter_subjects or []) == sorted(service.INPUT_SUBJECTS)
     now = time.time()
 
@@ -284,7 +284,7 @@ async def test_quota_used_pct_through_the_worker_and_across_a_restart(
     # everything acked before the restart: bob's 85% can only come back through the replay
     # of the latest level per user, not through a redelivery
     deadline = time.monotonic() + 10
-    while (await js.consumer_info(bus.EVENTS_STREAM, service.EVAL_DURABLE)).ack_floor \
+    while (await js.consumer_info(names.EVENTS_STREAM, names.ALERTS_EVAL_DURABLE)).ack_floor \
             .stream_seq < last:
         assert time.monotonic() < deadline, "the worker never acked the quota facts"
         await asyncio.sleep(0.05)

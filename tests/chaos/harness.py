@@ -46,7 +46,7 @@ from typing import Any
 
 import httpx
 
-from codeswitch._process import free_port
+from runtime.process import free_port
 from tests.fakes.upstream import Behavior, FakeUpstream, Received
 
 __all__ = [
@@ -456,12 +456,12 @@ class Gateway:
     def resolved_nats_url(self) -> str:
         """The gateway's NATS as the CLI resolves it from ``--home`` (which also registers the
         credentials named in run.json for this process's connections)."""
-        from codeswitch import runtime
+        from runtime import home
 
-        url = runtime.nats_url_for(self.home)
+        url = home.nats_url_for(self.home)
         # nats_url_for registers a URL's credentials once per process; every gateway of a test
         # session has the same URL (port 18122) and its own credentials: register this one's
-        use = getattr(runtime, "use_nats_credentials", None)
+        use = getattr(home, "use_nats_credentials", None)
         info = self.run_info()
         if use is not None and info.get("nats_url") == url:
             auth, creds = info.get("nats_credentials"), info.get("nats_creds")

@@ -13,7 +13,7 @@ from codeswitch.clients.mcp import CLAUDE, CODEX, McpServer, sync_text
 from codeswitch.clients.mcp_files import apply_sync, plan_sync
 from codeswitch.clients.mcp_store import open_store
 from codeswitch.clients.paths import ClientPaths
-from codeswitch.natsd import EmbeddedNats
+from runtime.natsd import EmbeddedNats
 from tests.clients.conftest import CLAUDE_JSON, CODEX_CONFIG, snapshot
 
 DOCS = McpServer(name="docs", command="npx", args=["-y", "docs-mcp"], env={"TOKEN": "t"})

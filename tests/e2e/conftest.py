@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from codeswitch.natsd import EmbeddedNats
+from runtime.natsd import EmbeddedNats
 from schemas.config import ProviderConfig
 from tests.e2e.gateway import Gateway
 from tests.fakes.upstream import FakeUpstream

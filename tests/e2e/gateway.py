@@ -12,10 +12,11 @@ from typing import Any, TypeVar
 import httpx
 import uvicorn
 
-from codeswitch import admin, bus
-from codeswitch._process import free_port
+from codeswitch import admin
 from edge.app import EdgeApp
 from edge.server import Limits, make_config
+from runtime import bus, names
+from runtime.process import free_port
 from schemas.config import GatewaySettings, ProviderConfig
 from schemas.events import Event, decode_event
 from workers.router.service import Router
@@ -124,7 +125,7 @@ class Gateway:
 
 def event_count(nats_url: str) -> int:
     async def count(nc: Any) -> int:
-        return int((await nc.jetstream().stream_info(bus.EVENTS_STREAM)).state.messages)
+        return int((await nc.jetstream().stream_info(names.EVENTS_STREAM)).state.messages)
 
     return run_nats(nats_url, count)
 
@@ -138,13 +139,13 @@ def events(nats_url: str, n: int, timeout: float = 10,
         out: list[tuple[str, bytes, Event]] = []
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            info = await js.stream_info(bus.EVENTS_STREAM)
+            info = await js.stream_info(names.EVENTS_STREAM)
             if info.state.messages >= n:
                 break
             await asyncio.sleep(0.05)
-        info = await js.stream_info(bus.EVENTS_STREAM)
+        info = await js.stream_info(names.EVENTS_STREAM)
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            msg = await js.get_msg(bus.EVENTS_STREAM, seq)
+            msg = await js.get_msg(names.EVENTS_STREAM, seq)
             if subject == ">" or msg.subject.startswith(subject):
                 out.append((msg.subject, msg.data or b"", decode_event(msg.data or b"")))
         return out

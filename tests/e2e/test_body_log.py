@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-from codeswitch import bus
+from runtime import names
 from tests.e2e.conftest import CLIENT_KEY, MODELS, PROVIDER_KEYS
 from tests.e2e.gateway import Gateway, run_nats
 from tests.fakes.upstream import Behavior, FakeUpstream
@@ -23,7 +23,7 @@ BODY = {"model": MODELS["anthropic"], "max_tokens": 16,
 def _kept(gw: Gateway, request_id: str, timeout: float = 5) -> dict[str, Any] | None:
     async def get(nc: Any) -> bytes | None:
         try:  # no bucket until the body log is first turned on
-            obs = await nc.jetstream().object_store(bus.BODY_LOG_BUCKET)
+            obs = await nc.jetstream().object_store(names.BODY_LOG_BUCKET)
             return (await obs.get(request_id)).data
         except Exception:
             return None

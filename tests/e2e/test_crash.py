@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from codeswitch import admin
-from codeswitch._process import free_port
-from codeswitch.natsd import EmbeddedNats
+from runtime.natsd import EmbeddedNats
+from runtime.process import free_port
 from schemas.events import RequestCompleted
 from tests.e2e.conftest import provider_for
 from tests.e2e.gateway import EdgeThread, events, run_nats

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from codeswitch.natsd import EmbeddedNats
+from runtime.natsd import EmbeddedNats
 from schemas.config import GatewaySettings
 from schemas.events import AttemptFinished, RequestCompleted
 from tests.e2e.conftest import CLIENT_KEY, MODELS, PROVIDER_KEYS, provider_for

@@ -8,8 +8,9 @@ from __future__ import annotations
 import concurrent.futures
 import time
 
-from codeswitch import admin, bus
-from codeswitch.natsd import EmbeddedNats
+from codeswitch import admin
+from runtime import names
+from runtime.natsd import EmbeddedNats
 from schemas.events import RequestCompleted
 from tests.e2e.conftest import CLIENT_KEY, provider_for
 from tests.e2e.gateway import EdgeThread, RouterThread, events, run_nats
@@ -32,10 +33,10 @@ def test_routers_started_together_both_take_work(nats_server: EmbeddedNats) -> N
 
         async def deliver_subject(nc: object) -> str:
             info = await nc.jetstream().consumer_info(  # type: ignore[attr-defined]
-                bus.REQUESTS_STREAM, bus.ROUTER_DURABLE)
+                names.REQUESTS_STREAM, names.ROUTER_DURABLE)
             return str(info.config.deliver_subject)
 
-        assert run_nats(nats_server.url, deliver_subject) == bus.ROUTER_DELIVER
+        assert run_nats(nats_server.url, deliver_subject) == names.ROUTER_DELIVER
         import httpx
 
         def post(_: int) -> int:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from codeswitch import admin
-from codeswitch.natsd import EmbeddedNats
+from runtime.natsd import EmbeddedNats
 from schemas.config import (
     ActiveProviders,
     BreakerPolicy,

@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from codeswitch import admin
-from codeswitch.natsd import EmbeddedNats
 from edge.server import LINGER, Limits
+from runtime.natsd import EmbeddedNats
 from schemas.config import GatewaySettings, ProviderConfig
 from tests.e2e.gateway import EdgeThread, RouterThread, run_nats
 from tests.fakes.upstream import Behavior, FakeUpstream

@@ -13,9 +13,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from codeswitch import bus
 from codeswitch.cli_ledger import parse_time, register
-from codeswitch.natsd import EmbeddedNats
+from runtime import bus
+from runtime.natsd import EmbeddedNats
 from tests.ledger.conftest import ask, publish, recorded
 from workers.ledger import service
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from codeswitch import bus
-from codeswitch.natsd import EmbeddedNats
+from runtime import bus
+from runtime.natsd import EmbeddedNats
 from schemas.events import encode_event
 from tests.ledger.conftest import (
     ask,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import nats
 
-from codeswitch import bus
-from codeswitch.natsd import EmbeddedNats
+from runtime import bus
+from runtime.natsd import EmbeddedNats
 from schemas.events import encode_event
 from tests.ledger.conftest import ask, publish, wait_caught_up
 from tests.ledger.eventgen import generate, subject_of

@@ -37,8 +37,8 @@ from nats.js import api as js_api
 from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from codeswitch import bus
-from codeswitch.pull import BatchPuller, ConsumerGoneError
+from runtime import bus, names
+from runtime.pull import BatchPuller, ConsumerGoneError
 from schemas.events import (
     AlertFired,
     AlertNotificationFailed,
@@ -52,11 +52,7 @@ from workers.alerts.notify import Notifier, notification_of
 from workers.alerts.rules import AlertState, Engine, Rule, Transition
 
 __all__ = [
-    "EVAL_DURABLE",
     "INPUT_SUBJECTS",
-    "NOTIFY_DURABLE",
-    "RULES_BUCKET",
-    "STATE_BUCKET",
     "AlertsService",
     "alert_subject",
     "run",
@@ -64,10 +60,6 @@ __all__ = [
 
 log = logging.getLogger("codeswitch.alerts")
 
-RULES_BUCKET = "cs_rules"
-STATE_BUCKET = "cs_alert_state"
-EVAL_DURABLE = "alerts"
-NOTIFY_DURABLE = "alerts-notify"
 INPUT_SUBJECTS = ["llm.response.>", "provider.circuit.>", "user.*.quota"]
 ALERT_SUBJECTS = ["alert.fired.>", "alert.resolved.>"]
 _rule_decoder = msgspec.json.Decoder(Rule)
@@ -113,8 +105,8 @@ class AlertsService:
 
     async def startup(self) -> None:
         await bus.ensure_all(self.js)
-        self._rules_kv = await self.js.key_value(RULES_BUCKET)
-        self._state_kv = await self.js.key_value(STATE_BUCKET)
+        self._rules_kv = await self.js.key_value(names.RULES_BUCKET)
+        self._state_kv = await self.js.key_value(names.ALERT_STATE_BUCKET)
         self.engine.restore(await self._load_states())
         floor = await self._ensure_consumers()
         # Start watching first (no change is missed), then read the current rules directly:
@@ -145,18 +137,18 @@ class AlertsService:
     async def _ensure_consumers(self) -> int:
         """Create the two durables on first start (from the end of the stream, never from its
         beginning: history does not page anyone). Returns the evaluation consumer's ack floor."""
-        last = (await self.js.stream_info(bus.EVENTS_STREAM)).state.last_seq
+        last = (await self.js.stream_info(names.EVENTS_STREAM)).state.last_seq
         specs = [
-            (EVAL_DURABLE, INPUT_SUBJECTS, js_api.AckPolicy.ALL, self.batch * 8),
-            (NOTIFY_DURABLE, ALERT_SUBJECTS, js_api.AckPolicy.EXPLICIT, 256),
+            (names.ALERTS_EVAL_DURABLE, INPUT_SUBJECTS, js_api.AckPolicy.ALL, self.batch * 8),
+            (names.ALERTS_NOTIFY_DURABLE, ALERT_SUBJECTS, js_api.AckPolicy.EXPLICIT, 256),
         ]
         floor = 0
         for durable, subjects, ack, pending in specs:
             try:
-                info = await self.js.consumer_info(bus.EVENTS_STREAM, durable)
+                info = await self.js.consumer_info(names.EVENTS_STREAM, durable)
             except NotFoundError:
                 info = await self.js.add_consumer(
-                    bus.EVENTS_STREAM,
+                    names.EVENTS_STREAM,
                     js_api.ConsumerConfig(
                         durable_name=durable,
                         deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE,
@@ -174,9 +166,9 @@ class AlertsService:
                     # created by an older version (before quota facts): widen its filter
                     config.filter_subject = None
                     config.filter_subjects = subjects
-                    info = await self.js.add_consumer(bus.EVENTS_STREAM, config)
+                    info = await self.js.add_consumer(names.EVENTS_STREAM, config)
                     log.info("alerts: consumer %s now filters %s", durable, subjects)
-            if durable == EVAL_DURABLE:
+            if durable == names.ALERTS_EVAL_DURABLE:
                 acked = info.ack_floor.stream_seq if info.ack_floor else 0
                 floor = max(acked, (info.config.opt_start_seq or 1) - 1)
         return floor
@@ -214,7 +206,7 @@ class AlertsService:
         config.ack_policy = js_api.AckPolicy.NONE
         config.inactive_threshold = 30.0
         config.mem_storage = True
-        sub = await self.js.pull_subscribe("", stream=bus.EVENTS_STREAM, config=config)
+        sub = await self.js.pull_subscribe("", stream=names.EVENTS_STREAM, config=config)
         try:
             while True:
                 try:
@@ -232,14 +224,14 @@ class AlertsService:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-                await self.js.delete_consumer(bus.EVENTS_STREAM, sub._consumer)
+                await self.js.delete_consumer(names.EVENTS_STREAM, sub._consumer)
 
     # -- evaluation -------------------------------------------------------------------------
 
     async def evaluate_loop(self, stop: asyncio.Event) -> None:
         # the shared batch puller: the server streams the next batch while this one is judged
-        puller = await BatchPuller(self.nc, bus.EVENTS_STREAM, EVAL_DURABLE, batch=self.batch,
-                                   expires=self.tick_s).start()
+        puller = await BatchPuller(self.nc, names.EVENTS_STREAM, names.ALERTS_EVAL_DURABLE,
+                                   batch=self.batch, expires=self.tick_s).start()
         last_tick = 0.0
         engine = self.engine
         try:
@@ -252,8 +244,9 @@ class AlertsService:
                     log.warning("alerts: evaluation consumer gone (%s); re-creating it", exc)
                     await puller.close()
                     await self._ensure_consumers()
-                    puller = await BatchPuller(self.nc, bus.EVENTS_STREAM, EVAL_DURABLE,
-                                               batch=self.batch, expires=self.tick_s).start()
+                    puller = await BatchPuller(
+                        self.nc, names.EVENTS_STREAM, names.ALERTS_EVAL_DURABLE,
+                        batch=self.batch, expires=self.tick_s).start()
                     continue
                 caught_up = True
                 if msgs:
@@ -339,7 +332,8 @@ class AlertsService:
     # -- notification -----------------------------------------------------------------------
 
     async def notify_loop(self, stop: asyncio.Event) -> None:
-        sub = await self.js.pull_subscribe_bind(NOTIFY_DURABLE, stream=bus.EVENTS_STREAM)
+        sub = await self.js.pull_subscribe_bind(names.ALERTS_NOTIFY_DURABLE,
+                                                stream=names.EVENTS_STREAM)
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(32, timeout=self.tick_s)

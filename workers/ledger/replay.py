@@ -22,8 +22,8 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
-from codeswitch.bus import EVENTS_STREAM
-from codeswitch.pull import BatchPuller
+from runtime.names import EVENTS_STREAM
+from runtime.pull import BatchPuller
 from workers.ledger.prices import PriceBook
 from workers.ledger.projection import Rows, project
 from workers.ledger.store import Store

@@ -38,8 +38,9 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
-from codeswitch import bus
-from codeswitch.pull import BatchPuller, ConsumerGoneError
+from runtime import bus, names
+from runtime.pull import BatchPuller, ConsumerGoneError
+from schemas.subjects import LEDGER_QUERY_PREFIX
 from workers.ledger.prices import (
     PRICES_KV_KEY,
     PriceBook,
@@ -54,13 +55,11 @@ from workers.ledger.replay import parse_reply, stream_bounds
 from workers.ledger.store import Store, StoreError
 from workers.ledger.wire import encode_reply
 
-__all__ = ["DB_FILE", "SUBJECT_PREFIX", "LedgerService", "db_path", "main", "run"]
+__all__ = ["DB_FILE", "LedgerService", "db_path", "main", "run"]
 
 log = logging.getLogger("codeswitch.ledger")
 
-SUBJECT_PREFIX = "cs.ledger"
 DB_FILE = "ledger.duckdb"
-DURABLE = "ledger"
 T = TypeVar("T")
 _FILTER_FIELDS = set(Filter.__struct_fields__)
 
@@ -72,7 +71,7 @@ def db_path(home: Path) -> Path:
 class LedgerService:
     """startup / main_loop / shutdown, in the shape of uvicorn's Server."""
 
-    def __init__(self, nats_url: str, home: Path, *, durable: str = DURABLE,
+    def __init__(self, nats_url: str, home: Path, *, durable: str = names.LEDGER_DURABLE,
                  batch: int = 5000) -> None:
         self.nats_url = nats_url
         self.home = Path(home)
@@ -123,7 +122,7 @@ class LedgerService:
         self.rebuilder = Rebuilder(self.nc, self.home, live=self._live, on_db=self._db,
                                    paused=self._paused, swap_in=self._swap_in,
                                    prices=lambda: self.prices)
-        await self.nc.subscribe(f"{SUBJECT_PREFIX}.*", queue="cs-ledger", cb=self._on_request)
+        await self.nc.subscribe(f"{LEDGER_QUERY_PREFIX}.*", queue="cs-ledger", cb=self._on_request)
         log.info("ledger ready at seq %d (%s)", self.store.state.last_seq, self.store.path)
 
     async def main_loop(self, stop: asyncio.Event) -> None:
@@ -185,7 +184,7 @@ class LedgerService:
         assert self.js is not None and self.store is not None
         wm = self.store.state.last_seq
         with contextlib.suppress(NotFoundError):
-            await self.js.delete_consumer(bus.EVENTS_STREAM, self.durable)
+            await self.js.delete_consumer(names.EVENTS_STREAM, self.durable)
         bounds = await stream_bounds(self.js)
         if wm and bounds.messages and bounds.first_seq > wm + 1:
             log.warning("events %d..%d were dropped by retention before the ledger saw them",
@@ -201,11 +200,11 @@ class LedgerService:
             max_ack_pending=max(50_000, self.batch * 4),
             max_waiting=16,
         )
-        await self.js.add_consumer(bus.EVENTS_STREAM, config)
+        await self.js.add_consumer(names.EVENTS_STREAM, config)
         if self.puller is not None:
             await self.puller.close()
         assert self.nc is not None
-        self.puller = await BatchPuller(self.nc, bus.EVENTS_STREAM, self.durable,
+        self.puller = await BatchPuller(self.nc, names.EVENTS_STREAM, self.durable,
                                         batch=self.batch, expires=0.5).start()
 
     async def _consume_once(self) -> None:
@@ -255,7 +254,7 @@ class LedgerService:
     async def _read_kv_prices(self) -> dict[str, Any]:
         assert self.js is not None
         try:
-            kv = await self.js.key_value(bus.SETTINGS_BUCKET)
+            kv = await self.js.key_value(names.SETTINGS_BUCKET)
             entry = await kv.get(PRICES_KV_KEY)
         except Exception:  # no bucket or no key: no overrides
             return {}
@@ -268,7 +267,7 @@ class LedgerService:
     async def _watch_prices(self, stop: asyncio.Event) -> None:
         assert self.js is not None
         try:
-            kv = await self.js.key_value(bus.SETTINGS_BUCKET)
+            kv = await self.js.key_value(names.SETTINGS_BUCKET)
             watcher = await kv.watch(PRICES_KV_KEY)
         except Exception as exc:
             log.warning("not watching %s: %s", PRICES_KV_KEY, exc)
@@ -427,8 +426,8 @@ class LedgerService:
         log.info("ledger rebuilt and swapped in at seq %d", self.store.state.last_seq)
 
 
-async def run(nats_url: str, home: Path, stop: asyncio.Event, *, durable: str = DURABLE,
-              batch: int = 5000) -> None:
+async def run(nats_url: str, home: Path, stop: asyncio.Event, *,
+              durable: str = names.LEDGER_DURABLE, batch: int = 5000) -> None:
     """Run the ledger until ``stop`` is set (the entry point of ``codeswitch worker ledger``)."""
     service = LedgerService(nats_url, home, durable=durable, batch=batch)
     try:
@@ -440,12 +439,12 @@ async def run(nats_url: str, home: Path, stop: asyncio.Event, *, durable: str = 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m workers.ledger.service --nats-url URL --home DIR``."""
-    from codeswitch.runtime import home_dir, nats_url_for
+    from runtime.home import home_dir, nats_url_for
 
     parser = argparse.ArgumentParser(prog="codeswitch-ledger")
     parser.add_argument("--home")
     parser.add_argument("--nats-url")
-    parser.add_argument("--durable", default=DURABLE)
+    parser.add_argument("--durable", default=names.LEDGER_DURABLE)
     parser.add_argument("--batch", type=int, default=5000)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -19,7 +19,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from codeswitch.facts import FactPublisher
+from runtime.facts import FactPublisher
 from schemas.config import ProviderConfig
 from schemas.events import CircuitChanged, new_id
 from schemas.subjects import BREAKER_FAIL_PREFIX, circuit_subject

@@ -23,8 +23,8 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.js import api as js_api
 
-from codeswitch import bus
-from codeswitch.facts import FactPublisher
+from runtime import bus, names
+from runtime.facts import FactPublisher
 from schemas.config import ProviderConfig
 from schemas.envelope import ENV_HEADER, KIND_ACCEPTED, ReplyStart, RequestEnvelope
 from schemas.events import AttemptFinished, RequestCompleted, Usage, new_id
@@ -73,7 +73,7 @@ class Router:
                  max_in_flight: int = 4096, grace: float = 10.0,
                  home: Path | None = None) -> None:
         self.nats_url = nats_url
-        # write-ahead facts (codeswitch.facts): what this router may have had billed is
+        # write-ahead facts (runtime.facts): what this router may have had billed is
         # recorded even if it is killed mid-request
         self.outbox = Path(home) / "outbox" if home is not None else None
         self.router_id = router_id or f"router-{os.getpid()}-{os.urandom(2).hex()}"
@@ -121,15 +121,15 @@ class Router:
         self.facts = FactPublisher(nc, wal=self.outbox, name="router")
         self.breakers.nc, self.breakers.facts = nc, self.facts
         self.facts.start()
-        kv = await js.key_value(bus.PROVIDERS_BUCKET)
+        kv = await js.key_value(names.PROVIDERS_BUCKET)
         self._tasks.append(asyncio.create_task(
             bus.follow_bucket(kv, self.table.apply, self.table.ready,
-                              self._progress(bus.PROVIDERS_BUCKET)), name="providers"))
-        settings_kv = await js.key_value(bus.SETTINGS_BUCKET)
+                              self._progress(names.PROVIDERS_BUCKET)), name="providers"))
+        settings_kv = await js.key_value(names.SETTINGS_BUCKET)
         self._tasks.append(asyncio.create_task(
             bus.follow_bucket(settings_kv, self.settings.apply, self.settings.ready,
-                              self._progress(bus.SETTINGS_BUCKET))))
-        self.circuits.kv = await js.key_value(bus.CIRCUITS_BUCKET)
+                              self._progress(names.SETTINGS_BUCKET))))
+        self.circuits.kv = await js.key_value(names.CIRCUITS_BUCKET)
         self._tasks.append(asyncio.create_task(
             bus.follow_bucket(self.circuits.kv, self.circuits.apply, self.circuits.ready)))
         for ready, what in ((self.table.ready, "providers"), (self.settings.ready, "settings"),
@@ -163,12 +163,12 @@ class Router:
 
     async def _subscribe_work(self) -> None:
         self._work_sub = await self.js.subscribe(
-            f"{REQUEST_PREFIX}.>", queue=bus.ROUTER_DURABLE, durable=bus.ROUTER_DURABLE,
-            stream=bus.REQUESTS_STREAM, cb=self._on_request, manual_ack=True,
+            f"{REQUEST_PREFIX}.>", queue=names.ROUTER_DURABLE, durable=names.ROUTER_DURABLE,
+            stream=names.REQUESTS_STREAM, cb=self._on_request, manual_ack=True,
             config=js_api.ConsumerConfig(
                 ack_policy=js_api.AckPolicy.EXPLICIT, ack_wait=30,
                 max_ack_pending=self.max_in_flight, max_deliver=1,
-                deliver_subject=bus.ROUTER_DELIVER,
+                deliver_subject=names.ROUTER_DELIVER,
             ),
             pending_msgs_limit=100_000, pending_bytes_limit=1024 * 1024 * 1024,
         )
@@ -181,7 +181,7 @@ class Router:
         try:
             await bus.ensure_all(self.js)
             try:
-                await self.js.consumer_info(bus.REQUESTS_STREAM, bus.ROUTER_DURABLE)
+                await self.js.consumer_info(names.REQUESTS_STREAM, names.ROUTER_DURABLE)
                 return
             except Exception:
                 pass
@@ -367,7 +367,7 @@ class Router:
         delivered = True
         try:
             if env.body_ref:
-                obs = await self.js.object_store(bus.BODIES_BUCKET)
+                obs = await self.js.object_store(names.BODIES_BUCKET)
                 body = (await obs.get(env.body_ref)).data or b""
                 await obs.delete(env.body_ref)
             routing = self.settings.routing

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from codeswitch._process import free_port, pdeathsig_preexec, write_private
+from runtime.process import free_port, pdeathsig_preexec, write_private
 
 __all__ = ["EmbeddedNats", "NatsAuth", "NatsServerNotFoundError", "find_nats_server",
            "load_or_create_auth"]

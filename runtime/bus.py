@@ -1,5 +1,6 @@
-"""Streams and KV buckets: declared once here, applied idempotently by every process on start
-and by ``deploy/nats/init-streams.sh`` (which runs ``codeswitch nats init``).
+"""Connecting to NATS and creating the streams and KV buckets (named in ``runtime.names``),
+applied idempotently by every process on start and by ``deploy/nats/init-streams.sh`` (which
+runs ``codeswitch nats init``).
 
     CS_REQUESTS  llm.request.>   work queue of request commands, memory storage, short max age
     CS_EVENTS    facts           the event log (attempts, responses, provider/admin/user/alert)
@@ -31,21 +32,20 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
+from runtime.names import (
+    BODIES_BUCKET,
+    BODY_LOG_BUCKET,
+    BODY_LOG_MAX_BYTES,
+    BODY_LOG_TTL_S,
+    EVENTS_STREAM,
+    KV_BUCKETS,
+    REQUESTS_STREAM,
+)
 from schemas.subjects import FACT_SUBJECTS, REQUEST_PREFIX
 
 __all__ = [
-    "BODIES_BUCKET",
-    "BODY_LOG_BUCKET",
-    "body_log_store",
-    "CIRCUITS_BUCKET",
-    "EVENTS_STREAM",
-    "KV_BUCKETS",
-    "PROVIDERS_BUCKET",
-    "REQUESTS_STREAM",
-    "ROUTER_DELIVER",
-    "ROUTER_DURABLE",
-    "SETTINGS_BUCKET",
     "StreamLimits",
+    "body_log_store",
     "connect",
     "ensure_all",
     "follow_bucket",
@@ -55,31 +55,6 @@ __all__ = [
 
 log = logging.getLogger("codeswitch.bus")
 _background: set[asyncio.Future[None]] = set()
-
-REQUESTS_STREAM = "CS_REQUESTS"
-EVENTS_STREAM = "CS_EVENTS"
-ROUTER_DURABLE = "routers"
-# the work queue consumer's deliver subject: fixed, so that routers starting together create
-# the same consumer (with a per-router inbox, each create rewrote it, and only the last router
-# to start received any work)
-ROUTER_DELIVER = "cs.work.routers"
-PROVIDERS_BUCKET = "cs_providers"
-SETTINGS_BUCKET = "cs_settings"
-CIRCUITS_BUCKET = "cs_circuits"
-BODIES_BUCKET = "cs_bodies"
-# request/response bodies when the body log is on ([gateway] body_log): 7 days, 1 GiB at most
-BODY_LOG_BUCKET = "cs_body_log"
-BODY_LOG_TTL_S = 7 * 24 * 3600.0
-BODY_LOG_MAX_BYTES = 1 << 30
-
-KV_BUCKETS: dict[str, dict[str, Any]] = {
-    PROVIDERS_BUCKET: {"history": 5, "description": "provider configs"},
-    SETTINGS_BUCKET: {"history": 5, "description": "gateway settings"},
-    CIRCUITS_BUCKET: {"history": 1, "description": "circuit breaker states (routers)"},
-    "cs_mcp": {"history": 5, "description": "MCP servers"},
-    "cs_rules": {"history": 5, "description": "alert rules (workers/alerts)"},
-    "cs_alert_state": {"history": 1, "description": "active alerts and cool-downs"},
-}
 
 
 @dataclass(frozen=True)
@@ -143,7 +118,7 @@ async def connect(url: str, *, name: str,
     Credentials: the caller's (``user``/``password``/``token``/``user_credentials`` or a
     ``user:pass@`` URL), else the ones ``runtime.nats_auth_options`` finds for this URL (the
     running gateway's, ``$CODESWITCH_NATS_CREDS``, ``$CODESWITCH_NATS_AUTH``)."""
-    from codeswitch.runtime import nats_auth_options
+    from runtime.home import nats_auth_options
 
     async def _error_cb(exc: Exception) -> None:
         log.debug("nats error (%s): %s", name, exc)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from codeswitch._process import pid_alive
+from runtime.process import pid_alive
 
 __all__ = ["HEARTBEAT_S", "PARTS_FILE", "SUPERVISED_ENV", "parts_file", "parts_health",
            "read_parts", "supervised_home"]

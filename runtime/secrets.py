@@ -59,7 +59,7 @@ def use_home(home: Path | None) -> None:
 def _default_home() -> Path:
     if _home is not None:
         return _home
-    from codeswitch.runtime import home_dir
+    from runtime.home import home_dir
 
     return home_dir()
 

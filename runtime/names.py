@@ -1,0 +1,68 @@
+"""Every stream, KV bucket, object store and durable consumer name, declared once.
+
+Subjects (what a message means) are part of the wire contract and live in
+``schemas/subjects.py``; these names say where the messages are kept and who reads them.
+``runtime.bus`` creates the streams and buckets from here; the parts, the CLI and
+``deploy/nats/init-streams.sh`` (through ``codeswitch nats init``) only name them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+__all__ = [
+    "ALERTS_EVAL_DURABLE",
+    "ALERTS_NOTIFY_DURABLE",
+    "ALERT_STATE_BUCKET",
+    "BODIES_BUCKET",
+    "BODY_LOG_BUCKET",
+    "BODY_LOG_MAX_BYTES",
+    "BODY_LOG_TTL_S",
+    "CIRCUITS_BUCKET",
+    "EVENTS_STREAM",
+    "KV_BUCKETS",
+    "LEDGER_DURABLE",
+    "MCP_BUCKET",
+    "PROVIDERS_BUCKET",
+    "REQUESTS_STREAM",
+    "ROUTER_DELIVER",
+    "ROUTER_DURABLE",
+    "RULES_BUCKET",
+    "SETTINGS_BUCKET",
+]
+
+# -- streams ---------------------------------------------------------------------------------
+REQUESTS_STREAM: Final = "CS_REQUESTS"  # llm.request.>: the work queue (memory, short max age)
+EVENTS_STREAM: Final = "CS_EVENTS"  # every fact: the event log (file)
+
+# -- durable consumers -----------------------------------------------------------------------
+ROUTER_DURABLE: Final = "routers"  # on CS_REQUESTS, shared by every router (a queue)
+# the work queue consumer's deliver subject: fixed, so that routers starting together create
+# the same consumer (with a per-router inbox, each create rewrote it, and only the last router
+# to start received any work)
+ROUTER_DELIVER: Final = "cs.work.routers"
+LEDGER_DURABLE: Final = "ledger"  # on CS_EVENTS: the DuckDB projection
+ALERTS_EVAL_DURABLE: Final = "alerts"  # on CS_EVENTS: rule evaluation
+ALERTS_NOTIFY_DURABLE: Final = "alerts-notify"  # on CS_EVENTS: alert.fired/resolved -> webhooks
+
+# -- KV buckets and object stores ------------------------------------------------------------
+PROVIDERS_BUCKET: Final = "cs_providers"
+SETTINGS_BUCKET: Final = "cs_settings"
+CIRCUITS_BUCKET: Final = "cs_circuits"
+MCP_BUCKET: Final = "cs_mcp"
+RULES_BUCKET: Final = "cs_rules"
+ALERT_STATE_BUCKET: Final = "cs_alert_state"
+BODIES_BUCKET: Final = "cs_bodies"  # object store: request bodies too big for one message
+# request/response bodies when the body log is on ([gateway] body_log): 7 days, 1 GiB at most
+BODY_LOG_BUCKET: Final = "cs_body_log"
+BODY_LOG_TTL_S: Final = 7 * 24 * 3600.0
+BODY_LOG_MAX_BYTES: Final = 1 << 30
+
+KV_BUCKETS: Final[dict[str, dict[str, Any]]] = {
+    PROVIDERS_BUCKET: {"history": 5, "description": "provider configs"},
+    SETTINGS_BUCKET: {"history": 5, "description": "gateway settings"},
+    CIRCUITS_BUCKET: {"history": 1, "description": "circuit breaker states (routers)"},
+    MCP_BUCKET: {"history": 5, "description": "MCP servers"},
+    RULES_BUCKET: {"history": 5, "description": "alert rules (workers/alerts)"},
+    ALERT_STATE_BUCKET: {"history": 1, "description": "active alerts and cool-downs"},
+}

@@ -11,6 +11,7 @@ output says which source was used.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -32,10 +33,18 @@ from runtime.home import home_dir, masked_url, nats_url_for
 from schemas.events import AlertFired, AlertNotificationFailed, AlertResolved, decode_event
 from schemas.subjects import ledger_query_subject
 from workers.alerts.notify import Notifier, probe_notification
-from workers.alerts.rules import CHANNEL_FORMATS, METRICS, AlertState, Channel, Rule
+from workers.alerts.rules import (
+    CHANNEL_FORMATS,
+    METRICS,
+    PERCENT_METRICS,
+    AlertState,
+    Channel,
+    Rule,
+)
 from workers.ledger.wire import decode_reply
 
-__all__ = ["LEDGER_HISTORY_SUBJECT", "parse_duration", "parse_time", "register"]
+__all__ = ["LEDGER_HISTORY_SUBJECT", "parse_duration", "parse_threshold", "parse_time",
+           "register"]
 
 LEDGER_HISTORY_SUBJECT = ledger_query_subject("alert_history")
 console = Console()
@@ -71,6 +80,37 @@ def parse_time(text: str, now: float | None = None) -> float:
             f"{text!r}: use 1h (ago), 2025-01-31T12:00 or unix seconds"
         ) from None
     return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
+def parse_threshold(metric: str, text: str) -> float:
+    """``--threshold`` in the metric's unit. A percentage metric (``PERCENT_METRICS``) takes
+    ``20%``, ``20 %`` or a bare number above 1 (``20``: 20 %); a bare number in (0, 1] is refused,
+    since ``0.2`` may mean 20 % or 0.2 %. Other metrics take plain numbers only (no ``%``)."""
+    raw = text.strip()
+    number, percent = raw, raw.endswith("%")
+    if percent:
+        number = raw[:-1].rstrip()
+    try:
+        value = float(number)
+    except ValueError:
+        raise typer.BadParameter(f"threshold {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise typer.BadParameter(f"threshold {text!r} is not a finite number")
+    if metric not in PERCENT_METRICS:
+        if percent:
+            unit = METRICS.get(metric, "a plain number")
+            raise typer.BadParameter(
+                f"{metric} is not a percentage ({unit}): write a plain number, "
+                f"e.g. --threshold {value:g}")
+        return value
+    if value < 0:
+        raise typer.BadParameter(f"{metric} is a percentage: {text!r} is below 0 %")
+    if not percent and 0 < value <= 1:
+        raise typer.BadParameter(
+            f"{metric} is a percentage: did you mean {value * 100:g}%? Write --threshold "
+            f"{value * 100:g}% (or --threshold {value:g}% for {value:g} %); a bare {raw} is "
+            "refused because it could mean either")
+    return value
 
 
 def parse_channel(spec: str) -> Channel:
@@ -127,7 +167,8 @@ def _condition(rule: Rule) -> str:
         return f"open circuits {rule.comparison} {rule.threshold:g}"
     if rule.metric == "quota_used_pct":
         return f"quota used {rule.comparison} {rule.threshold:g}% (latest, no window)"
-    return f"{rule.metric} {rule.comparison} {rule.threshold:g} / {rule.window_s:g}s"
+    unit = "%" if rule.metric in PERCENT_METRICS else ""
+    return f"{rule.metric} {rule.comparison} {rule.threshold:g}{unit} / {rule.window_s:g}s"
 
 
 def _when(ts: float) -> str:
@@ -144,7 +185,10 @@ def register(app: typer.Typer) -> None:
     def add(
         name: Annotated[str, typer.Argument(help="rule name: letters, digits, _ and -")],
         metric: Annotated[str, typer.Option(help=f"one of: {', '.join(METRICS)}")],
-        threshold: Annotated[float, typer.Option(help="value the metric is compared to")] = 0.0,
+        threshold: Annotated[str, typer.Option(
+            help="value the metric is compared to, in its unit; percentages "
+                 f"({', '.join(sorted(PERCENT_METRICS))}) as 20% (a bare number <= 1 is "
+                 "refused: write 20% or 0.2%)")] = "0",
         comparison: Annotated[str, typer.Option(help="> >= < <=")] = ">",
         scope: Annotated[str, typer.Option(help="all, provider:X, model:X, user:X, dialect:X "
                                                 "(X may be a glob; quota_used_pct: all or "
@@ -168,8 +212,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Add (or with --replace, change) a rule. Running workers pick it up at once."""
         try:
+            limit = parse_threshold(metric, threshold) if metric in METRICS else 0.0
+        except typer.BadParameter as exc:
+            raise _fail(f"invalid --threshold: {exc}", 2) from None
+        try:
             rule = Rule(
-                name=name, metric=metric, threshold=threshold, comparison=comparison, scope=scope,
+                name=name, metric=metric, threshold=limit, comparison=comparison, scope=scope,
                 window_s=parse_duration(window), severity=severity, enabled=enabled,
                 cooldown_s=parse_duration(cooldown), remind=remind,
                 channels=[parse_channel(c) for c in channel or []], minutes=minutes,

@@ -15,7 +15,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from codeswitch import cli_alerts
-from codeswitch.cli_alerts import parse_duration, parse_time, register
+from codeswitch.cli_alerts import parse_duration, parse_threshold, parse_time, register
 from runtime import bus
 from runtime.natsd import EmbeddedNats
 from schemas.events import AlertFired, AlertResolved, encode_event
@@ -89,6 +89,60 @@ def test_add_rejects_bad_rules(nats_server: EmbeddedNats, args: list[str], messa
     code, out = cli(nats_server, "add", "x", *args)
     assert code == 2
     assert message in " ".join(out.replace("│", " ").split())
+
+
+def test_percent_thresholds(nats_server: EmbeddedNats) -> None:
+    """error_rate / quota_used_pct take 20% (or 20 %, or a bare 20) as 20 %; a bare 0.2 is
+    refused with a hint instead of silently meaning 0.2 %; other metrics refuse a %."""
+
+    def stored(name: str) -> float:
+        return next(r["threshold"] for r in rules_json(nats_server) if r["name"] == name)
+
+    code, out = cli(nats_server, "add", "errors", "--metric", "error_rate", "--threshold", "20%")
+    assert code == 0, out
+    assert "error_rate > 20% / 300s" in out
+    assert stored("errors") == 20.0
+    for text, value in (("20 %", 20.0), ("0.2%", 0.2), ("35", 35.0), ("0", 0.0)):
+        code, out = cli(nats_server, "add", "errors", "--metric", "error_rate", "--threshold",
+                        text, "--replace")
+        assert code == 0, out
+        assert stored("errors") == value, text
+
+    code, out = cli(nats_server, "add", "errors", "--metric", "error_rate", "--threshold", "0.2",
+                    "--replace")
+    message = " ".join(out.split())
+    assert code == 2, out
+    assert ("error_rate is a percentage: did you mean 20%? Write --threshold 20% "
+            "(or --threshold 0.2% for 0.2 %)") in message
+    assert stored("errors") == 0.0  # the rule was left as it was
+
+    code, out = cli(nats_server, "add", "quota", "--metric", "quota_used_pct", "--threshold", "1")
+    assert code == 2 and "did you mean 100%?" in " ".join(out.split())
+    code, out = cli(nats_server, "add", "quota", "--metric", "quota_used_pct",
+                    "--threshold", "80 %")
+    assert code == 0, out
+    assert stored("quota") == 80.0
+
+    code, out = cli(nats_server, "add", "spend", "--metric", "cost", "--threshold", "5%")
+    assert code == 2 and "cost is not a percentage" in " ".join(out.split())
+    code, out = cli(nats_server, "add", "spend", "--metric", "cost", "--threshold", "0.5")
+    assert code == 0, out
+    assert stored("spend") == 0.5
+    code, out = cli(nats_server, "add", "x", "--metric", "error_rate", "--threshold", "lots")
+    assert code == 2 and "'lots' is not a number" in out
+    assert sorted(r["name"] for r in rules_json(nats_server)) == ["errors", "quota", "spend"]
+
+
+def test_parse_threshold() -> None:
+    assert parse_threshold("error_rate", "20%") == 20.0
+    assert parse_threshold("error_rate", " 20 % ") == 20.0
+    assert parse_threshold("error_rate", "1.5") == 1.5
+    assert parse_threshold("quota_used_pct", "120%") == 120.0
+    assert parse_threshold("latency_p99", "0.5") == 0.5
+    for metric, text in (("error_rate", "0.2"), ("error_rate", "1"), ("error_rate", "-5%"),
+                         ("quota_used_pct", "0.9"), ("tokens", "10%"), ("cost", "nan")):
+        with pytest.raises(typer.BadParameter):
+            parse_threshold(metric, text)
 
 
 def test_test_sends_through_every_channel(nats_server: EmbeddedNats, receiver: Receiver) -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "CHANNEL_FORMATS",
     "COMPARISONS",
     "METRICS",
+    "PERCENT_METRICS",
     "SCOPE_KINDS",
     "SEVERITIES",
     "AlertState",
@@ -83,6 +84,8 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _PERCENTILE = {"latency_p50": 50, "latency_p95": 95, "latency_p99": 99, "ttfb_p95": 95}
 _NEEDS_SAMPLES = {"error_rate", *_PERCENTILE}
 _LEVELS = {"circuit_open", "quota_used_pct"}  # not windowed: the current state is the value
+# metrics whose value is a percentage (0-100, not a fraction): thresholds are in percent too
+PERCENT_METRICS = frozenset({"error_rate", "quota_used_pct"})
 
 Transition = AlertFired | AlertResolved
 
@@ -682,7 +685,7 @@ class Engine:
 
 
 def format_value(metric: str, value: float) -> str:
-    if metric in ("error_rate", "quota_used_pct"):
+    if metric in PERCENT_METRICS:
         return f"{value:.2f}%"
     if metric == "cost":
         return f"${value:.4f}"

@@ -342,7 +342,8 @@ def register(app: typer.Typer) -> None:
             kind = str(row.get("type") or row.get("kind") or "").removeprefix("Alert")
             value = row.get("value")
             table.add_row(_when(float(row.get("ts", 0))), kind, str(row.get("rule", "")),
-                          str(row.get("severity", "")), "" if value is None else f"{value:.6g}",
+                          str(row.get("severity") or "-"),
+                          "" if value is None else f"{value:.6g}",
                           str(row.get("message") or row.get("error") or ""))
         console.print(table)
 
@@ -416,6 +417,7 @@ async def _stream_history(
     except nats.js.errors.NotFoundError:  # no event log yet: no history
         return []
     rows: list[dict[str, Any]] = []
+    severity_of: dict[str, str] = {}  # alert id -> severity, for rows that do not carry one
     try:
         while True:
             try:
@@ -429,11 +431,23 @@ async def _stream_history(
                     continue
                 if not isinstance(ev, AlertFired | AlertResolved | AlertNotificationFailed):
                     continue
+                # a resolve written before AlertResolved carried it, a delivery failure: the
+                # severity of the alert it refers to (when that is in the part read)
+                severity: str | None
+                if isinstance(ev, AlertNotificationFailed):
+                    severity = severity_of.get(ev.alert_id)
+                else:
+                    if isinstance(ev, AlertFired):
+                        severity = ev.severity
+                    else:
+                        severity = ev.severity or severity_of.get(ev.fired_id or "")
+                    if severity is not None:
+                        severity_of[ev.id] = severity
                 if (since is not None and ev.ts < since) or (until is not None and ev.ts > until):
                     continue
                 if rule is not None and ev.rule != rule:
                     continue
-                rows.append(msgspec.to_builtins(ev))
+                rows.append({**msgspec.to_builtins(ev), "severity": severity})
             if msgs[-1].metadata.num_pending == 0:
                 break
     finally:

@@ -161,6 +161,7 @@ class AlertResolved(EventBase, frozen=True, kw_only=True):
     value: float
     fired_id: str | None = None  # id of the AlertFired it resolves
     message: str = ""
+    severity: str | None = None  # the rule's; None on facts written before it was recorded
 
 
 class AlertNotificationFailed(EventBase, frozen=True, kw_only=True):

@@ -18,7 +18,7 @@ from codeswitch import cli_alerts
 from codeswitch.cli_alerts import parse_duration, parse_threshold, parse_time, register
 from runtime import bus
 from runtime.natsd import EmbeddedNats
-from schemas.events import AlertFired, AlertResolved, encode_event
+from schemas.events import AlertFired, AlertNotificationFailed, AlertResolved, encode_event
 from workers.alerts.service import alert_subject
 
 from .conftest import Receiver
@@ -190,6 +190,50 @@ def test_history_reads_the_event_log_when_no_ledger_answers(nats_server: Embedde
     assert code == 0 and "source: event log" in out and "Resolved" in out
 
 
+def test_history_from_the_event_log_has_a_severity_on_every_row(
+    nats_server: EmbeddedNats,
+) -> None:
+    """A resolve written before AlertResolved carried the severity and a delivery failure show
+    the severity of the alert they refer to; one that carries it shows its own; unknown is -."""
+    now = time.time()
+
+    async def main() -> None:
+        nc = await bus.connect(nats_server.url, name="t")
+        await bus.ensure_all(nc.jetstream())
+        js = nc.jetstream()
+        facts: list[AlertFired | AlertResolved | AlertNotificationFailed] = [
+            AlertFired(id="f1", ts=now - 50, rule="a", metric="cost", value=9.0, threshold=5.0,
+                       comparison=">", window_s=300, severity="critical", message="m-f1"),
+            AlertNotificationFailed(id="d1", ts=now - 45, rule="a", channel="slack:x",
+                                    alert_id="f1", attempts=4, error="HTTP 500"),
+            AlertResolved(id="r1", ts=now - 40, rule="a", metric="cost", value=1.0,
+                          fired_id="f1", message="m-r1"),  # as written before the field
+            AlertResolved(id="r2", ts=now - 30, rule="b", metric="cost", value=1.0,
+                          fired_id="f0", severity="info", message="m-r2"),
+            AlertResolved(id="r3", ts=now - 20, rule="c", metric="cost", value=1.0,
+                          fired_id="gone", message="m-r3"),  # its fire is not in the log
+        ]
+        for fact in facts:
+            await js.publish(alert_subject(fact), encode_event(fact))
+        await nc.close()
+
+    asyncio.run(main())
+    code, out = cli(nats_server, "history", "--json")
+    assert code == 0, out
+    data = json.loads(out)
+    assert data["source"] == "event log"
+    assert [(r["id"], r["severity"]) for r in data["items"]] == [
+        ("f1", "critical"), ("d1", "critical"), ("r1", "critical"), ("r2", "info"),
+        ("r3", None)]
+    code, out = cli(nats_server, "history", "--rule", "a")
+    assert code == 0, out
+    rows = [line for line in out.splitlines() if "m-" in line or "HTTP 500" in line]
+    assert len(rows) == 3 and all("critical" in line for line in rows), out
+    code, out = cli(nats_server, "history", "--rule", "c")
+    [row] = [line for line in out.splitlines() if "m-r3" in line]
+    assert "None" not in row and " - " in row
+
+
 @pytest.fixture
 def ledger(nats_server: EmbeddedNats) -> Iterator[list[dict]]:
     """A stand-in for the ledger's cs.ledger.alert_history responder, in its own thread."""
@@ -227,6 +271,7 @@ def test_history_asks_the_ledger_first(nats_server: EmbeddedNats, ledger: list[d
     code, out = cli(nats_server, "history", "--since", "1735689000", "--rule", "a")
     assert code == 0, out
     assert "source: ledger" in out and "from the ledger" in out
+    assert "None" not in out  # the stand-in's resolved row has no severity: shown as -
     assert out.index("from the ledger") < out.index("back to normal")  # oldest first
     assert ledger == [{"since": 1735689000.0, "until": None, "rule": "a", "limit": 200}]
 

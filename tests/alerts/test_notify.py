@@ -9,6 +9,7 @@ import hmac
 import time
 import urllib.parse
 
+import msgspec
 import pytest
 
 from schemas.events import AlertFired, AlertResolved
@@ -48,6 +49,10 @@ def test_resolved_and_reminder_kinds() -> None:
                              value=1.0, fired_id="a" * 24, message="back")
     note = notification_of(resolved, RULE)
     assert (note.kind, note.fired_id, note.severity) == ("resolved", "a" * 24, "critical")
+    carried = msgspec.structs.replace(resolved, severity="warning")  # the fact's own wins
+    assert notification_of(carried, RULE).severity == "warning"
+    assert notification_of(carried, None).severity == "warning"
+    assert notification_of(resolved, None).severity == "info"
     reminder = AlertFired(**{**{f: getattr(FIRED, f) for f in FIRED.__struct_fields__},
                              "id": "c" * 24, "repeat_of": "a" * 24})
     assert notification_of(reminder, RULE).kind == "reminder"

@@ -335,6 +335,38 @@ def test_disable_and_remove_resolve_a_firing_alert() -> None:
     assert "err" not in e.states and "err" in e.dirty
 
 
+def test_every_resolve_carries_the_rules_severity() -> None:
+    """AlertResolved has the severity too (the history showed None on resolved rows): the
+    rule's when it is known, else (a restored state whose rule is gone) the one it fired with."""
+    rule = msgspec.structs.replace(ERR, severity="critical")
+    e = engine(rule)
+    [fired] = errors(e, T0, 5)
+    assert fired.severity == "critical" and e.states["err"].severity == "critical"
+    [resolved] = oks(e, T0 + 61, 5)  # condition false
+    assert (type(resolved), resolved.severity) == (AlertResolved, "critical")
+    errors(e, T0 + 400, 5)
+    [disabled] = e.put_rule(msgspec.structs.replace(rule, enabled=False, severity="info"),
+                            T0 + 410)
+    assert (disabled.message, disabled.severity) == ("rule disabled", "info")
+    e.put_rule(rule, T0 + 420)
+    errors(e, T0 + 800, 5)
+    [removed] = e.remove_rule("err", T0 + 810)
+    assert (removed.message, removed.severity) == ("rule removed", "critical")
+
+    e = engine(rule)
+    errors(e, T0, 5)
+    saved = msgspec.json.decode(msgspec.json.encode(e.states["err"]), type=AlertState)
+    restarted = Engine()
+    restarted.restore([saved])
+    [gone] = restarted.set_rules([], T0 + 10)  # its rule was deleted while the worker was down
+    assert (gone.message, gone.severity) == ("rule removed", "critical")
+    old = AlertState(rule="old", epoch="e", firing=True, generation=1, fired_id="f")
+    before = Engine()  # a state persisted before AlertState kept the severity
+    before.restore([old])
+    [unknown] = before.set_rules([], T0)
+    assert unknown.severity is None  # not made up
+
+
 def test_new_rule_sees_the_window_that_already_passed() -> None:
     e = engine()
     errors(e, T0, 5)

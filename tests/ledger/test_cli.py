@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 import typer
+from rich.console import Console
 from typer.testing import CliRunner
 
+from codeswitch import cli_alerts
 from codeswitch.cli_ledger import parse_time, register
 from runtime import bus
 from runtime.natsd import EmbeddedNats
@@ -109,6 +111,29 @@ def test_log_heatmap_export_replay(running: tuple[str, Path], tmp_path: Path) ->
     assert "17 events replayed" in out.output and "exact from there" in out.output
     out = runner.invoke(_app(), ["replay", *common])
     assert out.exit_code == 0 and "swapped in" in out.output
+
+
+def test_alerts_history_from_the_ledger_has_a_severity_on_every_row(
+    running: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`codeswitch alerts history` against the real ledger: the recorded resolve predates
+    AlertResolved.severity; it and the delivery failure show the fire's, never "None"."""
+    url, home = running
+    monkeypatch.setattr(cli_alerts, "console", Console(width=200))  # no wrapped cells
+    app = typer.Typer()
+    cli_alerts.register(app)
+    common = ["--since", "2025-11-18", "--home", str(home), "--nats-url", url]
+    out = runner.invoke(app, ["alerts", "history", "--json", *common])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert data["source"] == "ledger"
+    assert [(r["kind"], r["severity"]) for r in data["items"]] == [
+        ("fired", "critical"), ("delivery_failed", "critical"), ("resolved", "critical")]
+    out = runner.invoke(app, ["alerts", "history", *common])
+    assert out.exit_code == 0, out.output
+    rows = [line for line in out.output.splitlines() if "error-rate" in line]
+    assert len(rows) == 3 and all("critical" in line for line in rows), out.output
+    assert "None" not in out.output
 
 
 def test_no_ledger_is_a_clear_message(nats_server: EmbeddedNats, tmp_path: Path) -> None:

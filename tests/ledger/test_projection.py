@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from schemas.events import AlertResolved, encode_event
 from tests.ledger.conftest import dump, recorded
 from workers.ledger import queries
 from workers.ledger.prices import PriceBook
-from workers.ledger.projection import Rows, project
+from workers.ledger.projection import TABLES, Rows, project
 from workers.ledger.store import Store
 
 
@@ -96,6 +97,29 @@ def test_queries_over_the_recorded_sequence(basic: Store) -> None:
         "resolved", "delivery_failed", "fired"]
     with pytest.raises(queries.QueryError):
         queries.breakdown(con, f, "nope")
+
+
+def test_alert_history_shows_a_severity_on_every_row(basic: Store) -> None:
+    """The recorded resolve predates AlertResolved.severity and a delivery failure has none:
+    the query gives them the severity of the alert they refer to; a resolve that carries its
+    own is stored and shown with it."""
+    con = basic.con
+    assert con.execute("SELECT kind, severity FROM alert_history ORDER BY seq").fetchall() == [
+        ("fired", "critical"), ("delivery_failed", None), ("resolved", None)]
+    assert [(a["kind"], a["severity"]) for a in queries.alerts(con, queries.Filter())] == [
+        ("resolved", "critical"), ("delivery_failed", "critical"), ("fired", "critical")]
+    # the fire outside the asked range still lends its severity; columns are unchanged
+    later = queries.alerts(con, queries.Filter(since=1763456480.0), rule="error-rate")
+    assert [(a["kind"], a["severity"]) for a in later] == [
+        ("resolved", "critical"), ("delivery_failed", "critical")]
+    assert list(later[0]) == [c for c in TABLES["alert_history"].__struct_fields__
+                              if c != "event_id"]
+    resolved = AlertResolved(id="0008r", ts=1763460000.0, rule="error-rate",
+                             metric="error_rate", value=0.0, fired_id="0007f",
+                             severity="warning", message="rule disabled")
+    _apply(basic, [("alert.resolved.error-rate", encode_event(resolved))], start=18)
+    newest = queries.alerts(con, queries.Filter(), limit=1)
+    assert (newest[0]["message"], newest[0]["severity"]) == ("rule disabled", "warning")
 
 
 def test_redelivery_changes_nothing(tmp_path: Path, basic: Store) -> None:

@@ -102,7 +102,7 @@ def notification_of(event: AlertFired | AlertResolved, rule: Rule | None) -> Not
         metric=event.metric,
         scope=event.scope,
         value=event.value,
-        severity=rule.severity if rule is not None else "info",
+        severity=event.severity or (rule.severity if rule is not None else "info"),
         message=event.message,
         ts=event.ts,
         fired_id=event.fired_id,

@@ -192,6 +192,7 @@ class AlertState(msgspec.Struct, kw_only=True, omit_defaults=True):
     last_notified_at: float = 0.0  # cool-down anchor for reminders
     reminders: int = 0
     since: float | None = None  # no_traffic: the last request seen when it fired
+    severity: str | None = None  # the rule's when it fired or reminded (a removed rule's too)
 
 
 def alert_id(state: AlertState, kind: str, n: int = 0) -> str:
@@ -391,7 +392,8 @@ class Engine:
             st = self.states[rule.name] = AlertState(rule=rule.name, epoch=self._new_epoch())
             self.dirty.add(rule.name)
         if not rule.enabled:
-            ev = self._resolve(rule, st, st.value, max(self.clock, now), "rule disabled")
+            ev = self._resolve(rule, st, st.value, max(self.clock, now), "rule disabled",
+                               rule.severity)
             return [ev] if ev is not None else []
         self._bind(rule, st, now)
         return []
@@ -403,9 +405,11 @@ class Engine:
         if st is None:
             return []
         self.dirty.add(name)
+        # a state restored for a rule gone from KV: its severity is the one it fired with
+        severity = rule.severity if rule is not None else st.severity
         if rule is None:
             rule = Rule(name=name, metric="request_rate")  # only name/metric/scope are used
-        ev = self._resolve(rule, st, st.value, max(self.clock, now), "rule removed")
+        ev = self._resolve(rule, st, st.value, max(self.clock, now), "rule removed", severity)
         return [ev] if ev is not None else []
 
     def _bind(self, rule: Rule, st: AlertState, now: float) -> None:
@@ -613,7 +617,8 @@ class Engine:
         if st.firing and (verdict is not None or (w is not None and w.n == 0)):
             # no verdict (too few samples, no quota reported) holds a firing alert; an empty
             # window resolves it
-            return self._resolve(rule, st, self._value(bound, now) or 0.0, now, "")
+            return self._resolve(rule, st, self._value(bound, now) or 0.0, now, "",
+                                 rule.severity)
         return None
 
     def _fire(self, bound: _Bound, st: AlertState, value: float, now: float) -> AlertFired:
@@ -625,6 +630,7 @@ class Engine:
         st.value = value
         st.reminders = 0
         st.since = bound.last_seen if rule.metric == "no_traffic" else None
+        st.severity = rule.severity
         self.dirty.add(rule.name)
         return self._fired_event(rule, st, st.fired_id, value, now, None)
 
@@ -632,6 +638,7 @@ class Engine:
         st.reminders += 1
         st.last_notified_at = now
         st.value = value
+        st.severity = rule.severity
         self.dirty.add(rule.name)
         rid = alert_id(st, "reminder", st.reminders)
         return self._fired_event(rule, st, rid, value, now, st.fired_id)
@@ -663,7 +670,8 @@ class Engine:
         return "" if top is None else f" (user {top[0]})"
 
     def _resolve(
-        self, rule: Rule, st: AlertState, value: float, now: float, why: str
+        self, rule: Rule, st: AlertState, value: float, now: float, why: str,
+        severity: str | None,
     ) -> AlertResolved | None:
         if not st.firing:
             return None
@@ -680,6 +688,7 @@ class Engine:
             value=value,
             fired_id=st.fired_id,
             message=why or f"{rule.name}: {rule.metric} back to {format_value(rule.metric, value)}",
+            severity=severity,
         )
         return ev
 

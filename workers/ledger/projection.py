@@ -314,7 +314,7 @@ def project_event(seq: int, event: Event, prices: PriceBook) -> Row | None:
             return AlertRow(
                 seq=seq, event_id=event.id, ts=event.ts, kind="resolved", rule=event.rule,
                 metric=event.metric, scope=event.scope, value=event.value,
-                fired_id=event.fired_id, message=event.message,
+                severity=event.severity, fired_id=event.fired_id, message=event.message,
             )
         case AlertNotificationFailed():
             return AlertRow(

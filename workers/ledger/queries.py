@@ -187,15 +187,25 @@ def heatmap(con: duckdb.DuckDBPyConnection, f: Filter) -> list[dict[str, Any]]:
 
 def alerts(con: duckdb.DuckDBPyConnection, f: Filter, rule: str | None = None,
            limit: int = 100) -> list[dict[str, Any]]:
-    """Alert history (fired, resolved, delivery failures), newest first."""
+    """Alert history (fired, resolved, delivery failures), newest first.
+
+    ``severity`` of a row that does not carry one (a resolve recorded before AlertResolved had
+    it, a delivery failure) is the one of the alert it refers to: ``fired_id`` / ``alert_id``,
+    through a resolve to its fire."""
     clauses, params = _time_range(f)
     if rule is not None:
         clauses.append("rule = ?")
         params.append(rule)
     where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
     return _dicts(con.execute(
-        f"SELECT * EXCLUDE (event_id) FROM alert_history{where} ORDER BY ts DESC, seq DESC "
-        f"LIMIT ?", [*params, int(limit)]))
+        f"WITH h AS (SELECT * FROM alert_history{where} ORDER BY ts DESC, seq DESC LIMIT ?), "
+        "sev AS (SELECT a.event_id, max(coalesce(a.severity, f.severity)) AS severity "
+        "FROM alert_history a LEFT JOIN alert_history f ON f.event_id = a.fired_id "
+        "AND f.kind = 'fired' WHERE a.kind IN ('fired', 'resolved') "
+        "AND a.event_id IN (SELECT coalesce(fired_id, alert_id) FROM h) GROUP BY a.event_id) "
+        "SELECT h.* EXCLUDE (event_id) REPLACE (coalesce(h.severity, sev.severity) AS severity) "
+        "FROM h LEFT JOIN sev ON sev.event_id = coalesce(h.fired_id, h.alert_id) "
+        "ORDER BY h.ts DESC, h.seq DESC", [*params, int(limit)]))
 
 
 def circuits(con: duckdb.DuckDBPyConnection, f: Filter, limit: int = 100) -> list[dict[str, Any]]:

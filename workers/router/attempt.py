@@ -21,7 +21,7 @@ from schemas.events import Usage
 from workers import translator
 from workers.router.chat_usage import UsageChunkFilter, request_usage
 from workers.router.gemini_array import ArrayFramer, wants_sse
-from workers.router.plan import Candidate, should_fail_over
+from workers.router.plan import Candidate, cool_down_until, should_fail_over
 from workers.router.providers import ProviderTable
 from workers.router.reply import Reply
 from workers.router.scrub import Scrubber, scrub_text
@@ -163,8 +163,10 @@ class Caller:
                 att.status = exc.status
             att.body, att.headers = exc.body, exc.headers
             att.body_dialect = exc.body_dialect
-            if exc.status == 429:
-                self.table.cool_down(p.name, _retry_after(exc.headers))
+            now = time.monotonic()
+            until = cool_down_until(exc.status, exc.headers, now)
+            if until is not None:
+                self.table.cool_down(p.name, until, now)
             if att.committed:
                 att.outcome = "failed"
                 await self._end_stream_with_error(env, att, exc, reply)
@@ -410,13 +412,6 @@ def keep_headers(headers: Any, scrub: Scrubber | None = None) -> dict[str, str]:
                 value = scrub.whole(value.encode("latin-1", "replace")).decode("latin-1")
             keep["retry-after" if name == "retry-after" else "x-upstream-request-id"] = value
     return keep
-
-
-def _retry_after(headers: dict[str, str]) -> float:
-    try:
-        return max(0.0, float(headers.get("retry-after", "1")))
-    except ValueError:
-        return 1.0
 
 
 def _error_text(body: bytes) -> str:

@@ -1,6 +1,7 @@
-"""The I/O side of the circuit breakers (``breaker.py`` is the pure core): which providers a
-router may try, what each result does to the shared state, and the failure notes routers send
-each other.
+"""The I/O side of the circuit breakers (``breaker.py`` is the pure core; whether an open
+circuit moves a provider last is planned in ``plan.py``): admitting an attempt (the half-open
+probe), what each result does to the shared state, and the failure notes routers send each
+other.
 
 Failures while a breaker is closed are counted in memory from the notes every router sends on
 ``cs.breaker.fail.<key>`` (core NATS, fire and forget); the transition to open, the half-open
@@ -20,7 +21,6 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from runtime.facts import FactPublisher
-from schemas.config import ProviderConfig
 from schemas.events import CircuitChanged, new_id
 from schemas.subjects import BREAKER_FAIL_PREFIX, circuit_subject
 from workers.router.attempt import Attempt
@@ -55,15 +55,6 @@ class Breakers:
         # failures inside the window while a breaker is closed, from every router's notes
         self._local: dict[str, BreakerState] = {}
         self._bg: set[asyncio.Future[Any]] = set()
-
-    def blocked(self, provider: ProviderConfig, model: str) -> bool:
-        now = time.time()
-        policy = self.settings.routing.breaker
-        for key in (breaker_key(provider.name), breaker_key(provider.name, model)):
-            st = self.table.get(key)
-            if st is not None and st.state != "closed" and not allow(st, now, policy)[0]:
-                return True
-        return False
 
     async def admit(self, cand: Candidate) -> bool:
         """Check both breakers; an expired open breaker lets exactly one router probe."""

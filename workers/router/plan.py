@@ -7,6 +7,12 @@ level, providers that speak the client's dialect first (no translation), then th
 strategy: round-robin (default), weighted (smooth weighted round-robin) or least-loaded
 (fewest requests in flight at this router). The client's active provider goes first; providers
 whose circuit is open go last.
+
+``plan_request`` is the whole decision for one request, from what the router holds in memory
+(providers, settings, circuits, 429 cool-downs) and the clock, all passed in: the unified
+upstream (``with_unified``) ahead of the providers when it is on, then ``plan``, circuits read
+with ``circuit_open``, then providers cooling down after a 429 last (``cooling_last``; the
+cool-down itself is ``cool_down_until``). The router only reads its state and calls these.
 """
 
 from __future__ import annotations
@@ -15,16 +21,34 @@ import itertools
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import NamedTuple
 
-from schemas.config import DEFAULT_FAILOVER_STATUSES, ProviderConfig
+from schemas.config import (
+    DEFAULT_FAILOVER_STATUSES,
+    ActiveProviders,
+    BreakerPolicy,
+    ProviderConfig,
+    RoutingSettings,
+    UnifiedUpstream,
+)
+from workers.router.breaker import BreakerState, allow, breaker_key
 
 __all__ = [
     "FAILOVER_STATUSES",
+    "MAX_COOL_DOWN_S",
+    "UNIFIED",
     "Candidate",
     "NoProviderError",
     "RoundRobin",
+    "circuit_open",
+    "cool_down_until",
+    "cooling",
+    "cooling_last",
     "plan",
+    "plan_request",
+    "retry_after_s",
     "should_fail_over",
     "split_pinned_model",
+    "unified_provider",
+    "with_unified",
 ]
 
 # Statuses worth trying elsewhere: the provider, not the request, is the problem.
@@ -165,3 +189,112 @@ def plan(providers: Iterable[ProviderConfig], *, dialect: str, model: str,
 def should_fail_over(status: int, *, has_next: bool,
                      statuses: Collection[int] = FAILOVER_STATUSES) -> bool:
     return has_next and status in statuses
+
+
+# -- the unified upstream ----------------------------------------------------------------------
+
+UNIFIED = "unified"  # the unified upstream's provider name (replaces a provider of that name)
+_UNIFIED_PRIORITY = -(10**9)  # ahead of every configured priority level
+
+
+def unified_provider(unified: UnifiedUpstream, dialect: str) -> ProviderConfig | None:
+    """The unified upstream (a NEW-API/one-api gateway that speaks every dialect) as a
+    provider of the client's own dialect, or None when it is off. OpenAI dialects get ``/v1``
+    appended to its URL unless it already ends with it."""
+    if not unified.enabled:
+        return None
+    base = unified.url.rstrip("/")
+    if dialect.startswith("openai") and not base.endswith("/v1"):
+        base += "/v1"
+    return ProviderConfig(
+        name=UNIFIED, dialect=dialect, base_url=base,  # type: ignore[arg-type]
+        api_key=unified.token, priority=_UNIFIED_PRIORITY, source="unified",
+    )
+
+
+def with_unified(providers: Iterable[ProviderConfig], unified: UnifiedUpstream,
+                 dialect: str) -> list[ProviderConfig]:
+    """The configured providers, plus the unified upstream ahead of them when it is on (a
+    configured provider named ``unified`` gives way to it)."""
+    first = unified_provider(unified, dialect)
+    if first is None:
+        return list(providers)
+    return [first, *[p for p in providers if p.name != UNIFIED]]
+
+
+# -- circuits ----------------------------------------------------------------------------------
+
+def circuit_open(circuits: Callable[[str], BreakerState | None], provider: str, model: str,
+                 policy: BreakerPolicy, now: float) -> bool:
+    """Whether the provider's breaker or its breaker for this model keeps it out now
+    (``circuits``: breaker key -> shared state; ``now``: wall clock, as the states are shared
+    between routers)."""
+    for key in (breaker_key(provider), breaker_key(provider, model)):
+        st = circuits(key)
+        if st is not None and st.state != "closed" and not allow(st, now, policy)[0]:
+            return True
+    return False
+
+
+# -- 429 cool-downs ----------------------------------------------------------------------------
+
+MAX_COOL_DOWN_S = 3600.0
+
+
+def retry_after_s(headers: Mapping[str, str]) -> float:
+    """The seconds a Retry-After header asks for: 1 when absent or not a number (an HTTP date
+    included), never negative."""
+    try:
+        return max(0.0, float(headers.get("retry-after", "1")))
+    except ValueError:
+        return 1.0
+
+
+def cool_down_until(status: int, headers: Mapping[str, str], now: float) -> float | None:
+    """After an upstream answer: until when (same clock as ``now``) its provider cools down,
+    or None when the answer is not a 429. At most ``MAX_COOL_DOWN_S``."""
+    if status != 429:
+        return None
+    return now + min(retry_after_s(headers), MAX_COOL_DOWN_S)
+
+
+def cooling(cool_downs: Mapping[str, float], name: str, now: float) -> bool:
+    """``cool_downs``: provider -> when its cool-down ends. Ended at that instant."""
+    until = cool_downs.get(name)
+    return until is not None and until > now
+
+
+def cooling_last(candidates: list[Candidate], cool_downs: Mapping[str, float],
+                 now: float) -> list[Candidate]:
+    """Providers cooling down after a 429 Retry-After go last, not away (in their order)."""
+    if not cool_downs:
+        return candidates
+    warm = [c for c in candidates if not cooling(cool_downs, c.provider.name, now)]
+    if len(warm) == len(candidates) or not warm:
+        return candidates
+    return warm + [c for c in candidates if c not in warm]
+
+
+# -- one request -------------------------------------------------------------------------------
+
+def plan_request(providers: Iterable[ProviderConfig], *, dialect: str, model: str,
+                 pinned: str | None, can_translate: Callable[[str, str], bool],
+                 routing: RoutingSettings, active: ActiveProviders, unified: UnifiedUpstream,
+                 circuits: Callable[[str], BreakerState | None],
+                 cool_downs: Mapping[str, float], now: float, monotonic: float,
+                 rr: RoundRobin | None = None,
+                 load: Mapping[str, int] | None = None) -> list[Candidate]:
+    """Candidates for one request in the order to try them, from the router's state passed
+    in: the providers (unified upstream added when on), the routing settings (strategy,
+    breaker policy), the client app's active provider, the circuits (``now``: wall clock) and
+    the 429 cool-downs (``monotonic``: this router's clock). Raises NoProviderError."""
+    policy = routing.breaker
+
+    def blocked(p: ProviderConfig, upstream_model: str) -> bool:
+        return circuit_open(circuits, p.name, upstream_model, policy, now)
+
+    candidates = plan(with_unified(providers, unified, dialect), dialect=dialect, model=model,
+                      pinned=pinned, can_translate=can_translate, rr=rr,
+                      strategy=routing.strategy, load=load,
+                      active=active.for_dialect(dialect), blocked=blocked)
+    return cooling_last(candidates, cool_downs, monotonic)

@@ -1,11 +1,11 @@
 """The router's live view of the providers KV bucket (watched: changes apply on the next
-request), plus per-provider cool-downs from Retry-After."""
+request), plus the per-provider cool-downs after a 429 (the state only: when a provider cools
+down and what that does to the order is decided in ``plan.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import msgspec
 
@@ -21,7 +21,8 @@ class ProviderTable:
     def __init__(self) -> None:
         self.providers: dict[str, ProviderConfig] = {}
         self.ready = asyncio.Event()
-        self._cooldown: dict[str, float] = {}
+        # provider -> time.monotonic() at which its 429 cool-down ends
+        self.cool_downs: dict[str, float] = {}
 
     def apply(self, key: str, value: bytes | None, revision: int = 0) -> None:
         if not value:
@@ -32,17 +33,10 @@ class ProviderTable:
         except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
             log.error("ignoring invalid provider %r in KV: %s", key, exc)
 
-    def cool_down(self, name: str, seconds: float) -> None:
-        self._cooldown[name] = time.monotonic() + min(seconds, 3600.0)
-
-    def cooling(self, name: str) -> bool:
-        until = self._cooldown.get(name)
-        if until is None:
-            return False
-        if until <= time.monotonic():
-            del self._cooldown[name]
-            return False
-        return True
+    def cool_down(self, name: str, until: float, now: float) -> None:
+        """Record a cool-down (``plan.cool_down_until``) and forget the ones over by ``now``."""
+        self.cool_downs = {k: t for k, t in self.cool_downs.items() if t > now}
+        self.cool_downs[name] = until
 
     def active(self) -> list[ProviderConfig]:
         return list(self.providers.values())

@@ -25,7 +25,6 @@ from nats.js import api as js_api
 
 from runtime import bus, names
 from runtime.facts import FactPublisher
-from schemas.config import ProviderConfig
 from schemas.envelope import ENV_HEADER, KIND_ACCEPTED, ReplyStart, RequestEnvelope
 from schemas.events import AttemptFinished, RequestCompleted, Usage, new_id
 from schemas.subjects import (
@@ -45,7 +44,7 @@ from workers.router.attempt import Attempt, Caller
 from workers.router.breakers import Breakers
 from workers.router.model_catalog import ModelCatalog
 from workers.router.models import render_models
-from workers.router.plan import Candidate, NoProviderError, RoundRobin, plan
+from workers.router.plan import Candidate, NoProviderError, RoundRobin, plan_request
 from workers.router.providers import ProviderTable
 from workers.router.reply import ACK_PREFIX, Reply
 from workers.router.shared import CircuitTable, SettingsView
@@ -372,17 +371,11 @@ class Router:
                 await obs.delete(env.body_ref)
             routing = self.settings.routing
             try:
-                candidates = plan(self._providers(env.dialect), dialect=env.dialect,
-                                  model=env.model, pinned=env.pin_provider,
-                                  can_translate=translator.can_translate, rr=self.rr,
-                                  strategy=routing.strategy, load=self.load,
-                                  active=self.settings.active.for_dialect(env.dialect),
-                                  blocked=self.breakers.blocked)
+                candidates = self._plan(env)
             except NoProviderError as exc:
                 status, error_class, error_message = exc.status, "no_provider", exc.message
                 await self._reply_error(env, reply, exc.status, exc.message, "no_provider")
                 candidates = []
-            candidates = self._skip_cooling(candidates)
             for number, cand in enumerate(candidates, 1):
                 has_next = number < len(candidates)
                 if has_next and not await self.breakers.admit(cand):
@@ -449,28 +442,17 @@ class Router:
         self._record(env, attempts, final, status, error_class, error_message, ttfb_ms,
                      (time.perf_counter() - t0) * 1000, delivered)
 
-    # -- providers, breakers -----------------------------------------------------------------
-    def _providers(self, dialect: str) -> list[ProviderConfig]:
-        """The configured providers, plus the unified upstream (a NEW-API/one-api gateway that
-        speaks every dialect) ahead of them when it is on."""
-        providers = self.table.active()
-        unified = self.settings.unified
-        if unified.enabled:
-            base = unified.url.rstrip("/")
-            if dialect.startswith("openai") and not base.endswith("/v1"):
-                base += "/v1"
-            providers = [ProviderConfig(
-                name="unified", dialect=dialect, base_url=base,  # type: ignore[arg-type]
-                api_key=unified.token, priority=-(10**9), source="unified",
-            ), *[p for p in providers if p.name != "unified"]]
-        return providers
-
-    def _skip_cooling(self, candidates: list[Candidate]) -> list[Candidate]:
-        """Providers cooling down after a 429 Retry-After go last, not away."""
-        warm = [c for c in candidates if not self.table.cooling(c.provider.name)]
-        if len(warm) == len(candidates) or not warm:
-            return candidates
-        return warm + [c for c in candidates if c not in warm]
+    # -- planning ----------------------------------------------------------------------------
+    def _plan(self, env: RequestEnvelope) -> list[Candidate]:
+        """The candidates in order: this router's state (watched KV copies, cool-downs, load)
+        and the clocks, handed to the pure planner (``plan.plan_request``)."""
+        settings = self.settings
+        return plan_request(
+            self.table.active(), dialect=env.dialect, model=env.model,
+            pinned=env.pin_provider, can_translate=translator.can_translate,
+            routing=settings.routing, active=settings.active, unified=settings.unified,
+            circuits=self.circuits.get, cool_downs=self.table.cool_downs, now=time.time(),
+            monotonic=time.monotonic(), rr=self.rr, load=self.load)
 
     async def _relay_failure(self, env: RequestEnvelope, att: Attempt, reply: Reply) -> None:
         """Nothing was sent yet: send the final attempt's error in the client's dialect."""

@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from runtime import bus
 from runtime.natsd import EmbeddedNats
 from schemas.events import encode_event
+from schemas.prices import PriceBook
 from tests.ledger.eventgen import generate, subject_of
 from workers.ledger import queries
-from workers.ledger.prices import PriceBook
 from workers.ledger.projection import Rows, project
 from workers.ledger.replay import fold, read_stream
 from workers.ledger.store import Store

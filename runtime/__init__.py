@@ -4,6 +4,7 @@
     bus       connecting to NATS (one set of reconnect settings), creating streams and buckets
     facts     publishing facts with a write-ahead outbox (nothing billed is lost on a crash)
     pull      batched JetStream pull consumers (the ledger and the alerts)
+    prices    the price book with the user's overrides, kept current (the ledger and the alerts)
     natsd     the embedded nats-server: configuration, credentials, start and stop
     home      the data directory, the run file, NATS URL and credentials resolution
     health    the supervisor's parts file, read by ``/health``

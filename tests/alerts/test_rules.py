@@ -18,7 +18,8 @@ from schemas.events import (
     RequestCompleted,
     Usage,
 )
-from workers.alerts._prices import cost_nano
+from schemas.prices import BUILTIN_PRICES, PriceBook
+from workers.alerts._prices import Pricer
 from workers.alerts.rules import METRICS, AlertState, Engine, Rule, alert_id
 
 from .conftest import load_events
@@ -72,6 +73,20 @@ def _field(scope: str, ev: RequestCompleted) -> str | None:
     return getattr(ev, scope.split(":", 1)[0])
 
 
+_BOOK = PriceBook()
+
+
+def _oracle_cost(e: RequestCompleted) -> int:
+    """nano-USD as the ledger bills it: Price.cost of the book's match (not the engine's
+    compiled copy of it)."""
+    priced = _BOOK.lookup(e.provider, e.upstream_model or e.model)
+    if priced is None or e.usage is None:
+        return 0
+    u = e.usage
+    return round(priced.price.cost(u.input_tokens, u.output_tokens, u.cache_read_tokens,
+                                   u.cache_write_tokens, u.reasoning_tokens) * 1e9)
+
+
 def _oracle_value(rule: Rule, reqs: list, circuits: dict, last_seen: float, now: float):
     m = rule.metric
     if m == "circuit_open":
@@ -96,7 +111,7 @@ def _oracle_value(rule: Rule, reqs: list, circuits: dict, last_seen: float, now:
     if m in ("cost", "tokens"):
         if m == "tokens":
             return float(sum(e.usage.total_tokens for e in win if e.usage))
-        return sum(cost_nano(e.provider, e.upstream_model or e.model, e.usage) for e in win) / 1e9
+        return sum(_oracle_cost(e) for e in win) / 1e9
     attr = "ttfb_ms" if m == "ttfb_p95" else "duration_ms"
     vals = sorted(getattr(e, attr) for e in win if getattr(e, attr) is not None)
     if len(vals) < rule.min_samples or not vals:
@@ -513,6 +528,48 @@ def test_quota_used_pct_cooldown_and_restart_reuse_the_state_machine() -> None:
     assert again.observe(quota(T0 + 1301, "alice", 96), evaluate=False) == []  # warm-up
     assert again.tick(T0 + 1302) == []  # firing, inside the cool-down: nothing twice
     assert [type(t) for t in again.observe(quota(T0 + 1400, "alice", 1))] == [AlertResolved]
+
+
+def test_cost_is_priced_with_the_shared_book_and_its_overrides() -> None:
+    """The engine prices with the PriceBook it is given (the worker gives it the ledger's, with
+    the user's overrides); new prices apply to requests from then on."""
+    rule = Rule(name="spend", metric="cost", threshold=0.5, window_s=60)
+    big = Usage(input_tokens=100_000, output_tokens=50_000)
+    plain = engine(rule)  # built-in prices only: my-finetune has no price, it costs 0
+    assert plain.observe(req(T0 + 1, model="my-finetune", usage=big)) == []
+    assert plain.value("spend") == 0.0
+    book = PriceBook({"models": {"my-finetune": {"input": 2.0, "output": 8.0}}})
+    e = Engine(new_epoch=lambda: "e0", prices=book)
+    e.set_rules([rule], T0)
+    [fired] = e.observe(req(T0 + 1, model="my-finetune", usage=big))
+    assert fired.value == pytest.approx(0.2 + 0.4)
+    dearer = PriceBook({"models": {"my-finetune": {"input": 20.0, "output": 80.0}}})
+    e.prices = dearer
+    assert e.prices is dearer
+    e.observe(req(T0 + 2, model="my-finetune", usage=big))
+    assert e.value("spend") == pytest.approx(0.6 + 6.0)  # the first sample kept its cost
+
+
+def test_pricer_is_exactly_price_cost() -> None:
+    """The compiled per-(provider, model) cost equals round(Price.cost * 1e9), the ledger's
+    formula, on every built-in price (long-context tiers included), an override pricing
+    reasoning apart, and an unpriced model (0)."""
+    book = PriceBook({"models": {"thinker": {"input": 1.0, "output": 4.0, "reasoning": 10.0}}})
+    pricer = Pricer(book)
+    rng = random.Random(7)
+    for model in [*BUILTIN_PRICES, "thinker", "claude-sonnet-4-5-20250929", "nobody-knows"]:
+        for _ in range(200):
+            out = rng.randint(0, 50_000)
+            u = Usage(input_tokens=rng.randint(0, 300_000), output_tokens=out,
+                      cache_read_tokens=rng.choice([0, rng.randint(0, 200_000)]),
+                      cache_write_tokens=rng.choice([0, rng.randint(0, 20_000)]),
+                      reasoning_tokens=rng.randint(0, out))
+            priced = book.lookup("p", model)
+            want = 0 if priced is None else round(priced.price.cost(
+                u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens,
+                u.reasoning_tokens) * 1e9)
+            assert pricer("p", model, u) == want, (model, u)
+    assert pricer("p", "gpt-5", None) == 0
 
 
 def test_late_event_outside_the_window_is_ignored() -> None:

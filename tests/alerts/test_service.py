@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
+import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api as js_api
@@ -23,9 +24,11 @@ from schemas.events import (
     Event,
     QuotaUsed,
     RequestCompleted,
+    Usage,
     decode_event,
     encode_event,
 )
+from schemas.prices import PRICES_KV_KEY
 from schemas.subjects import quota_subject, response_subject
 from workers.alerts import service
 from workers.alerts.notify import Notifier
@@ -303,3 +306,47 @@ async def test_quota_used_pct_through_the_worker_and_across_a_restart(
     assert fired.message.endswith("(user bob)")
     assert (resolved.fired_id, resolved.value) == (fired.id, 60.0)
     assert [b["kind"] for b in receiver.bodies()] == ["fired", "resolved"]
+
+
+async def test_cost_uses_the_users_price_overrides_from_the_file_and_kv(
+    nats_server: EmbeddedNats, nc: NATS, receiver: Receiver, tmp_path: Path
+) -> None:
+    """The cost metric prices with the ledger's book and the user's overrides: prices.toml in
+    the data directory on start, then the KV document ledger.prices as soon as it changes."""
+    (tmp_path / "prices.toml").write_text('[models."my-finetune"]\ninput = 2.0\noutput = 8.0\n')
+    facts = await alert_facts(nc)
+    for name, model in (("finetune", "my-finetune"), ("inhouse", "inhouse-1")):
+        await put_rule(nc, Rule(name=name, metric="cost", threshold=0.0, scope=f"model:{model}",
+                                window_s=600, channels=[Channel(url=receiver.url())]))
+    worker = Worker(nats_server.url, tmp_path)
+    await worker.start(nc)
+    now = time.time()
+    big = Usage(input_tokens=100_000, output_tokens=50_000)
+
+    def request(n: int, model: str) -> RequestCompleted:
+        return RequestCompleted(id=f"p{n}", ts=now + n / 100, request_id=f"r{n}",
+                                dialect="openai_chat", model=model, provider="corp",
+                                status=200, duration_ms=10.0, usage=big)
+
+    await publish(nc, [request(0, "my-finetune")])  # unknown to the built-in table
+    await until(lambda: len(facts) == 1)
+    fired = decode_event(facts[0].data)
+    assert isinstance(fired, AlertFired) and fired.rule == "finetune"
+    assert fired.value == pytest.approx(100_000 * 2.0 / 1e6 + 50_000 * 8.0 / 1e6)
+
+    await publish(nc, [request(1, "inhouse-1")])  # no price anywhere yet: costs 0
+    await asyncio.sleep(0.6)
+    assert len(facts) == 1
+    kv = await nc.jetstream().key_value(names.SETTINGS_BUCKET)
+    await kv.put(PRICES_KV_KEY, b'{"models": {"inhouse-1": {"input": 1.0, "output": 1.0}}}')
+    n = 2
+    while len(facts) == 1:  # requests until one is priced with the new document
+        assert n < 200, "the KV price overrides were never applied"
+        await publish(nc, [request(n, "inhouse-1")])
+        n += 1
+        await asyncio.sleep(0.05)
+    await worker.halt()
+    inhouse = decode_event(facts[1].data)
+    assert isinstance(inhouse, AlertFired) and inhouse.rule == "inhouse"
+    # fired on the first request priced with it; the earlier ones had cost 0
+    assert inhouse.value == pytest.approx(150_000 * 1.0 / 1e6)

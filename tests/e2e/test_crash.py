@@ -22,10 +22,10 @@ from codeswitch import admin
 from runtime.natsd import EmbeddedNats
 from runtime.process import free_port
 from schemas.events import RequestCompleted
+from schemas.prices import PriceBook
 from tests.e2e.conftest import provider_for
 from tests.e2e.gateway import EdgeThread, events, run_nats
 from tests.fakes.upstream import Behavior, FakeUpstream
-from workers.ledger.prices import PriceBook
 from workers.ledger.projection import RequestRow, fold_requests, project_event
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 from schemas.events import RequestCompleted, Usage
-from workers.ledger.prices import PriceBook
+from schemas.prices import PriceBook
 from workers.ledger.projection import RequestRow, fold_requests, project_event
 
 BOOK = PriceBook()

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from runtime.prices import load_overrides_file
 from schemas.events import RequestCompleted, Usage
-from workers.ledger.prices import Price, PriceBook, PriceError, load_overrides_file
+from schemas.prices import Price, PriceBook, PriceError
 from workers.ledger.projection import RequestRow, project_event
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from schemas.events import AlertResolved, encode_event
+from schemas.prices import PriceBook
 from tests.ledger.conftest import dump, recorded
 from workers.ledger import queries
-from workers.ledger.prices import PriceBook
 from workers.ledger.projection import TABLES, Rows, project
 from workers.ledger.store import Store
 

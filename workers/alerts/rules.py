@@ -24,7 +24,6 @@ import math
 import operator
 import os
 import re
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import cast
 
@@ -37,9 +36,18 @@ from schemas.events import (
     Event,
     QuotaUsed,
     RequestCompleted,
+    Usage,
 )
-from workers.alerts._prices import cost_nano
-from workers.alerts._windows import CountWindow, QuantileWindow, Sample, SumWindow, Window
+from schemas.prices import PriceBook
+from workers.alerts._prices import Pricer
+from workers.alerts._windows import (
+    CountWindow,
+    History,
+    QuantileWindow,
+    Sample,
+    SumWindow,
+    Window,
+)
 
 __all__ = [
     "CHANNEL_FORMATS",
@@ -201,7 +209,9 @@ def alert_id(state: AlertState, kind: str, n: int = 0) -> str:
     return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
 
 
-def sample_of(ev: RequestCompleted) -> Sample:
+def sample_of(
+    ev: RequestCompleted, cost_nano: Callable[[str | None, str, Usage | None], int]
+) -> Sample:
     usage = ev.usage
     return Sample(
         ev.ts,
@@ -350,14 +360,16 @@ class Engine:
         history_s: float = 3600.0,
         history_max: int = 500_000,
         new_epoch: Callable[[], str] = lambda: os.urandom(4).hex(),
+        prices: PriceBook | None = None,
     ) -> None:
         self.clock = 0.0
+        self._pricer = Pricer(prices)  # the cost metric's prices (schemas/prices.py)
         self.rules: dict[str, Rule] = {}
         self.states: dict[str, AlertState] = {}
         self.dirty: set[str] = set()  # states changed since the service last persisted them
         self._new_epoch = new_epoch
-        self._history_s = history_s
-        self._history: deque[Sample] = deque(maxlen=history_max)
+        # the recent samples a rule added later is seeded from (packed, ~45 bytes per sample)
+        self._history = History(history_s, history_max)
         self._bound: dict[str, _Bound] = {}
         self._scopes: dict[str, _Scope] = {}
         self._circuits: dict[tuple[str, str], str] = {}
@@ -365,6 +377,16 @@ class Engine:
         self._silence_rules: list[_Bound] = []
         self._quota: dict[str, float] = {}  # user -> latest used / limit * 100
         self._quota_rules: list[_Bound] = []
+
+    @property
+    def prices(self) -> PriceBook:
+        return self._pricer.book
+
+    @prices.setter
+    def prices(self, book: PriceBook) -> None:
+        """New prices (the user's overrides changed): requests from now on are priced with
+        them; the samples already in the windows keep their cost."""
+        self._pricer = Pricer(book)
 
     # -- rules ------------------------------------------------------------------------------
 
@@ -439,10 +461,9 @@ class Engine:
         elif rule.metric == "no_traffic":
             # a firing alert keeps its silence start; otherwise the clock starts at binding
             last = st.since if st.firing and st.since is not None else now
-            for s in reversed(self._history):
-                if scope.matches(s):
-                    last = max(last, s.ts)
-                    break
+            seen = self._history.latest(scope.matches)
+            if seen is not None:
+                last = max(last, seen.ts)
             bound.last_seen = last
             self._silence_rules.append(bound)
 
@@ -473,7 +494,7 @@ class Engine:
     def observe(self, event: Event, evaluate: bool = True) -> list[Transition]:
         """Feed one fact. With ``evaluate`` False only the aggregates move (warm-up)."""
         if isinstance(event, RequestCompleted):
-            return self._observe_request(sample_of(event), evaluate)
+            return self._observe_request(sample_of(event, self._pricer), evaluate)
         if isinstance(event, CircuitChanged):
             return self._observe_circuit(event, evaluate)
         if isinstance(event, QuotaUsed):
@@ -484,11 +505,7 @@ class Engine:
         if s.ts > self.clock:
             self.clock = s.ts
         now = self.clock
-        history = self._history
-        history.append(s)
-        cutoff = now - self._history_s
-        while history[0].ts <= cutoff:
-            history.popleft()
+        self._history.add(s, now)
         out: list[Transition] = []
         for scope in self._scopes.values():
             if scope.field >= 0 and not scope.matches_value(s[scope.field]):  # type: ignore[arg-type]
@@ -552,9 +569,7 @@ class Engine:
         if now > self.clock:
             self.clock = now
         now = self.clock
-        history = self._history
-        while history and history[0].ts <= now - self._history_s:
-            history.popleft()
+        self._history.evict(now)
         out: list[Transition] = []
         for scope in self._scopes.values():
             for window in scope.windows.values():

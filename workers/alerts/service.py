@@ -16,6 +16,10 @@ unacked events after a crash re-creates the same facts, which JetStream de-dupli
 are rebuilt on start by reading the recent part of the stream up to the consumer's ack floor
 without evaluating ("warm-up"), plus the latest circuit transition and quota level of each
 breaker and user however old; the first tick then evaluates everything.
+
+Prices: the ``cost`` metric prices requests with the ledger's price book and the user's
+overrides (``<home>/prices.toml``, KV cs_settings ``ledger.prices``), loaded before the warm-up
+and watched like the ledger does (``runtime.prices.LivePrices``), so both agree on a cost.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from runtime import bus, names
+from runtime.prices import LivePrices
 from runtime.pull import BatchPuller, ConsumerGoneError
 from schemas.events import (
     AlertFired,
@@ -47,6 +52,7 @@ from schemas.events import (
     decode_event,
     encode_event,
 )
+from schemas.prices import PriceBook
 from schemas.subjects import safe_token
 from workers.alerts.notify import Notifier, notification_of
 from workers.alerts.rules import AlertState, Engine, Rule, Transition
@@ -84,10 +90,14 @@ class AlertsService:
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.time,
         max_deliveries: int = 32,
+        home: Path | None = None,
     ) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.engine = Engine()
+        # the cost metric's prices: the ledger's book, built-in + <home>/prices.toml + KV
+        # ledger.prices, watched (each new book goes to the engine)
+        self.prices = LivePrices(home, on_change=self._use_prices, log=log)
         self.tick_s = tick_s
         self.batch = batch
         self.notifier = notifier or Notifier()
@@ -105,6 +115,7 @@ class AlertsService:
 
     async def startup(self) -> None:
         await bus.ensure_all(self.js)
+        await self.prices.load(self.js)  # before the warm-up prices the recent requests
         self._rules_kv = await self.js.key_value(names.RULES_BUCKET)
         self._state_kv = await self.js.key_value(names.ALERT_STATE_BUCKET)
         self.engine.restore(await self._load_states())
@@ -119,6 +130,13 @@ class AlertsService:
             await self._emit(self.engine.set_rules(rules, self.clock()))
         await self._warm_up(floor)
         log.info("alerts: %d rules, warm-up to seq %d", len(rules), floor)
+
+    def _use_prices(self, book: PriceBook) -> None:
+        self.engine.prices = book
+
+    async def watch_prices(self, stop: asyncio.Event) -> None:
+        """Apply changes of the KV price overrides as they happen, until ``stop``."""
+        await self.prices.watch(self.js, stop)
 
     async def _load_rules(self) -> list[Rule]:
         rules = []
@@ -431,14 +449,15 @@ async def run(
     tick_s: float = 1.0,
     notifier: Notifier | None = None,
 ) -> None:
-    """Run the alerts worker until ``stop`` is set. ``home`` is accepted for symmetry with the
-    other workers; all state lives in NATS (KV cs_rules, cs_alert_state)."""
-    del home
+    """Run the alerts worker until ``stop`` is set. Its state lives in NATS (KV cs_rules,
+    cs_alert_state); ``home`` only holds the user's price overrides (``prices.toml``)."""
     nc = await bus.connect(nats_url, name="alerts")
     try:
         await bus.wait_ready(nc)
-        service = AlertsService(nc, tick_s=tick_s, notifier=notifier)
+        service = AlertsService(nc, tick_s=tick_s, notifier=notifier, home=home)
         await service.startup()
+        # not one of the loops below: a worker that cannot watch the prices keeps running
+        prices = asyncio.create_task(service.watch_prices(stop), name="alerts-prices")
         tasks = [
             asyncio.create_task(service.evaluate_loop(stop), name="alerts-evaluate"),
             asyncio.create_task(service.notify_loop(stop), name="alerts-notify"),
@@ -449,6 +468,8 @@ async def run(
         stop.set()  # a crashed loop stops the worker (the supervisor restarts it)
         await asyncio.gather(*tasks[:2], return_exceptions=True)
         tasks[2].cancel()
+        prices.cancel()
+        await asyncio.gather(prices, return_exceptions=True)
         await service.shutdown()
         for task in done:
             if task is not stopper and not task.cancelled() and task.exception() is not None:

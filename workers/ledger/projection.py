@@ -23,7 +23,7 @@ from schemas.events import (
     Usage,
     decode_event,
 )
-from workers.ledger.prices import PriceBook, Priced
+from schemas.prices import PriceBook, Priced
 
 __all__ = [
     "TABLES",

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import msgspec
 from nats.aio.client import Client as NATS
 
-from workers.ledger.prices import PriceBook
+from schemas.prices import PriceBook
 from workers.ledger.projection import Rows
 from workers.ledger.queries import QueryError
 from workers.ledger.replay import fold, read_stream, stream_bounds

@@ -24,7 +24,7 @@ from nats.js import api as js_api
 
 from runtime.names import EVENTS_STREAM
 from runtime.pull import BatchPuller
-from workers.ledger.prices import PriceBook
+from schemas.prices import PriceBook
 from workers.ledger.projection import Rows, project
 from workers.ledger.store import Store
 

@@ -39,15 +39,10 @@ from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
 from runtime import bus, names
+from runtime.prices import LivePrices
 from runtime.pull import BatchPuller, ConsumerGoneError
+from schemas.prices import PriceBook, PriceError
 from schemas.subjects import LEDGER_QUERY_PREFIX
-from workers.ledger.prices import (
-    PRICES_KV_KEY,
-    PriceBook,
-    PriceError,
-    load_overrides_file,
-    parse_overrides,
-)
 from workers.ledger.projection import TABLES, Rows, project
 from workers.ledger.queries import QUERIES, Filter, QueryError, table_counts
 from workers.ledger.rebuild import Rebuilder, remove_db
@@ -84,9 +79,8 @@ class LedgerService:
         self._exec = ThreadPoolExecutor(1, thread_name_prefix="ledger-db")
         self._apply_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._file_prices: dict[str, Any] = {}
-        self._kv_prices: dict[str, Any] = {}
-        self.prices = PriceBook()
+        # built-in prices + <home>/prices.toml + KV ledger.prices, shared with the alerts worker
+        self.live_prices = LivePrices(self.home, log=log)
         self.rebuilder: Rebuilder | None = None
         self._inflight: tuple[asyncio.Future[bool], Msg] | None = None
         self._submitted = 0  # highest seq handed to the DB thread
@@ -110,12 +104,7 @@ class LedgerService:
         await bus.wait_ready(self.nc)
         self.js = self.nc.jetstream()
         await bus.ensure_all(self.js)
-        try:
-            self._file_prices = load_overrides_file(self.home)
-        except PriceError as exc:
-            log.error("%s; using the built-in prices", exc)
-        self._kv_prices = await self._read_kv_prices()
-        self._rebuild_prices()
+        await self.live_prices.load(self.js)
         self.store = await self._db(Store, db_path(self.home))
         await self._check_stream_identity()
         await self._position_consumer()
@@ -126,7 +115,8 @@ class LedgerService:
         log.info("ledger ready at seq %d (%s)", self.store.state.last_seq, self.store.path)
 
     async def main_loop(self, stop: asyncio.Event) -> None:
-        self._spawn(self._watch_prices(stop))
+        assert self.js is not None
+        self._spawn(self.live_prices.watch(self.js, stop))
         while not stop.is_set():
             try:
                 await self._consume_once()
@@ -245,51 +235,10 @@ class LedgerService:
 
     # -- prices -----------------------------------------------------------------------------
 
-    def _rebuild_prices(self) -> None:
-        try:
-            self.prices = PriceBook(self._file_prices, self._kv_prices)
-        except PriceError as exc:
-            log.error("%s; keeping the previous prices", exc)
-
-    async def _read_kv_prices(self) -> dict[str, Any]:
-        assert self.js is not None
-        try:
-            kv = await self.js.key_value(names.SETTINGS_BUCKET)
-            entry = await kv.get(PRICES_KV_KEY)
-        except Exception:  # no bucket or no key: no overrides
-            return {}
-        try:
-            return parse_overrides(entry.value or b"{}")
-        except PriceError as exc:
-            log.error("KV %s: %s", PRICES_KV_KEY, exc)
-            return {}
-
-    async def _watch_prices(self, stop: asyncio.Event) -> None:
-        assert self.js is not None
-        try:
-            kv = await self.js.key_value(names.SETTINGS_BUCKET)
-            watcher = await kv.watch(PRICES_KV_KEY)
-        except Exception as exc:
-            log.warning("not watching %s: %s", PRICES_KV_KEY, exc)
-            return
-        try:
-            while not stop.is_set():
-                try:
-                    entry = await watcher.updates(timeout=1.0)  # type: ignore[no-untyped-call]
-                except nats.errors.TimeoutError:
-                    continue
-                if entry is None:
-                    continue
-                try:
-                    self._kv_prices = parse_overrides(entry.value) if entry.value else {}
-                except PriceError as exc:
-                    log.error("KV %s: %s", PRICES_KV_KEY, exc)
-                    continue
-                self._rebuild_prices()
-                log.info("price overrides reloaded from KV")
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(watcher.stop())  # type: ignore[no-untyped-call]
+    @property
+    def prices(self) -> PriceBook:
+        """The current price book (replaced when the overrides change)."""
+        return self.live_prices.book
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -358,9 +307,8 @@ class LedgerService:
 
     async def _prices(self, params: dict[str, Any]) -> dict[str, Any]:
         if params.get("reload"):
-            self._file_prices = load_overrides_file(self.home)
-            self._kv_prices = await self._read_kv_prices()
-            self._rebuild_prices()
+            assert self.js is not None
+            await self.live_prices.load(self.js, strict=True)  # a bad file: an error reply
 
         def unpriced() -> list[dict[str, Any]]:
             cur = self._live().con.execute(

@@ -1,5 +1,9 @@
 """Price table: USD per million tokens, per model, overridable per provider and per model.
 
+The shared contract of cost: the ledger bills with a ``PriceBook``, the alerts' ``cost`` metric
+fires on the same book (built-in prices and the user's overrides, kept current by
+``runtime/prices.py``), and the ledger's ``cs.ledger.prices`` query lists it.
+
 Cost follows the normalised usage of ``schemas.events.Usage`` (cache tokens are *not* part of
 ``input_tokens``; reasoning tokens *are* part of ``output_tokens``)::
 
@@ -24,7 +28,8 @@ prefixes (``models/``, ``anthropic/``, ``openai/``, ``google/``, ``anthropic.``)
 No match: no price, the cost stays NULL and the request counts as unpriced — never a made-up 0.
 
 Overrides come from ``<home>/prices.toml`` (or ``prices.json``) and from the KV document
-``ledger.prices`` in bucket ``cs_settings`` (same shape, JSON; it wins over the file)::
+``ledger.prices`` in bucket ``cs_settings`` (same shape, JSON; it wins over the file); reading
+them is I/O, done by ``runtime/prices.py`` (this module only validates and merges them)::
 
     [models."my-finetune"]
     input = 1.0
@@ -40,10 +45,7 @@ Overrides come from ``<home>/prices.toml`` (or ``prices.json``) and from the KV 
 from __future__ import annotations
 
 import fnmatch
-import json
-import tomllib
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -56,7 +58,6 @@ __all__ = [
     "PriceBook",
     "PriceError",
     "Priced",
-    "load_overrides_file",
     "parse_overrides",
 ]
 
@@ -218,19 +219,6 @@ def parse_overrides(doc: Mapping[str, Any] | bytes | str) -> dict[str, Any]:
     except msgspec.DecodeError as exc:
         raise PriceError(f"price overrides are not JSON: {exc}") from exc
     return msgspec.to_builtins(parsed)  # type: ignore[no-any-return]
-
-
-def load_overrides_file(home: Path) -> dict[str, Any]:
-    """``<home>/prices.toml`` or ``<home>/prices.json``; empty when neither exists."""
-    toml_path, json_path = home / "prices.toml", home / "prices.json"
-    try:
-        if toml_path.exists():
-            return parse_overrides(tomllib.loads(toml_path.read_text()))
-        if json_path.exists():
-            return parse_overrides(json.loads(json_path.read_text()))
-    except (OSError, ValueError) as exc:
-        raise PriceError(f"cannot read price overrides: {exc}") from exc
-    return {}
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

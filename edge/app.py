@@ -40,6 +40,7 @@ from schemas.envelope import (
     ReplyStart,
     RequestEnvelope,
 )
+from schemas.errors import GatewayError, stream_error
 from schemas.events import RequestCompleted, new_id
 from schemas.subjects import (
     ROUTER_MODELS,
@@ -48,7 +49,6 @@ from schemas.subjects import (
     request_subject,
     response_subject,
 )
-from workers.translator.errors import stream_error
 
 __all__ = ["EdgeApp"]
 
@@ -76,7 +76,6 @@ class _Stop(Exception):
 # CLI retries on its own (they retry 408, 409, 429 and every 5xx), so a lost answer never
 # becomes a second, billed call without the user deciding so.
 MAYBE_EXECUTED = 424
-_NO_RETRY = [(b"x-should-retry", b"false")]
 # edge-side outcomes where the upstream's answer did not reach the client
 _UNDELIVERED = frozenset({"router_lost", "reply_gap", "gateway_stopping"})
 
@@ -223,8 +222,7 @@ class EdgeApp:
         try:  # the list comes from the providers' own accounts: same keys as the LLM routes
             authenticate(headers, query, self.settings)
         except AuthError as exc:
-            await _respond(send, exc.status, render(dialect, exc.status, exc.message,
-                                                    code="authentication"))
+            await _respond(send, exc.status, exc.render(dialect))
             return
         assert self.nc is not None
         try:
@@ -284,13 +282,8 @@ class EdgeApp:
                 await self._relay(env, queue, timer, receive, send, state, started)
             finally:
                 self.dispatcher.unregister(request_id)
-        except AuthError as exc:
-            await self._fail(send, state, dialect, exc.status, exc.message, "authentication",
-                             request_id, started)
-        except EdgeError as exc:
-            await self._fail(send, state, dialect, exc.status, exc.message, exc.code,
-                             request_id, started,
-                             _NO_RETRY if exc.status == MAYBE_EXECUTED else None)
+        except GatewayError as exc:  # every failure the gateway means: one shape per dialect
+            await self._fail(send, state, dialect, exc, request_id)
         except (_Stop, ClientGone):
             pass
         except asyncio.CancelledError:
@@ -301,8 +294,8 @@ class EdgeApp:
             raise
         except Exception as exc:  # never a bare 500 with a traceback
             log.exception("edge error on %s", request_id)
-            await self._fail(send, state, dialect, 500, f"gateway error: {type(exc).__name__}",
-                             "internal", request_id, started)
+            await self._fail(send, state, dialect, GatewayError(
+                f"gateway error: {type(exc).__name__}", status=500, code="internal"), request_id)
         finally:
             latency = time.perf_counter() - started
             self.metrics.observe(dialect, state["provider"], state["status"], latency,
@@ -337,13 +330,13 @@ class EdgeApp:
         try:
             if state["status"] == 0:  # nothing sent yet
                 if env is None:
-                    await self._fail(send, state, dialect, 503, message, "gateway_stopping",
-                                     request_id, started)
+                    await self._fail(send, state, dialect,
+                                     EdgeError(503, message, "gateway_stopping"), request_id)
                 else:
-                    await self._fail(send, state, dialect, MAYBE_EXECUTED,
-                                     f"{message}; its provider may already have been working "
-                                     "on it, so it is not retried automatically",
-                                     "gateway_stopping", request_id, started, _NO_RETRY)
+                    await self._fail(send, state, dialect, EdgeError(
+                        MAYBE_EXECUTED, f"{message}; its provider may already have been working "
+                        "on it, so it is not retried automatically", "gateway_stopping",
+                        retryable=False), request_id)
                     state["fact"] = "gateway_stopping"
             else:  # a stream under way: close it with the dialect's error event
                 state["fact"], state["message"] = "gateway_stopping", message
@@ -445,11 +438,11 @@ class EdgeApp:
                     if await self._untaken(state):
                         raise EdgeError(503, "no router available to take the request (is "
                                         "`codeswitch worker router` running?)", "no_router")
-                    raise EdgeError(MAYBE_EXECUTED, _LOST_MESSAGE, "router_lost")
+                    raise _lost("router_lost")
                 if data == ROUTER_LOST:
                     state["router"] = self.dispatcher.owner.get(env.request_id) \
                         if self.dispatcher else None
-                    raise EdgeError(MAYBE_EXECUTED, _LOST_MESSAGE, "router_lost")
+                    raise _lost("router_lost")
                 break
             # 2. the answer
             if kind == KIND_FULL:
@@ -462,7 +455,7 @@ class EdgeApp:
                 return
             if kind != KIND_START:  # the start was lost (NATS restarting): it may have run
                 await self._cancel(env.request_id)
-                raise EdgeError(MAYBE_EXECUTED, _LOST_MESSAGE, "reply_gap")
+                raise _lost("reply_gap")
             head, _, first = data[1:].partition(b"\n")
             start = _start_decoder.decode(head)
             if start.router and self.dispatcher is not None:
@@ -547,15 +540,17 @@ class EdgeApp:
             except Exception:  # best effort: the router also stops when the deadline passes
                 pass
 
-    async def _fail(self, send: Send, state: dict[str, Any], dialect: str, status: int,
-                    message: str, code: str, request_id: str, started: float,
-                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
-        state["status"] = status
-        state["fact"] = code
-        state["message"] = message
-        body = render(dialect, status, message, code=code, request_id=request_id)
+    async def _fail(self, send: Send, state: dict[str, Any], dialect: str, exc: GatewayError,
+                    request_id: str) -> None:
+        """Answer ``exc`` in the client's dialect (its status, shape and retry headers); its
+        code becomes the fact's error class."""
+        state["status"] = exc.status
+        state["fact"] = exc.code
+        state["message"] = exc.message
+        body = exc.render(dialect or "openai-chat", request_id=request_id)
         try:
-            await _respond(send, status, body, request_id=request_id, extra=extra)
+            await _respond(send, exc.status, body, request_id=request_id,
+                           extra=exc.http_headers() or None)
         except Exception:  # response already started: nothing more to say on this socket
             pass
 
@@ -563,6 +558,11 @@ class EdgeApp:
 _LOST_MESSAGE = ("the gateway lost this request while its provider may already have been "
                  "working on it (the codeswitch router handling it stopped). It is not retried "
                  "automatically, so that you are not billed twice: send it again if you want.")
+
+
+def _lost(code: str) -> EdgeError:
+    """A request a router took and lost: it may have run upstream, so 424, never retried."""
+    return EdgeError(MAYBE_EXECUTED, _LOST_MESSAGE, code, retryable=False)
 
 
 async def _respond(send: Send, status: int, body: bytes,

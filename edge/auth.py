@@ -12,16 +12,19 @@ import hmac
 from typing import NamedTuple
 
 from schemas.config import GatewaySettings
+from schemas.errors import GatewayError
 
 __all__ = ["AuthError", "Principal", "authenticate", "client_key", "hash_key"]
 
 
-class AuthError(Exception):
+class AuthError(GatewayError):
+    """No key, or a key this gateway does not know: 401, code ``authentication``."""
+
     status = 401
+    code = "authentication"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
-        self.message = message
 
 
 class Principal(NamedTuple):

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from schemas.errors import error_body, stream_error
 from tests.chaos.harness import (
     KillTimes,
     Outcome,
@@ -19,7 +20,6 @@ from tests.chaos.harness import (
     retried,
 )
 from tests.fakes.upstream import Received
-from workers.translator.errors import error_body, stream_error
 
 ANTHROPIC_OK = (b"event: message_start\ndata: {\"type\":\"message_start\"}\n\n"
                 b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\","

@@ -22,9 +22,9 @@ from codeswitch import admin
 from edge.server import LINGER, Limits
 from runtime.natsd import EmbeddedNats
 from schemas.config import GatewaySettings, ProviderConfig
+from schemas.errors import anthropic_type, gemini_status, openai_type
 from tests.e2e.gateway import EdgeThread, RouterThread, run_nats
 from tests.fakes.upstream import Behavior, FakeUpstream
-from workers.translator.errors import anthropic_type, gemini_status, openai_type
 
 LIMITS = Limits(max_header_bytes=16 * 1024, header_timeout=0.5, idle_timeout=1.0,
                 body_timeout=0.5, max_connections=2000)

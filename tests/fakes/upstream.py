@@ -57,7 +57,7 @@ from urllib.parse import parse_qsl
 import msgspec
 import uvicorn
 
-from workers.translator.errors import error_body, stream_error
+from schemas.errors import error_body, stream_error
 
 __all__ = [
     "DEFAULT_CHUNKS",

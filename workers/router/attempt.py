@@ -17,6 +17,7 @@ import msgspec
 
 from schemas.config import resolve_secret
 from schemas.envelope import ReplyStart, RequestEnvelope
+from schemas.errors import stream_error
 from schemas.events import Usage
 from workers import translator
 from workers.router.chat_usage import UsageChunkFilter, request_usage
@@ -34,7 +35,6 @@ from workers.router.upstream import (
     upstream_url,
 )
 from workers.translator import TranslationContext, TranslationError
-from workers.translator.errors import error_body, stream_error
 from workers.translator.usage import UsageTracker
 
 log = logging.getLogger("codeswitch.router")
@@ -160,7 +160,7 @@ class Caller:
             att.error_class = exc.error_class
             att.error_message = scrub_text(exc.message, secret_values(p, {}))
             if not att.committed:
-                att.status = exc.status
+                att.status = exc.upstream_status
             att.body, att.headers = exc.body, exc.headers
             att.body_dialect = exc.body_dialect
             now = time.monotonic()
@@ -170,8 +170,9 @@ class Caller:
             if att.committed:
                 att.outcome = "failed"
                 await self._end_stream_with_error(env, att, exc, reply)
-            elif exc.status == 0 or exc.error_class == "stream_error" \
-                    or should_fail_over(exc.status, has_next=has_next, statuses=failover):
+            elif exc.upstream_status == 0 or exc.error_class == "stream_error" \
+                    or should_fail_over(exc.upstream_status, has_next=has_next,
+                                        statuses=failover):
                 att.outcome = "fallback" if has_next else "failed"
             else:
                 att.outcome = "failed"
@@ -184,9 +185,8 @@ class Caller:
             else:
                 att.outcome = "fallback" if has_next else "failed"
         except TranslationError as exc:
-            status, message = getattr(exc, "status", 400), getattr(exc, "message", str(exc))
-            att.status, att.error_class, att.error_message = status, "translation", message
-            att.body, att.body_dialect = error_body(env.dialect, status, message), env.dialect
+            att.status, att.error_class, att.error_message = exc.status, exc.code, exc.message
+            att.body, att.body_dialect = exc.render(env.dialect), env.dialect
             att.headers = {"x-codeswitch-translated": "1"}
             # this provider's dialect cannot express the request; another provider may
             att.outcome = "fallback" if has_next else "failed"
@@ -214,12 +214,10 @@ class Caller:
                 # an answer the client's dialect cannot express (TranslationError, e.g. Gemini
                 # MALFORMED_FUNCTION_CALL) or cannot be read at all: the provider failed, so
                 # the next one may answer; if none does, the client gets this, in its dialect
-                kind = "translation" if isinstance(exc, TranslationError) else "protocol"
-                message = exc.message if isinstance(exc, TranslationError) else \
-                    f"unreadable {p.dialect} answer from {p.name} ({type(exc).__name__})"
-                status = exc.status if isinstance(exc, TranslationError) else 502
-                raise UpstreamFailure(kind, message, status,
-                                      error_body(env.dialect, status, message),
+                err = exc if isinstance(exc, TranslationError) else TranslationError(
+                    f"unreadable {p.dialect} answer from {p.name} ({type(exc).__name__})", 502)
+                kind = "translation" if err is exc else "protocol"
+                raise UpstreamFailure(kind, err.message, err.status, err.render(env.dialect),
                                       body_dialect=env.dialect) from exc
         start = ReplyStart(status=resp.status,
                            content_type=resp.headers.get("content-type", "application/json"),
@@ -319,7 +317,7 @@ class Caller:
     async def _end_stream_with_error(self, env: RequestEnvelope, att: Attempt,
                                      exc: UpstreamFailure, reply: Reply) -> None:
         """After content reached the client: close the stream with an in-stream error."""
-        status = exc.status if exc.status >= 400 else 502
+        status = exc.upstream_status if exc.upstream_status >= 400 else 502
         message = (f"upstream {att.candidate.provider.name} failed mid-stream: "
                    f"{att.error_message or exc.message}")
         payload = (att.conv.fail(status, message) if att.conv is not None

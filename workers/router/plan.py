@@ -29,6 +29,7 @@ from schemas.config import (
     RoutingSettings,
     UnifiedUpstream,
 )
+from schemas.errors import GatewayError
 from workers.router.breaker import BreakerState, allow, breaker_key
 
 __all__ = [
@@ -56,11 +57,13 @@ __all__ = [
 FAILOVER_STATUSES = frozenset(DEFAULT_FAILOVER_STATUSES)
 
 
-class NoProviderError(Exception):
+class NoProviderError(GatewayError):
+    """No provider can take the request: 404 (none serves the model), 503 (all disabled)."""
+
+    code = "no_provider"
+
     def __init__(self, message: str, status: int = 404) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
+        super().__init__(message, status=status)
 
 
 class Candidate(NamedTuple):

@@ -26,6 +26,7 @@ from nats.js import api as js_api
 from runtime import bus, names
 from runtime.facts import FactPublisher
 from schemas.envelope import ENV_HEADER, KIND_ACCEPTED, ReplyStart, RequestEnvelope
+from schemas.errors import error_body
 from schemas.events import AttemptFinished, RequestCompleted, Usage, new_id
 from schemas.subjects import (
     BREAKER_FAIL_PREFIX,
@@ -48,7 +49,6 @@ from workers.router.plan import Candidate, NoProviderError, RoundRobin, plan_req
 from workers.router.providers import ProviderTable
 from workers.router.reply import ACK_PREFIX, Reply
 from workers.router.shared import CircuitTable, SettingsView
-from workers.translator.errors import error_body
 
 __all__ = ["Router", "run"]
 

@@ -18,6 +18,7 @@ import aiohttp
 import msgspec
 
 from schemas.config import ProviderConfig, resolve_secret
+from schemas.errors import GatewayError
 from workers.translator.common import TranslationError
 
 __all__ = [
@@ -35,19 +36,37 @@ _raw_obj = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _enc = msgspec.json.Encoder()
 
 
-class UpstreamFailure(Exception):
-    """An attempt that failed before or while talking to the provider."""
+class UpstreamFailure(GatewayError):
+    """An attempt that failed before or while talking to the provider.
+
+    ``upstream_status`` is the provider's HTTP status (0: no answer; 200: an error inside a
+    stream); ``status`` what the client gets when no provider answers instead: the
+    provider's error status, else 504 for a timeout and 502 for the rest. ``code`` is the
+    error class (``connect``, ``timeout``, ``http_503``, ``stream_error``, ``protocol``...)."""
+
+    upstream_status: int
 
     def __init__(self, error_class: str, message: str, status: int = 0,
                  body: bytes = b"", headers: dict[str, str] | None = None, *,
-                 body_dialect: str | None = None) -> None:
-        super().__init__(message)
-        self.error_class = error_class
-        self.message = message
-        self.status = status
+                 body_dialect: str | None = None, provider: str | None = None) -> None:
+        headers = headers or {}
+        client = status if status >= 400 else \
+            504 if error_class in ("timeout", "connect_timeout") else 502
+        super().__init__(message, status=client, code=error_class, provider=provider,
+                         upstream_status=status, retry_after=headers.get("retry-after"))
         self.body = body  # in the provider's dialect unless body_dialect says otherwise
-        self.headers = headers or {}
+        self.headers = headers
         self.body_dialect = body_dialect
+
+    @property
+    def error_class(self) -> str:
+        return self.code
+
+    @property
+    def client_message(self) -> str:
+        if self.provider is None:
+            return self.message
+        return f"upstream {self.provider} failed: {self.message}"
 
 
 def upstream_url(provider: ProviderConfig, *, operation: str, model: str, stream: bool,

@@ -23,7 +23,7 @@ from the request alone. ``model`` in the response calls is the model name shown 
 
 ``TranslationError`` (status 400, or 502 for an upstream answer that cannot be expressed, e.g.
 Gemini MALFORMED_FUNCTION_CALL to a non-Gemini client) carries a message for the client; render
-it with ``errors.error_body(client_dialect, e.status, e.message)``.
+it with ``e.render(client_dialect)`` (it is a ``schemas.errors.GatewayError``).
 
 Hostile input (docs/hostile-input.md): whatever the bytes, the functions above return or raise
 ``TranslationError``, never another exception. The codecs read fields duck-typed (a client may
@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from schemas.dialects import DIALECTS
+from schemas.errors import error_body, stream_error
 
 from . import anthropic, gemini, openai_chat, openai_responses
 from ._util import dumps, loads, parse_args, provider_tool_name
@@ -60,7 +61,6 @@ from .common import (
     ToolResult,
     TranslationError,
 )
-from .errors import error_body, stream_error
 from .sse import SSEDecoder, SSEEvent
 from .usage import UsageTracker
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from schemas.errors import anthropic_type
 from schemas.events import Usage
 
 from ._util import budget_for_effort, carry, dumps, parse_args, uncarry
@@ -40,7 +41,6 @@ from .common import (
     ToolChoice,
     ToolResult,
 )
-from .errors import anthropic_type
 from .sse import encode_event
 from .usage import normalise_usage
 

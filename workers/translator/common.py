@@ -22,6 +22,7 @@ from typing import Any
 
 import msgspec
 
+from schemas.errors import GatewayError
 from schemas.events import Usage
 
 __all__ = [
@@ -57,13 +58,16 @@ FINISH_REASONS = ("end_turn", "max_tokens", "stop_sequence", "tool_use", "refusa
                   "context_window", "malformed_tool_call", "other")
 
 
-class TranslationError(Exception):
-    """A request that cannot be expressed in the target dialect (sent back as a 400)."""
+class TranslationError(GatewayError):
+    """A request that cannot be expressed in the target dialect (sent back as a 400), or an
+    upstream answer that cannot be expressed in the client's (502). Its clients always saw
+    ``"code": null`` in OpenAI's envelope, so the code stays off the wire."""
+
+    code = "translation"
+    code_on_wire = False
 
     def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+        super().__init__(message, status=status)
 
 
 class _S(msgspec.Struct, kw_only=True):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from schemas.errors import error_body
 from schemas.events import Usage
 
 from ._schema import gemini_schema
@@ -61,7 +62,6 @@ from .common import (
     ToolResult,
     TranslationError,
 )
-from .errors import error_body
 from .sse import encode_event
 from .usage import normalise_usage
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from schemas.errors import error_body
 from schemas.events import Usage
 
 from ._util import data_url, dumps, new_id, opaque_user, parse_data_url
@@ -46,7 +47,6 @@ from .common import (
     ToolResult,
     TranslationError,
 )
-from .errors import error_body
 from .sse import encode_event
 from .usage import normalise_usage
 

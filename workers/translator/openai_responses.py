@@ -15,6 +15,7 @@ import json
 import time
 from typing import Any
 
+from schemas.errors import stream_error
 from schemas.events import Usage
 
 from ._util import (
@@ -53,7 +54,6 @@ from .common import (
     ToolResult,
     TranslationError,
 )
-from .errors import stream_error
 from .openai_chat import decode_tool_choice
 from .sse import encode_event
 from .usage import normalise_usage

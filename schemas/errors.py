@@ -1,4 +1,17 @@
-"""Error envelopes of the four dialects, as bytes: one place that knows each shape.
+"""Every failure a client can see, and the one place that renders it in each dialect.
+
+The tree: :class:`GatewayError` is the base of every failure the gateway raises on purpose —
+``edge.errors.EdgeError`` (the edge answers alone: bad input, too large, no router, a router
+lost), ``edge.auth.AuthError`` (401), ``workers.router.plan.NoProviderError`` (404/503),
+``workers.router.upstream.UpstreamFailure`` (an attempt that failed talking to a provider) and
+``workers.translator.common.TranslationError`` (400 for a request a dialect cannot express,
+502 for an answer that cannot be). Each carries what a client needs: ``status`` (the HTTP
+status the client gets), ``code`` (a stable machine code; the edge records it as the fact's
+``error_class``), ``message``, ``retryable`` (``x-should-retry``), ``retry_after``, and where
+known ``provider`` and ``upstream_status``.
+
+The envelopes, as bytes (``error_body`` / ``stream_error``; ``GatewayError.render`` and
+``GatewayError.render_stream`` render an exception through them)::
 
     anthropic         {"type":"error","error":{"type":...,"message":...},"request_id":...}
     openai-*          {"error":{"message":...,"type":...,"param":null,"code":...}}
@@ -8,17 +21,89 @@ In-stream errors (after HTTP 200 was sent): Anthropic ``event: error``; Response
 then ``response.failed``; Chat and Gemini have no defined in-stream error, so a
 ``data: {"error": {...}}`` event in the dialect's own error shape is sent (what OpenAI and
 Google send themselves, and what their SDKs raise on).
+
+Pure: no I/O (the shared contract package).
 """
 
 from __future__ import annotations
 
 import time
+from typing import ClassVar
 
 import msgspec
 
-__all__ = ["anthropic_type", "error_body", "gemini_status", "openai_type", "stream_error"]
+__all__ = [
+    "GatewayError",
+    "anthropic_type",
+    "error_body",
+    "gemini_status",
+    "openai_type",
+    "stream_error",
+]
 
 _json = msgspec.json.Encoder()
+
+
+class GatewayError(Exception):
+    """The base of every failure a client can see.
+
+    ``status`` is the HTTP status the client gets; ``code`` a stable machine code (e.g.
+    ``invalid_request``, ``authentication``, ``no_provider``, ``timeout``, ``router_lost``);
+    ``retryable`` becomes ``x-should-retry`` when set (``False`` for an answer that may have
+    run upstream); ``retry_after`` becomes ``retry-after``."""
+
+    status: int = 500
+    code: str = "internal"
+    #: whether OpenAI's ``code`` field carries ``code`` (a kind whose clients always saw
+    #: ``null`` there keeps it so: the bytes a client receives do not change)
+    code_on_wire: ClassVar[bool] = True
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 retryable: bool | None = None, retry_after: str | None = None,
+                 provider: str | None = None, upstream_status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if code is not None:
+            self.code = code
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.provider = provider
+        self.upstream_status = upstream_status
+
+    @property
+    def client_message(self) -> str:
+        """The message as the client reads it."""
+        return self.message
+
+    @property
+    def client_code(self) -> str | None:
+        """What OpenAI's ``code`` field carries."""
+        return self.code if self.code_on_wire else None
+
+    def render(self, dialect: str, *, request_id: str | None = None) -> bytes:
+        """The non-streaming error body in ``dialect``'s shape."""
+        return error_body(dialect, self.status, self.client_message, code=self.client_code,
+                          request_id=request_id)
+
+    def render_stream(self, dialect: str, *, response_id: str | None = None,
+                     sequence_number: int = 0) -> bytes:
+        """The in-stream error event in ``dialect``'s shape (the stream already started)."""
+        return stream_error(dialect, self.status, self.client_message, code=self.client_code,
+                            response_id=response_id, sequence_number=sequence_number)
+
+    def http_headers(self) -> list[tuple[bytes, bytes]]:
+        """``x-should-retry`` and ``retry-after``, when the error says so."""
+        out: list[tuple[bytes, bytes]] = []
+        if self.retryable is not None:
+            out.append((b"x-should-retry", b"true" if self.retryable else b"false"))
+        if self.retry_after is not None:
+            out.append((b"retry-after", self.retry_after.encode("latin-1", "replace")))
+        return out
+
+
+# -- status -> each dialect's error type ------------------------------------------------------
 
 _ANTHROPIC_TYPES = {
     400: "invalid_request_error",
@@ -86,6 +171,8 @@ def gemini_status(status: int) -> str:
         return _GEMINI_STATUS[status]
     return "FAILED_PRECONDITION" if status < 500 else "INTERNAL"
 
+
+# -- the envelopes ------------------------------------------------------------------------------
 
 def error_body(dialect: str, status: int, message: str, *, code: str | None = None,
                request_id: str | None = None) -> bytes:

@@ -118,15 +118,25 @@ def test_active_first_and_open_circuits_last() -> None:
 def test_chat_max_tokens_field_by_provider() -> None:
     import json
 
-    from workers.router.upstream import rename_max_tokens
+    from workers.translator import prepare
 
-    body = b'{"model":"m","max_completion_tokens":512,"messages":[]}'
+    # an Anthropic client's request, translated for Chat providers (renamed in the document,
+    # before it is encoded: the translated bytes are not decoded again)
+    body = b'{"model":"m","max_tokens":512,"messages":[{"role":"user","content":"hi"}]}'
     openai = ProviderConfig(name="o", dialect="openai-chat", base_url="https://api.openai.com/v1")
     deepseek = ProviderConfig(name="d", dialect="openai-chat",
                               base_url="https://api.deepseek.com/v1")
     forced = ProviderConfig(name="f", dialect="openai-chat", base_url="https://x/v1",
                             chat_max_tokens="max_completion_tokens")
-    assert rename_max_tokens(body, openai.max_tokens_field()) == body
-    assert rename_max_tokens(body, forced.max_tokens_field()) == body
-    renamed = json.loads(rename_max_tokens(body, deepseek.max_tokens_field()))
-    assert renamed == {"model": "m", "max_tokens": 512, "messages": []}
+
+    def limits(provider: ProviderConfig, to: str = "openai-chat") -> dict[str, int]:
+        out = json.loads(prepare("anthropic", to, body, model="m", stream=False,
+                                 chat_max_tokens=provider.max_tokens_field()).body)
+        return {k: v for k, v in out.items() if k in ("max_tokens", "max_completion_tokens")}
+
+    assert limits(openai) == limits(forced) == {"max_completion_tokens": 512}
+    assert limits(deepseek) == {"max_tokens": 512}
+    assert list(json.loads(prepare("anthropic", "openai-chat", body, model="m", stream=False,
+                                   chat_max_tokens="max_tokens").body))[-1] == "max_tokens"
+    # only Chat providers: the others keep their own field
+    assert limits(deepseek, "openai-responses") == {}

@@ -29,7 +29,6 @@ from workers.router.scrub import Scrubber, scrub_text
 from workers.router.upstream import (
     UpstreamFailure,
     map_errors,
-    rename_max_tokens,
     rewrite_model,
     upstream_headers,
     upstream_url,
@@ -39,7 +38,7 @@ from workers.translator.usage import UsageTracker
 
 log = logging.getLogger("codeswitch.router")
 
-__all__ = ["Attempt", "Caller", "keep_headers"]
+__all__ = ["Attempt", "Caller", "RequestBody", "keep_headers"]
 
 _enc = msgspec.json.Encoder()
 # Hold a stream's opening bytes until its first content event (or this much), so that an
@@ -73,6 +72,24 @@ class Attempt:
     tracker: UsageTracker | None = None  # usage so far (read when the call is cut short)
 
 
+class RequestBody:
+    """One request's body: its bytes, and the JSON document decoded from them at most once,
+    when an attempt first needs it (translation, token counts; a pass-through attempt sends
+    the bytes). Every attempt of the request shares it: the codecs never change the document."""
+
+    __slots__ = ("_doc", "raw")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self._doc: dict[str, Any] | None = None
+
+    def doc(self) -> dict[str, Any]:
+        """The decoded document (TranslationError when the body is not a JSON object)."""
+        if self._doc is None:
+            self._doc = translator.parse_request(self.raw)
+        return self._doc
+
+
 class Caller:
     """Runs attempts with one shared aiohttp session."""
 
@@ -80,7 +97,7 @@ class Caller:
         self.http = http
         self.table = table
 
-    async def run(self, env: RequestEnvelope, body: bytes, att: Attempt, reply: Reply,
+    async def run(self, env: RequestEnvelope, body: RequestBody, att: Attempt, reply: Reply,
                   has_next: bool, failover: list[int]) -> None:
         cand = att.candidate
         p = cand.provider
@@ -98,16 +115,18 @@ class Caller:
                 await self._estimate_tokens(env, body, att, reply)
                 return
             if same:
-                up_body = body if p.dialect == "gemini" else rewrite_model(
-                    body, cand.upstream_model, env.model)
+                up_body = body.raw if p.dialect == "gemini" else rewrite_model(
+                    body.raw, cand.upstream_model, env.model)
                 if stream and p.dialect == "openai-chat":
                     with_usage = request_usage(up_body)
                     if with_usage is not None:
                         up_body, att.usage_filter = with_usage, UsageChunkFilter()
             else:
                 try:
-                    prepared = translator.prepare(env.dialect, p.dialect, body,
-                                                  model=cand.upstream_model, stream=stream)
+                    prepared = translator.prepare(
+                        env.dialect, p.dialect, body.raw, doc=body.doc(),
+                        model=cand.upstream_model, stream=stream,
+                        chat_max_tokens=p.max_tokens_field())
                 except TranslationError:
                     raise
                 except Exception as exc:  # a body the codecs did not expect: the client's 400
@@ -117,8 +136,6 @@ class Caller:
                         f"the request could not be read as {env.dialect} for a {p.dialect} "
                         f"provider ({type(exc).__name__})") from None
                 up_body, att.context = prepared.body, prepared.context
-                if p.dialect == "openai-chat":
-                    up_body = rename_max_tokens(up_body, p.max_tokens_field())
             url = upstream_url(
                 p, operation=env.operation, model=cand.upstream_model, stream=stream,
                 query=env.query if same and p.dialect == "anthropic" else "",
@@ -328,14 +345,15 @@ class Caller:
         except Exception:
             pass
 
-    async def _count_upstream(self, env: RequestEnvelope, body: bytes, att: Attempt,
+    async def _count_upstream(self, env: RequestEnvelope, body: RequestBody, att: Attempt,
                               reply: Reply) -> None:
         """A count request for a provider of another dialect that has a count endpoint of its
         own (Anthropic, Gemini): translate, ask it, answer in the client's shape. Any failure
         raises, and the caller answers with the estimate instead."""
         cand = att.candidate
         p = cand.provider
-        up_body = translator.count_tokens_request(env.dialect, p.dialect, body,
+        up_body = translator.count_tokens_request(env.dialect, p.dialect, body.raw,
+                                                  doc=body.doc(),
                                                   model=cand.upstream_model)
         url = upstream_url(p, operation="count_tokens", model=cand.upstream_model,
                            stream=False, query="", sse=False)
@@ -350,10 +368,11 @@ class Caller:
         await self._answer_count(env, att, reply, translator.count_tokens_result(p.dialect, raw),
                                  {})
 
-    async def _estimate_tokens(self, env: RequestEnvelope, body: bytes, att: Attempt,
+    async def _estimate_tokens(self, env: RequestEnvelope, body: RequestBody, att: Attempt,
                                reply: Reply) -> None:
         await self._answer_count(env, att, reply,
-                                 translator.count_tokens_estimate(env.dialect, body),
+                                 translator.count_tokens_estimate(env.dialect, body.raw,
+                                                                  doc=body.doc()),
                                  {"x-codeswitch-estimate": "true"})
 
     async def _answer_count(self, env: RequestEnvelope, att: Attempt, reply: Reply,

@@ -41,7 +41,7 @@ from schemas.subjects import (
     response_subject,
 )
 from workers import translator
-from workers.router.attempt import Attempt, Caller
+from workers.router.attempt import Attempt, Caller, RequestBody
 from workers.router.breakers import Breakers
 from workers.router.model_catalog import ModelCatalog
 from workers.router.models import render_models
@@ -369,6 +369,7 @@ class Router:
                 obs = await self.js.object_store(names.BODIES_BUCKET)
                 body = (await obs.get(env.body_ref)).data or b""
                 await obs.delete(env.body_ref)
+            request = RequestBody(body)  # decoded at most once, whatever the attempts
             routing = self.settings.routing
             try:
                 candidates = self._plan(env)
@@ -386,7 +387,7 @@ class Router:
                 self.load[name] = self.load.get(name, 0) + 1
                 self._intend(env, att)  # if this router dies now, the call is still recorded
                 try:
-                    await self.caller.run(env, body, att, reply, has_next,
+                    await self.caller.run(env, request, att, reply, has_next,
                                           routing.failover_statuses)
                 finally:
                     self.load[name] -= 1

@@ -23,7 +23,6 @@ from workers.translator.common import TranslationError
 
 __all__ = [
     "UpstreamFailure",
-    "rename_max_tokens",
     "map_errors",
     "models_url",
     "rewrite_model",
@@ -147,19 +146,6 @@ def rewrite_model(body: bytes, model: str, requested: str) -> bytes:
     except RecursionError:  # the edge lets ~980 levels through; msgspec stops near there
         raise TranslationError("request body is JSON nested too deeply") from None
     doc["model"] = msgspec.Raw(_enc.encode(model))
-    return _enc.encode(doc)
-
-
-def rename_max_tokens(body: bytes, field: str) -> bytes:
-    """A translated Chat body carries ``max_completion_tokens``; providers that read only
-    ``max_tokens`` get it under that name (top level only, values left as raw JSON)."""
-    if field == "max_completion_tokens" or b'"max_completion_tokens"' not in body:
-        return body
-    doc = _raw_obj.decode(body)
-    value = doc.pop("max_completion_tokens", None)
-    if value is None:
-        return body
-    doc[field] = value
     return _enc.encode(doc)
 
 

@@ -6,13 +6,20 @@ into and encodes from the common form in ``common``; any pair goes through it.
 Public API (what the router calls)::
 
     can_translate(client_dialect, provider_dialect) -> bool
-    prepare(client_dialect, provider_dialect, body, *, model, stream) -> Prepared(body, context)
+    parse_request(body) -> dict                            # the JSON document, decoded once
+    prepare(client_dialect, provider_dialect, body, *, model, stream, doc=None,
+            chat_max_tokens="max_completion_tokens") -> Prepared(body, context)
     translate_request(...same...) -> bytes                 # prepare(...).body
     translate_response(provider, client, body, *, model, request_id, context=None) -> bytes
     translate_error(provider, client, status, body) -> (status, bytes)
     StreamTranslator(provider, client, *, model, request_id, context=None)
         .feed(chunk) -> bytes   .close() -> bytes   .fail(status, message) -> bytes
-    count_tokens_estimate(client_dialect, body) -> int
+    count_tokens_request(client_dialect, provider_dialect, body, *, model, doc=None) -> bytes
+    count_tokens_estimate(client_dialect, body, *, doc=None) -> int
+
+``doc=``: the body already decoded by ``parse_request``. A request tried on several providers
+(fallback; a count, then the estimate) is decoded once and the document passed to each call:
+the codecs never change it.
 
 State from the request that the response side needs lives in ``TranslationContext``: the
 reverse tool-name map (names renamed to fit the provider's rules), which tools are free-form
@@ -77,6 +84,7 @@ __all__ = [
     "count_tokens_estimate",
     "count_tokens_request",
     "count_tokens_result",
+    "parse_request",
     "prepare",
     "translate_error",
     "translate_request",
@@ -140,6 +148,12 @@ def _doc(body: bytes) -> dict[str, Any]:
     return doc
 
 
+def parse_request(body: bytes) -> dict[str, Any]:
+    """A request body as its JSON document (TranslationError when it is not a JSON object).
+    Pass it as ``doc=`` to the calls below instead of decoding the same bytes again."""
+    return _doc(body)
+
+
 def decode_request(client_dialect: str, body: bytes) -> Request:
     """The client's request in the common form (raises TranslationError)."""
     return _decode_doc(client_dialect, _doc(body))
@@ -176,11 +190,35 @@ def _rename_tools(req: Request, provider: str) -> dict[str, str]:
 
 
 def prepare(client_dialect: str, provider_dialect: str, body: bytes, *, model: str,
-            stream: bool) -> Prepared:
-    """Translate a request body and keep what the response side needs."""
+            stream: bool, doc: dict[str, Any] | None = None,
+            chat_max_tokens: str = "max_completion_tokens") -> Prepared:
+    """Translate a request body and keep what the response side needs.
+
+    ``doc``: ``parse_request(body)`` when the caller has it already (``body`` is then not read
+    again). ``chat_max_tokens``: the field an OpenAI Chat provider reads the output limit from
+    (``ProviderConfig.max_tokens_field``; DeepSeek, vLLM, Ollama... read only ``max_tokens``)."""
+    out, ctx = _prepare(client_dialect, provider_dialect, body, doc, model=model,
+                        stream=stream)
+    if provider_dialect == "openai-chat" and chat_max_tokens != "max_completion_tokens":
+        limit = out.pop("max_completion_tokens", None)
+        if limit is not None:
+            out[chat_max_tokens] = limit
+    try:
+        return Prepared(dumps(out), ctx)
+    except _MALFORMED as exc:
+        raise TranslationError(_malformed(
+            f"malformed {client_dialect} request for a {provider_dialect} provider", exc)) \
+            from None
+
+
+def _prepare(client_dialect: str, provider_dialect: str, body: bytes,
+             doc: dict[str, Any] | None, *, model: str,
+             stream: bool) -> tuple[dict[str, Any], TranslationContext]:
+    """The provider's request as a document (not yet encoded) and the context."""
     encoder = _module(provider_dialect)
     try:
-        doc = _doc(body)
+        if doc is None:
+            doc = _doc(body)
         req = _decode_doc(client_dialect, doc)
         names = _rename_tools(req, provider_dialect)
         include_usage = True
@@ -193,7 +231,7 @@ def prepare(client_dialect: str, provider_dialect: str, body: bytes, *, model: s
                                  tool_namespaces={t.name: t.namespace for t in req.tools
                                                   if t.namespace},
                                  include_usage=include_usage, dropped=req.dropped)
-        return Prepared(dumps(out), ctx)
+        return out, ctx
     except TranslationError:
         raise
     except _MALFORMED as exc:
@@ -446,29 +484,31 @@ _ANTHROPIC_COUNT_KEYS = ("model", "messages", "system", "tools", "tool_choice", 
 _GEMINI_COUNT_KEYS = ("contents", "systemInstruction", "tools", "toolConfig")
 
 
-def _count_body(client_dialect: str, body: bytes) -> bytes:
+def _count_doc(client_dialect: str, doc: dict[str, Any]) -> dict[str, Any]:
     """Gemini's countTokens takes ``{"contents"}`` or ``{"generateContentRequest": {...}}``
     (the latter with system instruction and tools); both read as a request body."""
     if client_dialect == "gemini":
-        doc = _doc(body)
         inner = doc.get("generateContentRequest") or doc.get("generate_content_request")
         if isinstance(inner, dict):
-            return dumps(inner)
-    return body
+            return inner
+    return doc
 
 
 def count_tokens_request(client_dialect: str, provider_dialect: str, body: bytes, *,
-                         model: str) -> bytes:
+                         model: str, doc: dict[str, Any] | None = None) -> bytes:
     """A client's count request as the body of the provider's own count endpoint (Anthropic
     ``/v1/messages/count_tokens``, Gemini ``:countTokens``): the same translation as a
-    generation request, then only the fields that endpoint takes."""
+    generation request, then only the fields that endpoint takes. ``doc``: as in
+    ``prepare``."""
     if provider_dialect not in COUNTING_DIALECTS:
         raise TranslationError(f"{provider_dialect} has no count endpoint")
-    doc = loads(prepare(client_dialect, provider_dialect, _count_body(client_dialect, body),
-                        model=model, stream=False).body)
+    if doc is None:
+        doc = _doc(body)
+    out, _ = _prepare(client_dialect, provider_dialect, b"", _count_doc(client_dialect, doc),
+                      model=model, stream=False)
     if provider_dialect == "anthropic":
-        return dumps({k: doc[k] for k in _ANTHROPIC_COUNT_KEYS if k in doc})
-    inner = {k: doc[k] for k in _GEMINI_COUNT_KEYS if k in doc}
+        return dumps({k: out[k] for k in _ANTHROPIC_COUNT_KEYS if k in out})
+    inner = {k: out[k] for k in _GEMINI_COUNT_KEYS if k in out}
     return dumps({"generateContentRequest": {"model": f"models/{model}", **inner}})
 
 
@@ -481,11 +521,14 @@ def count_tokens_result(provider_dialect: str, raw: bytes) -> int:
     return value
 
 
-def count_tokens_estimate(client_dialect: str, body: bytes) -> int:
+def count_tokens_estimate(client_dialect: str, body: bytes, *,
+                          doc: dict[str, Any] | None = None) -> int:
     """An estimate for providers without count_tokens: ceil(characters / 4) over every text,
     tool argument, tool result and tool definition (name, description, JSON schema), plus 4
-    tokens per message and 1600 per image. Documented in docs/translator.md; not exact."""
-    req = decode_request(client_dialect, _count_body(client_dialect, body))
+    tokens per message and 1600 per image. Documented in docs/translator.md; not exact.
+    ``doc``: as in ``prepare``."""
+    req = _decode_doc(client_dialect, _count_doc(client_dialect,
+                                                 _doc(body) if doc is None else doc))
     try:
         return _estimate(req)
     except _MALFORMED as exc:

@@ -110,28 +110,18 @@ def up(
         show_default=False)] = None,
     routers: Annotated[int, typer.Option(help="Router processes to run.")] = 1,
     single_process: Annotated[bool, typer.Option(
-        "--single-process", help="Run edge and router in one process.")] = False,
+        "--single-process",
+        help="Run the edge, router, ledger and alerts in one process.")] = False,
     grace: Annotated[float, typer.Option(help="Seconds in-flight requests get on stop.")] = 30,
     connect: Annotated[bool, typer.Option(
         "--connect", help="Point Claude Code, Codex and Gemini CLI at the gateway.")] = False,
     nats_creds: NatsCredsOpt = None,
 ) -> None:
     """Start the gateway: embedded NATS, edge, router and workers. Ctrl-C stops it."""
-    _logging()
-    from codeswitch.admin import apply_file_config, get_setting, put_setting
-    from codeswitch.config import (
-        ConfigError,
-        FileConfig,
-        load_config,
-        merge_legacy,
-        read_legacy_app_json,
-    )
-    from codeswitch.supervisor import Supervisor
-    from runtime import secrets
-    from runtime.process import set_title
+    from codeswitch.config import ConfigError, FileConfig, load_config
+    from codeswitch.up import exec_up
 
     home_path = home_dir(home)
-    set_title(f"codeswitch up --home {home_path}", "codeswitch-up")
     cfg_path = config or (Path(os.environ["CODESWITCH_CONFIG"])
                           if os.environ.get("CODESWITCH_CONFIG") else None)
     if cfg_path is None and (home_path / "config.toml").exists():
@@ -143,71 +133,12 @@ def up(
         except ConfigError as exc:
             err.print(f"[red]config error[/] {exc}")
             raise typer.Exit(2) from None
-    listen_host = host or file_cfg.host or "127.0.0.1"
-    listen_port = port or file_cfg.port or 18100
-    # the original Code Switch's settings file, in the same data directory
-    app_json = home_path / "app.json"
-    legacy = read_legacy_app_json(app_json)
-    taken = merge_legacy(file_cfg, legacy, app_json)
-
-    async def apply(url: str) -> list[str]:
-        if cfg_path is None and not taken:
-            return []
-        # literal keys go to KV encrypted with <home>/secret.key (created 0600 on first use)
-        key = secrets.load_key(home_path, create=True)
-        nc = await bus.connect(url, name="codeswitch-up-config")
-        try:
-            if cfg_path is not None:
-                return taken + await apply_file_config(
-                    nc, file_cfg.providers, file_cfg.settings, file_cfg.routing,
-                    file_cfg.unified, secret_key=key)
-            # only app.json: its two settings, on top of what KV already holds
-            if legacy.unified is not None:
-                await put_setting(nc, "unified", legacy.unified, secret_key=key)
-            if legacy.body_log is not None:
-                current = await get_setting(nc, "gateway")
-                await put_setting(nc, "gateway",
-                                  msgspec.structs.replace(current, body_log=legacy.body_log))
-            return taken
-        finally:
-            await nc.drain()
-
-    def ready(info: dict[str, Any]) -> None:
-        base = info["edge_url"]
-        console.print(f"[bold green]codeswitch {__version__}[/] listening on [bold]{base}[/]")
-        console.print(f"  NATS      {masked_url(info['nats_url'])}"
-                      + ("  (embedded)" if info["embedded_nats"] else ""))
-        console.print(f"  data      {info['home']}")
-        if cfg_path:
-            console.print(f"  config    {cfg_path}")
-        for change in info["changes"]:
-            console.print(f"  · {change}")
-        console.print(f"  parts     {', '.join(info['parts'])}")
-        console.print("\nNext:")
-        console.print(f"  Claude Code  ANTHROPIC_BASE_URL={base} claude")
-        console.print(f"  Codex CLI    codeswitch connect codex   (base_url {base}/v1)")
-        console.print(f"  Gemini CLI   GOOGLE_GEMINI_BASE_URL={base} gemini")
-        console.print("  providers    codeswitch provider list   ·   live events: "
-                      "codeswitch tail")
-        console.print("Ctrl-C stops everything.")
-        if connect:
-            try:
-                clients = importlib.import_module("codeswitch.cli_clients")
-                for line in clients.connect_all(base, None, home=home_path):
-                    console.print(f"  connected: {line}")
-            except Exception as exc:
-                err.print(f"[yellow]connect failed:[/] {exc}")
-
-    sup = Supervisor(home=home_path, host=listen_host, port=listen_port, nats_url=nats_url,
-                     routers=routers, single_process=single_process, grace=grace,
-                     on_ready=ready, apply=apply, nats_creds=nats_creds if nats_url else None)
-    try:
-        code = sup.run()
-    except Exception as exc:
-        err.print(f"[red]codeswitch:[/] {exc}")
-        raise typer.Exit(1) from None
-    console.print("codeswitch stopped.")
-    raise typer.Exit(code)
+    # the supervisor runs without the CLI in memory (codeswitch/up.py)
+    exec_up({"home": str(home_path), "host": host or file_cfg.host or "127.0.0.1",
+             "port": port or file_cfg.port or 18100, "nats_url": nats_url,
+             "routers": routers, "single_process": single_process, "grace": grace,
+             "connect": connect, "nats_creds": nats_creds if nats_url else None,
+             "config": str(cfg_path) if cfg_path is not None else None})
 
 
 @app.command()
@@ -221,61 +152,44 @@ def edge(
     nats_creds: NatsCredsOpt = None,
 ) -> None:
     """Run only the HTTP edge against a NATS (scale out by starting more)."""
-    _logging()
-    from codeswitch.supervisor import run_edge
-
-    _part_title("edge", "edge")
-    url = _part_nats(home, nats_url, nats_creds)
-    run_edge(url, host, port, grace=grace, with_router=with_router, home=home_dir(home))
+    _launch(["edge", "router"] if with_router else ["edge"], home, nats_url, nats_creds,
+            ["--host", host, "--port", str(port), "--grace", str(grace)])
 
 
-def _part_title(command: str, default: str) -> None:
-    """``codeswitch worker router`` in ps (``... (router-2)`` when the supervisor runs several);
-    ``cs-router-2`` where only the short name shows (top)."""
-    from runtime.process import set_title
+def _launch(parts: list[str], home: Path | None, nats_url: str | None,
+            nats_creds: str | None, extra: list[str] | None = None) -> None:
+    """Run parts in this process, as the supervisor does (``runtime.launch``)."""
+    from runtime import launch
 
-    part = os.environ.get("CODESWITCH_PART") or default
-    title = f"codeswitch {command}" + (f" ({part})" if part != default else "")
-    set_title(title, f"cs-{part}")
-
-
-def _part_nats(home: Path | None, nats_url: str | None, nats_creds: str | None) -> str:
-    from runtime.home import use_nats_credentials
-
-    url = nats_url_for(home, nats_url)
+    argv = [",".join(parts), *(extra or [])]
+    if home is not None:
+        argv += ["--home", str(home)]
+    if nats_url:
+        argv += ["--nats-url", nats_url]
     if nats_creds:
-        use_nats_credentials(url, creds_file=nats_creds)
-    return url
-
-
-def _run_worker(name: str, home: Path | None, nats_url: str | None,
-                nats_creds: str | None) -> None:
-    _logging()
-    from codeswitch.supervisor import run_worker
-
-    _part_title(f"worker {name}", name)
-    run_worker(name, _part_nats(home, nats_url, nats_creds), home_dir(home))
+        argv += ["--nats-creds", nats_creds]
+    launch.main(argv)
 
 
 @worker_app.command("router")
 def worker_router(nats_url: NatsOpt = None, home: HomeOpt = None,
                   nats_creds: NatsCredsOpt = None) -> None:
     """Run one router (more routers share the work queue)."""
-    _run_worker("router", home, nats_url, nats_creds)
+    _launch(["router"], home, nats_url, nats_creds)
 
 
 @worker_app.command("ledger")
 def worker_ledger(nats_url: NatsOpt = None, home: HomeOpt = None,
                   nats_creds: NatsCredsOpt = None) -> None:
     """Run the ledger (event log -> DuckDB projection)."""
-    _run_worker("ledger", home, nats_url, nats_creds)
+    _launch(["ledger"], home, nats_url, nats_creds)
 
 
 @worker_app.command("alerts")
 def worker_alerts(nats_url: NatsOpt = None, home: HomeOpt = None,
                   nats_creds: NatsCredsOpt = None) -> None:
     """Run the alerts worker."""
-    _run_worker("alerts", home, nats_url, nats_creds)
+    _launch(["alerts"], home, nats_url, nats_creds)
 
 
 @nats_app.command("init")

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import importlib
 import inspect
 import json
 import logging
@@ -55,124 +54,20 @@ from runtime.home import (
     url_has_auth,
     use_nats_credentials,
 )
+from runtime.launch import PART_ENV
 from runtime.natsd import EmbeddedNats, load_or_create_auth
 from runtime.process import free_port, pdeathsig_preexec, pid_alive, write_private
 from schemas.events import PartChanged, new_id
 from schemas.subjects import part_subject
 
-__all__ = ["Part", "RestartPolicy", "Supervisor", "SupervisorError", "run_edge", "run_worker",
-           "WORKERS"]
+__all__ = ["Part", "RestartPolicy", "Supervisor", "SupervisorError"]
 
 log = logging.getLogger("codeswitch.supervisor")
 
-# worker name -> module with `async def run(nats_url, home, stop)`
-WORKERS = {
-    "router": "workers.router.service",
-    "ledger": "workers.ledger.service",
-    "alerts": "workers.alerts.service",
-}
 EMBEDDED_NATS_PORT = 18122
 NATS_PART = "nats-server"
 # "restarts" in facts and parts.json: restarts in the last 10 minutes
 RESTARTS_WINDOW_S = 600.0
-# the variable that tells a child which part it is (its process title)
-PART_ENV = "CODESWITCH_PART"
-
-
-def available_workers() -> list[str]:
-    names = []
-    for name, module in WORKERS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue
-        if hasattr(mod, "run"):
-            names.append(name)
-    return names
-
-
-def _install_stop(stop: asyncio.Event, force: Callable[[], None] | None = None) -> None:
-    """SIGINT/SIGTERM: stop gracefully. A second SIGINT (Ctrl-C twice) forces the exit, as in
-    uvicorn; SIGTERM never does: when a multi-threaded supervisor is killed, the kernel sends
-    the parent-death SIGTERM once per exiting thread, and the second must not cut the
-    requests still finishing."""
-    loop = asyncio.get_running_loop()
-
-    def handle_signal(sig: int) -> None:
-        if stop.is_set() and sig == signal.SIGINT and force is not None:
-            force()
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, handle_signal, sig)
-
-
-async def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    stop = asyncio.Event()
-    _install_stop(stop, force=lambda: os._exit(1))
-    await main(stop)
-
-
-def run_worker(name: str, nats_url: str, home: Path) -> None:
-    """Run one worker in this process until SIGINT/SIGTERM."""
-    from runtime import secrets
-
-    secrets.use_home(home)  # the router decrypts provider keys with <home>/secret.key
-    module = importlib.import_module(WORKERS[name])
-    _use_uvloop()
-
-    async def main(stop: asyncio.Event) -> None:
-        await module.run(nats_url, home, stop)
-
-    asyncio.run(_run_until_signal(main))
-
-
-def run_edge(nats_url: str, host: str, port: int, *, grace: float = 30.0,
-             with_router: bool = False, home: Path | None = None) -> None:
-    """Run the edge under uvicorn (httptools, uvloop). ``with_router`` also runs a router in
-    the same event loop (the single-process mode)."""
-    import uvicorn
-
-    from edge.app import EdgeApp
-    from runtime import secrets
-
-    if home is not None:
-        secrets.use_home(home)
-    from edge.server import make_config
-
-    app = EdgeApp(nats_url, home=home)
-    server = uvicorn.Server(make_config(app, host, port, grace=grace))
-
-    async def main() -> None:
-        router = None
-        if with_router:
-            from workers.router.service import Router
-
-            router = Router(nats_url, home=home)
-            await router.startup()
-        try:
-            await server.serve()
-        finally:
-            if router is not None:
-                await router.shutdown()
-
-    _use_uvloop()
-    asyncio.run(main())
-
-
-def _has_uvloop() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _use_uvloop() -> None:
-    if _has_uvloop():
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 class SupervisorError(RuntimeError):
@@ -526,20 +421,25 @@ class Supervisor:
         return env
 
     def _plan_parts(self, url: str) -> list[Part]:
-        exe = [sys.executable, "-m", "codeswitch"]
+        """The processes to start: each is ``python -m runtime.launch <parts>`` (no CLI in
+        them). Default: the edge, the router(s), and the ledger with the alerts (``workers``):
+        a router can die without the edge, and the edge answers for it. ``--single-process``: all
+        four in one process (``gateway``)."""
+        exe = [sys.executable, "-m", "runtime.launch"]
         home = ["--home", str(self.home)]
         # a URL with a password goes to the parts through the environment (argv shows in ps)
         nats = [] if url_has_auth(url) else ["--nats-url", url]
-        parts = [Part("edge", [*exe, "edge", *nats, "--host", self.host,
-                               "--port", str(self.port), "--grace", str(self.grace), *home]
-                      + (["--with-router"] if self.single_process else []), order=0)]
-        if not self.single_process:
-            for i in range(self.routers):
-                parts.append(Part(f"router-{i + 1}" if self.routers > 1 else "router",
-                                  [*exe, "worker", "router", *nats, *home], order=1))
-        for name in available_workers():
-            if name != "router":
-                parts.append(Part(name, [*exe, "worker", name, *nats, *home], order=2))
+        edge = ["--host", self.host, "--port", str(self.port), "--grace", str(self.grace)]
+        if self.single_process:
+            return [Part("gateway", [*exe, "edge,router,ledger,alerts", *edge, *nats, *home],
+                         order=0)]
+        parts = [Part("edge", [*exe, "edge", *edge, *nats, *home], order=0)]
+        for i in range(self.routers):
+            parts.append(Part(f"router-{i + 1}" if self.routers > 1 else "router",
+                              [*exe, "router", *nats, *home], order=1))
+        # the ledger and the alerts share one process: both read the event log at their own
+        # pace and answer no client; apart they cost one more interpreter (~30 MB)
+        parts.append(Part("workers", [*exe, "ledger,alerts", *nats, *home], order=2))
         return parts
 
     def run(self) -> int:
@@ -602,7 +502,7 @@ class Supervisor:
 
     def _wait_listening(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        edge = next(p for p in self.parts if p.name == "edge")
+        edge = next(p for p in self.parts if p.name in ("edge", "gateway"))
         while time.monotonic() < deadline and not self._signals:
             if not edge.alive:
                 return False

@@ -10,13 +10,16 @@ Nothing here puts a secret, or part of one, in an exception message or a log lin
 
 from __future__ import annotations
 
+import base64
 import functools
 import logging
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.fernet import Fernet, InvalidToken
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 __all__ = ["KEY_ENV", "KEY_FILE", "PREFIX", "SecretKeyError", "decrypt_secret",
            "encrypt_secret", "generate_key", "is_encrypted", "key_file", "load_key", "reveal",
@@ -43,7 +46,8 @@ def is_encrypted(value: str) -> bool:
 
 
 def generate_key() -> bytes:
-    return Fernet.generate_key()
+    """A Fernet key (what ``Fernet.generate_key`` makes: 32 random bytes, url-safe base64)."""
+    return base64.urlsafe_b64encode(os.urandom(32))
 
 
 def key_file(home: Path) -> Path:
@@ -65,9 +69,13 @@ def _default_home() -> Path:
 
 
 def _valid(key: bytes) -> bytes:
+    # as Fernet(key) checks it, without importing cryptography (10 MB of RSS in every
+    # process; only one that decrypts or encrypts pays for it)
     try:
-        Fernet(key)
+        ok = len(base64.urlsafe_b64decode(key)) == 32
     except (ValueError, TypeError):
+        ok = False
+    if not ok:
         raise SecretKeyError("the secret key is not a valid Fernet key (32 url-safe base64 "
                              "bytes)") from None
     return key
@@ -110,6 +118,8 @@ def _create(path: Path) -> bytes:
 
 @functools.lru_cache(maxsize=8)
 def _fernet(key: bytes) -> Fernet:
+    from cryptography.fernet import Fernet
+
     return Fernet(key)
 
 
@@ -122,6 +132,8 @@ def encrypt_secret(value: str, key: bytes) -> str:
 
 @functools.lru_cache(maxsize=256)
 def _decrypt(value: str, key: bytes) -> str:
+    from cryptography.fernet import InvalidToken
+
     try:
         return _fernet(key).decrypt(value[len(PREFIX):].encode("ascii")).decode()
     except (InvalidToken, ValueError, UnicodeError):

@@ -169,13 +169,21 @@ def test_cli_providers_and_tail_against_running_gateway(tmp_path: Path,
             switched.stdout + switched.stderr
         tail = subprocess.Popen([*CLI, "tail", "--json", "-n", "1"], stdout=subprocess.PIPE,
                                 text=True, env={**os.environ, "CODESWITCH_HOME": str(up.home)})
-        time.sleep(1.5)
+        # tail's subscription is core NATS: a fact published before it subscribed is not
+        # shown. Requests until it shows one (a loaded machine starts the CLI slowly).
+        out = None
+        deadline = time.monotonic() + 30
         with httpx.Client(timeout=30) as c:
-            r = c.post(up.url + "/v1/messages", json={
-                "model": "claude-opus-4-8", "max_tokens": 5,
-                "messages": [{"role": "user", "content": "hi"}]})
-            assert r.status_code == 200
-        out, _ = tail.communicate(timeout=20)
+            while out is None and time.monotonic() < deadline:
+                r = c.post(up.url + "/v1/messages", json={
+                    "model": "claude-opus-4-8", "max_tokens": 5,
+                    "messages": [{"role": "user", "content": "hi"}]})
+                assert r.status_code == 200
+                try:
+                    out, _ = tail.communicate(timeout=2)
+                except subprocess.TimeoutExpired:
+                    continue
+        assert out is not None, "tail showed no fact in 30 s"
         fact = json.loads(out.strip().splitlines()[-1])
         assert fact["type"] == "RequestCompleted" and fact["provider"] == "fake"
         assert fact["usage"]["input_tokens"] == 25

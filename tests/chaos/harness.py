@@ -73,7 +73,8 @@ __all__ = [
 
 CLI = [sys.executable, "-m", "codeswitch"]
 ROOT = Path(__file__).resolve().parents[2]
-PARTS = ("router", "edge", "ledger", "alerts", "nats-server", "supervisor")
+# "workers" is the ledger and the alerts, one process
+PARTS = ("router", "edge", "workers", "nats-server", "supervisor")
 CLIENT_ID_HEADER = "x-client-request-id"
 REQUEST_ID_HEADER = "x-codeswitch-request-id"
 
@@ -218,8 +219,8 @@ def descendants(root: int) -> list[int]:
 
 
 def part_label(pid: int) -> str | None:
-    """edge | router | ledger | alerts | nats-server | supervisor for a gateway process, else
-    None (see ``label_of``)."""
+    """edge | router | workers | gateway | nats-server | supervisor for a gateway process,
+    else None (see ``label_of``)."""
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
@@ -227,22 +228,37 @@ def part_label(pid: int) -> str | None:
     return label_of(raw.replace(b"\0", b" ").decode(errors="replace"))
 
 
+def _label_of_parts(parts: str) -> str:
+    """``edge`` | ``router`` | ``ledger,alerts`` (or ``ledger+alerts``) -> the part's name."""
+    names = set(parts.replace("+", ",").split(","))
+    if "edge" in names and len(names) > 1:
+        return "gateway"
+    if names <= {"ledger", "alerts"} and len(names) > 1:
+        return "workers"
+    return parts
+
+
 def label_of(cmdline: str) -> str | None:
-    """The part a command line belongs to: ``python -m codeswitch worker router ...``, or the
-    process title a part sets for itself (``codeswitch worker router``), or nats-server."""
+    """The part a command line belongs to: ``python -m runtime.launch router ...``, the
+    process title a part sets for itself (``codeswitch worker router``,
+    ``codeswitch worker ledger+alerts``), ``codeswitch up``, or nats-server."""
     words = cmdline.split()
     if not words:
         return None
     if Path(words[0]).name.startswith("nats-server"):
         return "nats-server"
     for i, word in enumerate(words):
+        if word == "runtime.launch" and i + 1 < len(words):
+            return _label_of_parts(words[i + 1])
+        if word == "codeswitch.up":
+            return "supervisor"
         if Path(word).name != "codeswitch":
             continue
         rest = words[i + 1:i + 3]
         if rest[:1] == ["edge"]:
             return "edge"
-        if rest[:1] == ["worker"] and len(rest) > 1:
-            return rest[1]
+        if rest[:1] in (["worker"], ["gateway"]) and len(rest) > 1:
+            return _label_of_parts(rest[1])
         if rest[:1] == ["up"]:
             return "supervisor"
         return None

@@ -157,6 +157,11 @@ def test_analyze_times_router_lost_streams() -> None:
      "router"),
     ("/x/python3 -m codeswitch edge --nats-url nats://h:1 --port 9", "edge"),
     ("codeswitch worker ledger" + " " * 40, "ledger"),  # a process title, padded
+    ("codeswitch worker ledger+alerts (workers)" + " " * 20, "workers"),
+    ("codeswitch gateway edge+router+ledger+alerts (gateway)", "gateway"),
+    ("/x/python -m runtime.launch ledger,alerts --home /h", "workers"),
+    ("/x/python -m runtime.launch router --nats-url nats://h:1", "router"),
+    ("/x/python -m codeswitch.up {\"home\": \"/h\"}", "supervisor"),
     ("codeswitch edge", "edge"),
     ("/x/python -m codeswitch up --home /h --port 9", "supervisor"),
     ("/x/.venv/bin/nats-server -c /h/nats/nats-server.conf", "nats-server"),

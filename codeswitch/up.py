@@ -1,0 +1,131 @@
+"""The process ``codeswitch up`` becomes: the supervisor, without the CLI.
+
+``codeswitch up`` parses its options and checks the config file with the full CLI (typer,
+rich, every command module: ~40 MB), then replaces itself (``exec``) with
+``python -m codeswitch.up SPEC``: this module, the supervisor, the config loader and
+``runtime``, ~28 MB, for as long as the gateway runs. Same pid, same terminal, same signals.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["exec_up", "main"]
+
+_BOLD_GREEN, _BOLD, _RESET = "\x1b[1;32m", "\x1b[1m", "\x1b[0m"
+
+
+def exec_up(spec: dict[str, Any]) -> None:
+    """Become the supervisor (never returns)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "codeswitch.up", json.dumps(spec)])
+
+
+def _styled(text: str, style: str) -> str:
+    return f"{style}{text}{_RESET}" if sys.stdout.isatty() and not os.environ.get(
+        "NO_COLOR") else text
+
+
+def banner(info: dict[str, Any], config: str | None) -> list[str]:
+    from codeswitch import __version__
+    from runtime.home import masked_url
+
+    base = info["edge_url"]
+    lines = [f"{_styled(f'codeswitch {__version__}', _BOLD_GREEN)} listening on "
+             f"{_styled(base, _BOLD)}",
+             f"  NATS      {masked_url(info['nats_url'])}"
+             + ("  (embedded)" if info["embedded_nats"] else ""),
+             f"  data      {info['home']}"]
+    if config:
+        lines.append(f"  config    {config}")
+    lines += [f"  · {change}" for change in info["changes"]]
+    lines += [f"  parts     {', '.join(info['parts'])}",
+              "",
+              "Next:",
+              f"  Claude Code  ANTHROPIC_BASE_URL={base} claude",
+              f"  Codex CLI    codeswitch connect codex   (base_url {base}/v1)",
+              f"  Gemini CLI   GOOGLE_GEMINI_BASE_URL={base} gemini",
+              "  providers    codeswitch provider list   ·   live events: codeswitch tail",
+              "Ctrl-C stops everything."]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    from runtime.process import private_umask, set_title, skip_nats_websocket
+
+    private_umask()
+    skip_nats_websocket()
+    spec: dict[str, Any] = json.loads((argv or sys.argv[1:])[0])
+    logging.basicConfig(level=os.environ.get("CODESWITCH_LOG_LEVEL", "WARNING"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    home = Path(spec["home"])
+    set_title(f"codeswitch up --home {home}", "codeswitch-up")
+
+    import msgspec
+
+    from codeswitch.admin import apply_file_config, get_setting, put_setting
+    from codeswitch.config import FileConfig, load_config, merge_legacy, read_legacy_app_json
+    from codeswitch.supervisor import Supervisor
+    from runtime import bus, secrets
+
+    config = spec.get("config")
+    file_cfg = load_config(config) if config else FileConfig()  # checked before the exec
+    app_json = home / "app.json"  # the original Code Switch's settings, same data directory
+    legacy = read_legacy_app_json(app_json)
+    taken = merge_legacy(file_cfg, legacy, app_json)
+
+    async def apply(url: str) -> list[str]:
+        if config is None and not taken:
+            return []
+        # literal keys go to KV encrypted with <home>/secret.key (created 0600 on first use)
+        key = secrets.load_key(home, create=True)
+        nc = await bus.connect(url, name="codeswitch-up-config")
+        try:
+            if config is not None:
+                return taken + await apply_file_config(
+                    nc, file_cfg.providers, file_cfg.settings, file_cfg.routing,
+                    file_cfg.unified, secret_key=key)
+            # only app.json: its two settings, on top of what KV already holds
+            if legacy.unified is not None:
+                await put_setting(nc, "unified", legacy.unified, secret_key=key)
+            if legacy.body_log is not None:
+                current = await get_setting(nc, "gateway")
+                await put_setting(nc, "gateway",
+                                  msgspec.structs.replace(current, body_log=legacy.body_log))
+            return taken
+        finally:
+            await nc.drain()
+
+    def ready(info: dict[str, Any]) -> None:
+        print("\n".join(banner(info, config)), flush=True)
+        if spec.get("connect"):
+            from codeswitch.clients.connect import connect_all
+
+            try:
+                for line in connect_all(info["edge_url"], None, home=home):
+                    print(f"  connected: {line}", flush=True)
+            except Exception as exc:
+                print(f"connect failed: {exc}", file=sys.stderr, flush=True)
+
+    sup = Supervisor(home=home, host=spec["host"], port=spec["port"],
+                     nats_url=spec.get("nats_url"), routers=spec.get("routers", 1),
+                     single_process=spec.get("single_process", False),
+                     grace=spec.get("grace", 30.0), on_ready=ready, apply=apply,
+                     nats_creds=spec.get("nats_creds"))
+    try:
+        code = sup.run()
+    except Exception as exc:
+        print(f"codeswitch: {exc}", file=sys.stderr, flush=True)
+        return 1
+    print("codeswitch stopped.", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Run one or more parts in this process: ``python -m runtime.launch edge,router --port 18100``.
+
+Every part the supervisor starts is this module, not the CLI: a part process imports the
+modules of the parts it runs and ``runtime``, never typer, rich or the CLI's command modules
+(a ``codeswitch`` CLI process weighs ~30 MB more). The parts are named here as module paths
+and imported by name, so ``runtime`` has no import arrow into a part:
+
+    edge     edge.server        the HTTP edge (uvicorn)
+    router   workers.router     takes requests from the work queue, calls upstreams
+    ledger   workers.ledger     the event log -> DuckDB projection, answers queries
+    alerts   workers.alerts     alert rules, notifications
+
+Each part module has ``async def run(nats_url, home, stop, **options)``. Several parts in one
+process share one event loop (``--single-process`` runs all four). They stop in the order
+above: the edge first (it lets the requests in flight finish, and they need the router), the
+router next (its facts go out before the ledger stops), then the ledger and the alerts. A part
+that fails ends the process with status 1: the supervisor restarts it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PARTS", "label_for", "main", "run_parts", "title_for"]
+
+# stop order = the order here
+PARTS: dict[str, str] = {
+    "edge": "edge.server",
+    "router": "workers.router.service",
+    "ledger": "workers.ledger.service",
+    "alerts": "workers.alerts.service",
+}
+# the supervisor's name for the process it starts (router-2, gateway, ...): its title
+PART_ENV = "CODESWITCH_PART"
+
+log = logging.getLogger("codeswitch.launch")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m runtime.launch",
+                                     description="Run codeswitch parts in one process.")
+    parser.add_argument("parts", help=f"comma-separated: {', '.join(PARTS)}")
+    parser.add_argument("--nats-url", default=None)
+    parser.add_argument("--nats-creds", default=os.environ.get("CODESWITCH_NATS_CREDS"))
+    parser.add_argument("--home", default=None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=18100)
+    parser.add_argument("--grace", type=float, default=30.0)
+    args = parser.parse_args(argv)
+    wanted = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = [p for p in wanted if p not in PARTS]
+    if unknown or not wanted:
+        parser.error(f"unknown part(s) {', '.join(unknown) or '(none)'}: "
+                     f"choose from {', '.join(PARTS)}")
+    args.parts = [p for p in PARTS if p in wanted]
+    return args
+
+
+def label_for(parts: list[str]) -> str:
+    """The supervisor's name for a process running ``parts``: ``edge``, ``router``,
+    ``workers`` (the ledger and the alerts), ``gateway`` (all in one)."""
+    if "edge" in parts and len(parts) > 1:
+        return "gateway"
+    if set(parts) == {"ledger", "alerts"}:
+        return "workers"
+    return "+".join(parts)
+
+
+def title_for(parts: list[str]) -> tuple[str, str]:
+    """What ``ps`` shows: ``codeswitch edge``, ``codeswitch worker router`` (``... (router-2)``
+    when the supervisor runs several), ``codeswitch worker ledger+alerts``, ``codeswitch
+    gateway edge+router+ledger+alerts``; and the short name ``top`` shows (``cs-router-2``)."""
+    joined = "+".join(parts)
+    label = label_for(parts)
+    command = "edge" if parts == ["edge"] else (
+        f"gateway {joined}" if label == "gateway" else f"worker {joined}")
+    part = os.environ.get(PART_ENV) or label
+    return f"codeswitch {command}" + (f" ({part})" if part != label else ""), f"cs-{part}"
+
+
+async def run_parts(parts: list[str], nats_url: str, home: Path,
+                    options: dict[str, dict[str, Any]] | None = None) -> int:
+    """Run ``parts`` until SIGINT/SIGTERM or until one of them ends; stop them in order.
+    Returns the exit status: 0 after a signal, 1 when a part failed."""
+    options = options or {}
+    loop = asyncio.get_running_loop()
+    signalled = asyncio.Event()
+    stops = {name: asyncio.Event() for name in parts}
+    modules = {name: importlib.import_module(PARTS[name]) for name in parts}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        # signal.signal, not loop.add_signal_handler: uvicorn swaps handlers while it serves
+        # and raises the signal again for the one that was there before (this one) once the
+        # edge has let its requests finish. A second Ctrl-C forces the exit, as in uvicorn.
+        if signalled.is_set() and signum == signal.SIGINT:
+            os._exit(1)
+        loop.call_soon_threadsafe(signalled.set)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+
+    tasks = {name: asyncio.create_task(
+        modules[name].run(nats_url, home, stops[name], **options.get(name, {})), name=name)
+        for name in parts}
+    waiter = asyncio.create_task(signalled.wait())
+    done, _ = await asyncio.wait([*tasks.values(), waiter], return_when=asyncio.FIRST_COMPLETED)
+    status = 0
+    for name, task in tasks.items():
+        # a part returns when it was told to stop (the edge: uvicorn took the signal);
+        # one that raised crashed
+        exc = task.exception() if task in done and not task.cancelled() else None
+        if exc is not None:
+            status = 1
+            if not isinstance(exc, SystemExit):
+                log.error("part %s failed", name, exc_info=exc)
+    # in order: each part's requests in flight finish before the parts they need stop
+    for name in parts:
+        stops[name].set()
+        with contextlib.suppress(Exception, asyncio.CancelledError, SystemExit):
+            await tasks[name]
+    waiter.cancel()
+    return status
+
+
+def main(argv: list[str] | None = None) -> None:
+    from runtime.process import private_umask, set_title, skip_nats_websocket
+
+    private_umask()
+    skip_nats_websocket()
+    args = _parse(argv)
+    logging.basicConfig(level=os.environ.get("CODESWITCH_LOG_LEVEL", "WARNING"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_title(*title_for(args.parts))
+
+    from runtime import secrets
+    from runtime.home import home_dir, nats_url_for, use_nats_credentials
+
+    home = home_dir(args.home)
+    url = nats_url_for(home, args.nats_url)
+    if args.nats_creds:
+        use_nats_credentials(url, creds_file=args.nats_creds)
+    secrets.use_home(home)  # the router decrypts provider keys with <home>/secret.key
+    options: dict[str, dict[str, Any]] = {
+        "edge": {"host": args.host, "port": args.port, "grace": args.grace}}
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+    sys.exit(asyncio.run(run_parts(args.parts, url, home, options)))
+
+
+if __name__ == "__main__":
+    main()

@@ -553,10 +553,36 @@ def tail(
         raise typer.Exit(2) from None
 
 
-def _register_plugins() -> None:
-    """Command groups that live beside their parts (clients, ledger, alerts)."""
-    for module in ("codeswitch.cli_clients", "codeswitch.cli_ledger", "codeswitch.cli_alerts",
-                   "codeswitch.cli_bodylog"):
+# the commands each plugin module adds: only the one a command line names is imported (all of
+# them for --help or an unknown command), so that `codeswitch up` and `codeswitch provider list`
+# do not pay for httpx, the MCP and skills code and the ledger's and alerts' commands
+PLUGINS: dict[str, tuple[str, ...]] = {
+    "codeswitch.cli_clients": ("connect", "disconnect", "mcp", "skills"),
+    "codeswitch.cli_ledger": ("stats", "log", "heatmap", "replay", "export"),
+    "codeswitch.cli_alerts": ("alerts",),
+    "codeswitch.cli_bodylog": ("body-log",),
+}
+
+
+def _own_commands() -> set[str]:
+    names = {(c.name or (c.callback.__name__ if c.callback else "")).replace("_", "-")
+             for c in app.registered_commands}
+    return names | {g.name for g in app.registered_groups if g.name}
+
+
+def _plugins_for(argv: list[str]) -> list[str]:
+    command = next((a for a in argv if not a.startswith("-")), None)
+    for module, commands in PLUGINS.items():
+        if command in commands:
+            return [module]
+    if command in _own_commands():
+        return []
+    return list(PLUGINS)  # --help, no command, a typo: every command, for typer's message
+
+
+def _register_plugins(argv: list[str] | None = None) -> None:
+    """Command groups that live beside their parts (clients, ledger, alerts, body log)."""
+    for module in _plugins_for(sys.argv[1:] if argv is None else argv):
         try:
             mod = importlib.import_module(module)
         except ImportError:

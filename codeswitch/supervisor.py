@@ -451,18 +451,20 @@ class Supervisor:
             signal.signal(sig, self.handle_signal)
         try:
             url = self._start_nats()
+            env = self._child_env(url)
+            planned = self._plan_parts(url)
+            # the parts' interpreters start and import (the longest part of a start) while
+            # the streams and the config are applied; the edge's /readiness says "starting"
+            # until parts.json is written, after that
+            for part in planned:
+                self._start_part(part, env)
+            self.parts = planned + self.parts
             changes = asyncio.run(self._prepare(url))
             # after _prepare: the event log stream exists
             self.facts = FactsThread(url, self.home)
             self.facts.start()
-            for part in self.parts:  # nats-server
+            for part in reversed(self.parts):  # nats-server first
                 self._fact(part, "started")
-            env = self._child_env(url)
-            planned = self._plan_parts(url)
-            for part in planned:
-                self._start_part(part, env)
-                self._fact(part, "started")
-            self.parts = planned + self.parts
             self._write_parts()
             if not self._wait_listening(timeout=30):
                 raise SupervisorError(f"the edge did not start listening on {self.host}:"

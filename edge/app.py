@@ -27,7 +27,7 @@ from edge.routes import Route, match_route
 from edge.server import ClientGone, body_timeout, read_body
 from runtime import bus, names
 from runtime.facts import FactPublisher
-from runtime.health import parts_health, supervised_home
+from runtime.health import parts_file, parts_health, supervised_home
 from schemas.config import GatewaySettings
 from schemas.envelope import (
     ENV_HEADER,
@@ -90,6 +90,9 @@ class EdgeApp:
         # write-ahead facts (runtime.facts) in <home>/outbox when run by `codeswitch up`
         self.outbox = Path(home) / "outbox" if home is not None else None
         self._parts_home = supervised_home()  # set by `codeswitch up` for its parts
+        # under `codeswitch up`: ready once the supervisor has applied the streams and the
+        # config (it writes parts.json then; the parts start while it does that)
+        self._supervisor_ready = self._parts_home is None
         self.edge_id = edge_id
         self.settings = settings or GatewaySettings()
         self._fixed_settings = settings is not None
@@ -202,6 +205,12 @@ class EdgeApp:
         await _respond(send, 200 if ok else 503, body)
 
     async def _readiness(self, send: Send) -> None:
+        if not self._supervisor_ready:
+            assert self._parts_home is not None
+            if not parts_file(self._parts_home).exists():
+                await _respond(send, 503, b'{"status":"starting"}')
+                return
+            self._supervisor_ready = True
         nc = self.nc
         if nc is None or not nc.is_connected:
             await _respond(send, 503, b'{"status":"nats disconnected"}')

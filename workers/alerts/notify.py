@@ -21,14 +21,16 @@ import hmac
 import time
 import urllib.parse
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import msgspec
 
 from schemas.config import resolve_secret
 from schemas.events import AlertFired, AlertResolved
 from workers.alerts.rules import Channel, Rule, format_value
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "Delivery",
@@ -228,16 +230,32 @@ class Notifier:
         backoff_base: float = 1.0,
         backoff_max: float = 30.0,
     ) -> None:
-        self._client = client or httpx.AsyncClient(follow_redirects=False)
+        # httpx is imported with the first notification: it pulls in rich and pygments (its
+        # own CLI), ~8 MB that the alerts' process would otherwise hold for ever
+        self._client = client
         self._owns_client = client is None
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
 
     async def aclose(self) -> None:
-        if self._owns_client:
+        if self._owns_client and self._client is not None:
             await self._client.aclose()
 
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            import sys
+
+            # httpx's optional CLI (httpx._main) imports rich, pygments and click
+            sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+            import httpx
+
+            self._client = httpx.AsyncClient(follow_redirects=False)
+        return self._client
+
     async def deliver(self, channel: Channel, n: Notification) -> Delivery:
+        import httpx
+
+        client = self._http()
         url = resolve_secret(channel.url)
         secret = resolve_secret(channel.secret) if channel.secret else ""
         if not url:
@@ -252,7 +270,7 @@ class Notifier:
                 target = dingtalk_url(url, secret, int(now * 1000))
             retry = True
             try:
-                response = await self._client.post(
+                response = await client.post(
                     target, json=body, headers=headers, timeout=channel.timeout_s
                 )
                 status = response.status_code

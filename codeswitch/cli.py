@@ -19,7 +19,6 @@ from rich.console import Console
 from rich.table import Table
 
 from codeswitch import __version__
-from runtime import bus, names
 from runtime.home import home_dir, masked_url, nats_url_for
 
 app = typer.Typer(
@@ -54,6 +53,8 @@ def _logging(level: str = "WARNING") -> None:
 
 def _with_nats(url: str, fn: Callable[[Any], Awaitable[T]]) -> T:
     """Connect, run fn(nc), close; a clear message instead of a traceback when NATS is away."""
+
+    from runtime import bus  # nats: only for the commands that talk to it
 
     async def main() -> T:
         try:
@@ -196,6 +197,8 @@ def worker_alerts(nats_url: NatsOpt = None, home: HomeOpt = None,
 def nats_init(nats_url: NatsOpt = None, home: HomeOpt = None) -> None:
     """Create or update every stream and KV bucket (idempotent)."""
     url = nats_url_for(home, nats_url)
+
+    from runtime import bus, names
 
     async def go(nc: Any) -> None:
         js = nc.jetstream()
@@ -561,6 +564,7 @@ PLUGINS: dict[str, tuple[str, ...]] = {
     "codeswitch.cli_ledger": ("stats", "log", "heatmap", "replay", "export"),
     "codeswitch.cli_alerts": ("alerts",),
     "codeswitch.cli_bodylog": ("body-log",),
+    "codeswitch.cli_users": ("user", "key", "audit"),
 }
 
 

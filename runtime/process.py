@@ -6,12 +6,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import importlib.abc
+import importlib.machinery
 import os
 import signal
 import socket
 import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 __all__ = ["free_port", "pdeathsig_preexec", "pid_alive", "private_umask", "set_title",
            "write_private"]
@@ -103,15 +107,44 @@ def set_title(title: str, short: str | None = None) -> None:
         libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
 
 
+class _NoWebsocketLoader(importlib.abc.Loader):
+    """Runs nats-py's transport module with ``import aiohttp`` failing (see below)."""
+
+    def __init__(self, inner: importlib.abc.Loader) -> None:
+        self.inner = inner
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+        return self.inner.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        if "aiohttp" in sys.modules:  # this process uses aiohttp anyway: nothing to save
+            self.inner.exec_module(module)
+            return
+        sys.modules["aiohttp"] = None  # type: ignore[assignment]  # import aiohttp -> error
+        try:
+            self.inner.exec_module(module)
+        finally:
+            del sys.modules["aiohttp"]
+
+
+class _NoWebsocketFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name: str, path: Any, target: Any = None
+                  ) -> importlib.machinery.ModuleSpec | None:
+        if name != "nats.aio.transport":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _NoWebsocketLoader(spec.loader)
+        return spec
+
+
 def skip_nats_websocket() -> None:
     """Keep nats-py from importing aiohttp: it does so on import, when aiohttp is installed,
     for ``ws://`` server URLs, which codeswitch does not use. That import costs ~10 MB of RSS
-    and 0.1 s in every process that does not use aiohttp itself (all but the router). Call
-    before ``nats`` is first imported; later ``import aiohttp`` (the router) works as usual."""
-    if "nats" in sys.modules or "aiohttp" in sys.modules:
+    and 0.1 s in every process that does not use aiohttp itself (all but the router). This
+    installs an import hook: nothing is imported now, and a process that never imports nats
+    pays nothing; ``import aiohttp`` later (the router) works as usual."""
+    if "nats.aio.transport" in sys.modules or any(
+            isinstance(f, _NoWebsocketFinder) for f in sys.meta_path):
         return
-    sys.modules["aiohttp"] = None  # type: ignore[assignment]  # import aiohttp -> ImportError
-    try:
-        import nats.aio.transport  # noqa: F401
-    finally:
-        del sys.modules["aiohttp"]
+    sys.meta_path.insert(0, _NoWebsocketFinder())

@@ -18,12 +18,12 @@ from typing import Any
 
 import msgspec
 
+from runtime.secrets import resolve_secret
 from schemas.config import (
     GatewaySettings,
     ProviderConfig,
     RoutingSettings,
     UnifiedUpstream,
-    resolve_secret,
 )
 
 __all__ = ["ConfigError", "FileConfig", "LegacySettings", "load_config", "merge_legacy",

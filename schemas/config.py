@@ -7,7 +7,6 @@ buckets, so a change is seen on the next request without a restart.
 from __future__ import annotations
 
 import fnmatch
-import os
 import re
 from typing import Literal
 
@@ -24,7 +23,6 @@ __all__ = [
     "UnifiedUpstream",
     "ProviderConfig",
     "Timeouts",
-    "resolve_secret",
     "ENCRYPTED_PREFIX",
     "PROVIDER_NAME_RE",
 ]
@@ -172,25 +170,3 @@ class UnifiedUpstream(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
             raise ValueError(f"url {self.url!r} must start with http:// or https://")
-
-
-def resolve_secret(value: str) -> str:
-    """Resolve "env:NAME" to the variable's value ("" when unset) and "enc:v1:..." to the
-    literal it encrypts (with the data directory's secret.key or $CODESWITCH_SECRET_KEY; ""
-    when it cannot be decrypted here, logged); literals pass through."""
-    if value.startswith("env:"):
-        return os.environ.get(value[4:], "")
-    if value.startswith(ENCRYPTED_PREFIX):
-        known = _revealed.get(value)
-        if known is not None:  # the hot path: once per upstream call (it was 5 % of the
-            return known       # router's CPU to find and read the key each time)
-        from runtime.secrets import reveal_or_empty
-
-        plain = reveal_or_empty(value)
-        if plain and len(_revealed) < 1024:
-            _revealed[value] = plain
-        return plain
-    return value
-
-
-_revealed: dict[str, str] = {}

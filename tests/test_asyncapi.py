@@ -16,13 +16,15 @@ from urllib.parse import unquote
 import msgspec
 import pytest
 
-from schemas import asyncapi, events, subjects
-from schemas.asyncapi import ENDPOINTS, build_document, document_json, main
+from codeswitch import asyncapi
+from codeswitch.asyncapi import ENDPOINTS, build_document, document_json, main
+from schemas import events, subjects
 from schemas.envelope import ReplyStart, RequestEnvelope
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "docs" / "asyncapi.json"
-REGENERATE = "docs/asyncapi.json is stale: run `python -m schemas.asyncapi -o docs/asyncapi.json`"
+REGENERATE = ("docs/asyncapi.json is stale: run "
+              "`python -m codeswitch.asyncapi -o docs/asyncapi.json`")
 EVENT_TYPES: tuple[type[msgspec.Struct], ...] = typing.get_args(events.Event)
 
 
@@ -299,7 +301,7 @@ def test_faststream_can_serve_the_committed_document() -> None:
 # -- faststream stays out of the gateway ------------------------------------------------------
 
 
-def test_only_schemas_asyncapi_imports_faststream() -> None:
+def test_only_codeswitch_asyncapi_imports_faststream() -> None:
     importers = [
         str(path.relative_to(ROOT))
         for top in ("codeswitch", "edge", "workers", "runtime", "schemas")
@@ -307,7 +309,7 @@ def test_only_schemas_asyncapi_imports_faststream() -> None:
         if re.search(r"^\s*(from|import)\s+faststream", path.read_text(encoding="utf-8"),
                      re.MULTILINE)
     ]
-    assert importers == ["schemas/asyncapi.py"]
+    assert importers == ["codeswitch/asyncapi.py"]
 
 
 def test_no_part_loads_faststream() -> None:

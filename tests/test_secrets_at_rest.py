@@ -30,8 +30,9 @@ from runtime.secrets import (
     encrypt_secret,
     is_encrypted,
     load_key,
+    resolve_secret,
 )
-from schemas.config import ProviderConfig, UnifiedUpstream, resolve_secret
+from schemas.config import ProviderConfig, UnifiedUpstream
 from tests.fakes.upstream import FakeUpstream
 from tests.test_up import CLI
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from schemas.config import resolve_secret
+from runtime.secrets import resolve_secret
 from schemas.events import AlertFired, AlertResolved
 from workers.alerts.rules import Channel, Rule, format_value
 

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from schemas.config import resolve_secret
+from runtime.secrets import resolve_secret
 from schemas.envelope import ReplyStart, RequestEnvelope
 from schemas.errors import stream_error
 from schemas.events import Usage

@@ -17,7 +17,8 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from schemas.config import ProviderConfig, resolve_secret
+from runtime.secrets import resolve_secret
+from schemas.config import ProviderConfig
 from schemas.errors import GatewayError
 from workers.translator.common import TranslationError
 

@@ -1,8 +1,8 @@
 """The AsyncAPI 3.0 document of every NATS subject codeswitch uses, generated with faststream.
 
-    python -m schemas.asyncapi                       # JSON on stdout
-    python -m schemas.asyncapi -o docs/asyncapi.json # what is committed (docs/asyncapi.md)
-    python -m schemas.asyncapi --yaml -o FILE        # needs pyyaml, not a dependency
+    python -m codeswitch.asyncapi                       # JSON on stdout
+    python -m codeswitch.asyncapi -o docs/asyncapi.json # what is committed (docs/asyncapi.md)
+    python -m codeswitch.asyncapi --yaml -o FILE        # needs pyyaml, not a dependency
 
 Documentation only: no part imports this module, and it is the only module that imports
 faststream (tests/test_asyncapi.py checks both), so no gateway process pays for faststream,
@@ -505,7 +505,7 @@ EMBEDDED: tuple[type[msgspec.Struct], ...] = (RequestEnvelope, ReplyStart)
 
 DESCRIPTION = """\
 Every NATS subject of the codeswitch gateway: who sends, who receives, and the payload.
-Generated from `schemas/` by `python -m schemas.asyncapi` (docs/asyncapi.md); the prose
+Generated from `schemas/` by `python -m codeswitch.asyncapi` (docs/asyncapi.md); the prose
 behind it is docs/architecture.md, "Subjects and streams".
 
 Commands and facts never share a subject tree. **Commands** (the request, its answer,
@@ -660,7 +660,7 @@ def document_json(doc: dict[str, Any] | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m schemas.asyncapi", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m codeswitch.asyncapi", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     fmt = parser.add_mutually_exclusive_group()
     fmt.add_argument("--json", dest="fmt", action="store_const", const="json", default="json",

@@ -387,27 +387,3 @@ def _has_uvloop() -> bool:
         return False
     return True
 
-
-async def run(nats_url: str, home: Any, stop: asyncio.Event, *, host: str = "127.0.0.1",
-              port: int = 18100, grace: float = 30.0) -> None:
-    """Serve the edge until ``stop`` is set (the entry point ``runtime.launch`` calls).
-
-    uvicorn catches SIGINT/SIGTERM while it serves: it stops taking connections, lets the
-    requests in flight finish for up to ``grace`` seconds, then raises the signal again for
-    the handler that was there before (``runtime.launch``'s, which stops the other parts of
-    this process after the edge)."""
-    from edge.app import EdgeApp
-
-    server = uvicorn.Server(make_config(EdgeApp(nats_url, home=home), host, port, grace=grace))
-
-    async def watch() -> None:
-        await stop.wait()
-        server.should_exit = True
-
-    watcher = asyncio.create_task(watch())
-    try:
-        await server.serve()
-    finally:
-        watcher.cancel()
-    if not server.started:
-        raise SystemExit(f"the edge could not listen on {host}:{port}")

@@ -5,7 +5,7 @@ modules of the parts it runs and ``runtime``, never typer, rich or the CLI's com
 (a ``codeswitch`` CLI process weighs ~30 MB more). The parts are named here as module paths
 and imported by name, so ``runtime`` has no import arrow into a part:
 
-    edge     edge.server        the HTTP edge (uvicorn)
+    edge     edge.main          the HTTP edge (uvicorn)
     router   workers.router     takes requests from the work queue, calls upstreams
     ledger   workers.ledger     the event log -> DuckDB projection, answers queries
     alerts   workers.alerts     alert rules, notifications
@@ -34,7 +34,7 @@ __all__ = ["PARTS", "label_for", "main", "run_parts", "title_for"]
 
 # stop order = the order here
 PARTS: dict[str, str] = {
-    "edge": "edge.server",
+    "edge": "edge.main",
     "router": "workers.router.service",
     "ledger": "workers.ledger.service",
     "alerts": "workers.alerts.service",

@@ -1,5 +1,5 @@
-"""Subprocess helpers for compare.py: free ports, waiting for a port, stopping what we started,
-and CPU time of a process tree read from /proc (no psutil)."""
+"""Subprocess helpers for compare.py and footprint.py: free ports, waiting for a port, stopping
+what we started, and CPU time and memory of a process tree read from /proc (no psutil)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ProcCpu", "free_port", "nodelay", "stop_process", "tree_cpu", "wait_port"]
+__all__ = ["ProcCpu", "ProcMem", "descendants", "free_port", "nodelay", "proc_mem",
+           "proc_title", "short_label", "stop_process", "tree_cpu", "tree_memory", "wait_port"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -121,3 +122,111 @@ def tree_cpu(root: int) -> list[ProcCpu]:
         out.append(ProcCpu(pid, _label(pid), cpu[pid]))
         todo.extend(children.get(pid, ()))
     return out
+
+
+# -- memory -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProcMem:
+    pid: int
+    label: str  # short: "codeswitch up", "codeswitch worker router", "nats-server"
+    title: str  # the command line as ps shows it (the process title a part sets for itself)
+    rss_kb: int  # VmRSS from /proc/<pid>/status
+    pss_kb: int | None  # from /proc/<pid>/smaps_rollup, None when it cannot be read
+    uss_kb: int | None  # Private_Clean + Private_Dirty from smaps_rollup
+
+
+def _ppid_state(pid: int) -> tuple[int, str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(b")") + 2:].split()
+    return int(fields[1]), fields[0].decode()
+
+
+def descendants(root: int) -> list[int]:
+    """``root`` (if alive) and its live descendants, found through ppid (the gateway starts its
+    parts in sessions of their own); zombies left out. Root first, then by pid."""
+    children: dict[int, list[int]] = {}
+    alive: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        st = _ppid_state(int(entry))
+        if st is not None and st[1] not in ("Z", "X"):
+            alive.add(int(entry))
+            children.setdefault(st[0], []).append(int(entry))
+    if root not in alive:
+        return []
+    out, todo = [], list(children.get(root, ()))
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, ()))
+    return [root, *sorted(out)]
+
+
+def proc_title(pid: int) -> str:
+    """The command line of ``pid`` as ps shows it: arguments joined by spaces, the padding a
+    process title leaves stripped; "" if the process is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return " ".join(raw.replace(b"\0", b" ").decode(errors="replace").split())
+
+
+def short_label(title: str) -> str:
+    """``codeswitch up --home x`` -> ``codeswitch up``; ``python -m codeswitch worker router
+    --nats-url ...`` -> ``codeswitch worker router``; ``/x/bin/nats-server -c f`` ->
+    ``nats-server``: the words before the first option, from ``codeswitch`` on."""
+    words = title.split()
+    if not words:
+        return "?"
+    start = next((i for i, w in enumerate(words) if Path(w).name == "codeswitch"), None)
+    if start is None:
+        return Path(words[0]).name
+    out = ["codeswitch"]
+    for w in words[start + 1:]:
+        if w.startswith("-"):
+            break
+        out.append(w)
+    return " ".join(out)
+
+
+def _kb(line: str) -> int:
+    return int(line.split()[1])
+
+
+def proc_mem(pid: int) -> ProcMem | None:
+    """RSS (and PSS/USS when smaps_rollup is readable) of one process; None if it is gone."""
+    rss = None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss = _kb(line)
+                break
+    except (OSError, ValueError, IndexError):
+        return None
+    if rss is None:  # a kernel thread, or exiting
+        return None
+    pss = uss = None
+    try:
+        priv = 0
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                pss = _kb(line)
+            elif line.startswith(("Private_Clean:", "Private_Dirty:")):
+                priv += _kb(line)
+        uss = priv if pss is not None else None
+    except (OSError, ValueError, IndexError):
+        pss = uss = None
+    title = proc_title(pid)
+    return ProcMem(pid, short_label(title), title, rss, pss, uss)
+
+
+def tree_memory(root: int) -> list[ProcMem]:
+    """Memory of ``root`` and every live descendant (root first, then by pid)."""
+    return [m for m in map(proc_mem, descendants(root)) if m is not None]

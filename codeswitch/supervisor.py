@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime import bus
 from runtime.health import HEARTBEAT_S, SUPERVISED_ENV, parts_file
 from runtime.home import (
     AUTH_ENV,
@@ -231,6 +230,8 @@ class FactsThread:
         delay = 0.1
         while True:
             try:
+                from runtime import bus
+
                 nc = await bus.connect(self.url, name="codeswitch-supervisor",
                                        connect_timeout=2)
                 break
@@ -487,7 +488,7 @@ class Supervisor:
 
     async def _prepare(self, url: str) -> list[str]:
         from codeswitch.admin import seal_stored_secrets
-        from runtime import secrets
+        from runtime import bus, secrets
 
         nc = await bus.connect(url, name="codeswitch-up", max_reconnect_attempts=5)
         try:

@@ -67,37 +67,56 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(spec["home"])
     set_title(f"codeswitch up --home {home}", "codeswitch-up")
 
-    import msgspec
-
-    from codeswitch.admin import apply_file_config, get_setting, put_setting
-    from codeswitch.config import FileConfig, load_config, merge_legacy, read_legacy_app_json
+    # nothing that imports nats or the config code before the parts are started (the
+    # supervisor starts them first, then applies the config while their interpreters load)
     from codeswitch.supervisor import Supervisor
-    from runtime import bus, secrets
 
     config = spec.get("config")
-    file_cfg = load_config(config) if config else FileConfig()  # checked before the exec
-    app_json = home / "app.json"  # the original Code Switch's settings, same data directory
-    legacy = read_legacy_app_json(app_json)
-    taken = merge_legacy(file_cfg, legacy, app_json)
 
     async def apply(url: str) -> list[str]:
+        import msgspec
+
+        from codeswitch.admin import apply_file_config, get_setting, put_setting
+        from codeswitch.audit import AdminLog
+        from codeswitch.config import (
+            FileConfig,
+            load_config,
+            merge_legacy,
+            read_legacy_app_json,
+        )
+        from runtime import bus, secrets
+
+        file_cfg = load_config(config) if config else FileConfig()  # checked before the exec
+        app_json = home / "app.json"  # the original Code Switch's settings, same data directory
+        legacy = read_legacy_app_json(app_json)
+        taken = merge_legacy(file_cfg, legacy, app_json)
         if config is None and not taken:
             return []
         # literal keys go to KV encrypted with <home>/secret.key (created 0600 on first use)
         key = secrets.load_key(home, create=True)
         nc = await bus.connect(url, name="codeswitch-up-config")
+        audit = AdminLog(nc, home=home)  # each change an admin fact, actor local:<user>
         try:
             if config is not None:
                 return taken + await apply_file_config(
                     nc, file_cfg.providers, file_cfg.settings, file_cfg.routing,
-                    file_cfg.unified, secret_key=key)
+                    file_cfg.unified, secret_key=key, users=file_cfg.users,
+                    keys=file_cfg.keys, audit=audit)
             # only app.json: its two settings, on top of what KV already holds
             if legacy.unified is not None:
+                before = await get_setting(nc, "unified")
                 await put_setting(nc, "unified", legacy.unified, secret_key=key)
+                if (before.enabled, before.url) != (legacy.unified.enabled, legacy.unified.url):
+                    await audit.record("unified.changed", "setting:unified",
+                                       enabled=legacy.unified.enabled, url=legacy.unified.url,
+                                       via=str(app_json))
             if legacy.body_log is not None:
                 current = await get_setting(nc, "gateway")
                 await put_setting(nc, "gateway",
                                   msgspec.structs.replace(current, body_log=legacy.body_log))
+                if current.body_log != legacy.body_log:
+                    await audit.record("body_log." + ("on" if legacy.body_log else "off"),
+                                       "setting:body_log", via=str(app_json))
             return taken
         finally:
             await nc.drain()

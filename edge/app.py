@@ -76,6 +76,18 @@ class _Stop(Exception):
 # CLI retries on its own (they retry 408, 409, 429 and every 5xx), so a lost answer never
 # becomes a second, billed call without the user deciding so.
 MAYBE_EXECUTED = 424
+# ... except for the clients that retry a 424 too. Codex (checked with 0.171) retries every
+# status but 400, 401 and 429 itself (its turn loop reconnects up to 5 times and does not read
+# x-should-retry): a lost request would run again. 400 is the one of those it neither retries
+# nor hides the body of (it shows the body as the error). By client family (edge.identity).
+_MAYBE_EXECUTED_FOR = {"codex": 400}
+
+
+def maybe_executed_status(client: str | None) -> int:
+    """The status for a request that may have run upstream: one ``client`` never retries."""
+    return _MAYBE_EXECUTED_FOR.get(client or "", MAYBE_EXECUTED)
+
+
 # edge-side outcomes where the upstream's answer did not reach the client
 _UNDELIVERED = frozenset({"router_lost", "reply_gap", "gateway_stopping"})
 
@@ -343,9 +355,9 @@ class EdgeApp:
                                      EdgeError(503, message, "gateway_stopping"), request_id)
                 else:
                     await self._fail(send, state, dialect, EdgeError(
-                        MAYBE_EXECUTED, f"{message}; its provider may already have been working "
-                        "on it, so it is not retried automatically", "gateway_stopping",
-                        retryable=False), request_id)
+                        maybe_executed_status(env.client), f"{message}; its provider may "
+                        "already have been working on it, so it is not retried automatically",
+                        "gateway_stopping", retryable=False), request_id)
                     state["fact"] = "gateway_stopping"
             else:  # a stream under way: close it with the dialect's error event
                 state["fact"], state["message"] = "gateway_stopping", message
@@ -447,11 +459,11 @@ class EdgeApp:
                     if await self._untaken(state):
                         raise EdgeError(503, "no router available to take the request (is "
                                         "`codeswitch worker router` running?)", "no_router")
-                    raise _lost("router_lost")
+                    raise _lost("router_lost", env.client)
                 if data == ROUTER_LOST:
                     state["router"] = self.dispatcher.owner.get(env.request_id) \
                         if self.dispatcher else None
-                    raise _lost("router_lost")
+                    raise _lost("router_lost", env.client)
                 break
             # 2. the answer
             if kind == KIND_FULL:
@@ -464,7 +476,7 @@ class EdgeApp:
                 return
             if kind != KIND_START:  # the start was lost (NATS restarting): it may have run
                 await self._cancel(env.request_id)
-                raise _lost("reply_gap")
+                raise _lost("reply_gap", env.client)
             head, _, first = data[1:].partition(b"\n")
             start = _start_decoder.decode(head)
             if start.router and self.dispatcher is not None:
@@ -569,9 +581,10 @@ _LOST_MESSAGE = ("the gateway lost this request while its provider may already h
                  "automatically, so that you are not billed twice: send it again if you want.")
 
 
-def _lost(code: str) -> EdgeError:
-    """A request a router took and lost: it may have run upstream, so 424, never retried."""
-    return EdgeError(MAYBE_EXECUTED, _LOST_MESSAGE, code, retryable=False)
+def _lost(code: str, client: str | None = None) -> EdgeError:
+    """A request a router took and lost: it may have run upstream, so 424 (400 for Codex),
+    never retried."""
+    return EdgeError(maybe_executed_status(client), _LOST_MESSAGE, code, retryable=False)
 
 
 async def _respond(send: Send, status: int, body: bytes,

@@ -281,7 +281,7 @@ class EdgeApp:
                 raise EdgeError(400, "previous_response_id is not supported: codeswitch serves "
                                 "the Responses API statelessly; send the whole conversation "
                                 "in `input` (as Codex CLI does)", "previous_response_not_found")
-            ident = identify(headers, peek)
+            ident = identify(headers, peek, derive=route.operation == "generate")
             if self.draining:
                 raise EdgeError(503, "gateway is shutting down", "shutting_down")
             assert self.dispatcher is not None

@@ -1,8 +1,22 @@
 """Who is calling: the client program, the user and the session, from what clients send.
 
-Claude Code: ``metadata.user_id`` is a JSON string {device_id, account_uuid, session_id};
-header ``x-claude-code-session-id``. Codex: headers ``session-id``/``session_id`` and
-``originator``. OpenAI SDK users may send ``user``/``safety_identifier`` in the body.
+Sessions, first found wins (``session_of``, pure; checked against the recorded requests in
+``tests/fixtures/clients``):
+
+- ``x-codeswitch-session``: any client or SDK that wants its requests grouped says so;
+- Claude Code: ``metadata.user_id``, a JSON string {device_id, account_uuid, session_id} (1.x:
+  ``user_<hash>_account_<uuid>_session_<uuid>``), and the header ``x-claude-code-session-id``
+  (the same id);
+- Codex: the header ``session-id`` (or ``session_id``) and ``prompt_cache_key`` in the
+  body (the same id; any OpenAI client that sets ``prompt_cache_key`` is grouped by it);
+- Gemini CLI sends no session id with an API key (its ``sessionId`` only goes to Code Assist;
+  the bundled 0.61 source): its session is derived from the conversation's opening, the
+  ``<session_context>`` text (date, directories) and the first prompt, which every request of
+  the session repeats (``gemini-cli-<16 hex>``; a compressed history starts a new one). Set
+  ``GEMINI_CLI_CUSTOM_HEADERS="x-codeswitch-session: <id>"`` for an id of your own.
+
+Users: Claude Code's ``account_uuid`` (else its ``device_id``); OpenAI SDK users may send
+``user``/``safety_identifier`` in the body.
 
 ``peek_body`` is the edge's one read of a body: it raises ``EdgeError`` 400 for an empty body,
 invalid JSON, wrong field types and JSON nested deeper than msgspec's recursion budget (about
@@ -12,13 +26,16 @@ a 500 with a traceback per request.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import NamedTuple
 
 import msgspec
 
 from edge.errors import EdgeError
 
-__all__ = ["Identity", "Peek", "identify", "peek_body", "peek_decoder"]
+__all__ = ["Identity", "Peek", "gemini_session", "identify", "peek_body", "peek_decoder",
+           "session_of"]
 
 
 class _Metadata(msgspec.Struct):
@@ -34,6 +51,9 @@ class Peek(msgspec.Struct):
     user: str | None = None
     safety_identifier: str | None = None
     previous_response_id: str | None = None
+    prompt_cache_key: str | None = None  # Codex: its session id
+    # Gemini: kept undecoded (a slice of the body) unless a session is derived from it
+    contents: msgspec.Raw = msgspec.Raw()
 
 
 peek_decoder = msgspec.json.Decoder(Peek)
@@ -61,6 +81,21 @@ class _ClaudeUser(msgspec.Struct):
 
 
 _claude_user = msgspec.json.Decoder(_ClaudeUser)
+# Claude Code 1.x: user_<sha256>_account_<uuid or empty>_session_<uuid>
+_CLAUDE_V1 = re.compile(r"user_([0-9a-f]+)_account_([0-9a-f-]*)_session_([0-9a-f-]+)")
+
+
+class _GeminiPart(msgspec.Struct):
+    text: str | None = None
+
+
+class _GeminiContent(msgspec.Struct):
+    role: str | None = None
+    parts: list[_GeminiPart] = []
+
+
+_raw_list = msgspec.json.Decoder(list[msgspec.Raw])
+_gemini_content = msgspec.json.Decoder(_GeminiContent)
 
 
 class Identity(NamedTuple):
@@ -87,22 +122,70 @@ def _client_family(headers: dict[str, str]) -> str | None:
     return ua.split("/", 1)[0][:40] or None
 
 
-def identify(headers: dict[str, str], peek: Peek | None) -> Identity:
+def _claude_metadata(raw: str) -> tuple[str | None, str | None]:
+    """(user, session) from Claude Code's ``metadata.user_id``; any other string is the
+    user."""
+    if raw.startswith("{"):
+        try:
+            parsed = _claude_user.decode(raw)
+            return parsed.account_uuid or parsed.device_id, parsed.session_id
+        except (msgspec.DecodeError, msgspec.ValidationError, TypeError, RecursionError):
+            return raw, None
+    m = _CLAUDE_V1.fullmatch(raw)
+    if m:
+        return m.group(2) or m.group(1), m.group(3)
+    return raw, None
+
+
+def gemini_session(contents: bytes) -> str | None:
+    """Gemini CLI's session, derived from the opening of its conversation: the first two
+    texts of the leading user turns (the ``<session_context>`` block and the first prompt;
+    the routing classifier sends them as two turns, the chat as one). Every request of the
+    session starts with them; none carries an id of its own."""
+    try:
+        items = _raw_list.decode(contents)
+        texts: list[str] = []
+        for item in items[:2]:
+            turn = _gemini_content.decode(item)
+            if turn.role not in (None, "user"):
+                break
+            texts += [p.text for p in turn.parts if p.text]
+            if len(texts) >= 2:
+                break
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    if not texts:
+        return None
+    digest = hashlib.blake2b("\x00".join(texts[:2]).encode("utf-8", "replace"),
+                             digest_size=8).hexdigest()
+    return f"gemini-cli-{digest}"
+
+
+def session_of(headers: dict[str, str], peek: Peek | None, client: str | None = None,
+               *, derive: bool = True) -> tuple[str | None, str | None]:
+    """(user, session) from the headers and the peeked body, first found wins (see the module
+    docstring). ``derive=False``: no session made up from the content (a token count is no
+    turn of the conversation)."""
     user = session = None
     if peek is not None:
         if peek.metadata is not None and peek.metadata.user_id:
-            raw = peek.metadata.user_id
-            try:
-                parsed = _claude_user.decode(raw)
-                user = parsed.account_uuid or parsed.device_id
-                session = parsed.session_id
-            except (msgspec.DecodeError, TypeError, RecursionError):
-                user = raw
+            user, session = _claude_metadata(peek.metadata.user_id)
         user = user or peek.user or peek.safety_identifier
     session = (
-        session
+        headers.get("x-codeswitch-session")
+        or session
         or headers.get("x-claude-code-session-id")
         or headers.get("session-id")
         or headers.get("session_id")
+        or (peek.prompt_cache_key if peek is not None else None)
     )
-    return Identity(_client_family(headers), user and user[:128], session and session[:128])
+    if session is None and derive and client == "gemini-cli" and peek is not None \
+            and peek.contents:
+        session = gemini_session(bytes(peek.contents))
+    return user, session
+
+
+def identify(headers: dict[str, str], peek: Peek | None, *, derive: bool = True) -> Identity:
+    client = _client_family(headers)
+    user, session = session_of(headers, peek, client, derive=derive)
+    return Identity(client, user and user[:128], session and session[:128])

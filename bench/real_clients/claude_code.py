@@ -28,7 +28,11 @@ no fallback; CLAUDE_CODE_MAX_RETRIES=1 to keep it short: by default Claude Code 
 times over ~3 minutes), midstream-error (error event after content: Claude Code retries
 without streaming), count-tokens (Claude Code's own body through each dialect), models,
 reasoning-chat (DeepSeek-style reasoning_content + tool call: must come back as
-reasoning_content on the next turn; fails without /tmp/patches/claude.diff).
+reasoning_content on the next turn; fails without /tmp/patches/claude.diff),
+lost-424 (the router that took the request is SIGKILLed while fa holds the call: the gateway's
+424 + x-should-retry: false; Claude Code must show it and not send it again), final-503 (the
+router SIGSTOPped: the gateway's own retryable 503 "no router available" to every attempt;
+Claude Code's default retries, ~4 minutes). The faults: bench/real_clients/_faults.py.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from typing import Any
 REPO = Path(os.environ.get("CC_REPO", str(Path(__file__).resolve().parents[2])))
 sys.path.insert(0, str(REPO))
 
+import _faults as faults  # noqa: E402  (bench/real_clients/_faults.py)
 import aiohttp  # noqa: E402
 import msgspec  # noqa: E402
 from aiohttp import web  # noqa: E402
@@ -604,6 +609,46 @@ def main(filters: list[str]) -> int:
                   f"stdout={r.stdout.strip()[:50]!r} assistant turn keys sent upstream="
                   f"{sorted(turn)} (DeepSeek thinking mode answers 400 without "
                   "reasoning_content on tool-call turns)")
+        gw = f"http://127.0.0.1:{st.gw_port}"
+        if want("lost-424"):
+            # the router that took the request is killed while fa holds the call: the edge
+            # answers 424 + x-should-retry: false; Claude Code must not send it again
+            reset()
+            fa = st.fakes["fa"]
+            fa.push(Behavior(hang=True))
+            b0, n0 = faults.answered(gw, "anthropic"), len(st.proxy.log)
+            t, info = faults.kill_router_on_call(st.home, fa, len(fa.requests) + 1)
+            t0 = time.monotonic()
+            r = st.claude("Say hello", pin="fa", timeout=300)
+            took = time.monotonic() - t0
+            t.join(10)
+            got = faults.since(b0, faults.answered(gw, "anthropic"))
+            posts = since(n0)
+            hdr = {k.lower(): v for k, v in (posts[0].get("resp_headers") or {}).items()} \
+                if posts else {}
+            check("lost-424", posts and posts[0].get("status") == 424
+                  and hdr.get("x-should-retry") == "false" and got == {424: 1}
+                  and len(posts) == 1 and r.returncode != 0 and "billed twice" in r.stdout,
+                  f"gateway answers={got} attempts={len(posts)} rc={r.returncode} {took:.1f}s "
+                  f"x-should-retry={hdr.get('x-should-retry')} shown={r.stdout.strip()[:150]!r}"
+                  + (f" {info['error']}" if "error" in info else ""))
+            faults.wait_ready(gw, st.home, info.get("pid"))
+        if want("final-503"):
+            # no router takes the request (stopped): the edge answers 503 after the pickup
+            # timeout, every time; Claude Code retries (default retries) and then shows it
+            reset()
+            b0, n0 = faults.answered(gw, "anthropic"), len(st.proxy.log)
+            t0 = time.monotonic()
+            with faults.stopped_router(st.home):
+                r = st.claude("Say hello", pin="fa", timeout=600)
+            took = time.monotonic() - t0
+            got = faults.since(b0, faults.answered(gw, "anthropic"))
+            posts = since(n0)
+            check("final-503", r.returncode != 0 and got == {503: len(posts)} and len(posts) > 1
+                  and "no router available" in r.stdout,
+                  f"gateway answers={got} attempts={len(posts)} (retries={len(posts) - 1}) "
+                  f"rc={r.returncode} {took:.1f}s shown={r.stdout.strip()[:150]!r}")
+            faults.wait_ready(gw, st.home, None)
         if st.proxy is not None:
             first = next((e for e in st.proxy.log if e["method"] == "POST"), None)
             if first:

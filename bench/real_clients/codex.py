@@ -23,7 +23,11 @@ and: namespace-anthropic (a `namespace` group tool through a translated provider
 direct-capture (Codex pointed at the fake directly, to record its exact headers), error-429,
 error-429-retry-after, error-503, error-400 (Codex's retry behaviour and message),
 fallback-429 and fallback-instream (priority 1 fails, priority 2 answers invisibly),
-midstream-error (error after content: Codex reconnects).
+midstream-error (error after content: Codex reconnects), lost-424 (the router that took the
+request is SIGKILLed while the provider holds the call: the gateway answers Codex 400, not 424,
++ x-should-retry: false; Codex must show it and not send it again), final-503 (the router
+SIGSTOPped: the gateway's own retryable 503 "no router available" to every attempt; Codex's
+default retries, ~3 minutes). The faults: bench/real_clients/_faults.py.
 
 The scripted fake provider:
 A scripted fake provider for a Codex tool round trip (built on tests/fakes/upstream.py).
@@ -59,6 +63,7 @@ from typing import Any
 REPO = os.environ.get("CX_REPO", str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, REPO)
 
+import _faults as faults  # noqa: E402  (bench/real_clients/_faults.py)
 import msgspec  # noqa: E402
 
 from tests.fakes import upstream as U  # noqa: E402
@@ -748,6 +753,41 @@ def main(filters: list[str]) -> int:
                   and msgs[-1:] == [DEFAULT_TEXT["anthropic"]],
                   f"rc={rc} {dt:.1f}s upstream_reqs={len(f.requests)} msgs={msgs!r:.120} "
                   f"errors={[m[:160] for m in errors(ev)][:3]}")
+        gw = f"http://127.0.0.1:{PORT}"
+        if want("lost-424"):
+            # the router that took the request is killed while the provider holds the call: it
+            # may have run upstream, Codex must not send it again. The edge answers 400 to Codex
+            # (424 + x-should-retry: false to the others): Codex 0.171 retries a 424 (every
+            # status but 400, 401 and 429), and ran the request twice with a 424
+            fail.clear()
+            fail.push(Behavior(hang=True))
+            b0 = faults.answered(gw, "openai-responses")
+            t, info = faults.kill_router_on_call(env.cs_home, fail, 1)
+            rc, ev, err, dt = env.codex("Say hello", model="gpt-6-luna", timeout=400)
+            t.join(10)
+            got = faults.since(b0, faults.answered(gw, "openai-responses"))
+            msgs = errors(ev)
+            check("lost-424", got == {400: 1} and len(fail.requests) == 1 and rc != 0
+                  and any("billed twice" in m for m in msgs),
+                  f"gateway answers={got} rc={rc} {dt:.1f}s codex_errors="
+                  f"{[m[:220] for m in msgs][-2:]}" + (f" {info['error']}" if "error" in info
+                                                       else ""))
+            faults.wait_ready(gw, env.cs_home, info.get("pid"))
+        if want("final-503"):
+            # no router takes the request (stopped): the edge answers 503 after the pickup
+            # timeout, every time; Codex retries, then shows it
+            fail.clear()
+            b0 = faults.answered(gw, "openai-responses")
+            with faults.stopped_router(env.cs_home):
+                rc, ev, err, dt = env.codex("Say hello", model="gpt-6-luna", timeout=900)
+            got = faults.since(b0, faults.answered(gw, "openai-responses"))
+            msgs = errors(ev)
+            n = sum(got.values())
+            check("final-503", rc != 0 and set(got) == {503} and n > 1 and not fail.requests
+                  and any("no router available" in m for m in msgs),
+                  f"gateway answers={got} (retries={n - 1}) rc={rc} {dt:.1f}s codex_errors="
+                  f"{[m[:220] for m in msgs][-2:]}")
+            faults.wait_ready(gw, env.cs_home, None)
     finally:
         env.stop()
     log("\nSUMMARY")

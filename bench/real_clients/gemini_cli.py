@@ -29,7 +29,11 @@ next-speaker-{gemini,chat} (model.skipNextSpeakerCheck=false), thought-sig-gemin
 carried through the CLI and replayed with its text), sampling-anth (no temperature+top_p together
 to Anthropic), error-400, error-429-503-retry (pinned: the CLI retries with backoff),
 fallback-429 (g1 fails, g2 answers), fallback-cross-dialect (g1 and g2 fail, anth answers),
-midstream-error (error after content: error event in Gemini shape, the CLI retries).
+midstream-error (error after content: error event in Gemini shape, the CLI retries),
+lost-424 (the router that took the request is SIGKILLed while g1 holds the call: the gateway's
+424 + x-should-retry: false; the CLI must show it and not send it again), final-503 (the router
+SIGSTOPped: the gateway's own retryable 503 "no router available" to every attempt; the CLI's
+default retries, ~5 minutes). The faults: bench/real_clients/_faults.py.
 """
 from __future__ import annotations
 
@@ -51,6 +55,8 @@ from typing import Any
 
 REPO = os.environ.get("GM_REPO", str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, REPO)
+
+import _faults as faults  # noqa: E402  (bench/real_clients/_faults.py)
 
 from tests.fakes.upstream import Behavior, FakeUpstream  # noqa: E402
 
@@ -661,6 +667,44 @@ def run(env: Env, version: str, filters: list[str]) -> None:
               and answer(evs).endswith("Hello from the fake gemini upstream."),
               f"rc={rc} upstream (status, events)={st}: the CLI got the Gemini error event "
               f"after content and retried; final={answer(evs)[-40:]!r}")
+    if want("lost-424"):
+        # the router that took the request is killed while g1 holds the call: the edge answers
+        # 424 + x-should-retry: false; the CLI must not send it again
+        env.clear()
+        g1 = env.fakes["g1"]
+        g1.push(Behavior(hang=True))
+        b0 = faults.answered(env.url, "gemini")
+        t, info = faults.kill_router_on_call(env.cs_home, g1, 1)
+        t0 = time.monotonic()
+        rc, out, err = env.gemini("Say hello", "-m", "gemini-2.5-flash", fmt="json", pin="g1",
+                                  timeout=300)
+        took = time.monotonic() - t0
+        t.join(10)
+        got = faults.since(b0, faults.answered(env.url, "gemini"))
+        e = (json_doc(out) or json_doc(err)).get("error") or {}
+        check("lost-424", got == {424: 1} and len(posts(g1)) == 1 and rc != 0
+              and e.get("code") == 424 and "billed twice" in e.get("message", ""),
+              f"gateway answers={got} rc={rc} {took:.1f}s error={str(e)[:240]}"
+              + (f" {info['error']}" if "error" in info else ""))
+        faults.wait_ready(env.url, env.cs_home, info.get("pid"))
+    if want("final-503"):
+        # no router takes the request (stopped): the edge answers 503 after the pickup
+        # timeout, every time; the CLI retries with backoff, then shows it
+        env.clear()
+        b0 = faults.answered(env.url, "gemini")
+        t0 = time.monotonic()
+        with faults.stopped_router(env.cs_home):
+            rc, out, err = env.gemini("Say hello", "-m", "gemini-2.5-flash", fmt="json",
+                                      pin="g1", timeout=900)
+        took = time.monotonic() - t0
+        got = faults.since(b0, faults.answered(env.url, "gemini"))
+        e = (json_doc(out) or json_doc(err)).get("error") or {}
+        n = sum(got.values())
+        check("final-503", rc != 0 and set(got) == {503} and n > 1 and not posts(env.fakes["g1"])
+              and "no router available" in e.get("message", ""),
+              f"gateway answers={got} (retries={n - 1}) rc={rc} {took:.1f}s "
+              f"error={str(e)[:240]}")
+        faults.wait_ready(env.url, env.cs_home, None)
 
 
 def main(filters: list[str]) -> int:

@@ -64,6 +64,7 @@ __all__ = ["Part", "RestartPolicy", "Supervisor", "SupervisorError"]
 log = logging.getLogger("codeswitch.supervisor")
 
 EMBEDDED_NATS_PORT = 18122
+WORKERS_NICE = 10
 NATS_PART = "nats-server"
 # "restarts" in facts and parts.json: restarts in the last 10 minutes
 RESTARTS_WINDOW_S = 600.0
@@ -143,6 +144,8 @@ class Part:
     name: str
     argv: list[str]
     order: int  # stop order: lower stops first
+    # CPU priority below the request path (nice): the workers, which answer no client
+    nice: int = 0
     # starts the process instead of argv (nats-server: EmbeddedNats.launch)
     launcher: Callable[[], subprocess.Popen[bytes]] | None = None
     proc: subprocess.Popen[bytes] | None = None
@@ -162,7 +165,7 @@ class Part:
         else:
             self.proc = subprocess.Popen(
                 self.argv, env={**env, PART_ENV: self.name}, start_new_session=True,
-                preexec_fn=pdeathsig_preexec(), stdin=subprocess.DEVNULL,
+                preexec_fn=pdeathsig_preexec(nice=self.nice), stdin=subprocess.DEVNULL,
             )
         self.started_at = time.monotonic()
         self.started_wall = time.time()
@@ -440,7 +443,10 @@ class Supervisor:
                               [*exe, "router", *nats, *home], order=1))
         # the ledger and the alerts share one process: both read the event log at their own
         # pace and answer no client; apart they cost one more interpreter (~30 MB)
-        parts.append(Part("workers", [*exe, "ledger,alerts", *nats, *home], order=2))
+        # nice 10: under CPU contention the edge and the routers (the clients' requests, and
+        # at start the readiness they wait for) go first; the ledger catches up when they idle
+        parts.append(Part("workers", [*exe, "ledger,alerts", *nats, *home], order=2,
+                          nice=WORKERS_NICE))
         return parts
 
     def run(self) -> int:

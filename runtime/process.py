@@ -33,21 +33,25 @@ def _load_libc() -> ctypes.CDLL | None:
     return _libc
 
 
-def pdeathsig_preexec(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+def pdeathsig_preexec(sig: int = signal.SIGTERM, *, nice: int = 0
+                      ) -> Callable[[], None] | None:
     """A preexec_fn that asks the kernel to send ``sig`` (SIGTERM) to the child when its
-    parent dies.
+    parent dies, and lowers the child's CPU priority by ``nice``.
 
     libc is loaded here, in the parent: the child between fork and exec only makes the one
     system call (no dlopen, which could deadlock on a lock another thread of the parent held
     at fork time). The signal is tied to the thread that forks: start children from the
     supervisor's main thread."""
     libc = _load_libc()
-    if libc is None:
+    prctl = libc.prctl if libc is not None else None
+    if prctl is None and not nice:
         return None
-    prctl = libc.prctl
 
     def _preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, sig)
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, sig)
+        if nice:
+            os.nice(nice)
 
     return _preexec
 

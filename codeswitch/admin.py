@@ -9,7 +9,7 @@ older version left in KV and purges the plain-text history from the store."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -27,6 +27,11 @@ from schemas.config import (
 from schemas.subjects import ROUTER_ROLLCALL
 from workers.router.breaker import BreakerState
 
+if TYPE_CHECKING:
+    from codeswitch.audit import AdminLog
+    from codeswitch.users import KeySpec
+    from schemas.users import User
+
 __all__ = [
     "apply_file_config",
     "get_setting",
@@ -35,6 +40,7 @@ __all__ = [
     "delete_provider",
     "get_provider",
     "list_providers",
+    "provider_details",
     "put_provider",
     "put_settings",
     "roll_call",
@@ -162,35 +168,72 @@ async def list_circuits(nc: NATS) -> dict[str, BreakerState]:
             for key, value in (await _values(nc, names.CIRCUITS_BUCKET)).items()}
 
 
+def provider_details(p: ProviderConfig) -> dict[str, Any]:
+    """What an admin fact says about a provider: never its key (only whether it is an
+    ``env:`` reference or a literal)."""
+    key = p.api_key
+    return {"dialect": p.dialect, "base_url": p.base_url, "models": p.models or None,
+            "priority": p.priority, "weight": p.weight, "enabled": p.enabled,
+            "api_key": None if not key else key if key.startswith("env:") else "literal"}
+
+
+def gateway_details(settings: GatewaySettings) -> dict[str, Any]:
+    """The gateway settings in an admin fact: how many client keys, never their hashes."""
+    return {"api_keys": len(settings.key_hashes), "max_body_bytes": settings.max_body_bytes,
+            "pickup_timeout": settings.pickup_timeout, "body_log": settings.body_log}
+
+
 async def apply_file_config(nc: NATS, providers: list[ProviderConfig],
                             settings: GatewaySettings | None,
                             routing: RoutingSettings | None = None,
                             unified: UnifiedUpstream | None = None, *,
-                            secret_key: bytes | None = None) -> list[str]:
+                            secret_key: bytes | None = None,
+                            users: list[User] | None = None, keys: list[KeySpec] | None = None,
+                            audit: AdminLog | None = None) -> list[str]:
     """Upsert the file's providers; drop file-sourced providers no longer in it. With
     ``secret_key``, literal keys are stored encrypted (and compared decrypted, so an unchanged
-    file writes nothing)."""
+    file writes nothing). With ``users``/``keys`` (lists, possibly empty) the file's users and
+    keys are synced too (``codeswitch.users.apply_users_config``). With ``audit``, each change
+    is an admin fact."""
     changes = []
+
+    async def record(action: str, target: str, **details: Any) -> None:
+        if audit is not None:
+            await audit.record(action, target, via="config file", **details)
+
+    if users is not None or keys is not None:  # first: a bad [[keys]] owner writes nothing
+        from codeswitch.users import apply_users_config
+
+        changes += await apply_users_config(nc, audit, users or [], keys or [])
     current = {p.name: p for p in await list_providers(nc)}
     wanted = {p.name for p in providers}
     for p in providers:
         cur = current.get(p.name)
         if cur is None or _plain_provider(cur, secret_key) != p:
             await put_provider(nc, p, secret_key=secret_key)
-            changes.append(f"provider {p.name} {'updated' if p.name in current else 'added'}")
+            verb = "updated" if p.name in current else "added"
+            changes.append(f"provider {p.name} {verb}")
+            await record(f"provider.{verb}", f"provider:{p.name}", **provider_details(p))
     for name, p in current.items():
         if p.source == "config" and name not in wanted:
             await delete_provider(nc, name)
             changes.append(f"provider {name} removed (no longer in the config file)")
+            await record("provider.removed", f"provider:{name}")
     if settings is not None:
+        before = await get_setting(nc, "gateway")
         await put_settings(nc, settings)
+        if settings != before:
+            await record("settings.changed", "setting:gateway", **gateway_details(settings))
     if routing is not None and routing != await get_setting(nc, "routing"):
         await put_setting(nc, "routing", routing)
         changes.append("routing settings applied")
+        await record("routing.changed", "setting:routing", **msgspec.to_builtins(routing))
     if unified is not None and \
             unified != _plain_unified(await get_setting(nc, "unified"), secret_key):
         await put_setting(nc, "unified", unified, secret_key=secret_key)
         changes.append("unified settings applied")
+        await record("unified.changed", "setting:unified", enabled=unified.enabled,
+                     url=unified.url, token="set" if unified.token else None)
     return changes
 
 

@@ -56,6 +56,7 @@ from schemas import subjects as s
 from schemas.dialects import DIALECTS
 from schemas.envelope import ENV_HEADER, ReplyStart, RequestEnvelope
 from schemas.events import (
+    AdminAction,
     AlertFired,
     AlertNotificationFailed,
     AlertResolved,
@@ -283,6 +284,12 @@ _response = f"{s.RESPONSE_PREFIX}.{{dialect}}.{{provider}}"
 _circuit = "provider.circuit.{provider}.{state}"
 _quota = "user.{user}.quota"
 _part = "gateway.part.{part}.{state}"
+_admin = f"{s.ADMIN_PREFIX}.{{thing}}.{{verb}}"
+_ADMIN_PARAMS = {
+    "thing": {"description": "What changed: user, key, limit, provider, active, unified, "
+              "routing, settings, rule, mcp, skill, skill_repo, body_log."},
+    "verb": {"description": "created, updated, removed, enabled, disabled, promoted, demoted, "
+             "revoked, changed, added, installed, on, off, ..."}}
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     # -- the request and its answer ----------------------------------------------------------
@@ -494,10 +501,21 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         params={"state": {"description": "What happened to the part.", "enum": [
             "started", "exited", "restarted", "crash_loop", "recovered"]}}),
     Endpoint(
-        "admin", "admin.>", "ledger", "receive", ANY_FACT,
-        f"Reserved for admin facts; nothing publishes here yet. {LEDGER_READS} A fact with "
-        "no table yet is kept verbatim in its audit table.", stream=EVENTS,
-        headers=FACT_HEADERS),
+        "admin", _admin, "cli", "send", _struct(AdminAction),
+        "An administrator changed the gateway (users, keys, limits, providers, settings, alert "
+        "rules, MCP servers, skills, the body log): published by the command right after its "
+        "write, the JetStream ack awaited (`codeswitch/audit.py`); one that cannot be "
+        "published waits in `<home>/outbox` for the next part to start.", stream=EVENTS,
+        headers=FACT_HEADERS, params=_ADMIN_PARAMS),
+    Endpoint(
+        "admin", _admin, "supervisor", "send", _struct(AdminAction),
+        "`codeswitch up` applied the config file (providers, settings, `[[users]]`, "
+        "`[[keys]]`): one fact per change, `details.via` says so.", stream=EVENTS,
+        headers=FACT_HEADERS, params=_ADMIN_PARAMS),
+    Endpoint(
+        "admin", _admin, "ledger", "receive", _struct(AdminAction),
+        f"{LEDGER_READS} Kept in its audit table (`codeswitch audit`).", stream=EVENTS,
+        headers=FACT_HEADERS, params=_ADMIN_PARAMS),
 )
 
 # Structs carried inside a header or a framed reply, not as a whole payload.

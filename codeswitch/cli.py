@@ -84,6 +84,13 @@ async def _applied(nc: Any) -> str:
     return f"[yellow]in effect on {caught} of {routers} routers so far[/]"
 
 
+def _audit(nc: Any, home: Path | None) -> Any:
+    """The admin facts of this command (codeswitch/audit.py): actor local:<OS user>."""
+    from codeswitch.audit import AdminLog
+
+    return AdminLog(nc, home=home_dir(home))
+
+
 def _watch(frame: Callable[[], Any]) -> None:
     """Redraw ``frame()`` every second until Ctrl-C (`provider status -w`, `status -w`)."""
     from rich.live import Live
@@ -301,7 +308,7 @@ def provider_add(
     nats_url: NatsOpt = None, home: HomeOpt = None,
 ) -> None:
     """Add or replace a provider. Running routers use it on their next request."""
-    from codeswitch.admin import put_provider
+    from codeswitch.admin import get_provider, provider_details, put_provider
     from schemas.config import ProviderConfig
 
     try:
@@ -322,7 +329,10 @@ def provider_add(
     key = _secret_key(home) if provider.api_key else None
 
     async def go(nc: Any) -> str:
+        existed = await get_provider(nc, name) is not None
         await put_provider(nc, provider, secret_key=key)
+        await _audit(nc, home).record("provider.updated" if existed else "provider.added",
+                                      f"provider:{name}", **provider_details(provider))
         return await _applied(nc)
 
     applied = _with_nats(nats_url_for(home, nats_url), go)
@@ -337,6 +347,8 @@ def _set_enabled(name: str, enabled: bool, nats_url: str | None, home: Path | No
         if p is None:
             return None
         await put_provider(nc, msgspec.structs.replace(p, enabled=enabled))
+        await _audit(nc, home).record("provider.enabled" if enabled else "provider.disabled",
+                                      f"provider:{name}")
         return await _applied(nc)
 
     applied = _with_nats(nats_url_for(home, nats_url), go)
@@ -364,7 +376,10 @@ def provider_remove(name: str, nats_url: NatsOpt = None, home: HomeOpt = None) -
     from codeswitch.admin import delete_provider
 
     async def go(nc: Any) -> str | None:
-        return await _applied(nc) if await delete_provider(nc, name) else None
+        if not await delete_provider(nc, name):
+            return None
+        await _audit(nc, home).record("provider.removed", f"provider:{name}")
+        return await _applied(nc)
 
     applied = _with_nats(nats_url_for(home, nats_url), go)
     if applied is None:
@@ -483,6 +498,8 @@ def use(
             else:
                 by_app[a] = provider  # type: ignore[assignment]
         await put_setting(nc, "active", ActiveProviders(by_app=by_app))
+        await _audit(nc, home).record("active.changed", "setting:active", clients=apps,
+                                      provider=None if clear else provider, cleared=clear or None)
         return None, await _applied(nc)
 
     problem, applied = _with_nats(nats_url_for(home, nats_url), go)
@@ -518,6 +535,8 @@ def unified(
         new = UnifiedUpstream(enabled=state == "on", url=url or current.url,
                               token=token if token is not None else current.token)
         await put_setting(nc, "unified", new, secret_key=key)
+        await _audit(nc, home).record("unified.changed", "setting:unified", enabled=new.enabled,
+                                      url=new.url, token="set" if new.token else None)
         return new, "; " + await _applied(nc)
 
     try:

@@ -155,6 +155,13 @@ async def _kv(nc: NATS, bucket: str) -> Any:
         return await js.key_value(bucket)
 
 
+def _admin_log(nc: NATS, home: Path | None) -> Any:
+    """This command's admin facts (codeswitch/audit.py)."""
+    from codeswitch.audit import AdminLog
+
+    return AdminLog(nc, home=home_dir(home))
+
+
 def _fail(message: str, code: int = 1) -> typer.Exit:
     console.print(f"[red]{message}[/red]")
     return typer.Exit(code)
@@ -229,13 +236,24 @@ def register(app: typer.Typer) -> None:
         async def put(nc: NATS) -> None:
             kv = await _kv(nc, names.RULES_BUCKET)
             data = msgspec.json.encode(rule)
+            action = "rule.added"
             if replace:
+                try:
+                    existed = bool((await kv.get(name)).value)
+                except KeyNotFoundError:
+                    existed = False
                 await kv.put(name, data)
-                return
-            try:
-                await kv.create(name, data)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                raise _fail(f"rule {name} exists (use --replace to change it)") from None
+                action = "rule.updated" if existed else action
+            else:
+                try:
+                    await kv.create(name, data)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    raise _fail(f"rule {name} exists (use --replace to change it)") from None
+            # the channels' URLs can hold tokens: only how many there are
+            await _admin_log(nc, home).record(
+                action, f"rule:{name}", metric=rule.metric, threshold=rule.threshold,
+                comparison=rule.comparison, scope=rule.scope, window_s=rule.window_s,
+                severity=rule.severity, enabled=rule.enabled, channels=len(rule.channels))
 
         _run(home, nats_url, put)
         console.print(f"rule [bold]{name}[/bold]: {_condition(rule)} ({rule.scope}), "
@@ -280,6 +298,7 @@ def register(app: typer.Typer) -> None:
             except KeyNotFoundError:
                 return False
             await kv.delete(name)
+            await _admin_log(nc, home).record("rule.removed", f"rule:{name}")
             return True
 
         if not _run(home, nats_url, delete):

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from runtime import bus, names
-from runtime.home import nats_url_for
+from runtime.home import home_dir, nats_url_for
 
 __all__ = ["register"]
 
@@ -43,8 +43,12 @@ def _switch(on: bool, nats_url: str | None) -> None:
             except Exception as exc:
                 return (f"cannot create the body log bucket {names.BODY_LOG_BUCKET} "
                         f"({names.BODY_LOG_MAX_BYTES >> 30} GiB): {exc}")
+        from codeswitch.audit import AdminLog
+
         current = await get_setting(nc, "gateway")
         await put_setting(nc, "gateway", msgspec.structs.replace(current, body_log=on))
+        await AdminLog(nc, home=home_dir(None)).record("body_log." + ("on" if on else "off"),
+                                                       "setting:body_log")
         return None
 
     problem = _with_nats(nats_url, go)

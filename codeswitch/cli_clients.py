@@ -136,6 +136,21 @@ def disconnect_cmd(
 
 
 # -- mcp ----------------------------------------------------------------------------------
+def _admin_log(store: McpStore, home: Path | None) -> Any:
+    """The command's admin facts, on the store's connection (codeswitch/audit.py)."""
+    from codeswitch.audit import AdminLog
+
+    return AdminLog(store.nc, home=home_dir(home))
+
+
+def _skill_fact(home: Path | None, action: str, target: str, **details: Any) -> None:
+    """Skills and their repositories live on disk: the fact goes to the running gateway's
+    NATS, or to the outbox when none is running (published when it starts)."""
+    from codeswitch.audit import record_detached
+
+    record_detached(home_dir(home), nats_url_for(home, None), action, target, **details)
+
+
 def _with_store(home: Path | None, nats_url: str | None,
                 fn: Callable[[McpStore], Coroutine[Any, Any, T]]) -> T:
     url = nats_url_for(home, nats_url)
@@ -252,9 +267,15 @@ def mcp_add(
     ).check()
 
     async def add(store: McpStore) -> list[McpServer]:
-        if not replace and await store.get(name) is not None:
+        existed = await store.get(name) is not None
+        if not replace and existed:
             raise McpError(f"a server named {name!r} exists (use --replace)")
         await store.put(server)
+        # env values and headers can hold tokens: only their names
+        await _admin_log(store, home).record(
+            "mcp.updated" if existed else "mcp.added", f"mcp:{name}", transport=kind,
+            command=server.command, url=server.url, env=sorted(server.env) or None,
+            headers=sorted(server.headers) or None, enabled=server.enabled)
         return await store.list()
 
     servers = _with_store(home, nats_url, add)
@@ -271,6 +292,8 @@ def _set_enabled(name: str, enabled: bool, home: Path | None, nats_url: str | No
             raise McpError(f"no server named {name!r} in codeswitch's list")
         await store.put(McpServer(**{**{f: getattr(server, f) for f in server.__struct_fields__},
                                      "enabled": enabled}))
+        await _admin_log(store, home).record("mcp.enabled" if enabled else "mcp.disabled",
+                                             f"mcp:{name}")
         return await store.list()
 
     servers = _with_store(home, nats_url, change)
@@ -307,6 +330,7 @@ def mcp_remove(name: str, no_sync: bool = NO_SYNC_OPT, home: Path | None = HOME_
         if not await store.delete(name):
             raise McpError(f"no server named {name!r} in codeswitch's list "
                            "(servers added by hand are left to you)")
+        await _admin_log(store, home).record("mcp.removed", f"mcp:{name}")
         return await store.list()
 
     servers = _with_store(home, nats_url, remove)
@@ -355,6 +379,8 @@ def repos_add(
 ) -> None:
     """Add a skill repository."""
     repo = _skills(home).add_repo(name, source, subdir=subdir, ref=ref)
+    _skill_fact(home, "skill_repo.added", f"skill_repo:{repo.name}", source=repo.source,
+                subdir=repo.subdir or None, ref=ref)
     out.print(f"added repository {repo.name}: {repo.source}", markup=False)
 
 
@@ -363,6 +389,7 @@ def repos_add(
 def repos_remove(name: str, home: Path | None = HOME_OPT) -> None:
     """Remove an added repository (installed skills stay)."""
     _skills(home).remove_repo(name)
+    _skill_fact(home, "skill_repo.removed", f"skill_repo:{name}")
     out.print(f"removed repository {name}", markup=False)
 
 
@@ -409,6 +436,7 @@ def skills_install(
     """Install a skill into ~/.claude/skills/NAME/."""
     mgr = _skills(home)
     info = mgr.install(name, repo=repo, force=force, refresh=refresh)
+    _skill_fact(home, "skill.installed", f"skill:{info.name}", repo=info.repo)
     out.print(f"installed {info.name} from {info.repo} into {mgr.skills_dir / info.name}",
               markup=False)
 
@@ -418,6 +446,7 @@ def skills_install(
 def skills_remove(name: str, home: Path | None = HOME_OPT) -> None:
     """Remove a skill installed by codeswitch."""
     _skills(home).remove(name)
+    _skill_fact(home, "skill.removed", f"skill:{name}")
     out.print(f"removed {name}", markup=False)
 
 
@@ -426,6 +455,8 @@ def skills_remove(name: str, home: Path | None = HOME_OPT) -> None:
 def skills_update(name: str | None = typer.Argument(None), home: Path | None = HOME_OPT) -> None:
     """Download again and reinstall one or all installed skills."""
     done = _skills(home).update(name)
+    for skill in done:
+        _skill_fact(home, "skill.updated", f"skill:{skill}")
     out.print(f"updated {', '.join(done)}" if done else "no skills installed by codeswitch",
               markup=False)
 

@@ -78,6 +78,16 @@ def parse_time(value: str | None, *, now: float | None = None) -> float | None:
         raise typer.BadParameter(f"cannot read time {value!r}") from None
 
 
+async def _id_labels(nc: NATS) -> dict[str, str]:
+    """Gateway user and key ids -> names (empty when the buckets cannot be read)."""
+    from codeswitch.cli_users import id_labels
+
+    try:
+        return await id_labels(nc)
+    except Exception:
+        return {}
+
+
 def _offset() -> int:
     return int(time.localtime().tm_gmtoff)
 
@@ -200,7 +210,8 @@ def _unpriced_note(total: dict[str, Any]) -> None:
 def stats(
     since: SinceOpt = None, until: UntilOpt = None,
     by: Annotated[str | None, typer.Option(
-        "--by", help="provider | model | user | session | dialect | client")] = None,
+        "--by", help="provider | model | user | key | session | dialect | client (user: the "
+        "gateway user, else the identity the client sent)")] = None,
     series: Annotated[str | None, typer.Option("--series", help="hour | day")] = None,
     limit: Annotated[int, typer.Option("--limit")] = 30,
     as_json: JsonOpt = False, home: HomeOpt = None, nats_url: UrlOpt = None,
@@ -216,6 +227,11 @@ def stats(
             if by:
                 out["breakdown"] = await _request(
                     nc, "breakdown", {**params, "by": by, "limit": limit}, 30)
+                if by in ("user", "key"):  # the ledger records ids: name them
+                    labels = await _id_labels(nc)
+                    for row in out["breakdown"]:
+                        if row["key"] in labels:
+                            row["name"] = labels[row["key"]]
             if series:
                 out["series"] = await _request(nc, "series", {**params, "bucket": series}, 30)
             return out
@@ -244,7 +260,8 @@ def stats(
         totals.add_row(label, value)
     console.print(totals)
     if by:
-        console.print(_metrics_table(f"By {by}", by, result["breakdown"]))
+        rows = [{**r, "key": r.get("name", r["key"])} for r in result["breakdown"]]
+        console.print(_metrics_table(f"By {by}", by, rows))
     if series:
         console.print(_metrics_table(f"Per {series}", "time", result["series"]))
     _unpriced_note(o)
@@ -256,22 +273,40 @@ def log(
     model: Annotated[str | None, typer.Option("--model")] = None,
     status: Annotated[str | None, typer.Option(
         "--status", help="ok | error | 429 | 5xx")] = None,
-    user: Annotated[str | None, typer.Option("--user")] = None,
+    user: Annotated[str | None, typer.Option(
+        "--user", help="A gateway user's name (or id), else the identity a client sent.")]
+    = None,
+    key: Annotated[str | None, typer.Option("--key", help="A key: USER/NAME or its id.")]
+    = None,
     session: Annotated[str | None, typer.Option("--session")] = None,
     limit: Annotated[int, typer.Option("--limit", "-n")] = 30,
     as_json: JsonOpt = False, home: HomeOpt = None, nats_url: UrlOpt = None,
 ) -> None:
     """The most recent requests, newest first."""
     params = _filters(since, until, provider=provider, model=model, status=status, user=user,
-                      session=session)
+                      key=key, session=session)
     params["limit"] = limit
-    rows = _run(ask(_url(home, nats_url), "log", params))
+    url = _url(home, nats_url)
+
+    async def go() -> tuple[list[dict[str, Any]], dict[str, str]]:
+        nc = await _connect(url)
+        try:
+            labels = await _id_labels(nc)
+            names = {name: ident for ident, name in labels.items()}
+            for field in ("user", "key"):  # a name given: the ledger records ids
+                if field in params and params[field] in names:
+                    params[field] = names[params[field]]
+            return await _request(nc, "log", params, 30), labels
+        finally:
+            await nc.close()
+
+    rows, labels = _run(go())
     if as_json:
         console.print_json(json.dumps(rows))
         return
     table = Table(title_justify="left")
     for col in ("time", "provider", "model", "status", "tokens in/out", "cost", "ttfb",
-                "duration", "user", "request"):
+                "duration", "user", "key", "request"):
         table.add_column(col, justify="right" if col in ("cost", "ttfb", "duration") else "left")
     for r in reversed(rows):
         status_text = Text(str(r["status"]), style="green" if r["ok"] else "red")
@@ -282,8 +317,9 @@ def log(
             status_text,
             f"{_tokens(r['input_tokens'] + r['cache_read_tokens'] + r['cache_write_tokens'])}"
             f"/{_tokens(r['output_tokens'])}",
-            _usd(r["cost"]), _ms(r["ttfb_ms"]), _ms(r["duration_ms"]), r["user"] or "-",
-            r["request_id"],
+            _usd(r["cost"]), _ms(r["ttfb_ms"]), _ms(r["duration_ms"]),
+            labels.get(r.get("user_id") or "", r.get("user_id") or r["user"] or "-"),
+            labels.get(r.get("key_id") or "", r.get("key_id") or "-"), r["request_id"],
         )
     console.print(table)
 

@@ -1,4 +1,5 @@
-"""The TOML config file: ``[gateway]`` settings and ``[[providers]]`` tables.
+"""The TOML config file: ``[gateway]`` settings, ``[[providers]]``, ``[[users]]`` and ``[[keys]]``
+tables.
 
 Errors name the file, the line and the key. Loaded values are applied to NATS KV (the single
 place every process reads config from); providers that came from the file carry
@@ -8,13 +9,15 @@ start, while providers added with the CLI are left alone.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -25,6 +28,17 @@ from schemas.config import (
     RoutingSettings,
     UnifiedUpstream,
 )
+from schemas.users import (
+    MIN_SECRET_CHARS,
+    NAME_RE,
+    User,
+    config_user_id,
+    hash_secret,
+    secret_prefix,
+)
+
+if TYPE_CHECKING:
+    from codeswitch.users import KeySpec
 
 __all__ = ["ConfigError", "FileConfig", "LegacySettings", "load_config", "merge_legacy",
            "read_legacy_app_json"]
@@ -48,6 +62,8 @@ class FileConfig:
     providers: list[ProviderConfig] = field(default_factory=list)
     routing: RoutingSettings | None = None
     unified: UnifiedUpstream | None = None
+    users: list[User] = field(default_factory=list)
+    keys: list[KeySpec] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -115,7 +131,7 @@ def load_config(path: str | Path) -> FileConfig:
             from None
     cfg = FileConfig(path=path, raw=raw)
     unknown = set(raw) - {"gateway", "providers", "routing", "unified", "ledger", "alerts",
-                          "clients"}
+                          "clients", "users", "keys"}
     if unknown:
         key = sorted(unknown)[0]
         raise ConfigError(path, "unknown top-level key", _line_of(text, None, key, ""), key)
@@ -171,7 +187,127 @@ def load_config(path: str | Path) -> FileConfig:
                               _line_of(text, i, "name"), f"providers[{i}].name")
         names.add(provider.name)
         cfg.providers.append(provider)
+    _load_users(cfg, raw, path, text)
     return cfg
+
+
+_LIMIT_KEYS = {"budget", "soft", "rpm", "tpm", "concurrency"}
+_USER_KEYS = {"name", "display_name", "role", "enabled"} | _LIMIT_KEYS
+_KEY_KEYS = {"name", "user", "secret", "hash", "models", "expires", "enabled"} | _LIMIT_KEYS
+
+
+def _expiry(value: Any) -> float | None:
+    """A TOML date or date-time, or an ISO string (local time unless it has an offset). Not a
+    duration: the file is applied on every start, and "30d" would move each time."""
+    if isinstance(value, dt.datetime):
+        return value.timestamp()
+    if isinstance(value, dt.date):
+        return dt.datetime.combine(value, dt.time()).timestamp()
+    if isinstance(value, str):
+        try:
+            return dt.datetime.fromisoformat(value.strip()).timestamp()
+        except ValueError:
+            pass
+    raise ValueError("expires must be a date or date-time (2026-01-31, 2026-01-31T18:00:00)")
+
+
+def _load_users(cfg: FileConfig, raw: dict[str, Any], path: Path, text: str) -> None:
+    """``[[users]]`` and ``[[keys]]`` (limits are budget, soft, rpm, tpm, concurrency)."""
+    from codeswitch.users import KeySpec, UserError, limits_from
+
+    def fail(table: str, i: int, key: str | None, message: str) -> ConfigError:
+        return ConfigError(path, message, _line_of(text, i, key, table),
+                           f"{table}[{i}]" + (f".{key}" if key else ""))
+
+    def limits(table: str, i: int, entry: dict[str, Any]) -> Any:
+        given = {k: entry[k] for k in _LIMIT_KEYS if k in entry}
+        try:
+            return limits_from(**given)
+        except UserError as exc:
+            raise fail(table, i, next(iter(given), None), str(exc)) from None
+
+    for table, known in (("users", _USER_KEYS), ("keys", _KEY_KEYS)):
+        entries = raw.get(table, [])
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise ConfigError(path, f"must be an array of tables: [[{table}]]",
+                              _line_of(text, None, table, ""), table)
+        for i, entry in enumerate(entries):
+            extra = sorted(set(entry) - known)
+            if extra:
+                raise fail(table, i, extra[0], f"unknown key (known: {', '.join(sorted(known))})")
+            if not isinstance(entry.get("name"), str):
+                raise fail(table, i, "name", "a name (a string) is required")
+    seen: set[str] = set()
+    for i, entry in enumerate(raw.get("users", [])):
+        name = entry["name"]
+        if name in seen:
+            raise fail("users", i, "name", f"duplicate user name {name!r}")
+        seen.add(name)
+        try:
+            user = msgspec.convert({
+                "id": config_user_id(name), "name": name,
+                "display_name": entry.get("display_name", ""),
+                "role": entry.get("role", "user"), "enabled": entry.get("enabled", True),
+                "source": "config"}, User)
+        except msgspec.ValidationError as exc:
+            where = _field_of(exc) or ("name" if "name" in str(exc) else None)
+            raise fail("users", i, where, str(exc)) from None
+        cfg.users.append(msgspec.structs.replace(user, limits=limits("users", i, entry)))
+    seen_keys: set[tuple[str, str]] = set()
+    hashes: set[str] = set()
+    for i, entry in enumerate(raw.get("keys", [])):
+        name, owner = entry["name"], entry.get("user")
+        if not isinstance(owner, str):
+            raise fail("keys", i, "user", "the owner's user name (a string) is required")
+        if (owner, name) in seen_keys:
+            raise fail("keys", i, "name", f"duplicate key {name!r} for user {owner!r}")
+        seen_keys.add((owner, name))
+        secret, digest = entry.get("secret"), entry.get("hash")
+        if (secret is None) == (digest is None):
+            raise fail("keys", i, None, 'give either secret = "env:NAME" or hash = '
+                       '"sha256:<64 hex digits>"')
+        prefix = ""
+        if secret is not None:
+            if not isinstance(secret, str) or not secret.startswith("env:"):
+                raise fail("keys", i, "secret", 'must be "env:NAME" (a literal secret does not '
+                           'belong in a file: give its hash = "sha256:…" instead)')
+            value = os.environ.get(secret[4:], "")
+            if not value:
+                raise fail("keys", i, "secret", f"environment variable {secret[4:]} is not set")
+            if len(value) < MIN_SECRET_CHARS:
+                raise fail("keys", i, "secret", f"the key in {secret[4:]} is shorter than "
+                           f"{MIN_SECRET_CHARS} characters (generate one with `codeswitch key "
+                           "create`, or `python -c 'import secrets; print(\"cs-\" + "
+                           "secrets.token_urlsafe(32))'`)")
+            digest_hex, prefix = hash_secret(value), secret_prefix(value)
+        else:
+            m = re.fullmatch(r"sha256:([0-9a-fA-F]{64})", str(digest).strip())
+            if not m:
+                raise fail("keys", i, "hash", 'must be "sha256:" and 64 hex digits (sha256 of '
+                           "the key, e.g. `printf %s \"$KEY\" | sha256sum`)")
+            digest_hex = m.group(1).lower()
+        if digest_hex in hashes:
+            raise fail("keys", i, "secret" if secret else "hash",
+                       "the same key is given twice")
+        hashes.add(digest_hex)
+        models = entry.get("models", [])
+        if isinstance(models, str):
+            models = [models]
+        if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+            raise fail("keys", i, "models", "must be a list of model globs")
+        try:
+            expires = _expiry(entry["expires"]) if "expires" in entry else None
+        except ValueError as exc:
+            raise fail("keys", i, "expires", str(exc)) from None
+        if not isinstance(entry.get("enabled", True), bool):
+            raise fail("keys", i, "enabled", "must be true or false")
+        if not NAME_RE.match(name):
+            raise fail("keys", i, "name", f"key name {name!r} must be 1-64 letters, digits, "
+                       "'_', '.', '@' or '-'")
+        cfg.keys.append(KeySpec(name=name, user=owner, hash=digest_hex, prefix=prefix,
+                                models=models, expires=expires,
+                                enabled=entry.get("enabled", True),
+                                limits=limits("keys", i, entry)))
 
 
 @dataclass

@@ -17,7 +17,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 
-from edge.auth import AuthError, authenticate
+from edge.auth import Directory, authenticate, for_client
 from edge.bodylog import BodyCapture
 from edge.errors import EdgeError, render
 from edge.identity import identify, peek_body
@@ -114,6 +114,9 @@ class EdgeApp:
         self.dispatcher: Dispatcher | None = None
         self.facts: FactPublisher | None = None
         self._watch_task: asyncio.Task[None] | None = None
+        # users and keys (KV cs_users, cs_keys), watched: empty = no users, today's behaviour
+        self.directory = Directory()
+        self._directory_tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Future[None]] = set()  # body-log writes
         self.draining = False
 
@@ -136,10 +139,21 @@ class EdgeApp:
             self._watch_task = asyncio.create_task(
                 bus.follow_bucket(kv, self._apply_settings, loaded))
             await asyncio.wait_for(loaded.wait(), 10)
+        # users and keys are in place before the first request too: an edge that served
+        # before it knew the users exist would let any key through
+        for bucket, apply in ((names.USERS_BUCKET, self.directory.apply_user),
+                              (names.KEYS_BUCKET, self.directory.apply_key)):
+            loaded = asyncio.Event()
+            kv = await self.js.key_value(bucket)
+            self._directory_tasks.append(asyncio.create_task(
+                bus.follow_bucket(kv, apply, loaded)))
+            await asyncio.wait_for(loaded.wait(), 10)
 
     async def shutdown(self) -> None:
         if self._watch_task:
             self._watch_task.cancel()
+        for task in self._directory_tasks:
+            task.cancel()
         if self._background:
             await asyncio.wait(self._background, timeout=5)
         if self.dispatcher:
@@ -216,13 +230,18 @@ class EdgeApp:
         body = msgspec.json.encode({"status": "ok" if ok else "degraded", **detail})
         await _respond(send, 200 if ok else 503, body)
 
+    def _started(self) -> bool:
+        """Under `codeswitch up`: the supervisor has applied the streams and the config (it
+        writes parts.json then)."""
+        if self._parts_home is not None and not parts_file(self._parts_home).exists():
+            return False
+        self._supervisor_ready = True
+        return True
+
     async def _readiness(self, send: Send) -> None:
-        if not self._supervisor_ready:
-            assert self._parts_home is not None
-            if not parts_file(self._parts_home).exists():
-                await _respond(send, 503, b'{"status":"starting"}')
-                return
-            self._supervisor_ready = True
+        if not self._supervisor_ready and not self._started():
+            await _respond(send, 503, b'{"status":"starting"}')
+            return
         nc = self.nc
         if nc is None or not nc.is_connected:
             await _respond(send, 503, b'{"status":"nats disconnected"}')
@@ -241,8 +260,10 @@ class EdgeApp:
             else "gemini" if "x-goog-api-key" in headers else "openai-chat"
         )
         try:  # the list comes from the providers' own accounts: same keys as the LLM routes
-            authenticate(headers, query, self.settings)
-        except AuthError as exc:
+            if not self._supervisor_ready and not self._started():
+                raise EdgeError(503, "the gateway is starting", "starting")
+            authenticate(headers, query, self.settings, self.directory)
+        except GatewayError as exc:
             await _respond(send, exc.status, exc.render(dialect))
             return
         assert self.nc is not None
@@ -268,7 +289,13 @@ class EdgeApp:
             send = capture
         body = b""
         try:
-            principal = authenticate(headers, query, self.settings)
+            if not self._supervisor_ready and not self._started():
+                # `codeswitch up` is still applying the config: its keys and users are not
+                # known yet, so nothing is let through (not even with any key)
+                raise EdgeError(503, "the gateway is starting (its configuration is being "
+                                "applied); try again in a moment", "starting")
+            principal = authenticate(headers, query, self.settings, self.directory)
+            state["user_id"], state["key_id"] = principal.user_id, principal.key_id
             body = await read_body(receive, self.settings.max_body_bytes, body_timeout(scope))
             peek = peek_body(body)
             if dialect == "gemini":
@@ -277,6 +304,7 @@ class EdgeApp:
                 if not peek.model:
                     raise EdgeError(400, "missing required field: model", "missing_model")
                 model, stream = peek.model, bool(peek.stream)
+            principal.check_model(model)  # the key's model allow-list (users only)
             if dialect == "openai-responses" and peek.previous_response_id:
                 raise EdgeError(400, "previous_response_id is not supported: codeswitch serves "
                                 "the Responses API statelessly; send the whole conversation "
@@ -297,6 +325,7 @@ class EdgeApp:
                     body_size=len(body), user=ident.user, session=ident.session,
                     client=ident.client, pin_provider=headers.get("x-codeswitch-provider"),
                     edge=self.edge_id, key_hash=principal.key_hash,
+                    user_id=principal.user_id, key_id=principal.key_id,
                     client_request_id=(headers.get("x-client-request-id") or None),
                 )
                 env = await self._publish(env, body, queue, state)
@@ -304,6 +333,10 @@ class EdgeApp:
             finally:
                 self.dispatcher.unregister(request_id)
         except GatewayError as exc:  # every failure the gateway means: one shape per dialect
+            if "user_id" not in state:  # a known key refused (403): the fact names it
+                state["user_id"] = getattr(exc, "user_id", None)
+                state["key_id"] = getattr(exc, "key_id", None)
+            for_client(exc, headers)  # a refused key: the status this client stops at
             await self._fail(send, state, dialect, exc, request_id)
         except (_Stop, ClientGone):
             pass
@@ -341,6 +374,7 @@ class EdgeApp:
                     bytes_out=state["bytes_out"],
                     client_request_id=env.client_request_id if env else
                     (headers.get("x-client-request-id") or None),
+                    user_id=state.get("user_id"), key_id=state.get("key_id"),
                 ))
 
     async def _stopped(self, send: Send, state: dict[str, Any], dialect: str, request_id: str,

@@ -34,8 +34,8 @@ import msgspec
 
 from edge.errors import EdgeError
 
-__all__ = ["Identity", "Peek", "gemini_session", "identify", "peek_body", "peek_decoder",
-           "session_of"]
+__all__ = ["Identity", "Peek", "client_family", "gemini_session", "identify", "peek_body",
+           "peek_decoder", "session_of"]
 
 
 class _Metadata(msgspec.Struct):
@@ -120,6 +120,10 @@ def _client_family(headers: dict[str, str]) -> str | None:
     if ua.startswith(("OpenAI/", "AsyncOpenAI/")):
         return "openai-sdk"
     return ua.split("/", 1)[0][:40] or None
+
+
+# the client family from the headers alone (before the body is read): "codex", ...
+client_family = _client_family
 
 
 def _claude_metadata(raw: str) -> tuple[str | None, str | None]:

@@ -20,6 +20,7 @@ __all__ = [
     "BODY_LOG_TTL_S",
     "CIRCUITS_BUCKET",
     "EVENTS_STREAM",
+    "KEYS_BUCKET",
     "KV_BUCKETS",
     "LEDGER_DURABLE",
     "MCP_BUCKET",
@@ -29,6 +30,7 @@ __all__ = [
     "ROUTER_DURABLE",
     "RULES_BUCKET",
     "SETTINGS_BUCKET",
+    "USERS_BUCKET",
 ]
 
 # -- streams ---------------------------------------------------------------------------------
@@ -52,6 +54,9 @@ CIRCUITS_BUCKET: Final = "cs_circuits"
 MCP_BUCKET: Final = "cs_mcp"
 RULES_BUCKET: Final = "cs_rules"
 ALERT_STATE_BUCKET: Final = "cs_alert_state"
+# users and their API keys (schemas/users.py), watched by every edge
+USERS_BUCKET: Final = "cs_users"
+KEYS_BUCKET: Final = "cs_keys"
 BODIES_BUCKET: Final = "cs_bodies"  # object store: request bodies too big for one message
 # request/response bodies when the body log is on ([gateway] body_log): 7 days, 1 GiB at most
 BODY_LOG_BUCKET: Final = "cs_body_log"
@@ -65,4 +70,7 @@ KV_BUCKETS: Final[dict[str, dict[str, Any]]] = {
     MCP_BUCKET: {"history": 5, "description": "MCP servers"},
     RULES_BUCKET: {"history": 5, "description": "alert rules (workers/alerts)"},
     ALERT_STATE_BUCKET: {"history": 1, "description": "active alerts and cool-downs"},
+    USERS_BUCKET: {"history": 5, "description": "gateway users (one key per user id)"},
+    KEYS_BUCKET: {"history": 5, "description": "API keys: hash, owner, models, expiry "
+                  "(one key per key id; never the secret)"},
 }

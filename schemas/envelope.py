@@ -60,6 +60,9 @@ class RequestEnvelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
     edge: str | None = None
     key_hash: str | None = None  # sha256 of the client's key (never the key itself)
     client_request_id: str | None = None  # the client's own id (x-client-request-id), if sent
+    # the gateway user and key the edge authenticated (ids; None when there are no users)
+    user_id: str | None = None
+    key_id: str | None = None
 
 
 class ReplyStart(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -12,18 +12,20 @@ Usage semantics (normalised across dialects; see docs/architecture.md "Usage"):
     reasoning_tokens    the part of output_tokens spent on reasoning/thinking
     total input = input + cache_read + cache_write; total = total input + output.
 
-No event carries a key, an auth header or a body.
+No event carries a key, an auth header or a body: a request's facts name the gateway user and
+key by id (``user_id``, ``key_id``), never the secret.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
 __all__ = [
+    "AdminAction",
     "AlertFired",
     "AlertNotificationFailed",
     "AlertResolved",
@@ -121,6 +123,10 @@ class RequestCompleted(EventBase, frozen=True, kw_only=True):
     # ledger folds them into one row per request id)
     source: str = "router"
     usage_estimated: bool = False  # usage is an estimate (the router died before the end)
+    # the gateway user and key the request was authenticated with (ids, never the key);
+    # None when the gateway has no users (or the key was refused before it was known)
+    user_id: str | None = None
+    key_id: str | None = None
 
 
 class CircuitChanged(EventBase, frozen=True, kw_only=True):
@@ -199,6 +205,18 @@ class PartChanged(EventBase, frozen=True, kw_only=True):
     host: str | None = None
 
 
+class AdminAction(EventBase, frozen=True, kw_only=True):
+    """An administrator changed the gateway: users, keys, limits, providers, settings, alert
+    rules, MCP servers, skills, the body log. Subject: ``admin.<action>``, e.g.
+    ``admin.user.created``, ``admin.key.revoked``, ``admin.provider.removed``. The ledger keeps
+    every one in its audit table (``codeswitch audit``)."""
+
+    actor: str  # who: "local:<os user>" for the CLI and `codeswitch up`, later a user id
+    action: str  # "<thing>.<verb>": user.created, key.revoked, limit.changed, provider.added...
+    target: str  # "<kind>:<name>": user:alice, key:alice/laptop, provider:main, setting:routing
+    details: dict[str, Any] = {}  # what changed (ids, fields); never a secret
+
+
 Event = (
     AttemptFinished
     | RequestCompleted
@@ -208,6 +226,7 @@ Event = (
     | AlertNotificationFailed
     | QuotaUsed
     | PartChanged
+    | AdminAction
 )
 
 _encoder = msgspec.json.Encoder()

@@ -17,7 +17,9 @@ Facts (JetStream stream CS_EVENTS, readable JSON):
     llm.response.<dialect>.<provider>   one per request (provider "-" when none served it)
     user.<user>.quota                   QuotaUsed: a user's quota level (latest per user)
     gateway.part.<part>.<state>         PartChanged: the supervisor started/restarted a part
-    provider.>  admin.>  user.>  alert.>  later facts of the other workers
+    admin.<thing>.<verb>                AdminAction: a user, key, limit, provider, setting...
+                                        changed (the CLI and `codeswitch up` publish it)
+    provider.>  user.>  alert.>  later facts of the other workers
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "ADMIN_PREFIX",
     "ATTEMPT_PREFIX",
     "BREAKER_FAIL_PREFIX",
     "CANCEL_PREFIX",
@@ -37,6 +40,7 @@ __all__ = [
     "ROUTER_MODELS",
     "ROUTER_PING",
     "ROUTER_ROLLCALL",
+    "admin_subject",
     "attempt_subject",
     "cancel_subject",
     "ledger_query_subject",
@@ -63,6 +67,8 @@ ROUTER_ALIVE_PREFIX: Final = "cs.router.alive"
 REPLY_PREFIX: Final = "_INBOX.cs"
 # cs.ledger.<query>: answered by any ledger (queue group "cs-ledger")
 LEDGER_QUERY_PREFIX: Final = "cs.ledger"
+# admin.<thing>.<verb>: AdminAction facts (admin.user.created, admin.key.revoked, ...)
+ADMIN_PREFIX: Final = "admin"
 
 FACT_SUBJECTS: Final[tuple[str, ...]] = (
     "llm.attempt.>",
@@ -102,6 +108,12 @@ def circuit_subject(provider: str, state: str) -> str:
 
 def quota_subject(user: str) -> str:
     return f"user.{safe_token(user)}.quota"
+
+
+def admin_subject(thing: str, verb: str) -> str:
+    """``admin.<thing>.<verb>``: the subject of the AdminAction whose action is
+    ``<thing>.<verb>`` (``user.created`` -> ``admin.user.created``)."""
+    return f"{ADMIN_PREFIX}.{safe_token(thing)}.{safe_token(verb)}"
 
 
 def part_subject(part: str, state: str) -> str:

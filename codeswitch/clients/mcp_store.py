@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -28,8 +29,9 @@ UNAVAILABLE_HINT = "gateway not running: start it with `codeswitch up` or pass -
 
 
 class McpStore:
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, nc: Any = None) -> None:
         self._kv = kv
+        self.nc = nc  # the connection, for the command's admin facts
 
     async def list(self) -> list[McpServer]:
         try:
@@ -95,6 +97,6 @@ async def open_store(url: str, *, timeout: float = 2.0) -> AsyncIterator[McpStor
         except (TimeoutError, nats.errors.Error) as exc:
             raise McpStoreUnavailableError(
                 f"{UNAVAILABLE_HINT} (NATS at {url} has no usable JetStream: {exc})") from None
-        yield McpStore(kv)
+        yield McpStore(kv, nc)
     finally:
         await nc.close()

@@ -4,8 +4,9 @@ One row Struct per table; the field list *is* the table schema (``store.py`` der
 from it), so a new column is one new field with a default. Every row carries ``seq`` (the
 CS_EVENTS stream sequence) and ``event_id``: where a row comes from is never lost.
 
-Facts the ledger has no table for yet (admin, user, quota facts of later workers, unknown event
-types) are kept verbatim in ``audit`` so that nothing on the log is silently dropped.
+``audit`` holds every admin fact (``AdminAction``: who did what to which thing, with its
+details; ``codeswitch audit`` reads it), and verbatim every fact the ledger has no table for
+yet (quota and part facts, unknown event types) so that nothing on the log is silently dropped.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import msgspec
 
 from schemas.events import (
+    AdminAction,
     AlertFired,
     AlertNotificationFailed,
     AlertResolved,
@@ -92,6 +94,9 @@ class RequestRow(msgspec.Struct, kw_only=True):
     source: str = "router"
     usage_estimated: bool = False
     client_request_id: str | None = None
+    # the gateway user and key (ids) the edge authenticated; None without users
+    user_id: str | None = None
+    key_id: str | None = None
 
 
 class AttemptRow(msgspec.Struct, kw_only=True):
@@ -166,6 +171,11 @@ class AuditRow(msgspec.Struct, kw_only=True):
     subject: str
     type: str
     data: str  # the event JSON, verbatim
+    # an admin fact (AdminAction): who, what, on which thing, and the details as JSON
+    actor: str | None = None
+    action: str | None = None
+    target: str | None = None
+    details: str | None = None
 
 
 Row = RequestRow | AttemptRow | CircuitRow | AlertRow | AuditRow
@@ -214,7 +224,7 @@ def _request(seq: int, ev: RequestCompleted, prices: PriceBook) -> RequestRow:
         price_cache_read=tier.cr if tier else None, price_cache_write=tier.cw if tier else None,
         price_reasoning=tier.reasoning if tier else None,
         delivered=ev.delivered, source=ev.source, usage_estimated=ev.usage_estimated,
-        client_request_id=ev.client_request_id,
+        client_request_id=ev.client_request_id, user_id=ev.user_id, key_id=ev.key_id,
     )
 
 
@@ -263,7 +273,8 @@ def fold_requests(rows: list[RequestRow]) -> RequestRow:
         base.error_class = next((r.error_class for r in uniq if r.error_class), "not_delivered")
     base.ok = base.delivered and base.error_class is None and base.status < 400
     for col in ("provider", "provider_dialect", "upstream_model", "user", "session",
-                "client", "edge", "router", "client_request_id", "finish_reason"):
+                "client", "edge", "router", "client_request_id", "finish_reason", "user_id",
+                "key_id"):
         if getattr(base, col) is None:
             setattr(base, col, next((getattr(r, col) for r in uniq
                                      if getattr(r, col) is not None), None))
@@ -322,10 +333,17 @@ def project_event(seq: int, event: Event, prices: PriceBook) -> Row | None:
                 rule=event.rule, channel=event.channel, alert_id=event.alert_id,
                 attempts=event.attempts, error=event.error,
             )
-    return None  # a fact added to the union later: kept in audit by project()
+    return None  # admin facts and facts without a table: kept in audit by project()
 
 
 _generic = msgspec.json.Decoder()
+_encode = msgspec.json.Encoder().encode
+
+
+def _admin(seq: int, subject: str, data: bytes, ev: AdminAction) -> AuditRow:
+    return AuditRow(seq=seq, event_id=ev.id, ts=ev.ts, subject=subject, type="AdminAction",
+                    data=data.decode("utf-8", "replace"), actor=ev.actor, action=ev.action,
+                    target=ev.target, details=_encode(ev.details).decode())
 
 
 def _audit(seq: int, subject: str, data: bytes) -> AuditRow:
@@ -351,6 +369,8 @@ def project(seq: int, subject: str, data: bytes, prices: PriceBook) -> Row:
         event = decode_event(data)
     except (msgspec.ValidationError, msgspec.DecodeError):
         return _audit(seq, subject, data)
+    if isinstance(event, AdminAction):
+        return _admin(seq, subject, data, event)
     row = project_event(seq, event, prices)
     return row if row is not None else _audit(seq, subject, data)
 

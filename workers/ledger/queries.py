@@ -20,6 +20,7 @@ __all__ = [
     "Filter",
     "QueryError",
     "alerts",
+    "audit",
     "breakdown",
     "circuits",
     "heatmap",
@@ -28,13 +29,19 @@ __all__ = [
     "series",
 ]
 
-BREAKDOWNS = ("provider", "model", "user", "session", "dialect", "client", "upstream_model")
+BREAKDOWNS = ("provider", "model", "user", "key", "session", "dialect", "client",
+              "upstream_model")
+# "user": the gateway user (its id) when the request came with a user's key, otherwise the
+# identity the client sent (metadata.user_id, `user`), as before users existed
+_USER = 'coalesce(user_id, "user")'
+_BREAKDOWN_COLUMNS = {"user": _USER, "key": "key_id"}
 _LOG_COLUMNS = (
     "seq", "ts", "request_id", "dialect", "model", "provider", "upstream_model", "status", "ok",
     "error_class", "error_message", "stream", "attempts", "ttfb_ms", "duration_ms",
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
     "reasoning_tokens", "total_tokens", "cost", "price_key", "user", "session", "client",
-    "finish_reason", "delivered", "usage_estimated", "source", "client_request_id",
+    "finish_reason", "delivered", "usage_estimated", "source", "client_request_id", "user_id",
+    "key_id",
 )
 
 
@@ -48,7 +55,8 @@ class Filter(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     provider: str | None = None
     model: str | None = None  # matches the requested or the upstream model
     status: str | None = None  # "ok" | "error" | "429" | "4xx" | "5xx"
-    user: str | None = None
+    user: str | None = None  # a gateway user id, or the identity a client sent
+    key: str | None = None  # a key id
     session: str | None = None
     dialect: str | None = None
     tz_offset_s: int = 0
@@ -69,10 +77,11 @@ def _time_range(f: Filter) -> tuple[list[str], list[Any]]:
 
 def _where(f: Filter) -> tuple[str, list[Any]]:
     clauses, params = _time_range(f)
-    for col in ("provider", "user", "session", "dialect"):
+    for col, expr in (("provider", '"provider"'), ("user", _USER), ("key", "key_id"),
+                      ("session", '"session"'), ("dialect", '"dialect"')):
         value = getattr(f, col)
         if value is not None:
-            clauses.append(f'"{col}" = ?')
+            clauses.append(f"{expr} = ?")
             params.append(value)
     if f.model is not None:
         clauses.append("(model = ? OR upstream_model = ?)")
@@ -149,12 +158,14 @@ def series(con: duckdb.DuckDBPyConnection, f: Filter, bucket: str = "hour") -> l
 
 def breakdown(con: duckdb.DuckDBPyConnection, f: Filter, by: str = "provider",
               limit: int = 50) -> list[dict[str, Any]]:
-    """Metrics per provider, model, user, session, dialect or client; by cost then count."""
+    """Metrics per provider, model, user, key, session, dialect or client; by cost then
+    count."""
     if by not in BREAKDOWNS:
         raise QueryError(f"by must be one of {', '.join(BREAKDOWNS)}")
     where, params = _where(f)
+    column = _BREAKDOWN_COLUMNS.get(by, f'"{by}"')
     rows = _dicts(con.execute(
-        f'SELECT "{by}" AS key, {_METRICS}, max(ts) AS last_ts FROM requests{where} '
+        f'SELECT {column} AS key, {_METRICS}, max(ts) AS last_ts FROM requests{where} '
         f"GROUP BY ALL ORDER BY cost DESC NULLS LAST, requests DESC, key LIMIT ?",
         [*params, int(limit)]))
     return [_with_rate(r) for r in rows]
@@ -220,6 +231,27 @@ def circuits(con: duckdb.DuckDBPyConnection, f: Filter, limit: int = 100) -> lis
         f"ORDER BY ts DESC, seq DESC LIMIT ?", [*params, int(limit)]))
 
 
+def audit(con: duckdb.DuckDBPyConnection, f: Filter, actor: str | None = None,
+          action: str | None = None, target: str | None = None,
+          limit: int = 1000) -> list[dict[str, Any]]:
+    """Admin facts, oldest first (the latest ``limit``): time (unix seconds), actor, action,
+    target, details (an object). ``actor``/``action``/``target`` match exactly or as a glob
+    (``local:*``, ``key.*``)."""
+    clauses, params = _time_range(f)
+    clauses.append("action IS NOT NULL")
+    for col, value in (("actor", actor), ("action", action), ("target", target)):
+        if value is not None:
+            clauses.append(f"{col} GLOB ?" if any(c in value for c in "*?[") else f"{col} = ?")
+            params.append(value)
+    rows = con.execute(
+        "SELECT ts, actor, action, target, details, event_id FROM (SELECT * FROM audit WHERE "
+        + " AND ".join(clauses) + " ORDER BY ts DESC, seq DESC LIMIT ?) ORDER BY ts, seq",
+        [*params, max(1, min(int(limit), 100_000))]).fetchall()
+    return [{"time": ts, "actor": who, "action": what, "target": target_,
+             "details": msgspec.json.decode(details) if details else {}, "id": event_id}
+            for ts, who, what, target_, details, event_id in rows]
+
+
 def table_counts(con: duckdb.DuckDBPyConnection, tables: list[str]) -> dict[str, int]:
     return {t: int(con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0])  # type: ignore[index]
             for t in tables}
@@ -235,4 +267,5 @@ QUERIES: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
     "alerts": (alerts, ("rule", "limit")),
     "alert_history": (alerts, ("rule", "limit")),  # what `codeswitch alerts history` asks
     "circuits": (circuits, ("limit",)),
+    "audit": (audit, ("actor", "action", "target", "limit")),
 }

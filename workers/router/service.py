@@ -504,6 +504,7 @@ class Router:
                 user=env.user, session=env.session, client=env.client, edge=env.edge,
                 router=self.router_id, bytes_in=env.body_size, delivered=False,
                 source="recovered", client_request_id=env.client_request_id,
+                user_id=env.user_id, key_id=env.key_id,
             ))])
 
     def _attempt_fact(self, env: RequestEnvelope, att: Attempt) -> None:
@@ -548,6 +549,7 @@ class Router:
             session=env.session, client=env.client, edge=env.edge, router=self.router_id,
             bytes_in=env.body_size, bytes_out=final.bytes_out if final else 0,
             delivered=delivered, client_request_id=env.client_request_id,
+            user_id=env.user_id, key_id=env.key_id,
         ), resolves=env.request_id)
 
 async def run(nats_url: str, home: Any = None, stop: asyncio.Event | None = None,

@@ -445,6 +445,11 @@ async def apply_users_config(nc: NATS, audit: AdminLog | None, users: list[User]
     for u in gone_users:
         owners.pop(u.name, None)
     wanted_keys: list[tuple[Key, Key | None]] = []
+    file_kids = {config_key_id(k.user, k.name) for k in keys}
+    gone_ids = {u.id for u in gone_users}
+    # keys this apply revokes or removes: their secret may move to a key of the file
+    going = {k.id for k in d.keys.values()
+             if k.user in gone_ids or (k.source == "config" and k.id not in file_kids)}
     for spec in keys:
         if spec.user not in owners:
             raise UserError(f"[[keys]] {spec.name!r}: no user named {spec.user!r} (define it in "
@@ -456,7 +461,7 @@ async def apply_users_config(nc: NATS, audit: AdminLog | None, users: list[User]
                        enabled=spec.enabled, created=cur_key.created if cur_key else time.time(),
                        limits=spec.limits, source="config")
         clash = next((k for k in d.keys.values() if k.hash == spec.hash and k.id != kid
-                      and k.revoked is None), None)
+                      and k.revoked is None and k.id not in going), None)
         if clash is not None:
             raise UserError(f"[[keys]] {spec.name!r}: the same secret is already key "
                             f"{d.label(clash)}")
@@ -514,9 +519,8 @@ async def apply_users_config(nc: NATS, audit: AdminLog | None, users: list[User]
                              limits=_limits_json(want_key.limits),
                              before=_limits_json(cur_key.limits))
         changes.append(f"key {d.label(want_key)} updated")
-    file_keys = {k.id for k, _ in wanted_keys}
     for key in list(d.keys.values()):
-        if key.source == "config" and key.id not in file_keys and key.revoked is None:
+        if key.source == "config" and key.id not in file_kids and key.revoked is None:
             await _write(nc, d, names.KEYS_BUCKET, key.id,
                          msgspec.structs.replace(key, revoked=time.time()))
             await log.record("key.revoked", f"key:{d.label(key)}", id=key.id, user=key.user,

@@ -120,6 +120,10 @@ class Directory:
         self.users: dict[str, User] = {}
         self.keys: dict[str, Key] = {}  # by key id
         self.by_hash: dict[str, _Grant] = {}
+        # key ids per hash: a secret moved from one key to another (the config file) has two
+        # records for a moment; the live one answers
+        self._ids: dict[str, set[str]] = {}
+        self._allow: dict[str, Callable[[str], object] | None] = {}
 
     @property
     def active(self) -> bool:
@@ -138,22 +142,32 @@ class Directory:
 
     def apply_key(self, key: str, value: bytes | None, revision: int = 0) -> None:
         old = self.keys.pop(key, None)
+        self._allow.pop(key, None)
         if old is not None:
-            self.by_hash.pop(old.hash, None)
+            self._ids.get(old.hash, set()).discard(key)
+            self._reindex(old.hash)
         if value is None:
             return
         try:
             record = _key_decoder.decode(value)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            allow = _allow(record.models)
+        except (msgspec.ValidationError, msgspec.DecodeError, re.error) as exc:
             log.error("key %s: invalid record dropped: %s", key, exc)
             return
-        try:
-            allow = _allow(record.models)
-        except re.error as exc:
-            log.error("key %s: invalid model glob, key dropped: %s", key, exc)
-            return
         self.keys[key] = record
-        self.by_hash[record.hash] = _Grant(record, allow)
+        self._allow[key] = allow
+        self._ids.setdefault(record.hash, set()).add(key)
+        self._reindex(record.hash)
+
+    def _reindex(self, digest: str) -> None:
+        """The grant of a hash: its key, or of several the one not revoked (else any)."""
+        ids = self._ids.get(digest)
+        if not ids:
+            self._ids.pop(digest, None)
+            self.by_hash.pop(digest, None)
+            return
+        kid = min(ids, key=lambda i: (self.keys[i].revoked is not None, i))
+        self.by_hash[digest] = _Grant(self.keys[kid], self._allow[kid])
 
     def check(self, digest: str | None, now: float) -> Principal:
         """The principal of a request presenting the key with this sha256 (None: no key)."""

@@ -296,3 +296,19 @@ def test_codex_gets_the_status_it_stops_at() -> None:
         authenticate({"x-api-key": "nope"}, "", GatewaySettings(key_hashes=[hash_key("gw")]))
     for_client(gateway_key.value, codex)
     assert gateway_key.value.status == 401 and gateway_key.value.http_headers() == []
+
+
+def test_a_secret_moved_to_another_key_stays_valid() -> None:
+    """The config file moved a secret from key k_1 to k_2: k_2 is written, then k_1 revoked;
+    in either order of arrival the live key answers, and the revoked one's removal does not
+    take the live one with it."""
+    d = _directory()
+    moved = Key(id="k_2", name="moved", user=ALICE.id, hash=hash_secret(SECRET))
+    d.apply_key("k_2", _enc.encode(moved))
+    d.apply_key("k_1", _enc.encode(Key(id="k_1", name="laptop", user=ALICE.id,
+                                       hash=hash_secret(SECRET), revoked=1.0)))
+    assert authenticate({"x-api-key": SECRET}, "", GatewaySettings(), d).key_id == "k_2"
+    d.apply_key("k_1", None)
+    assert authenticate({"x-api-key": SECRET}, "", GatewaySettings(), d).key_id == "k_2"
+    d.apply_key("k_2", None)
+    assert d.by_hash == {} and d._ids == {}

@@ -230,14 +230,21 @@ async def read_bucket(kv: KeyValue) -> dict[str, tuple[bytes, int]]:
         keys = await kv.keys()
     except NoKeysError:  # nats-py's answer for an empty bucket
         return {}
-    out: dict[str, tuple[bytes, int]] = {}
-    for key in keys:
+    async def one(key: str) -> tuple[bytes, int] | None:
         try:
             entry = await kv.get(key)
         except KeyNotFoundError:  # deleted since keys() listed it
-            continue
-        if entry.value:
-            out[key] = (entry.value, entry.revision or 0)
+            return None
+        return (entry.value, entry.revision or 0) if entry.value else None
+
+    out: dict[str, tuple[bytes, int]] = {}
+    # 256 gets in flight at a time: one after the other, an edge took 5.3 s to load 10,000
+    # API keys (cs_keys) before it could serve
+    for i in range(0, len(keys), 256):
+        batch = keys[i:i + 256]
+        for key, found in zip(batch, await asyncio.gather(*map(one, batch)), strict=True):
+            if found is not None:
+                out[key] = found
     return out
 
 

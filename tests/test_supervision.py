@@ -172,7 +172,7 @@ def _part_facts(url: str, auth: dict[str, str]) -> list[tuple[str, PartChanged]]
             while True:
                 try:
                     msgs = await sub.fetch(200, timeout=1)
-                except nats.errors.TimeoutError:
+                except (TimeoutError, nats.errors.TimeoutError):  # fetch raises either
                     return got
                 for m in msgs:
                     event = decode_event(m.data)

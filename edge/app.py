@@ -28,6 +28,7 @@ from edge.server import ClientGone, body_timeout, read_body
 from runtime import bus, names
 from runtime.facts import FactPublisher
 from runtime.health import parts_file, parts_health, supervised_home
+from runtime.presence import device_name
 from schemas.config import GatewaySettings
 from schemas.envelope import (
     ENV_HEADER,
@@ -132,22 +133,30 @@ class EdgeApp:
         await self.dispatcher.start()
         self.facts = FactPublisher(self.nc, wal=self.outbox, name="edge")
         self.facts.start()
+        # the settings (gateway keys!), the users and the keys are in place before the first
+        # request is served (an edge that served before it knew the users exist would let any
+        # key through); the three are read at the same time
+        js = self.js
+        loads: list[asyncio.Event] = []
+
+        async def follow(bucket: str, apply: Callable[[str, bytes | None, int], None]
+                         ) -> asyncio.Task[None]:
+            loaded = asyncio.Event()
+            loads.append(loaded)
+            kv = await js.key_value(bucket)
+            return asyncio.create_task(bus.follow_bucket(kv, apply, loaded))
+
+        watched: list[tuple[str, Callable[[str, bytes | None, int], None]]] = [
+                   (names.USERS_BUCKET, self.directory.apply_user),
+                   (names.KEYS_BUCKET, self.directory.apply_key)]
         if not self._fixed_settings:
-            # the settings (gateway keys!) are in place before the first request is served
-            loaded = asyncio.Event()
-            kv = await self.js.key_value(names.SETTINGS_BUCKET)
-            self._watch_task = asyncio.create_task(
-                bus.follow_bucket(kv, self._apply_settings, loaded))
-            await asyncio.wait_for(loaded.wait(), 10)
-        # users and keys are in place before the first request too: an edge that served
-        # before it knew the users exist would let any key through
-        for bucket, apply in ((names.USERS_BUCKET, self.directory.apply_user),
-                              (names.KEYS_BUCKET, self.directory.apply_key)):
-            loaded = asyncio.Event()
-            kv = await self.js.key_value(bucket)
-            self._directory_tasks.append(asyncio.create_task(
-                bus.follow_bucket(kv, apply, loaded)))
-            await asyncio.wait_for(loaded.wait(), 10)
+            watched.insert(0, (names.SETTINGS_BUCKET, self._apply_settings))
+        tasks = await asyncio.gather(*(follow(b, a) for b, a in watched))
+        if not self._fixed_settings:
+            self._watch_task = tasks[0]
+            tasks = tasks[1:]
+        self._directory_tasks.extend(tasks)
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in loads)), 10)
 
     async def shutdown(self) -> None:
         if self._watch_task:
@@ -375,6 +384,7 @@ class EdgeApp:
                     client_request_id=env.client_request_id if env else
                     (headers.get("x-client-request-id") or None),
                     user_id=state.get("user_id"), key_id=state.get("key_id"),
+                    device=device_name(),
                 ))
 
     async def _stopped(self, send: Send, state: dict[str, Any], dialect: str, request_id: str,

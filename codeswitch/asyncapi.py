@@ -65,6 +65,7 @@ from schemas.events import (
     PartChanged,
     QuotaUsed,
     RequestCompleted,
+    SessionDeleted,
 )
 
 __all__ = [
@@ -237,8 +238,8 @@ PARAMETERS: dict[str, dict[str, Any]] = {
     "key": {"description": "The breaker key: `<provider>` (transport failures) or "
                            "`<provider>.<model>` (failing answers), so one or two tokens."},
     "query": {"description": "The query's name: overview, series, breakdown, log, heatmap, "
-                             "alerts, circuits, status, prices, export, replay "
-                             "(docs/ledger.md)."},
+                             "alerts, circuits, audit, sessions, session, session_delete, "
+                             "online, status, prices, export, replay (docs/ledger.md)."},
     "rule": {"description": "The alert rule's name (`safe_token`)."},
     "user": {"description": "The user's name (`safe_token`)."},
     "part": {"description": "The part: edge, router, router-2, ledger, alerts, nats-server, "
@@ -516,6 +517,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "admin", _admin, "ledger", "receive", _struct(AdminAction),
         f"{LEDGER_READS} Kept in its audit table (`codeswitch audit`).", stream=EVENTS,
         headers=FACT_HEADERS, params=_ADMIN_PARAMS),
+    Endpoint(
+        "session.deleted", s.SESSION_DELETED, "ledger", "send", _struct(SessionDeleted),
+        "A session was deleted for real (`cs.ledger.session_delete`): its facts were erased "
+        "from the event log by sequence and its bodies from the body log first; this "
+        "tombstone keeps its bill (no ids, no text), one per 500 requests. Published with "
+        "the JetStream ack awaited.", stream=EVENTS, headers=FACT_HEADERS),
+    Endpoint(
+        "session.deleted", s.SESSION_DELETED, "ledger", "receive", _struct(SessionDeleted),
+        f"{LEDGER_READS} Drops what is left of the session (rows before the tombstone, by "
+        "`sha256(session)`) and adds its bill's rows, live and in a replay alike.",
+        stream=EVENTS, headers=FACT_HEADERS),
 )
 
 # Structs carried inside a header or a framed reply, not as a whole payload.

@@ -185,7 +185,10 @@ async def ensure_all(js: JetStreamContext, limits: StreamLimits | None = None) -
                     bucket=bucket,
                     history=opts["history"],
                     description=opts["description"],
-                    storage=js_api.StorageType.FILE,
+                    storage=(js_api.StorageType.MEMORY if opts.get("storage") == "memory"
+                             else js_api.StorageType.FILE),
+                    ttl=opts.get("ttl"),
+                    limit_marker_ttl=opts.get("marker_ttl"),
                 )
             )
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 __all__ = [
+    "AFFINITY_BUCKET",
     "ALERTS_EVAL_DURABLE",
     "ALERTS_NOTIFY_DURABLE",
     "ALERT_STATE_BUCKET",
@@ -24,6 +25,7 @@ __all__ = [
     "KV_BUCKETS",
     "LEDGER_DURABLE",
     "MCP_BUCKET",
+    "PRESENCE_BUCKET",
     "PROVIDERS_BUCKET",
     "REQUESTS_STREAM",
     "ROUTER_DELIVER",
@@ -57,12 +59,19 @@ ALERT_STATE_BUCKET: Final = "cs_alert_state"
 # users and their API keys (schemas/users.py), watched by every edge
 USERS_BUCKET: Final = "cs_users"
 KEYS_BUCKET: Final = "cs_keys"
+# session affinity (workers/router/affinity.py): hash of session+model -> the provider that
+# served it last; memory storage (nothing of a session on disk), per-message TTL
+AFFINITY_BUCKET: Final = "cs_affinity"
+# heartbeats of the running edges and routers (runtime/presence.py), per-message TTL
+PRESENCE_BUCKET: Final = "cs_presence"
 BODIES_BUCKET: Final = "cs_bodies"  # object store: request bodies too big for one message
 # request/response bodies when the body log is on ([gateway] body_log): 7 days, 1 GiB at most
 BODY_LOG_BUCKET: Final = "cs_body_log"
 BODY_LOG_TTL_S: Final = 7 * 24 * 3600.0
 BODY_LOG_MAX_BYTES: Final = 1 << 30
 
+# options: history, description; storage "memory" (default file); ttl (max age, seconds);
+# marker_ttl: the server puts a delete marker when an entry expires (watchers see it go)
 KV_BUCKETS: Final[dict[str, dict[str, Any]]] = {
     PROVIDERS_BUCKET: {"history": 5, "description": "provider configs"},
     SETTINGS_BUCKET: {"history": 5, "description": "gateway settings"},
@@ -70,6 +79,11 @@ KV_BUCKETS: Final[dict[str, dict[str, Any]]] = {
     MCP_BUCKET: {"history": 5, "description": "MCP servers"},
     RULES_BUCKET: {"history": 5, "description": "alert rules (workers/alerts)"},
     ALERT_STATE_BUCKET: {"history": 1, "description": "active alerts and cool-downs"},
+    AFFINITY_BUCKET: {"history": 1, "description": "session affinity: session+model -> "
+                      "provider (routers)", "storage": "memory", "ttl": 7 * 24 * 3600.0,
+                      "marker_ttl": 60.0},
+    PRESENCE_BUCKET: {"history": 1, "description": "heartbeats of the running gateways",
+                      "storage": "memory", "ttl": 3600.0, "marker_ttl": 60.0},
     USERS_BUCKET: {"history": 5, "description": "gateway users (one key per user id)"},
     KEYS_BUCKET: {"history": 5, "description": "API keys: hash, owner, models, expiry "
                   "(one key per key id; never the secret)"},

@@ -31,11 +31,13 @@ __all__ = [
     "AlertResolved",
     "AttemptFinished",
     "CircuitChanged",
+    "DeletedRequest",
     "Event",
     "EventBase",
     "PartChanged",
     "QuotaUsed",
     "RequestCompleted",
+    "SessionDeleted",
     "Usage",
     "decode_event",
     "encode_event",
@@ -127,6 +129,9 @@ class RequestCompleted(EventBase, frozen=True, kw_only=True):
     # None when the gateway has no users (or the key was refused before it was known)
     user_id: str | None = None
     key_id: str | None = None
+    # the gateway host that served it (``CODESWITCH_DEVICE`` or the host name): with several
+    # devices joined, where the session ran
+    device: str | None = None
 
 
 class CircuitChanged(EventBase, frozen=True, kw_only=True):
@@ -217,6 +222,52 @@ class AdminAction(EventBase, frozen=True, kw_only=True):
     details: dict[str, Any] = {}  # what changed (ids, fields); never a secret
 
 
+class DeletedRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The bill of one request of a deleted session: what statistics and budgets need, without
+    the request id, the session, the messages or any text (error messages included)."""
+
+    ts: float
+    received_at: float = 0.0
+    dialect: str
+    operation: str = "generate"
+    model: str = ""
+    provider: str | None = None
+    provider_dialect: str | None = None
+    upstream_model: str | None = None
+    stream: bool = False
+    status: int = 0
+    error_class: str | None = None
+    ttfb_ms: float | None = None
+    duration_ms: float = 0.0
+    usage: Usage | None = None
+    usage_estimated: bool = False
+    attempts: int = 0
+    translated: bool = False
+    delivered: bool = True
+    user: str | None = None
+    client: str | None = None
+    device: str | None = None
+    user_id: str | None = None
+    key_id: str | None = None
+
+
+class SessionDeleted(EventBase, frozen=True, kw_only=True):
+    """A session was deleted for real (``codeswitch sessions delete``): its requests' facts
+    were erased from the event log, its bodies from the body log, its rows from the ledger.
+    This tombstone keeps the bill, so replay, budgets and statistics stay right without the
+    details: one ``DeletedRequest`` per request, in ``parts`` facts when there are many.
+    Subject: ``session.deleted``.
+
+    ``session_hash`` (sha256 of the session id, hex) lets a replay drop rows of the session it
+    still finds (facts an erase missed); the id itself never goes on the log again."""
+
+    session_hash: str
+    requests: list[DeletedRequest] = []
+    part: int = 1
+    parts: int = 1
+    deleted_by: str | None = None  # "local:<os user>" for the CLI
+
+
 Event = (
     AttemptFinished
     | RequestCompleted
@@ -227,6 +278,7 @@ Event = (
     | QuotaUsed
     | PartChanged
     | AdminAction
+    | SessionDeleted
 )
 
 _encoder = msgspec.json.Encoder()

@@ -19,6 +19,7 @@ Facts (JetStream stream CS_EVENTS, readable JSON):
     gateway.part.<part>.<state>         PartChanged: the supervisor started/restarted a part
     admin.<thing>.<verb>                AdminAction: a user, key, limit, provider, setting...
                                         changed (the CLI and `codeswitch up` publish it)
+    session.deleted                     SessionDeleted: a session deleted for real, its bill
     provider.>  user.>  alert.>  later facts of the other workers
 """
 
@@ -40,6 +41,7 @@ __all__ = [
     "ROUTER_MODELS",
     "ROUTER_PING",
     "ROUTER_ROLLCALL",
+    "SESSION_DELETED",
     "admin_subject",
     "attempt_subject",
     "cancel_subject",
@@ -70,6 +72,9 @@ LEDGER_QUERY_PREFIX: Final = "cs.ledger"
 # admin.<thing>.<verb>: AdminAction facts (admin.user.created, admin.key.revoked, ...)
 ADMIN_PREFIX: Final = "admin"
 
+# the tombstone of a deleted session (SessionDeleted)
+SESSION_DELETED: Final = "session.deleted"
+
 FACT_SUBJECTS: Final[tuple[str, ...]] = (
     "llm.attempt.>",
     "llm.response.>",
@@ -78,6 +83,7 @@ FACT_SUBJECTS: Final[tuple[str, ...]] = (
     "user.>",
     "alert.>",
     "gateway.>",
+    "session.>",
 )
 
 _UNSAFE = str.maketrans({c: "_" for c in ". *>\t\r\n"})

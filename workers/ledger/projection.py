@@ -4,6 +4,12 @@ One row Struct per table; the field list *is* the table schema (``store.py`` der
 from it), so a new column is one new field with a default. Every row carries ``seq`` (the
 CS_EVENTS stream sequence) and ``event_id``: where a row comes from is never lost.
 
+``sessions`` is derived from ``requests`` (one row per session id, recomputed from the folded
+request rows of the sessions a batch touches: ``workers/ledger/sessions.py``), so it is as
+idempotent and order-independent as the request fold. A ``SessionDeleted`` tombstone becomes
+one ``deleted_sessions`` row plus one ``requests`` row per request of its bill (no request id,
+session or text: ``deleted:<event id>:<n>``), and the store drops what is left of the session.
+
 ``audit`` holds every admin fact (``AdminAction``: who did what to which thing, with its
 details; ``codeswitch audit`` reads it), and verbatim every fact the ledger has no table for
 yet (quota and part facts, unknown event types) so that nothing on the log is silently dropped.
@@ -20,8 +26,10 @@ from schemas.events import (
     AlertResolved,
     AttemptFinished,
     CircuitChanged,
+    DeletedRequest,
     Event,
     RequestCompleted,
+    SessionDeleted,
     Usage,
     decode_event,
 )
@@ -33,7 +41,9 @@ __all__ = [
     "AttemptRow",
     "AuditRow",
     "CircuitRow",
+    "DeletedSessionRow",
     "RequestRow",
+    "SessionRow",
     "fold_requests",
     "Row",
     "Rows",
@@ -97,6 +107,10 @@ class RequestRow(msgspec.Struct, kw_only=True):
     # the gateway user and key (ids) the edge authenticated; None without users
     user_id: str | None = None
     key_id: str | None = None
+    device: str | None = None  # the gateway host that served it
+    # the stream sequences of every fact folded into this row, space-separated (a session
+    # delete erases each of them)
+    fact_seqs: str = ""
 
 
 class AttemptRow(msgspec.Struct, kw_only=True):
@@ -178,7 +192,59 @@ class AuditRow(msgspec.Struct, kw_only=True):
     details: str | None = None
 
 
-Row = RequestRow | AttemptRow | CircuitRow | AlertRow | AuditRow
+class SessionRow(msgspec.Struct, kw_only=True):
+    """One conversation (session id), derived from its request rows (never from an event)."""
+
+    seq: int  # the highest sequence of its requests
+    ts: float  # last seen: when its latest request completed
+    session: str
+    first_seq: int  # the lowest: a refresh reads its requests from there on
+    first_seen: float
+    user: str | None  # the gateway user (id) or the identity its client sent, latest
+    client: str | None
+    device: str | None  # the device of its latest request
+    devices: str  # every device that served it, comma-separated
+    requests: int
+    errors: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    total_tokens: int
+    cost: float | None
+    models: str  # comma-separated, sorted
+    providers: str
+    first_request_id: str
+    last_request_id: str
+    # the request carrying the most history (the largest body): its body-log entry is the
+    # conversation (`sessions show`) and gives the title
+    main_request_id: str
+
+
+class DeletedSessionRow(msgspec.Struct, kw_only=True):
+    """A ``SessionDeleted`` tombstone (one per part): what the deleted session cost."""
+
+    seq: int
+    event_id: str
+    ts: float  # when it was deleted
+    session_hash: str
+    part: int
+    parts: int
+    requests: int
+    errors: int
+    total_tokens: int
+    cache_read_tokens: int
+    cost: float | None
+    first_seen: float | None
+    last_seen: float | None
+    user: str | None
+    client: str | None
+    deleted_by: str | None
+
+
+Row = (RequestRow | AttemptRow | CircuitRow | AlertRow | AuditRow | SessionRow
+       | DeletedSessionRow)
 
 TABLES: dict[str, type[Row]] = {
     "requests": RequestRow,
@@ -186,6 +252,8 @@ TABLES: dict[str, type[Row]] = {
     "circuit_transitions": CircuitRow,
     "alert_history": AlertRow,
     "audit": AuditRow,
+    "sessions": SessionRow,
+    "deleted_sessions": DeletedSessionRow,
 }
 _TABLE_OF: dict[type, str] = {cls: name for name, cls in TABLES.items()}
 
@@ -225,6 +293,7 @@ def _request(seq: int, ev: RequestCompleted, prices: PriceBook) -> RequestRow:
         price_reasoning=tier.reasoning if tier else None,
         delivered=ev.delivered, source=ev.source, usage_estimated=ev.usage_estimated,
         client_request_id=ev.client_request_id, user_id=ev.user_id, key_id=ev.key_id,
+        device=ev.device, fact_seqs=str(seq),
     )
 
 
@@ -274,10 +343,12 @@ def fold_requests(rows: list[RequestRow]) -> RequestRow:
     base.ok = base.delivered and base.error_class is None and base.status < 400
     for col in ("provider", "provider_dialect", "upstream_model", "user", "session",
                 "client", "edge", "router", "client_request_id", "finish_reason", "user_id",
-                "key_id"):
+                "key_id", "device"):
         if getattr(base, col) is None:
             setattr(base, col, next((getattr(r, col) for r in uniq
                                      if getattr(r, col) is not None), None))
+    base.fact_seqs = " ".join(sorted({q for r in uniq for q in r.fact_seqs.split()},
+                                     key=int))
     base.seq = max(r.seq for r in uniq)
     base.ts = max(r.ts for r in uniq)
     base.source = "+".join(sorted({part for r in uniq for part in r.source.split("+")},
@@ -301,8 +372,41 @@ def _attempt(seq: int, ev: AttemptFinished, prices: PriceBook) -> AttemptRow:
     )
 
 
-def project_event(seq: int, event: Event, prices: PriceBook) -> Row | None:
-    """The row one decoded event becomes; None for an event type without a table."""
+def _deleted_request(seq: int, ev: SessionDeleted, n: int, d: DeletedRequest,
+                     prices: PriceBook) -> RequestRow:
+    """One request of a deleted session's bill: a row for the statistics, priced like any."""
+    row = _request(seq, RequestCompleted(
+        id=ev.id, ts=d.ts, request_id=f"deleted:{ev.id}:{n}", dialect=d.dialect,
+        operation=d.operation, model=d.model, provider=d.provider,
+        provider_dialect=d.provider_dialect, upstream_model=d.upstream_model, stream=d.stream,
+        status=d.status, error_class=d.error_class, received_at=d.received_at,
+        ttfb_ms=d.ttfb_ms, duration_ms=d.duration_ms, usage=d.usage, attempts=d.attempts,
+        translated=d.translated, user=d.user, client=d.client, delivered=d.delivered,
+        source="deleted", usage_estimated=d.usage_estimated, user_id=d.user_id,
+        key_id=d.key_id, device=d.device), prices)
+    row.fact_seqs = ""
+    return row
+
+
+def _session_deleted(seq: int, ev: SessionDeleted, prices: PriceBook) -> list[Row]:
+    requests = [_deleted_request(seq, ev, n, d, prices) for n, d in enumerate(ev.requests)]
+    priced = [r.cost for r in requests if r.cost is not None]
+    first = min((r.received_at or r.ts for r in requests), default=None)
+    last = max((r.ts for r in requests), default=None)
+    latest = max(requests, key=lambda r: r.ts, default=None)
+    tomb = DeletedSessionRow(
+        seq=seq, event_id=ev.id, ts=ev.ts, session_hash=ev.session_hash, part=ev.part,
+        parts=ev.parts, requests=len(requests), errors=sum(not r.ok for r in requests),
+        total_tokens=sum(r.total_tokens for r in requests),
+        cache_read_tokens=sum(r.cache_read_tokens for r in requests),
+        cost=sum(priced) if priced else None, first_seen=first, last_seen=last,
+        user=(latest.user_id or latest.user) if latest else None,
+        client=latest.client if latest else None, deleted_by=ev.deleted_by)
+    return [*requests, tomb]  # the tombstone last: the batch's last event time is its own
+
+
+def project_event(seq: int, event: Event, prices: PriceBook) -> Row | list[Row] | None:
+    """The row(s) one decoded event becomes; None for an event type without a table."""
     match event:
         case RequestCompleted():
             return _request(seq, event, prices)
@@ -327,6 +431,8 @@ def project_event(seq: int, event: Event, prices: PriceBook) -> Row | None:
                 metric=event.metric, scope=event.scope, value=event.value,
                 severity=event.severity, fired_id=event.fired_id, message=event.message,
             )
+        case SessionDeleted():
+            return _session_deleted(seq, event, prices)
         case AlertNotificationFailed():
             return AlertRow(
                 seq=seq, event_id=event.id, ts=event.ts, kind="delivery_failed",
@@ -363,8 +469,8 @@ def _audit(seq: int, subject: str, data: bytes) -> AuditRow:
     )
 
 
-def project(seq: int, subject: str, data: bytes, prices: PriceBook) -> Row:
-    """The row one stream message becomes; anything not understood lands in ``audit``."""
+def project(seq: int, subject: str, data: bytes, prices: PriceBook) -> Row | list[Row]:
+    """The row(s) one stream message becomes; anything not understood lands in ``audit``."""
     try:
         event = decode_event(data)
     except (msgspec.ValidationError, msgspec.DecodeError):
@@ -385,7 +491,12 @@ class Rows:
         self.last_ts: float | None = None
         self.count = 0
 
-    def add(self, row: Row) -> None:
+    def add(self, row: Row | list[Row]) -> None:
+        if isinstance(row, list):  # one event, several rows (a session's tombstone)
+            for one in row:
+                self.add(one)
+            self.count -= len(row) - 1  # counted as one event
+            return
         self.by_table[_TABLE_OF[type(row)]].append(row)
         if not self.first_seq or row.seq < self.first_seq:
             self.first_seq = row.seq

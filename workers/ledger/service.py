@@ -43,6 +43,8 @@ from runtime.prices import LivePrices
 from runtime.pull import BatchPuller, ConsumerGoneError
 from schemas.prices import PriceBook, PriceError
 from schemas.subjects import LEDGER_QUERY_PREFIX
+from workers.ledger import sessions
+from workers.ledger.deletion import SessionDeleter
 from workers.ledger.projection import TABLES, Rows, project
 from workers.ledger.queries import QUERIES, Filter, QueryError, table_counts
 from workers.ledger.rebuild import Rebuilder, remove_db
@@ -82,6 +84,7 @@ class LedgerService:
         # built-in prices + <home>/prices.toml + KV ledger.prices, shared with the alerts worker
         self.live_prices = LivePrices(self.home, log=log)
         self.rebuilder: Rebuilder | None = None
+        self.deleter: SessionDeleter | None = None
         self._inflight: tuple[asyncio.Future[bool], Msg] | None = None
         self._submitted = 0  # highest seq handed to the DB thread
 
@@ -111,6 +114,8 @@ class LedgerService:
         self.rebuilder = Rebuilder(self.nc, self.home, live=self._live, on_db=self._db,
                                    paused=self._paused, swap_in=self._swap_in,
                                    prices=lambda: self.prices)
+        self.deleter = SessionDeleter(self.nc, live=self._live, on_db=self._db,
+                                      paused=self._paused, compact=self._compact)
         await self.nc.subscribe(f"{LEDGER_QUERY_PREFIX}.*", queue="cs-ledger", cb=self._on_request)
         log.info("ledger ready at seq %d (%s)", self.store.state.last_seq, self.store.path)
 
@@ -271,6 +276,11 @@ class LedgerService:
                                 Filter)
             kwargs = {k: params[k] for k in extra if params.get(k) is not None}
             return await self._db(lambda: fn(self._live().con, f, **kwargs))
+        if name in ("sessions", "session", "online"):
+            return await self._sessions(name, params)
+        if name == "session_delete":
+            assert self.deleter is not None
+            return await self.deleter.delete(params)
         if name == "status":
             return await self._status()
         if name == "prices":
@@ -283,6 +293,34 @@ class LedgerService:
         if name == "ping":
             return {"pong": True}
         raise QueryError(f"unknown ledger query {name!r}")
+
+    async def _sessions(self, name: str, params: dict[str, Any]) -> Any:
+        """``sessions`` (list), ``session`` (one, with its timeline), ``online`` (users and
+        devices with a request in the last five minutes)."""
+        if name == "sessions":
+            f = msgspec.convert({k: v for k, v in params.items() if k in _FILTER_FIELDS},
+                                Filter)
+            return await self._db(lambda: sessions.sessions(
+                self._live().con, f, user=params.get("user"), active=bool(params.get("active")),
+                limit=int(params.get("limit") or 50)))
+        if name == "online":
+            since = time.time() - float(params.get("window_s") or sessions.ACTIVE_S)
+            return await self._db(lambda: sessions.online(self._live().con, since))
+        session = params.get("session")
+        if not isinstance(session, str) or not session:
+            raise QueryError("session: a session id")
+        found = await self._db(lambda: sessions.session_detail(self._live().con, session))
+        if found is None:
+            raise QueryError(f"no session {session!r} in the ledger (`codeswitch sessions "
+                             "list` shows them)")
+        return found
+
+    def _compact(self) -> None:
+        """On the live DB thread: rewrite the file without what was deleted, and drop the
+        last replay's backup (it holds it too)."""
+        store = self._live()
+        store.compact()
+        remove_db(store.path.with_name(store.path.name + ".bak"))
 
     def _live(self) -> Store:
         if self.store is None:

@@ -26,7 +26,14 @@ from typing import Any
 import duckdb
 import msgspec
 
-from workers.ledger.projection import TABLES, RequestRow, Rows, fold_requests
+from workers.ledger import sessions
+from workers.ledger.projection import (
+    TABLES,
+    DeletedSessionRow,
+    RequestRow,
+    Rows,
+    fold_requests,
+)
 
 __all__ = ["LedgerState", "Store", "StoreError", "ddl_type", "table_columns"]
 
@@ -77,7 +84,8 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-_ROW_DEFAULTS = {"delivered": True, "source": "router", "usage_estimated": False}
+_ROW_DEFAULTS = {"delivered": True, "source": "router", "usage_estimated": False,
+                 "fact_seqs": ""}
 _STATE_COLS = [(f, ddl_type(t)) for f, t in typing.get_type_hints(LedgerState).items()]
 
 
@@ -99,6 +107,7 @@ class Store:
             config["memory_limit"] = memory_limit
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._config = config
         self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
         self.read_only = read_only
         self._enc = msgspec.json.Encoder()
@@ -137,6 +146,11 @@ class Store:
         if con.execute("SELECT count(*) FROM ledger_state").fetchone() == (0,):
             now = time.time()
             self._write_state(LedgerState(created_at=now, updated_at=now), insert=True)
+        if con.execute("SELECT count(*) FROM sessions").fetchone() == (0,):
+            # a file from before the sessions table: derive it once from the requests
+            ids = [r[0] for r in con.execute("SELECT DISTINCT session FROM requests WHERE "
+                                             "session IS NOT NULL ORDER BY 1").fetchall()]
+            self.refresh_sessions(ids, 0)
         con.execute("COMMIT")
 
     def _read_state(self) -> LedgerState:
@@ -219,6 +233,7 @@ class Store:
                     if table == "requests" else self._new_events(table, table_rows))
                 if kept:
                     self._insert(table, kept)
+            self._sessions(fresh)
             self._write_state(state)
             con.execute("COMMIT")
         except BaseException:
@@ -226,6 +241,38 @@ class Store:
             raise
         self.state = state
         return True
+
+    def _sessions(self, fresh: dict[str, list[Any]]) -> None:
+        """After a batch's rows are in: a tombstone drops what is left of its session, then
+        the sessions the batch touched are recomputed from their request rows."""
+        rows = [r for r in fresh["requests"] if r.session is not None]
+        touched = {r.session for r in rows}
+        start = min((r.seq for r in rows), default=None)
+        for tomb in fresh["deleted_sessions"]:
+            assert isinstance(tomb, DeletedSessionRow)
+            forgotten = sessions.forget(self.con, tomb.session_hash, tomb.seq)
+            if forgotten:
+                touched.update(forgotten)
+                start = 0
+        if touched:
+            self.refresh_sessions(sorted(touched), start)
+
+    def refresh_sessions(self, ids: list[str], from_seq: int | None = None) -> None:
+        """Recompute these sessions' rows from their requests (in the caller's transaction):
+        one read of their request rows (from the lowest ``first_seq`` of their current rows,
+        or ``from_seq`` when lower), ``sessions.aggregate``, one insert."""
+        if not ids:
+            return
+        low = self.con.execute("SELECT min(first_seq) FROM sessions WHERE session IN "
+                               "(SELECT unnest(?::VARCHAR[]))", [ids]).fetchone()
+        bounds = [b for b in (low[0] if low else None, from_seq) if b is not None]
+        start = min(bounds) if bounds else 0
+        rows = self.con.execute(sessions.SOURCE_SQL, [start, ids]).fetchall()
+        self.con.execute("DELETE FROM sessions WHERE session IN (SELECT unnest(?::VARCHAR[]))",
+                         [ids])
+        fresh = sessions.aggregate(rows)
+        if fresh:
+            self._insert("sessions", fresh)
 
     def _new_events(self, table: str, rows: list[Any]) -> list[Any]:
         """Rows whose event is not in the table yet: a fact published again after a crash
@@ -295,9 +342,12 @@ class Store:
         copied = 0
         try:
             for table in TABLES:
+                # a session with a request below the cut: its row comes along (with its
+                # first_seq), and is recomputed when the replay folds its later requests
+                cut = "first_seq" if table == "sessions" else "seq"
                 self.con.execute(
                     f"CREATE TABLE {alias}.{_q(table)} AS SELECT * FROM main.{_q(table)} "
-                    f"WHERE seq < ? ORDER BY seq", [before_seq])
+                    f"WHERE {cut} < ? ORDER BY seq", [before_seq])
                 copied += self.con.execute(
                     f"SELECT count(*) FROM {alias}.{_q(table)}").fetchone()[0]  # type: ignore[index]
         finally:
@@ -316,6 +366,31 @@ class Store:
             f"TO {_lit(str(out))} ({options})", params or [])
         return int(self.con.execute(f"SELECT count(*) FROM {_q(table)} {where}",
                                     params or []).fetchone()[0])  # type: ignore[index]
+
+    def compact(self) -> None:
+        """Rewrite the file with only its live rows and swap it in (DuckDB keeps deleted rows'
+        bytes in its blocks until they are reused): after a session delete, nothing of the
+        session is left in the file. The scratch files of the last batch go too."""
+        if self.read_only:
+            raise StoreError("a read-only store cannot be compacted")
+        target = self.path.with_name(self.path.name + ".compact")
+        for p in (target, target.with_name(target.name + ".wal")):
+            p.unlink(missing_ok=True)
+        db = self.con.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+        self.con.execute("CHECKPOINT")
+        self.con.execute(f"ATTACH {_lit(str(target))} AS cs_compact")
+        try:
+            self.con.execute(f"COPY FROM DATABASE {_q(db)} TO cs_compact")
+        finally:
+            self.con.execute("DETACH cs_compact")
+        self.con.close()
+        os.replace(target, self.path)
+        self.path.with_name(self.path.name + ".wal").unlink(missing_ok=True)
+        if self._tmp is not None:
+            for scratch in self._tmp.iterdir():
+                scratch.unlink(missing_ok=True)
+        self.con = duckdb.connect(str(self.path), config=self._config)
+        self.state = self._read_state()
 
     def checkpoint(self) -> None:
         self.con.execute("CHECKPOINT")

@@ -25,6 +25,7 @@ from nats.js import api as js_api
 
 from runtime import bus, names
 from runtime.facts import FactPublisher
+from runtime.presence import device_name
 from schemas.envelope import ENV_HEADER, KIND_ACCEPTED, ReplyStart, RequestEnvelope
 from schemas.errors import error_body
 from schemas.events import AttemptFinished, RequestCompleted, Usage, new_id
@@ -504,7 +505,7 @@ class Router:
                 user=env.user, session=env.session, client=env.client, edge=env.edge,
                 router=self.router_id, bytes_in=env.body_size, delivered=False,
                 source="recovered", client_request_id=env.client_request_id,
-                user_id=env.user_id, key_id=env.key_id,
+                user_id=env.user_id, key_id=env.key_id, device=device_name(),
             ))])
 
     def _attempt_fact(self, env: RequestEnvelope, att: Attempt) -> None:
@@ -549,7 +550,7 @@ class Router:
             session=env.session, client=env.client, edge=env.edge, router=self.router_id,
             bytes_in=env.body_size, bytes_out=final.bytes_out if final else 0,
             delivered=delivered, client_request_id=env.client_request_id,
-            user_id=env.user_id, key_id=env.key_id,
+            user_id=env.user_id, key_id=env.key_id, device=device_name(),
         ), resolves=env.request_id)
 
 async def run(nats_url: str, home: Any = None, stop: asyncio.Event | None = None,

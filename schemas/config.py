@@ -25,6 +25,7 @@ __all__ = [
     "Timeouts",
     "ENCRYPTED_PREFIX",
     "PROVIDER_NAME_RE",
+    "MAX_AFFINITY_TTL_S",
 ]
 
 PROVIDER_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -121,6 +122,7 @@ class BreakerPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     probe_timeout_s: float = 120.0
 
 
+MAX_AFFINITY_TTL_S = 7 * 24 * 3600.0  # the affinity bucket's own max age (runtime/names.py)
 DEFAULT_FAILOVER_STATUSES = [408, 409, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 529]
 
 
@@ -134,11 +136,19 @@ class RoutingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     failover_statuses: list[int] = msgspec.field(
         default_factory=lambda: list(DEFAULT_FAILOVER_STATUSES))
     breaker: BreakerPolicy = BreakerPolicy()
+    # session affinity: a session's requests (per session and model) go to the provider that
+    # served its previous one while that provider is healthy, so its prompt cache keeps
+    # hitting (workers/router/affinity.py); forgotten after affinity_ttl_s without a request
+    affinity: bool = True
+    affinity_ttl_s: float = 3600.0
 
     def __post_init__(self) -> None:
         if self.strategy not in ("round-robin", "weighted", "least-loaded"):
             raise ValueError(f"strategy {self.strategy!r} must be round-robin, weighted or "
                              "least-loaded")
+        if not 1 <= self.affinity_ttl_s <= MAX_AFFINITY_TTL_S:
+            raise ValueError(f"affinity_ttl_s must be between 1 and {MAX_AFFINITY_TTL_S:.0f} "
+                             "seconds (7 days)")
 
 
 # The clients whose active provider can be switched at run time, by the dialect they speak.

@@ -5,8 +5,12 @@ Order: a pinned provider (header ``x-codeswitch-provider`` or model ``provider/m
 otherwise the enabled providers that serve the model, by priority level (lower first); inside a
 level, providers that speak the client's dialect first (no translation), then the level's
 strategy: round-robin (default), weighted (smooth weighted round-robin) or least-loaded
-(fewest requests in flight at this router). The client's active provider goes first; providers
-whose circuit is open go last.
+(fewest requests in flight at this router). Session affinity overrides the strategy: the
+provider that served the session's previous request (for this model) goes first in its
+priority level. The client's active provider goes first of all; providers whose circuit is
+open go last, and so do those cooling down after a 429 (so a sticky provider counts only
+while it is healthy). The order of choice: pinned, (route rules: not yet), active, affinity,
+strategy.
 
 ``plan_request`` is the whole decision for one request, from what the router holds in memory
 (providers, settings, circuits, 429 cool-downs) and the clock, all passed in: the unified
@@ -49,6 +53,7 @@ __all__ = [
     "should_fail_over",
     "split_pinned_model",
     "unified_provider",
+    "with_sticky",
     "with_unified",
 ]
 
@@ -132,12 +137,16 @@ def plan(providers: Iterable[ProviderConfig], *, dialect: str, model: str,
          pinned: str | None, can_translate: Callable[[str, str], bool],
          rr: RoundRobin | None = None, strategy: str = "round-robin",
          load: Mapping[str, int] | None = None, active: str | None = None,
-         blocked: Callable[[ProviderConfig, str], bool] | None = None) -> list[Candidate]:
+         blocked: Callable[[ProviderConfig, str], bool] | None = None,
+         sticky: str | None = None) -> list[Candidate]:
     """Candidates in the order to try them.
 
     ``active``: the provider the user switched this client to; tried first, the others stay
-    as fallback. ``blocked``: providers whose circuit is open for this model go last (they
-    only get the request when everything else failed)."""
+    as fallback. ``sticky``: the provider that served this session's previous request (session
+    affinity): first in its priority level, ahead of what the strategy would pick (a backup
+    level that served while the preferred one failed is left once that one is healthy again).
+    ``blocked``: providers whose circuit is open for this model go last (they only get the
+    request when everything else failed)."""
     providers = list(providers)
     by_name = {p.name: p for p in providers}
     pin_from_model, model = split_pinned_model(model, by_name)
@@ -179,6 +188,8 @@ def plan(providers: Iterable[ProviderConfig], *, dialect: str, model: str,
         for part in ([p for p in group if p.dialect == dialect],
                      [p for p in group if p.dialect != dialect]):
             ordered.extend(_order(part, level, strategy, rr, load))
+    if sticky is not None:
+        ordered = with_sticky(ordered, sticky)
     if active is not None:
         first = [p for p in ordered if p.name == active]
         ordered = first + [p for p in ordered if p.name != active]
@@ -187,6 +198,17 @@ def plan(providers: Iterable[ProviderConfig], *, dialect: str, model: str,
         if open_:
             ordered = [p for p in ordered if p not in open_] + open_
     return [Candidate(p, p.upstream_model(model), p.dialect != dialect) for p in ordered]
+
+
+def with_sticky(ordered: list[ProviderConfig], sticky: str) -> list[ProviderConfig]:
+    """``sticky`` moved to the front of its priority level (``ordered`` is by level); the
+    order unchanged when it is not among them."""
+    at = next((i for i, p in enumerate(ordered) if p.name == sticky), None)
+    if at is None:
+        return ordered
+    level = ordered[at].priority
+    first = next(i for i, p in enumerate(ordered) if p.priority == level)
+    return [*ordered[:first], ordered[at], *ordered[first:at], *ordered[at + 1:]]
 
 
 def should_fail_over(status: int, *, has_next: bool,
@@ -286,11 +308,13 @@ def plan_request(providers: Iterable[ProviderConfig], *, dialect: str, model: st
                  circuits: Callable[[str], BreakerState | None],
                  cool_downs: Mapping[str, float], now: float, monotonic: float,
                  rr: RoundRobin | None = None,
-                 load: Mapping[str, int] | None = None) -> list[Candidate]:
+                 load: Mapping[str, int] | None = None,
+                 sticky: str | None = None) -> list[Candidate]:
     """Candidates for one request in the order to try them, from the router's state passed
     in: the providers (unified upstream added when on), the routing settings (strategy,
-    breaker policy), the client app's active provider, the circuits (``now``: wall clock) and
-    the 429 cool-downs (``monotonic``: this router's clock). Raises NoProviderError."""
+    breaker policy), the client app's active provider, the session's sticky provider (session
+    affinity, ``affinity.sticky``), the circuits (``now``: wall clock) and the 429 cool-downs
+    (``monotonic``: this router's clock). Raises NoProviderError."""
     policy = routing.breaker
 
     def blocked(p: ProviderConfig, upstream_model: str) -> bool:
@@ -299,5 +323,6 @@ def plan_request(providers: Iterable[ProviderConfig], *, dialect: str, model: st
     candidates = plan(with_unified(providers, unified, dialect), dialect=dialect, model=model,
                       pinned=pinned, can_translate=can_translate, rr=rr,
                       strategy=routing.strategy, load=load,
-                      active=active.for_dialect(dialect), blocked=blocked)
+                      active=active.for_dialect(dialect), blocked=blocked,
+                      sticky=sticky if routing.affinity else None)
     return cooling_last(candidates, cool_downs, monotonic)

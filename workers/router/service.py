@@ -42,6 +42,7 @@ from schemas.subjects import (
     response_subject,
 )
 from workers import translator
+from workers.router.affinities import Affinities
 from workers.router.attempt import Attempt, Caller, RequestBody
 from workers.router.breakers import Breakers
 from workers.router.model_catalog import ModelCatalog
@@ -83,6 +84,7 @@ class Router:
         self.settings = SettingsView()
         self.circuits = CircuitTable()
         self.rr = RoundRobin()
+        self.affinities = Affinities()  # session -> the provider that served it (cs_affinity)
         self.load: dict[str, int] = {}  # requests in flight per provider (least-loaded)
         self.nc: NATS | None = None
         self.facts: FactPublisher | None = None
@@ -129,6 +131,7 @@ class Router:
         self._tasks.append(asyncio.create_task(
             bus.follow_bucket(settings_kv, self.settings.apply, self.settings.ready,
                               self._progress(names.SETTINGS_BUCKET))))
+        await self.affinities.start(nc, await js.key_value(names.AFFINITY_BUCKET))
         self.circuits.kv = await js.key_value(names.CIRCUITS_BUCKET)
         self._tasks.append(asyncio.create_task(
             bus.follow_bucket(self.circuits.kv, self.circuits.apply, self.circuits.ready)))
@@ -213,6 +216,7 @@ class Router:
                 await asyncio.wait(still, timeout=2)
         for task in self._tasks:
             task.cancel()
+        await self.affinities.aclose()
         if self.facts:
             await self.facts.aclose()
         if self.http:
@@ -397,6 +401,8 @@ class Router:
                     final = att
                     break
                 self._attempt_fact(env, att)
+            if final is not None and final.committed and final.status < 400:
+                await self._stick(env, final.candidate.provider.name)
             if final is None and attempts:
                 final = attempts[-1]
                 final.outcome = "failed"
@@ -446,15 +452,28 @@ class Router:
 
     # -- planning ----------------------------------------------------------------------------
     def _plan(self, env: RequestEnvelope) -> list[Candidate]:
-        """The candidates in order: this router's state (watched KV copies, cool-downs, load)
-        and the clocks, handed to the pure planner (``plan.plan_request``)."""
+        """The candidates in order: this router's state (watched KV copies, cool-downs, load,
+        session affinities) and the clocks, handed to the pure planner
+        (``plan.plan_request``)."""
         settings = self.settings
+        routing = settings.routing
+        sticky = (self.affinities.sticky(env.session, env.model, routing.affinity_ttl_s)
+                  if routing.affinity and env.session else None)
         return plan_request(
             self.table.active(), dialect=env.dialect, model=env.model,
             pinned=env.pin_provider, can_translate=translator.can_translate,
-            routing=settings.routing, active=settings.active, unified=settings.unified,
+            routing=routing, active=settings.active, unified=settings.unified,
             circuits=self.circuits.get, cool_downs=self.table.cool_downs, now=time.time(),
-            monotonic=time.monotonic(), rr=self.rr, load=self.load)
+            monotonic=time.monotonic(), rr=self.rr, load=self.load, sticky=sticky)
+
+    async def _stick(self, env: RequestEnvelope, provider: str) -> None:
+        """Session affinity: this session's next request for this model goes to ``provider``
+        while it is healthy (a pinned request or a token count teaches nothing)."""
+        routing = self.settings.routing
+        if (routing.affinity and env.session and not env.pin_provider
+                and env.operation == "generate"):
+            await self.affinities.served(env.session, env.model, provider,
+                                         routing.affinity_ttl_s)
 
     async def _relay_failure(self, env: RequestEnvelope, att: Attempt, reply: Reply) -> None:
         """Nothing was sent yet: send the final attempt's error in the client's dialect."""

@@ -584,7 +584,7 @@ PLUGINS: dict[str, tuple[str, ...]] = {
     "codeswitch.cli_alerts": ("alerts",),
     "codeswitch.cli_bodylog": ("body-log",),
     "codeswitch.cli_users": ("user", "key", "audit"),
-    "codeswitch.cli_sessions": ("sessions",),
+    "codeswitch.cli_sessions": ("sessions", "online"),
 }
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from typing import Annotated, Any
 
+import msgspec
 import typer
 from nats.aio.client import Client as NATS
 from rich.console import Console
@@ -243,5 +245,96 @@ async def _ask(url: str, query: str, params: dict[str, Any], timeout: float = 30
         await nc.close()
 
 
+async def _gateways(nc: NATS) -> list[dict[str, Any]]:
+    """The heartbeats in cs_presence, grouped by device (runtime/presence.py)."""
+    from runtime import bus
+    from runtime.presence import Presence
+
+    try:
+        kv = await nc.jetstream().key_value(names.PRESENCE_BUCKET)
+        entries = await bus.read_bucket(kv)
+    except Exception:
+        return []
+    devices: dict[str, dict[str, Any]] = {}
+    for raw, _ in entries.values():
+        try:
+            beat = msgspec.json.decode(raw, type=Presence)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        d = devices.setdefault(beat.device, {"device": beat.device, "parts": [],
+                                             "version": beat.version, "last_beat": 0.0})
+        d["parts"].append({"part": beat.part, "id": beat.id, "pid": beat.pid,
+                           "started": beat.started, "last_beat": beat.ts})
+        d["last_beat"] = max(d["last_beat"], beat.ts)
+    for d in devices.values():
+        d["parts"].sort(key=lambda x: (x["part"], x["id"]))
+    return sorted(devices.values(), key=lambda d: d["device"])
+
+
+def online(
+    as_json: JsonOpt = False, home: HomeOpt = None, nats_url: UrlOpt = None,
+) -> None:
+    """Who is online: users and devices with a request in the last 5 minutes (from the
+    ledger), and the gateways alive (their heartbeats, every 5 s, gone after 15 s)."""
+    url = _url(home, nats_url)
+
+    async def go() -> dict[str, Any]:
+        nc = await _connect(url)
+        try:
+            out: dict[str, Any] = {"gateways": await _gateways(nc)}
+            try:
+                out.update(await _request(nc, "online", {}, 10))
+            except Exception as exc:  # the gateways alive are worth showing all the same
+                out["ledger_error"] = str(exc)
+            out["labels"] = await _id_labels(nc)
+            return out
+        finally:
+            await nc.close()
+
+    result = _run(go())
+    labels = result.pop("labels", {})
+    if as_json:
+        for u in result.get("users", []):
+            if u["user"] in labels:
+                u["name"] = labels[u["user"]]
+        console.print_json(json.dumps(result))
+        return
+    now = time.time()
+    table = Table(title="Gateways alive", title_justify="left")
+    for col in ("device", "parts", "version", "up since", "last heartbeat"):
+        table.add_column(col)
+    for g in result["gateways"]:
+        parts = Counter(p["part"] for p in g["parts"])
+        table.add_row(g["device"], ", ".join(f"{n} {part}" + ("s" if n > 1 else "")
+                                             for part, n in sorted(parts.items())),
+                      g["version"] or "-", _when(min(p["started"] for p in g["parts"])),
+                      _ago(g["last_beat"], now))
+    console.print(table)
+    if "ledger_error" in result:
+        err.print(f"[yellow]users and devices unknown: {result['ledger_error']}[/]")
+        return
+    users = Table(title="Users with a request in the last 5 minutes", title_justify="left")
+    for col, justify in (("user", "left"), ("client", "left"), ("devices", "left"),
+                         ("sessions", "right"), ("requests", "right"),
+                         ("last request", "right")):
+        users.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for u in result["users"]:
+        users.add_row(labels.get(u["user"], u["user"]), u["client"] or "-",
+                      ", ".join(u["devices"]) or "-", str(u["sessions"]),
+                      f"{u['requests']:,}", _ago(u["last_seen"], now))
+    console.print(users)
+    devices = Table(title="Devices with a request in the last 5 minutes", title_justify="left")
+    for col, justify in (("device", "left"), ("users", "right"), ("sessions", "right"),
+                         ("requests", "right"), ("last request", "right")):
+        devices.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for d in result["devices"]:
+        devices.add_row(d["device"], str(d["users"]), str(d["sessions"]),
+                        f"{d['requests']:,}", _ago(d["last_seen"], now))
+    console.print(devices)
+    if result.get("anonymous_requests"):
+        console.print(f"[dim]{result['anonymous_requests']:,} requests without a user[/]")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(sessions_app, name="sessions")
+    app.command("online")(online)

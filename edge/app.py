@@ -28,7 +28,7 @@ from edge.server import ClientGone, body_timeout, read_body
 from runtime import bus, names
 from runtime.facts import FactPublisher
 from runtime.health import parts_file, parts_health, supervised_home
-from runtime.presence import device_name
+from runtime.presence import Heartbeat, device_name
 from schemas.config import GatewaySettings
 from schemas.envelope import (
     ENV_HEADER,
@@ -119,6 +119,7 @@ class EdgeApp:
         self.directory = Directory()
         self._directory_tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Future[None]] = set()  # body-log writes
+        self.heartbeat: Heartbeat | None = None  # cs_presence: this gateway is alive
         self.draining = False
 
     # -- lifespan ---------------------------------------------------------------------------
@@ -133,6 +134,7 @@ class EdgeApp:
         await self.dispatcher.start()
         self.facts = FactPublisher(self.nc, wal=self.outbox, name="edge")
         self.facts.start()
+        self.heartbeat = Heartbeat(self.nc, "edge", f"edge-{self.edge_id}").start()
         # the settings (gateway keys!), the users and the keys are in place before the first
         # request is served (an edge that served before it knew the users exist would let any
         # key through); the three are read at the same time
@@ -159,6 +161,8 @@ class EdgeApp:
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in loads)), 10)
 
     async def shutdown(self) -> None:
+        if self.heartbeat is not None:
+            await self.heartbeat.aclose()
         if self._watch_task:
             self._watch_task.cancel()
         for task in self._directory_tasks:

@@ -25,7 +25,7 @@ from nats.js import api as js_api
 
 from runtime import bus, names
 from runtime.facts import FactPublisher
-from runtime.presence import device_name
+from runtime.presence import Heartbeat, device_name
 from schemas.envelope import ENV_HEADER, KIND_ACCEPTED, ReplyStart, RequestEnvelope
 from schemas.errors import error_body
 from schemas.events import AttemptFinished, RequestCompleted, Usage, new_id
@@ -85,6 +85,7 @@ class Router:
         self.circuits = CircuitTable()
         self.rr = RoundRobin()
         self.affinities = Affinities()  # session -> the provider that served it (cs_affinity)
+        self.heartbeat: Heartbeat | None = None  # cs_presence: this gateway is alive
         self.load: dict[str, int] = {}  # requests in flight per provider (least-loaded)
         self.nc: NATS | None = None
         self.facts: FactPublisher | None = None
@@ -156,6 +157,7 @@ class Router:
         self._subs.append(await nc.subscribe(ROUTER_PING, queue="routers", cb=self._on_ping))
         self._subs.append(await nc.subscribe(ROUTER_ROLLCALL, cb=self._on_rollcall))
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
+        self.heartbeat = Heartbeat(nc, "router", self.router_id).start()
         self._tasks.append(asyncio.create_task(self._watch_edges(), name="edge-watch"))
         log.info("router %s ready (%d providers)", self.router_id, len(self.table.providers))
 
@@ -217,6 +219,8 @@ class Router:
         for task in self._tasks:
             task.cancel()
         await self.affinities.aclose()
+        if self.heartbeat is not None:
+            await self.heartbeat.aclose()
         if self.facts:
             await self.facts.aclose()
         if self.http:

@@ -61,6 +61,14 @@ async def _entries(nc: NATS, request_ids: list[str]) -> dict[str, dict[str, Any]
     return out
 
 
+def _short(value: str | None, width: int = 24) -> str:
+    """An id for a table cell (Claude Code's device ids are 64 hex digits); --json has it
+    whole."""
+    if not value:
+        return "-"
+    return value if len(value) <= width else value[:width - 1] + "…"
+
+
 def _ago(ts: float | None, now: float) -> str:
     if ts is None:
         return "-"
@@ -116,7 +124,7 @@ def sessions_list(
         table.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for r in rows:
         table.add_row(
-            r["session"], r.get("title") or "", labels.get(r["user"] or "", r["user"] or "-"),
+            r["session"], r.get("title") or "", labels.get(r["user"] or "", _short(r["user"])),
             r["client"] or "-", r["device"] or "-", _ago(r["last_seen"], now),
             f"{r['requests']:,}" + (f" ({r['errors']} err)" if r["errors"] else ""),
             _tokens(r["total_tokens"]), _tokens(r["cache_read_tokens"]), _usd(r["cost"]),
@@ -319,7 +327,7 @@ def online(
                          ("last request", "right")):
         users.add_column(col, justify=justify)  # type: ignore[arg-type]
     for u in result["users"]:
-        users.add_row(labels.get(u["user"], u["user"]), u["client"] or "-",
+        users.add_row(labels.get(u["user"], _short(u["user"])), u["client"] or "-",
                       ", ".join(u["devices"]) or "-", str(u["sessions"]),
                       f"{u['requests']:,}", _ago(u["last_seen"], now))
     console.print(users)

@@ -230,7 +230,7 @@ async def body_log_store(js: JetStreamContext,
 async def read_bucket(kv: KeyValue) -> dict[str, tuple[bytes, int]]:
     """Every current key of a bucket: value and revision (deleted and empty keys left out)."""
     try:
-        keys = await kv.keys()
+        keys = await _bucket_keys(kv)
     except NoKeysError:  # nats-py's answer for an empty bucket
         return {}
     async def one(key: str) -> tuple[bytes, int] | None:
@@ -249,6 +249,18 @@ async def read_bucket(kv: KeyValue) -> dict[str, tuple[bytes, int]]:
             if found is not None:
                 out[key] = found
     return out
+
+
+async def _bucket_keys(kv: KeyValue) -> list[str]:
+    """The keys of a bucket, from its stream's per-subject counts (one request, exact). nats-py's
+    ``kv.keys()`` (a watcher that ends at the first message with nothing pending) missed a
+    key written just before on a loaded server; it stays the fallback."""
+    pre: str = kv._pre  # "$KV.<bucket>."
+    try:
+        info = await kv._js.stream_info(kv._stream, subjects_filter=f"{pre}>")
+    except Exception:  # an older server or API: nats-py's way
+        return await kv.keys()
+    return [subject[len(pre):] for subject in (info.state.subjects or {})]
 
 
 async def follow_bucket(kv: KeyValue, apply: Callable[[str, bytes | None, int], None],

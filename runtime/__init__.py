@@ -10,6 +10,7 @@
     health    the supervisor's parts file, read by ``/health``
     secrets   provider keys encrypted at rest
     process   process titles, private files, parent-death signals, free ports
+    memory    bounded malloc arenas; gc.freeze and malloc_trim once a part is quiet
 
 The parts (``edge``, ``workers/*``) import this package and ``schemas``; nothing here imports a
 part or the CLI (``codeswitch``), which sits on top of everything. Importing ``runtime`` itself

@@ -59,11 +59,15 @@ _background: set[asyncio.Future[None]] = set()
 
 @dataclass(frozen=True)
 class StreamLimits:
-    """Retention of the event log. 0 means unlimited."""
+    """Retention of the event log (0 means unlimited) and the bounds of the work queue."""
 
     events_max_age_s: float = float(os.environ.get("CODESWITCH_EVENTS_MAX_AGE", 0) or 0)
     events_max_bytes: int = int(os.environ.get("CODESWITCH_EVENTS_MAX_BYTES", 0) or 0)
     requests_max_age_s: float = 120.0
+    # requests waiting for a router, in nats-server's memory: 8 of the largest messages. Full
+    # (routers gone, a flood), the oldest go (their edges answer 503 at the pickup timeout,
+    # as they would anyway); reserved against the server's max_memory_store (runtime/natsd.py)
+    requests_max_bytes: int = 64 * 1024 * 1024
     extra_fact_subjects: tuple[str, ...] = field(default=())
 
 
@@ -80,6 +84,7 @@ def stream_configs(limits: StreamLimits | None = None) -> list[js_api.StreamConf
             # latency per request (docs/architecture.md). Facts stay on file storage.
             storage=js_api.StorageType.MEMORY,
             max_age=limits.requests_max_age_s,
+            max_bytes=limits.requests_max_bytes,
             duplicate_window=limits.requests_max_age_s,
             discard=js_api.DiscardPolicy.OLD,
         ),

@@ -111,6 +111,10 @@ async def run_parts(parts: list[str], nats_url: str, home: Path,
     tasks = {name: asyncio.create_task(
         modules[name].run(nats_url, home, stops[name], **options.get(name, {})), name=name)
         for name in parts}
+    # malloc_trim once the process is quiet after a burst (runtime/memory.py)
+    from runtime import memory
+
+    trimmer = memory.start()
     waiter = asyncio.create_task(signalled.wait())
     done, _ = await asyncio.wait([*tasks.values(), waiter], return_when=asyncio.FIRST_COMPLETED)
     status = 0
@@ -128,6 +132,8 @@ async def run_parts(parts: list[str], nats_url: str, home: Path,
         with contextlib.suppress(Exception, asyncio.CancelledError, SystemExit):
             await tasks[name]
     waiter.cancel()
+    if trimmer is not None:
+        trimmer.cancel()
     return status
 
 
@@ -136,6 +142,9 @@ def main(argv: list[str] | None = None) -> None:
 
     private_umask()
     skip_nats_websocket()
+    from runtime.memory import limit_arenas
+
+    limit_arenas()  # before any thread: at most 2 malloc arenas (runtime/memory.py)
     args = _parse(argv)
     logging.basicConfig(level=os.environ.get("CODESWITCH_LOG_LEVEL", "WARNING"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -55,6 +55,18 @@ def load_or_create_auth(path: Path) -> NatsAuth:
 # Long Claude Code contexts reach several MB; the NATS default is 1 MB. Bodies larger than
 # this still work (they go through the cs_bodies object store), this only avoids that detour.
 MAX_PAYLOAD = 8 * 1024 * 1024
+# Memory bounds (docs/architecture.md, "Bounded memory"). What the server buffers for one slow
+# client before dropping it: NATS's default, 8 largest messages (it was 256 MB).
+MAX_PENDING = 64 * 1024 * 1024
+# JetStream memory storage, all streams and buckets together: the work queue (CS_REQUESTS,
+# capped by bus.StreamLimits.requests_max_bytes) and the memory KV buckets. NATS's default
+# is 75 % of RAM.
+MAX_MEMORY_STORE = 256 * 1024 * 1024
+# The Go runtime's soft memory limit (GOMEMLIMIT) unless the environment sets one: the heap
+# is collected before it passes this instead of growing to twice the live set. The live set
+# under load is ~25-30 MB (the event log's write block cache is 16 MiB of it); above 64 MiB
+# of live data (many MB-sized bodies at once) the collector runs more often instead.
+GO_MEMORY_LIMIT = "64MiB"
 
 
 class NatsServerNotFoundError(RuntimeError):
@@ -108,9 +120,10 @@ class EmbeddedNats:
             f"host: {self.host}",
             f"port: {self.port}",
             f"max_payload: {self.max_payload}",
-            "max_pending: 268435456",
+            f"max_pending: {MAX_PENDING}",
             "jetstream {",
             f'  store_dir: "{self.store_dir / "jetstream"}"',
+            f"  max_memory_store: {MAX_MEMORY_STORE}",
             "}",
         ]
         if self.linger is not None:
@@ -132,10 +145,12 @@ class EmbeddedNats:
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             out = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        env = dict(os.environ)
+        env.setdefault("GOMEMLIMIT", GO_MEMORY_LIMIT)
         try:
             self.proc = subprocess.Popen(
                 [find_nats_server(), "-c", str(conf)],
-                stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+                stdout=out, stderr=out, stdin=subprocess.DEVNULL, env=env,
                 start_new_session=True,
                 # with linger: SIGUSR2 = lame duck mode (no new clients, JetStream stops, the
                 # connected clients are served for the grace period, then it exits)

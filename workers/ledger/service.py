@@ -38,7 +38,7 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
-from runtime import bus, names
+from runtime import bus, memory, names
 from runtime.prices import LivePrices
 from runtime.pull import BatchPuller, ConsumerGoneError
 from schemas.prices import PriceBook, PriceError
@@ -58,6 +58,12 @@ log = logging.getLogger("codeswitch.ledger")
 
 DB_FILE = "ledger.duckdb"
 T = TypeVar("T")
+# DuckDB keeps what a connection used until it closes (Store.reopen): the live store is
+# reopened once the stream has been quiet this long after at least REOPEN_AFTER events, and
+# during sustained traffic every REOPEN_EVERY events (a checkpoint and an open)
+REOPEN_IDLE_S = 5.0
+REOPEN_AFTER = 5_000
+REOPEN_EVERY = 100_000
 _FILTER_FIELDS = set(Filter.__struct_fields__)
 
 
@@ -87,6 +93,8 @@ class LedgerService:
         self.deleter: SessionDeleter | None = None
         self._inflight: tuple[asyncio.Future[bool], Msg] | None = None
         self._submitted = 0  # highest seq handed to the DB thread
+        self._since_reopen = 0  # events handed to the DB thread since the store was opened
+        self._last_msg_at = 0.0  # loop time of the last message fetched
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -207,10 +215,18 @@ class LedgerService:
         meanwhile (one batch in flight at most) and is acked once its commit is done."""
         assert self.puller is not None
         msgs = await self.puller.fetch()
+        loop = asyncio.get_running_loop()
         async with self._apply_lock:
             if not msgs:
                 await self._settle()
+                if (self._since_reopen >= REOPEN_AFTER
+                        and loop.time() - self._last_msg_at >= REOPEN_IDLE_S):
+                    await self._reopen()
                 return
+            self._last_msg_at = loop.time()
+            if self._since_reopen >= REOPEN_EVERY:
+                await self._settle()
+                await self._reopen()
             store = self._live()
             wm = max(store.state.last_seq, self._submitted)
             rows = Rows()
@@ -222,6 +238,7 @@ class LedgerService:
             await self._settle()
             if rows.count:
                 self._submitted = rows.last_seq
+                self._since_reopen += rows.count
                 self._inflight = (asyncio.get_running_loop().run_in_executor(
                     self._exec, store.apply, rows), msgs[-1])
             else:
@@ -237,6 +254,18 @@ class LedgerService:
         await future
         with contextlib.suppress(Exception):  # a lost ack is a redelivery, dropped later
             await last.ack()
+
+    async def _reopen(self) -> None:
+        """Give back what the DuckDB connection accumulated (see REOPEN_IDLE_S), then the
+        malloc heaps' free pages. Call with ``_apply_lock`` held and nothing in flight."""
+        started = time.perf_counter()
+        before = memory.rss_bytes()
+        await self._db(lambda: self._live().reopen())
+        memory.trim()
+        log.info("ledger: reopened the store after %d events in %.0f ms: RSS %.1f -> %.1f MB",
+                 self._since_reopen, (time.perf_counter() - started) * 1e3, before / 1e6,
+                 memory.rss_bytes() / 1e6)
+        self._since_reopen = 0
 
     # -- prices -----------------------------------------------------------------------------
 

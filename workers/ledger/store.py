@@ -395,6 +395,18 @@ class Store:
     def checkpoint(self) -> None:
         self.con.execute("CHECKPOINT")
 
+    def reopen(self) -> None:
+        """Checkpoint, close and connect again. DuckDB gives back what the connection holds
+        only when it closes: its buffer pool (up to ``memory_limit``), the appended rows not yet
+        checkpointed, and per-transaction state (row versions of folded and deleted rows) that
+        is not in the buffer pool's count; neither a lower ``memory_limit`` nor
+        ``malloc_trim`` releases the last. Measured: 100,000 requests in batches of 50 left
+        the connection at +58-91 MB anonymous memory, +5 MB after a reopen (the service does
+        this when idle, docs/architecture.md "Bounded memory")."""
+        self.con.execute("CHECKPOINT")
+        self.con.close()
+        self.con = duckdb.connect(str(self.path), read_only=self.read_only, config=self._config)
+
     def close(self) -> None:
         if self._closed:
             return

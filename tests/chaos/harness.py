@@ -46,6 +46,7 @@ from typing import Any
 
 import httpx
 
+from runtime.launch import label_for
 from runtime.process import free_port
 from tests.fakes.upstream import Behavior, FakeUpstream, Received
 
@@ -229,13 +230,9 @@ def part_label(pid: int) -> str | None:
 
 
 def _label_of_parts(parts: str) -> str:
-    """``edge`` | ``router`` | ``ledger,alerts`` (or ``ledger+alerts``) -> the part's name."""
-    names = set(parts.replace("+", ",").split(","))
-    if "edge" in names and len(names) > 1:
-        return "gateway"
-    if names <= {"ledger", "alerts"} and len(names) > 1:
-        return "workers"
-    return parts
+    """``edge`` | ``router`` | ``ledger,alerts`` (or ``ledger+alerts``) -> the part's name, as
+    the supervisor names it (``runtime.launch.label_for``)."""
+    return label_for(parts.replace("+", ",").split(","))
 
 
 def label_of(cmdline: str) -> str | None:

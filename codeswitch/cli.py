@@ -64,7 +64,15 @@ def _with_nats(url: str, fn: Callable[[Any], Awaitable[T]]) -> T:
                       "Start it with `codeswitch up`, or pass --nats-url.")
             raise typer.Exit(2) from None
         try:
-            await bus.ensure_all(nc.jetstream())
+            try:
+                await bus.ensure_all(nc.jetstream())
+            except ValueError as exc:  # $CODESWITCH_REPLICAS malformed
+                err.print(f"[red]{exc}[/]")
+                raise typer.Exit(2) from None
+            except Exception as exc:  # e.g. more replicas than the cluster has servers
+                err.print(f"[red]cannot create the streams and buckets on "
+                          f"{masked_url(url)}:[/] {bus.explain(exc)}")
+                raise typer.Exit(2) from None
             return await fn(nc)
         finally:
             await nc.drain()
@@ -201,20 +209,43 @@ def worker_alerts(nats_url: NatsOpt = None, home: HomeOpt = None,
 
 
 @nats_app.command("init")
-def nats_init(nats_url: NatsOpt = None, home: HomeOpt = None) -> None:
+def nats_init(
+    nats_url: NatsOpt = None, home: HomeOpt = None,
+    replicas: Annotated[int | None, typer.Option(
+        "--replicas", min=1, max=5, show_default=False,
+        help="Copies of each stream and bucket on a NATS cluster (default "
+             "$CODESWITCH_REPLICAS or 1). Raised on existing ones, never lowered.")] = None,
+) -> None:
     """Create or update every stream and KV bucket (idempotent)."""
     url = nats_url_for(home, nats_url)
 
     from runtime import bus, names
 
+    if replicas is not None:
+        os.environ["CODESWITCH_REPLICAS"] = str(replicas)  # the body log's store reads it too
+    try:
+        limits = bus.StreamLimits()
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+
     async def go(nc: Any) -> None:
         js = nc.jetstream()
-        for cfg in bus.stream_configs():
-            console.print(f"stream {cfg.name}: {', '.join(cfg.subjects or [])}")
+        try:
+            await bus.ensure_all(js, limits)
+        except Exception as exc:  # e.g. more replicas than servers in the cluster
+            err.print(f"[red]cannot create the streams with {limits.replicas} replicas:[/] "
+                      f"{bus.explain(exc)}")
+            raise typer.Exit(2) from None
+        for cfg in bus.stream_configs(limits):
+            info = await js.stream_info(cfg.name)
+            console.print(f"stream {cfg.name}: {', '.join(cfg.subjects or [])} "
+                          f"(replicas {info.config.num_replicas or 1})")
         for name in names.KV_BUCKETS:
-            console.print(f"kv     {name}")
-        console.print(f"object {names.BODIES_BUCKET}")
-        await bus.ensure_all(js)
+            info = await js.stream_info(f"KV_{name}")
+            console.print(f"kv     {name} (replicas {info.config.num_replicas or 1})")
+        info = await js.stream_info(f"OBJ_{names.BODIES_BUCKET}")
+        console.print(f"object {names.BODIES_BUCKET} (replicas {info.config.num_replicas or 1})")
 
     _with_nats(url, go)
     console.print(f"[green]streams and buckets ready on {masked_url(url)}[/]")

@@ -7,6 +7,7 @@ readiness probe of the edge. ``gather`` does the I/O; ``render`` is pure.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,17 +74,22 @@ async def gather(nc: NATS, nats_url: str, run_info: dict[str, Any] | None) -> Sn
                                   "first_seq": st.first_seq, "last_seq": st.last_seq}
         except Exception:
             snap.streams[name] = {}
+    ledgers: list[str] = []
+    with contextlib.suppress(Exception):  # every ledger has its own consumer
+        ledgers = sorted(c.name for c in await js.consumers_info(names.EVENTS_STREAM)
+                         if c.name and names.is_ledger_durable(c.name))
     for stream, durable, what in CONSUMERS:
-        row: dict[str, Any] = {"stream": stream, "durable": durable, "what": what,
-                               "present": False}
-        try:
-            ci = await js.consumer_info(stream, durable)
-            row.update(present=True, pending=ci.num_pending or 0,
-                       ack_pending=ci.num_ack_pending or 0,
-                       delivered=ci.delivered.stream_seq if ci.delivered else 0)
-        except Exception:
-            pass
-        snap.consumers.append(row)
+        for one in (ledgers or [durable]) if durable == names.LEDGER_DURABLE else [durable]:
+            row: dict[str, Any] = {"stream": stream, "durable": one, "what": what,
+                                   "present": False}
+            try:
+                ci = await js.consumer_info(stream, one)
+                row.update(present=True, pending=ci.num_pending or 0,
+                           ack_pending=ci.num_ack_pending or 0,
+                           delivered=ci.delivered.stream_seq if ci.delivered else 0)
+            except Exception:
+                pass
+            snap.consumers.append(row)
     if edge_url:
         try:
             async with httpx.AsyncClient(timeout=2) as client:

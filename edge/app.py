@@ -440,31 +440,41 @@ class EdgeApp:
             body = b""
         headers = {"Nats-Msg-Id": env.request_id, ENV_HEADER: _env_encoder.encode(env).decode()}
         subject = request_subject(env.dialect)
-        try:
-            ack = await self.js.publish(subject, body, headers=headers, timeout=5.0)
-        except NoRespondersError:
-            # the work queue is gone (a restarted NATS, an operator's `stream rm`): recreate it
+        # No ack: NATS restarting, or on a cluster the work queue's leader being elected (a
+        # few seconds). The same message is sent again with the same Nats-Msg-Id until the
+        # pickup deadline is near: the stream keeps one copy (its duplicate window is the
+        # request's lifetime), and a router that took the first copy has already said so on
+        # the reply subject (registered before the publish), which ends the loop.
+        last = env.deadline - 0.5
+        recreated = False
+        while True:
             try:
-                await bus.ensure_all(self.js)
-                ack = await self.js.publish(subject, body, headers=headers, timeout=5.0)
+                ack = await self.js.publish(subject, body, headers=headers,
+                                            timeout=max(0.5, min(2.0, last - time.time())))
+                break
+            except NoRespondersError as exc:
+                # no stream answered: the work queue is gone (a restarted NATS, an operator's
+                # `stream rm`: recreate it, once) or has no leader yet (a cluster election)
+                if not recreated:
+                    recreated = True
+                    with contextlib.suppress(Exception):
+                        await bus.ensure_all(self.js)
+                    continue
+                failure: Exception = exc
             except Exception as exc:
-                raise EdgeError(503, "gateway bus unavailable, try again",
-                                "bus_unavailable") from exc
-        except Exception as exc:
-            # No ack (NATS restarting): the message may still have been stored and taken. A
-            # router that took it has answered on the reply subject (registered before the
-            # publish); otherwise the pickup deadline has passed and routers drop it, so a
-            # retryable 503 cannot lead to a second call.
-            if queue.empty():
-                await asyncio.sleep(2 * 0.25)
-            if queue.empty():
+                failure = exc
+            if not queue.empty():
+                return env  # a router took it: the first copy was stored
+            if time.time() + 0.25 >= last:
                 # a publish nats-py kept while reconnecting may still go out: the cancel
                 # follows it on the same connection, so a router that takes it drops it
                 with contextlib.suppress(Exception):
                     await self.nc.publish(cancel_subject(env.request_id), b"")
                 raise EdgeError(503, "gateway bus unavailable, try again",
-                                "bus_unavailable") from exc
-            return env
+                                "bus_unavailable") from failure
+            log.info("request %s: no ack from the work queue (%s); sending it again",
+                     env.request_id, type(failure).__name__)
+            await asyncio.sleep(0.25)
         state["seq"] = ack.seq
         return env
 

@@ -45,6 +45,9 @@ from schemas.subjects import FACT_SUBJECTS, REQUEST_PREFIX
 
 __all__ = [
     "StreamLimits",
+    "explain",
+    "replicas_from_env",
+    "servers",
     "body_log_store",
     "connect",
     "ensure_all",
@@ -69,6 +72,42 @@ class StreamLimits:
     # as they would anyway); reserved against the server's max_memory_store (runtime/natsd.py)
     requests_max_bytes: int = 64 * 1024 * 1024
     extra_fact_subjects: tuple[str, ...] = field(default=())
+    # copies of each stream and bucket on a NATS cluster (1 on one server). Only ever raised
+    # on an existing stream, never lowered (``ensure_all``)
+    replicas: int = field(default_factory=lambda: replicas_from_env())
+
+
+def replicas_from_env() -> int:
+    """``$CODESWITCH_REPLICAS`` (1..5), else 1."""
+    raw = os.environ.get("CODESWITCH_REPLICAS", "").strip()
+    if not raw:
+        return 1
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"CODESWITCH_REPLICAS={raw!r}: a whole number 1..5") from None
+    if not 1 <= value <= 5:
+        raise ValueError(f"CODESWITCH_REPLICAS={raw!r}: JetStream keeps 1 to 5 replicas")
+    return value
+
+
+def explain(exc: Exception) -> str:
+    """What a failed stream or bucket creation means, for a person."""
+    text = str(exc)
+    if "no suitable peers" in text or "insufficient resources" in text:
+        return (f"{text}: the NATS cluster has fewer servers with JetStream than the replicas "
+                f"asked for ({replicas_from_env()}); lower --replicas / CODESWITCH_REPLICAS "
+                "or add servers")
+    if "replicas > 1 not supported in non-clustered mode" in text:
+        return f"{text}: this NATS is one server; replicas need a cluster"
+    return text
+
+
+def servers(url: str) -> str | list[str]:
+    """A comma-separated list of servers (as the nats tools take it) -> nats-py's list; one
+    URL stays a string. ``tls://`` URLs connect with TLS (the system's CAs)."""
+    parts = [u.strip() for u in url.split(",") if u.strip()]
+    return parts if len(parts) > 1 else (parts[0] if parts else url)
 
 
 def stream_configs(limits: StreamLimits | None = None) -> list[js_api.StreamConfig]:
@@ -87,6 +126,7 @@ def stream_configs(limits: StreamLimits | None = None) -> list[js_api.StreamConf
             max_bytes=limits.requests_max_bytes,
             duplicate_window=limits.requests_max_age_s,
             discard=js_api.DiscardPolicy.OLD,
+            num_replicas=limits.replicas,
         ),
         js_api.StreamConfig(
             name=EVENTS_STREAM,
@@ -98,6 +138,7 @@ def stream_configs(limits: StreamLimits | None = None) -> list[js_api.StreamConf
             max_bytes=limits.events_max_bytes or None,
             duplicate_window=120.0,
             discard=js_api.DiscardPolicy.OLD,
+            num_replicas=limits.replicas,
         ),
     ]
 
@@ -161,29 +202,50 @@ async def connect(url: str, *, name: str,
         opts["allow_reconnect"] = False
     if not any(opts.get(k) for k in _AUTH_OPTIONS):
         opts.update(nats_auth_options(url))
-    return await nats.connect(url, **opts)
+    return await nats.connect(servers(url), **opts)
 
 
 async def _ensure_stream(js: JetStreamContext, config: js_api.StreamConfig) -> None:
     try:
-        await js.stream_info(config.name)  # type: ignore[arg-type]
+        info = await js.stream_info(config.name)  # type: ignore[arg-type]
     except NotFoundError:
         await js.add_stream(config)
         log.info("created stream %s", config.name)
         return
+    # never lower a replica count an operator (or `nats init --replicas`) raised
+    config.num_replicas = max(config.num_replicas or 1, info.config.num_replicas or 1)
     try:
         await js.update_stream(config)
     except BadRequestError as exc:  # e.g. retention cannot change on an existing stream
         log.warning("stream %s kept as is: %s", config.name, exc)
 
 
+async def _raise_replicas(js: JetStreamContext, stream: str, replicas: int) -> None:
+    """A bucket's or object store's stream to ``replicas`` copies, if it has fewer."""
+    info = await js.stream_info(stream)
+    if (info.config.num_replicas or 1) >= replicas:
+        return
+    info.config.num_replicas = replicas
+    try:
+        await js.update_stream(info.config)
+        log.info("stream %s now has %d replicas", stream, replicas)
+    except BadRequestError as exc:
+        log.warning("stream %s kept at %d replicas: %s", stream,
+                    info.config.num_replicas or 1, exc)
+
+
 async def ensure_all(js: JetStreamContext, limits: StreamLimits | None = None) -> None:
-    """Create or update every stream, KV bucket and object store. Idempotent."""
+    """Create or update every stream, KV bucket and object store. Idempotent; replica counts
+    are raised to ``limits.replicas``, never lowered."""
+    limits = limits or StreamLimits()
+    replicas = limits.replicas
     for config in stream_configs(limits):
         await _ensure_stream(js, config)
     for bucket, opts in KV_BUCKETS.items():
         try:
             await js.key_value(bucket)
+            if replicas > 1:
+                await _raise_replicas(js, f"KV_{bucket}", replicas)
         except BucketNotFoundError:
             await js.create_key_value(
                 js_api.KeyValueConfig(
@@ -194,16 +256,19 @@ async def ensure_all(js: JetStreamContext, limits: StreamLimits | None = None) -
                              else js_api.StorageType.FILE),
                     ttl=opts.get("ttl"),
                     limit_marker_ttl=opts.get("marker_ttl"),
+                    replicas=replicas,
                 )
             )
     try:
         await js.object_store(BODIES_BUCKET)
+        if replicas > 1:
+            await _raise_replicas(js, f"OBJ_{BODIES_BUCKET}", replicas)
     except (BucketNotFoundError, NotFoundError):
         await js.create_object_store(
             BODIES_BUCKET,
             config=js_api.ObjectStoreConfig(
                 description="oversized request bodies", ttl=600.0,
-                storage=js_api.StorageType.FILE,
+                storage=js_api.StorageType.FILE, replicas=replicas,
             ),
         )
     # cs_body_log is not created here: its 1 GiB limit is reserved against the account's
@@ -224,6 +289,7 @@ async def body_log_store(js: JetStreamContext,
         config=js_api.ObjectStoreConfig(
             description="request and response bodies (body_log)", ttl=BODY_LOG_TTL_S,
             max_bytes=max_bytes, storage=js_api.StorageType.FILE,
+            replicas=replicas_from_env(),
         ),
     )
     config = (await js.stream_info(f"OBJ_{BODY_LOG_BUCKET}")).config

@@ -24,6 +24,8 @@ __all__ = [
     "KEYS_BUCKET",
     "KV_BUCKETS",
     "LEDGER_DURABLE",
+    "is_ledger_durable",
+    "ledger_durable",
     "MCP_BUCKET",
     "PRESENCE_BUCKET",
     "PROVIDERS_BUCKET",
@@ -45,7 +47,11 @@ ROUTER_DURABLE: Final = "routers"  # on CS_REQUESTS, shared by every router (a q
 # the same consumer (with a per-router inbox, each create rewrote it, and only the last router
 # to start received any work)
 ROUTER_DELIVER: Final = "cs.work.routers"
-LEDGER_DURABLE: Final = "ledger"  # on CS_EVENTS: the DuckDB projection
+# on CS_EVENTS: the DuckDB projection. Each ledger process has its own, named from its data
+# directory (``ledger_durable``), so that two ledgers (each with its own DuckDB file) never
+# delete each other's; "ledger" alone is the name ledgers had before (still used by one
+# whose data directory predates the change)
+LEDGER_DURABLE: Final = "ledger"
 ALERTS_EVAL_DURABLE: Final = "alerts"  # on CS_EVENTS: rule evaluation
 ALERTS_NOTIFY_DURABLE: Final = "alerts-notify"  # on CS_EVENTS: alert.fired/resolved -> webhooks
 
@@ -88,3 +94,19 @@ KV_BUCKETS: Final[dict[str, dict[str, Any]]] = {
     KEYS_BUCKET: {"history": 5, "description": "API keys: hash, owner, models, expiry "
                   "(one key per key id; never the secret)"},
 }
+
+
+def ledger_durable(device: str, data_dir: str) -> str:
+    """The durable consumer of the ledger whose DuckDB file is in ``data_dir`` on ``device``:
+    ``ledger-`` and 10 hex digits of their hash. Stable across restarts; different for every
+    data directory (and host), so ledgers started side by side never share or delete one."""
+    import hashlib
+
+    digest = hashlib.blake2b(f"{device}\0{data_dir}".encode(), digest_size=5).hexdigest()
+    return f"{LEDGER_DURABLE}-{digest}"
+
+
+def is_ledger_durable(name: str) -> bool:
+    """A ledger's consumer on CS_EVENTS (this version's or the one before's)."""
+    return name == LEDGER_DURABLE or (name.startswith(LEDGER_DURABLE + "-")
+                                      and len(name) == len(LEDGER_DURABLE) + 11)

@@ -270,7 +270,7 @@ def test_facts_flow_into_ledger_stats_and_breaker_status(tmp_path: Path,
         assert snap["healthy"] and snap["edge_ready"] == "ready" and snap["edge_url"] == up.url
         assert len(snap["routers"]) == 1 and snap["routers"][0]["in_flight"] == 0
         assert snap["streams"]["CS_EVENTS"]["messages"] >= 8  # 4 attempts + 4 requests
-        ledger = next(c for c in snap["consumers"] if c["durable"] == "ledger")
+        ledger = next(c for c in snap["consumers"] if c["durable"].startswith("ledger-"))
         assert ledger["present"] and ledger["pending"] == 0
         assert "healthy" in cli("status").stdout
     finally:

@@ -4,11 +4,13 @@ It is the only process that opens the DuckDB file. Every DuckDB call of the live
 one dedicated thread (DuckDB connections are not for concurrent use), so NATS traffic keeps
 flowing while a batch commits or a query scans.
 
-Consuming: a durable pull consumer (``ledger``, AckPolicy ALL) is recreated on start from the
+Consuming: a durable pull consumer (``ledger-<hash of host and data directory>``, its own,
+so that several ledgers can follow one stream; AckPolicy ALL) is recreated on start from the
 file's watermark + 1 (the file is the authority on what has been applied). Each fetch of up to
 ``batch`` messages becomes one transaction; the last message is acked after the commit, which
 acks the whole batch. A crash between commit and ack means a redelivery that the watermark
-drops.
+drops. Several ledgers (each its own data directory and DuckDB file) fold the same facts into
+identical tables, and queries go to whichever answers first (queue group ``cs-ledger``).
 
 Replay (``cs.ledger.replay``, what ``codeswitch replay`` sends) is run here too, by
 ``rebuild.Rebuilder``, so no second process ever opens the live file; the service lends it a
@@ -71,14 +73,32 @@ def db_path(home: Path) -> Path:
     return home / DB_FILE
 
 
+DURABLE_FILE = "ledger.durable"
+
+
+def durable_for(home: Path) -> str:
+    """This data directory's consumer name (``runtime.names.ledger_durable``)."""
+    from runtime.presence import device_name
+
+    return names.ledger_durable(device_name(), str(Path(home).resolve()))
+
+
+def _legacy(home: Path) -> bool:
+    """A data directory whose ledger used the shared name ``ledger`` (before names were per
+    data directory): its DuckDB file exists and the marker written since does not."""
+    return db_path(home).exists() and not (home / DURABLE_FILE).exists()
+
+
 class LedgerService:
     """startup / main_loop / shutdown, in the shape of uvicorn's Server."""
 
-    def __init__(self, nats_url: str, home: Path, *, durable: str = names.LEDGER_DURABLE,
+    def __init__(self, nats_url: str, home: Path, *, durable: str | None = None,
                  batch: int = 5000) -> None:
         self.nats_url = nats_url
         self.home = Path(home)
-        self.durable = durable
+        # its own consumer, named from its data directory (several ledgers, one stream)
+        self.durable = durable or durable_for(self.home)
+        self._legacy_durable = durable is None and _legacy(self.home)
         self.batch = batch
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None
@@ -188,6 +208,12 @@ class LedgerService:
         wm = self.store.state.last_seq
         with contextlib.suppress(NotFoundError):
             await self.js.delete_consumer(names.EVENTS_STREAM, self.durable)
+        if self._legacy_durable:
+            # this data directory's ledger used the shared name before: that consumer is ours
+            with contextlib.suppress(NotFoundError):
+                await self.js.delete_consumer(names.EVENTS_STREAM, names.LEDGER_DURABLE)
+            self._legacy_durable = False
+        (self.home / DURABLE_FILE).write_text(self.durable + "\n")
         bounds = await stream_bounds(self.js)
         if wm and bounds.messages and bounds.first_seq > wm + 1:
             log.warning("events %d..%d were dropped by retention before the ledger saw them",
@@ -202,6 +228,9 @@ class LedgerService:
             ack_wait=120.0,
             max_ack_pending=max(50_000, self.batch * 4),
             max_waiting=16,
+            # a ledger whose data directory is gone for good leaves no consumer behind (a
+            # running one recreates its own on start anyway, from its DuckDB position)
+            inactive_threshold=7 * 24 * 3600.0,
         )
         await self.js.add_consumer(names.EVENTS_STREAM, config)
         if self.puller is not None:
@@ -442,7 +471,7 @@ class LedgerService:
 
 
 async def run(nats_url: str, home: Path, stop: asyncio.Event, *,
-              durable: str = names.LEDGER_DURABLE, batch: int = 5000) -> None:
+              durable: str | None = None, batch: int = 5000) -> None:
     """Run the ledger until ``stop`` is set (the entry point of ``codeswitch worker ledger``)."""
     service = LedgerService(nats_url, home, durable=durable, batch=batch)
     try:
@@ -459,7 +488,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="codeswitch-ledger")
     parser.add_argument("--home")
     parser.add_argument("--nats-url")
-    parser.add_argument("--durable", default=names.LEDGER_DURABLE)
+    parser.add_argument("--durable", default=None,
+                        help="consumer name (default: from the data directory)")
     parser.add_argument("--batch", type=int, default=5000)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

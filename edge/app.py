@@ -54,6 +54,9 @@ from schemas.subjects import (
 __all__ = ["EdgeApp"]
 
 log = logging.getLogger("codeswitch.edge")
+# how long a request is sent again while the work queue does not acknowledge it (a NATS
+# restart, a cluster's leader election), from its arrival
+RESEND_S = 12.0
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -341,7 +344,10 @@ class EdgeApp:
                     user_id=principal.user_id, key_id=principal.key_id,
                     client_request_id=(headers.get("x-client-request-id") or None),
                 )
-                env = await self._publish(env, body, queue, state)
+                env = await self._publish(env, body, queue, state, timer)
+                if state.pop("resent", False):  # the pickup wait starts at the stored copy
+                    timer.cancel()
+                    timer = self.dispatcher.rearm(request_id, self.settings.pickup_timeout)
                 await self._relay(env, queue, timer, receive, send, state, started)
             finally:
                 self.dispatcher.unregister(request_id)
@@ -429,7 +435,8 @@ class EdgeApp:
         task.add_done_callback(self._background.discard)
 
     async def _publish(self, env: RequestEnvelope, body: bytes, queue: asyncio.Queue[bytes],
-                       state: dict[str, Any]) -> RequestEnvelope:
+                       state: dict[str, Any],
+                       timer: asyncio.TimerHandle | None = None) -> RequestEnvelope:
         assert self.nc is not None
         if len(body) + _HEADROOM > self.nc.max_payload:
             # Too large for one message: the body goes to the object store, the message
@@ -440,12 +447,14 @@ class EdgeApp:
             body = b""
         headers = {"Nats-Msg-Id": env.request_id, ENV_HEADER: _env_encoder.encode(env).decode()}
         subject = request_subject(env.dialect)
-        # No ack: NATS restarting, or on a cluster the work queue's leader being elected (a
-        # few seconds). The same message is sent again with the same Nats-Msg-Id until the
-        # pickup deadline is near: the stream keeps one copy (its duplicate window is the
-        # request's lifetime), and a router that took the first copy has already said so on
-        # the reply subject (registered before the publish), which ends the loop.
-        last = env.deadline - 0.5
+        # No ack: NATS restarting, or on a cluster the work queue's leader being elected
+        # (nats-server's Raft elects within 4-9 s of losing a leader). The same message is
+        # sent again with the same Nats-Msg-Id for up to RESEND_S: the stream keeps one copy
+        # (its duplicate window is the request's lifetime), and a router that took the first
+        # copy has already said so on the reply subject (registered before the publish),
+        # which ends the loop. Each resend carries a fresh pickup deadline, and the caller
+        # re-arms its pickup timer (``state["resent"]``).
+        last = env.received_at + max(RESEND_S, self.settings.pickup_timeout) - 0.5
         recreated = False
         while True:
             try:
@@ -458,11 +467,14 @@ class EdgeApp:
                 if not recreated:
                     recreated = True
                     with contextlib.suppress(Exception):
-                        await bus.ensure_all(self.js)
+                        await bus.ensure_all(self.js, retry_for=0)
                     continue
                 failure: Exception = exc
             except Exception as exc:
                 failure = exc
+            if timer is not None:  # no pickup timeout while it is not stored
+                timer.cancel()
+                state["resent"] = True
             if not queue.empty():
                 return env  # a router took it: the first copy was stored
             if time.time() + 0.25 >= last:
@@ -475,6 +487,10 @@ class EdgeApp:
             log.info("request %s: no ack from the work queue (%s); sending it again",
                      env.request_id, type(failure).__name__)
             await asyncio.sleep(0.25)
+            env = msgspec.structs.replace(
+                env, deadline=time.time() + self.settings.pickup_timeout)
+            headers[ENV_HEADER] = _env_encoder.encode(env).decode()
+            state["resent"] = True
         state["seq"] = ack.seq
         return env
 

@@ -122,6 +122,11 @@ class Dispatcher:
             pickup_timeout, self._pickup_expired, request_id)
         return self.prefix + request_id, queue, timer
 
+    def rearm(self, request_id: str, pickup_timeout: float) -> asyncio.TimerHandle:
+        """A new pickup timer (the request was stored later than registered: resent)."""
+        return asyncio.get_running_loop().call_later(
+            pickup_timeout, self._pickup_expired, request_id)
+
     def _pickup_expired(self, request_id: str) -> None:
         queue = self._queues.get(request_id)
         if queue is not None and request_id not in self._last:

@@ -20,6 +20,8 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import (
@@ -28,6 +30,7 @@ from nats.js.errors import (
     KeyNotFoundError,
     NoKeysError,
     NotFoundError,
+    ServiceUnavailableError,
 )
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
@@ -234,9 +237,32 @@ async def _raise_replicas(js: JetStreamContext, stream: str, replicas: int) -> N
                     info.config.num_replicas or 1, exc)
 
 
-async def ensure_all(js: JetStreamContext, limits: StreamLimits | None = None) -> None:
+async def ensure_all(js: JetStreamContext, limits: StreamLimits | None = None, *,
+                     retry_for: float = 30.0) -> None:
     """Create or update every stream, KV bucket and object store. Idempotent; replica counts
-    are raised to ``limits.replicas``, never lowered."""
+    are raised to ``limits.replicas``, never lowered.
+
+    On a cluster a stream may have no leader for a few seconds (a node restarting, an
+    election): JetStream then answers 503 or not at all. That is retried for ``retry_for``
+    seconds (a part starting beside a restarting node waits instead of crashing); a refusal
+    (400: a bad config, too many replicas) is raised at once."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + retry_for
+    pause = 0.25
+    while True:
+        try:
+            await _ensure_all_once(js, limits)
+            return
+        except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+            if loop.time() + pause > deadline:
+                raise
+            log.info("JetStream not answering yet (%s: %s); retrying",
+                     type(exc).__name__, exc)
+            await asyncio.sleep(pause)
+            pause = min(1.0, pause * 2)
+
+
+async def _ensure_all_once(js: JetStreamContext, limits: StreamLimits | None) -> None:
     limits = limits or StreamLimits()
     replicas = limits.replicas
     for config in stream_configs(limits):

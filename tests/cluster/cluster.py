@@ -64,6 +64,7 @@ class NatsCluster:
         return conf
 
     def start_node(self, i: int) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.workdir / f"n{i + 1}.log", "ab")  # noqa: SIM115 (the child keeps it)
         env = {**os.environ, "GOMEMLIMIT": GO_MEMORY_LIMIT}
         self.procs[i] = subprocess.Popen([find_nats_server(), "-c", str(self._conf(i))],

@@ -42,6 +42,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from runtime import bus, names
+from runtime.lease import Lease
 from runtime.prices import LivePrices
 from runtime.pull import BatchPuller, ConsumerGoneError
 from schemas.events import (
@@ -150,7 +151,7 @@ class AlertsService:
     async def _load_states(self) -> list[AlertState]:
         return [_state_decoder.decode(value)
                 for key, (value, _) in (await bus.read_bucket(self._state_kv)).items()
-                if not key.startswith("sent.")]
+                if not key.startswith(("sent.", "lease."))]
 
     async def _ensure_consumers(self) -> int:
         """Create the two durables on first start (from the end of the stream, never from its
@@ -454,28 +455,59 @@ async def run(
     nc = await bus.connect(nats_url, name="alerts")
     try:
         await bus.wait_ready(nc)
-        service = AlertsService(nc, tick_s=tick_s, notifier=notifier, home=home)
-        await service.startup()
-        # not one of the loops below: a worker that cannot watch the prices keeps running
-        prices = asyncio.create_task(service.watch_prices(stop), name="alerts-prices")
-        tasks = [
-            asyncio.create_task(service.evaluate_loop(stop), name="alerts-evaluate"),
-            asyncio.create_task(service.notify_loop(stop), name="alerts-notify"),
-            asyncio.create_task(service.rules_loop(), name="alerts-rules"),
-        ]
-        stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-        stop.set()  # a crashed loop stops the worker (the supervisor restarts it)
-        await asyncio.gather(*tasks[:2], return_exceptions=True)
-        tasks[2].cancel()
-        prices.cancel()
-        await asyncio.gather(prices, return_exceptions=True)
-        await service.shutdown()
-        for task in done:
-            if task is not stopper and not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+        await bus.ensure_all(nc.jetstream())
+        # several alerts workers (a cluster): one works, the others stand by (runtime/lease.py)
+        lease = Lease(await nc.jetstream().key_value(names.ALERT_STATE_BUCKET), LEASE_KEY)
+        while not stop.is_set():
+            if not await lease.acquire(stop):
+                break
+            term = asyncio.Event()  # this worker's term: until stop, or the lease is lost
+            relay = asyncio.create_task(_first_of(stop, lease.lost, then=term))
+            try:
+                await _serve(nc, term, home, tick_s=tick_s, notifier=notifier)
+            finally:
+                relay.cancel()
+                await lease.release()
     finally:
         # flush (the last acks), then close: drain() would wait on the pull subscriptions
         with contextlib.suppress(Exception):
             await nc.flush(timeout=5)
         await nc.close()
+
+
+LEASE_KEY = "lease.alerts"  # in KV cs_alert_state: which alerts worker is the active one
+
+
+async def _first_of(*events: asyncio.Event, then: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        then.set()
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+async def _serve(nc: NATS, stop: asyncio.Event, home: Path, *, tick_s: float,
+                 notifier: Notifier | None) -> None:
+    """One term of the active worker: start up (restore, warm up), then the loops."""
+    service = AlertsService(nc, tick_s=tick_s, notifier=notifier, home=home)
+    await service.startup()
+    # not one of the loops below: a worker that cannot watch the prices keeps running
+    prices = asyncio.create_task(service.watch_prices(stop), name="alerts-prices")
+    tasks = [
+        asyncio.create_task(service.evaluate_loop(stop), name="alerts-evaluate"),
+        asyncio.create_task(service.notify_loop(stop), name="alerts-notify"),
+        asyncio.create_task(service.rules_loop(), name="alerts-rules"),
+    ]
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+    stop.set()  # a crashed loop stops the worker (the supervisor restarts it)
+    await asyncio.gather(*tasks[:2], return_exceptions=True)
+    tasks[2].cancel()
+    prices.cancel()
+    await asyncio.gather(prices, return_exceptions=True)
+    await service.shutdown()
+    for task in done:
+        if task is not stopper and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]

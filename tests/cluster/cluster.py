@@ -118,10 +118,13 @@ class NatsCluster:
         finally:
             await nc.close()
 
-    def start(self) -> NatsCluster:
+    def start(self, wait: bool = True) -> NatsCluster:
+        """Start every node; ``wait``: until JetStream has a leader (from sync code; async
+        code passes False and awaits ``wait_jetstream``)."""
         for i in range(self.size):
             self.start_node(i)
-        asyncio.run(self.wait_jetstream())
+        if wait:
+            asyncio.run(self.wait_jetstream())
         return self
 
     def __enter__(self) -> NatsCluster:

@@ -3,7 +3,8 @@ replicas), 2 edges, 3 routers and 2 ledgers as separate processes. Under load th
 edges, kill -9 the NATS node that leads the work queue (then bring it back), one router and one
 ledger (then restart it): every client gets a complete answer or an error in its dialect, each
 ledger's rows match the clients request by request (nothing lost, nothing doubled), and both
-ledgers converge to the same rows. The long version is ``bench/cluster.py``."""
+ledgers converge to the same rows; of two alerts workers (the active one killed too), one
+notification per alert transition. The long version is ``bench/cluster.py``."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from runtime import bus, names
+from tests.alerts.conftest import Receiver
 from tests.chaos.harness import FAST_MIX, LANES, ChaosFakes, Load, analyze, provider_key
 from tests.cluster.cluster import NatsCluster
 from tests.cluster.parts import Parts, part_env
@@ -51,6 +53,22 @@ async def _leader(urls: str, stream: str) -> str:
         await nc.close()
 
 
+async def _active_alerts(urls: str, parts: Parts) -> str:
+    """The alerts worker holding the lease (its pid is in the lease's value)."""
+    import json
+
+    from workers.alerts.service import LEASE_KEY
+
+    nc = await bus.connect(urls, name="test", once=True)
+    try:
+        kv = await nc.jetstream().key_value(names.ALERT_STATE_BUCKET)
+        holder = json.loads((await kv.get(LEASE_KEY)).value or b"{}")["holder"]
+    finally:
+        await nc.close()
+    pid = int(holder.rpartition(":")[2])
+    return next(n for n, p in parts.procs.items() if p.pid == pid and n.startswith("alerts"))
+
+
 async def _caught_up(urls: str, timeout: float = 60.0) -> dict[str, int]:
     """Until every ledger consumer has nothing pending and the stream stopped growing."""
     nc = await bus.connect(urls, name="test", connect_timeout=2)
@@ -78,6 +96,16 @@ async def _caught_up(urls: str, timeout: float = 60.0) -> dict[str, int]:
 
 
 def test_cluster_loses_a_node_a_router_and_a_ledger(tmp_path: Path) -> None:
+    hooks = Receiver()
+    hooks.thread.start()
+    try:
+        _run(tmp_path, hooks)
+    finally:
+        hooks.server.shutdown()
+        hooks.server.server_close()
+
+
+def _run(tmp_path: Path, hooks: Receiver) -> None:
     with ChaosFakes() as fakes, NatsCluster(tmp_path / "nats", 3) as cluster:
         urls = cluster.urls
         env = part_env({f"CHAOS_KEY_{d.upper().replace('-', '_')}": provider_key(d)
@@ -95,16 +123,25 @@ def test_cluster_loses_a_node_a_router_and_a_ledger(tmp_path: Path) -> None:
                  "--nats-url", urls, "--home", str(tmp_path / "cli")],
                 capture_output=True, text=True, env=env, timeout=120)
             assert r.returncode == 0, r.stdout + r.stderr
+        # an alert that fires once early in the run and stays firing (no reminders)
+        r = subprocess.run(
+            [*CLI, "alerts", "add", "busy", "--metric", "request_rate", "--threshold", "5",
+             "--window", "5m", "--cooldown", "1h", "--no-remind", "--channel", hooks.url(),
+             "--nats-url", urls, "--home", str(tmp_path / "cli")],
+            capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
 
         parts = Parts(tmp_path, urls, env)
         try:
             for name, part in (("edge1", "edge"), ("edge2", "edge"), ("router1", "router"),
                                ("router2", "router"), ("router3", "router"),
-                               ("ledger1", "ledger"), ("ledger2", "ledger")):
+                               ("ledger1", "ledger"), ("ledger2", "ledger"),
+                               ("alerts1", "alerts"), ("alerts2", "alerts")):
                 parts.start(name, part)
             parts.wait_edges()
             report = asyncio.run(_scenario(cluster, parts, fakes))
             pending = asyncio.run(_caught_up(urls))
+            time.sleep(2.0)  # any second notification would have been sent by now
             parts.stop_all()
             rows1, rows2 = _rows(tmp_path / "ledger1"), _rows(tmp_path / "ledger2")
         finally:
@@ -112,6 +149,8 @@ def test_cluster_loses_a_node_a_router_and_a_ledger(tmp_path: Path) -> None:
 
     outcomes, seen, timeline = report
     assert len(pending) == 2  # two ledgers, two consumers of their own
+    # two alerts workers, the active one killed mid-run: one notification for the transition
+    assert [b["kind"] for b in hooks.bodies()] == ["fired"], hooks.bodies()
     kinds = {o.kind for o in outcomes}
     complete = sum(o.complete for o in outcomes)
     failed = len(outcomes) - complete
@@ -156,6 +195,7 @@ async def _scenario(cluster: NatsCluster, parts: Parts,
     await asyncio.sleep(1.0)
     parts.kill("router1")
     parts.kill("ledger1")
+    parts.kill(await _active_alerts(cluster.urls, parts))  # the standby takes over
     await asyncio.sleep(2.0)
     await asyncio.to_thread(cluster.start_node, node)
     # restarted on their data directories, as Kubernetes or `codeswitch up` would: a router's
@@ -172,7 +212,8 @@ async def _scenario(cluster: NatsCluster, parts: Parts,
     # when the clients got answers again after the node loss
     after = [o for o in outcomes if o.t_start > t_kill]
     first_ok = min((o.t_start for o in after if o.complete), default=None)
-    timeline = (f"killed NATS {leader} (work-queue leader), router1, ledger1; node, router "
+    timeline = (f"killed NATS {leader} (work-queue leader), router1, ledger1, the active alerts "
+                f"worker; node, router "
                 f"and ledger back after "
                 f"{t_back - t_kill:.1f} s; first complete answer started "
                 f"{(first_ok - t_kill) if first_ok else float('nan'):.2f} s after the kill; "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,7 @@ __all__ = [
     "follow_bucket",
     "read_bucket",
     "stream_configs",
+    "tls_context",
 ]
 
 log = logging.getLogger("codeswitch.bus")
@@ -205,7 +207,25 @@ async def connect(url: str, *, name: str,
         opts["allow_reconnect"] = False
     if not any(opts.get(k) for k in _AUTH_OPTIONS):
         opts.update(nats_auth_options(url))
+    if "tls" not in opts:
+        context = tls_context()
+        if context is not None:
+            opts["tls"] = context
     return await nats.connect(servers(url), **opts)
+
+
+def tls_context() -> ssl.SSLContext | None:
+    """TLS to NATS with a private CA or a client certificate, as the nats tools take them:
+    ``$CODESWITCH_NATS_CA`` (CA file), ``$CODESWITCH_NATS_CERT`` and ``$CODESWITCH_NATS_KEY``
+    (client certificate and key). None: nats-py's default (the system's CAs for tls:// URLs)."""
+    ca, cert, key = (os.environ.get(f"CODESWITCH_NATS_{n}") or None
+                     for n in ("CA", "CERT", "KEY"))
+    if not (ca or cert):
+        return None
+    context = ssl.create_default_context(cafile=ca)
+    if cert:
+        context.load_cert_chain(cert, key)
+    return context
 
 
 async def _ensure_stream(js: JetStreamContext, config: js_api.StreamConfig) -> None:

@@ -76,7 +76,15 @@ async def _active_alerts(urls: str, parts: Parts) -> str:
     nc = await bus.connect(urls, name="test", once=True)
     try:
         kv = await nc.jetstream().key_value(names.ALERT_STATE_BUCKET)
-        holder = json.loads((await kv.get(LEASE_KEY)).value or b"{}")["holder"]
+        deadline = time.monotonic() + 15
+        while True:  # a replica that is catching up (direct get) may not have it yet
+            try:
+                holder = json.loads((await kv.get(LEASE_KEY)).value or b"{}")["holder"]
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
     finally:
         await nc.close()
     pid = int(holder.rpartition(":")[2])

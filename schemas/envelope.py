@@ -63,6 +63,11 @@ class RequestEnvelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
     # the gateway user and key the edge authenticated (ids; None when there are no users)
     user_id: str | None = None
     key_id: str | None = None
+    # for route rules (schemas/routes.py): the gateway user's name and the key as USER/NAME,
+    # and the client headers the rules name (never a secret one)
+    user_name: str | None = None
+    key_name: str | None = None
+    match_headers: dict[str, str] = {}
 
 
 class ReplyStart(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -72,3 +77,4 @@ class ReplyStart(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     upstream_model: str | None = None
     headers: dict[str, str] = {}
     router: str | None = None  # the router answering (the edge watches that it stays alive)
+    route: str | None = None  # the route rule that chose the providers (x-codeswitch-route)

@@ -86,6 +86,7 @@ class AttemptFinished(EventBase, frozen=True, kw_only=True):
     duration_ms: float = 0.0
     usage: Usage | None = None
     translated: bool = False
+    route: str | None = None  # the route rule whose providers this attempt used
 
 
 class RequestCompleted(EventBase, frozen=True, kw_only=True):
@@ -132,6 +133,9 @@ class RequestCompleted(EventBase, frozen=True, kw_only=True):
     # the gateway host that served it (``CODESWITCH_DEVICE`` or the host name): with several
     # devices joined, where the session ran
     device: str | None = None
+    # the route rule that chose its providers (schemas/routes.py); None: normal routing (or
+    # a pinned provider). Facts from before route rules have none.
+    route: str | None = None
 
 
 class CircuitChanged(EventBase, frozen=True, kw_only=True):

@@ -9,8 +9,9 @@ strategy: round-robin (default), weighted (smooth weighted round-robin) or least
 provider that served the session's previous request (for this model) goes first in its
 priority level. The client's active provider goes first of all; providers whose circuit is
 open go last, and so do those cooling down after a 429 (so a sticky provider counts only
-while it is healthy). The order of choice: pinned, (route rules: not yet), active, affinity,
-strategy.
+while it is healthy). The order of choice: pinned, the first matching route rule (its ``to``
+providers in order; after them, when its ``fallback`` is on, everything below), active,
+affinity, strategy.
 
 ``plan_request`` is the whole decision for one request, from what the router holds in memory
 (providers, settings, circuits, 429 cool-downs) and the clock, all passed in: the unified
@@ -34,6 +35,7 @@ from schemas.config import (
     UnifiedUpstream,
 )
 from schemas.errors import GatewayError
+from schemas.routes import RouteRule
 from workers.router.breaker import BreakerState, allow, breaker_key
 
 __all__ = [
@@ -75,6 +77,7 @@ class Candidate(NamedTuple):
     provider: ProviderConfig
     upstream_model: str
     translated: bool
+    rule: str | None = None  # the route rule that put it here (None: normal routing)
 
 
 class RoundRobin:
@@ -138,7 +141,7 @@ def plan(providers: Iterable[ProviderConfig], *, dialect: str, model: str,
          rr: RoundRobin | None = None, strategy: str = "round-robin",
          load: Mapping[str, int] | None = None, active: str | None = None,
          blocked: Callable[[ProviderConfig, str], bool] | None = None,
-         sticky: str | None = None) -> list[Candidate]:
+         sticky: str | None = None, rule: RouteRule | None = None) -> list[Candidate]:
     """Candidates in the order to try them.
 
     ``active``: the provider the user switched this client to; tried first, the others stay
@@ -146,7 +149,9 @@ def plan(providers: Iterable[ProviderConfig], *, dialect: str, model: str,
     affinity): first in its priority level, ahead of what the strategy would pick (a backup
     level that served while the preferred one failed is left once that one is healthy again).
     ``blocked``: providers whose circuit is open for this model go last (they only get the
-    request when everything else failed)."""
+    request when everything else failed). ``rule``: the route rule the request matched (not
+    for a pinned request): its providers first, in its order, asked for its ``model`` when it
+    names one; then, with ``fallback``, the normal order without them."""
     providers = list(providers)
     by_name = {p.name: p for p in providers}
     pin_from_model, model = split_pinned_model(model, by_name)
@@ -162,7 +167,60 @@ def plan(providers: Iterable[ProviderConfig], *, dialect: str, model: str,
                 f"provider {pinned!r} speaks {p.dialect} and {dialect} cannot be translated "
                 "to it", 400)
         return [Candidate(p, p.upstream_model(model), p.dialect != dialect)]
+    if rule is not None:
+        return _ruled(providers, by_name, rule, dialect=dialect, model=model,
+                      can_translate=can_translate, rr=rr, strategy=strategy, load=load,
+                      active=active, blocked=blocked, sticky=sticky)
+    return _planned(providers, dialect=dialect, model=model, can_translate=can_translate,
+                    rr=rr, strategy=strategy, load=load, active=active, blocked=blocked,
+                    sticky=sticky)
 
+
+def _ruled(providers: list[ProviderConfig], by_name: Mapping[str, ProviderConfig],
+           rule: RouteRule, *, dialect: str, model: str,
+           can_translate: Callable[[str, str], bool], rr: RoundRobin | None, strategy: str,
+           load: Mapping[str, int] | None, active: str | None,
+           blocked: Callable[[ProviderConfig, str], bool] | None,
+           sticky: str | None) -> list[Candidate]:
+    """A route rule's candidates: its usable providers in its order (open circuits last among
+    them), then the normal order when it falls back."""
+    mine: list[Candidate] = []
+    for name in rule.to:
+        p = by_name.get(name)
+        if p is None or not p.enabled or (
+                p.dialect != dialect and not can_translate(dialect, p.dialect)):
+            continue
+        up = rule.model if rule.model else p.upstream_model(model)
+        mine.append(Candidate(p, up, p.dialect != dialect, rule.name))
+    if blocked is not None:
+        open_ = [c for c in mine if blocked(c.provider, c.upstream_model)]
+        if open_:
+            mine = [c for c in mine if c not in open_] + open_
+    if not rule.fallback:
+        if not mine:
+            raise NoProviderError(
+                f"route rule {rule.name!r}: none of its providers ({', '.join(rule.to)}) is "
+                f"configured, enabled and able to take {dialect} requests, and the rule "
+                "does not fall back", 503)
+        return mine
+    try:
+        rest = _planned(providers, dialect=dialect, model=model, can_translate=can_translate,
+                        rr=rr, strategy=strategy, load=load, active=active, blocked=blocked,
+                        sticky=sticky)
+    except NoProviderError:
+        if mine:
+            return mine
+        raise
+    taken = {c.provider.name for c in mine}
+    return mine + [c for c in rest if c.provider.name not in taken]
+
+
+def _planned(providers: list[ProviderConfig], *, dialect: str, model: str,
+             can_translate: Callable[[str, str], bool], rr: RoundRobin | None, strategy: str,
+             load: Mapping[str, int] | None, active: str | None,
+             blocked: Callable[[ProviderConfig, str], bool] | None,
+             sticky: str | None) -> list[Candidate]:
+    """The normal order: priority levels, dialect, strategy, affinity, active, circuits."""
     usable = [
         p for p in providers
         if p.enabled and p.serves(model)
@@ -309,12 +367,13 @@ def plan_request(providers: Iterable[ProviderConfig], *, dialect: str, model: st
                  cool_downs: Mapping[str, float], now: float, monotonic: float,
                  rr: RoundRobin | None = None,
                  load: Mapping[str, int] | None = None,
-                 sticky: str | None = None) -> list[Candidate]:
+                 sticky: str | None = None, rule: RouteRule | None = None) -> list[Candidate]:
     """Candidates for one request in the order to try them, from the router's state passed
     in: the providers (unified upstream added when on), the routing settings (strategy,
     breaker policy), the client app's active provider, the session's sticky provider (session
-    affinity, ``affinity.sticky``), the circuits (``now``: wall clock) and the 429 cool-downs
-    (``monotonic``: this router's clock). Raises NoProviderError."""
+    affinity, ``affinity.sticky``), the matched route rule (``rules.match``), the circuits
+    (``now``: wall clock) and the 429 cool-downs (``monotonic``: this router's clock). Raises
+    NoProviderError."""
     policy = routing.breaker
 
     def blocked(p: ProviderConfig, upstream_model: str) -> bool:
@@ -324,5 +383,5 @@ def plan_request(providers: Iterable[ProviderConfig], *, dialect: str, model: st
                       pinned=pinned, can_translate=can_translate, rr=rr,
                       strategy=routing.strategy, load=load,
                       active=active.for_dialect(dialect), blocked=blocked,
-                      sticky=sticky if routing.affinity else None)
+                      sticky=sticky if routing.affinity else None, rule=rule)
     return cooling_last(candidates, cool_downs, monotonic)

@@ -14,7 +14,9 @@ from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from schemas.config import ActiveProviders, RoutingSettings, UnifiedUpstream
+from schemas.routes import ROUTES_KEY, RouteTable, check_rules
 from workers.router.breaker import BreakerState
+from workers.router.rules import RuleSet, compile_rules
 
 __all__ = ["CircuitTable", "SettingsView"]
 
@@ -23,6 +25,7 @@ log = logging.getLogger("codeswitch.router.shared")
 _routing = msgspec.json.Decoder(RoutingSettings)
 _active = msgspec.json.Decoder(ActiveProviders)
 _unified = msgspec.json.Decoder(UnifiedUpstream)
+_routes = msgspec.json.Decoder(RouteTable)
 _breaker = msgspec.json.Decoder(BreakerState)
 _enc = msgspec.json.Encoder()
 
@@ -32,6 +35,7 @@ class SettingsView:
         self.routing = RoutingSettings()
         self.active = ActiveProviders()
         self.unified = UnifiedUpstream()
+        self.routes = RuleSet()  # route rules, compiled once per change (workers/router/rules)
         self.ready = asyncio.Event()
 
     def apply(self, key: str, value: bytes | None, revision: int) -> None:
@@ -42,6 +46,10 @@ class SettingsView:
                 self.active = _active.decode(value) if value else ActiveProviders()
             elif key == "unified":
                 self.unified = _unified.decode(value) if value else UnifiedUpstream()
+            elif key == ROUTES_KEY:
+                table = _routes.decode(value) if value else RouteTable()
+                check_rules(table.rules, None)  # written by the CLI/up, which checked them
+                self.routes = compile_rules(table.rules)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             log.error("ignoring invalid %s settings: %s", key, exc)
 

@@ -1,0 +1,413 @@
+"""Route rules, pure: the features of a request and which rule (the first that matches) routes
+it. No I/O here; the router (``service.py``) and ``codeswitch route test`` call it.
+
+``Features`` are taken once per request: the cheap ones from the envelope the edge built
+(model, client, dialect, user, key, the headers the rules name), the body ones (thinking,
+image, tools, subagent, session turn, the input-token estimate) from the document the router
+decodes anyway (``attempt.RequestBody.doc``: the same decode a translated attempt uses; a
+rule set without body keys never decodes the body). ``compile_rules`` turns the rules into
+predicates once (globs into one regular expression per key) when the KV entry changes, so a
+request costs a loop over small closures (``match``). ``explain`` says, for ``route test``, why
+each rule did or did not match.
+
+What each dialect's body says (checked over the recorded requests in tests/fixtures/clients):
+
+- thinking: Anthropic ``thinking.type`` enabled or adaptive (Claude Code sends adaptive on its
+  main turns); OpenAI Chat ``reasoning_effort`` (any but none/minimal) or ``reasoning``;
+  Responses ``reasoning.effort`` (any but none/minimal); Gemini
+  ``generationConfig.thinkingConfig`` with a budget other than 0, ``includeThoughts`` or a
+  ``thinkingLevel``.
+- image: an image block anywhere in the input (tool results included): Anthropic
+  ``image``, Chat ``image_url``, Responses ``input_image``, Gemini ``inlineData``/``fileData``
+  with an ``image/*`` MIME type.
+- tools: function tool names, and server tools by their name and type (Anthropic
+  ``web_search_20250305`` is ``web_search``; Responses ``web_search``/``web_search_preview``;
+  Gemini ``googleSearch`` is ``google_search`` and ``web_search``; Chat ``web_search_options``
+  is ``web_search``).
+- input tokens: an estimate without a tokenizer: the body's bytes minus inline image data,
+  divided by 4, plus 1,600 per image (Anthropic's cost of a large image).
+- session turn: ``first`` when the history holds no assistant/model turn yet.
+- subagent: Claude Code's subagents (docs/clients.md, "Subagents"): an Anthropic request
+  whose first system block (Claude Code's attribution line) says ``cc_is_subagent=true``
+  (2.1.197 adds it for every agent but the main session), or, for versions without it, whose
+  system prompt is one of Claude Code's agents' (the general-purpose agent "You are an agent
+  for Claude Code", Explore's "file search specialist for Claude Code", Plan's "planning
+  specialist for Claude Code"). The tool set does not tell: a 2.1.197 subagent has the
+  ``Agent`` tool too (22 tools against the main turn's 25).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.routes import RouteMatch, RouteRule, globs
+
+__all__ = [
+    "BODY_KEYS",
+    "CompiledRule",
+    "Features",
+    "RuleSet",
+    "body_features",
+    "compile_rules",
+    "estimate_tokens",
+    "explain",
+    "features",
+    "match",
+]
+
+# match keys read from the body (the rest come from the envelope)
+BODY_KEYS = frozenset({"thinking", "min_input_tokens", "image", "tools", "subagent",
+                       "session_turn"})
+IMAGE_TOKENS = 1600  # an image's tokens in the estimate (Anthropic: a ~1.15 MP image)
+_SUBAGENT_FLAG = "cc_is_subagent=true"
+_SUBAGENT_MARKERS = ("You are an agent for Claude Code",
+                     "specialist for Claude Code")
+
+
+@dataclass(slots=True)
+class Features:
+    """What rules look at, taken once per request."""
+
+    model: str = ""
+    client: str = ""
+    dialect: str = ""
+    user: str = ""
+    key: str = ""  # "USER/NAME" of the gateway key, "" without users
+    headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
+    # from the body (left at their defaults when no rule needs them)
+    thinking: bool = False
+    input_tokens: int = 0
+    image: bool = False
+    tools: frozenset[str] = frozenset()
+    subagent: bool = False
+    first_turn: bool = True
+
+
+# -- the body ---------------------------------------------------------------------------------
+
+_OFF_EFFORT = ("none", "minimal")
+
+
+def _thinking(dialect: str, doc: Mapping[str, Any]) -> bool:
+    if dialect == "anthropic":
+        t = doc.get("thinking")
+        return isinstance(t, dict) and t.get("type") in ("enabled", "adaptive")
+    if dialect == "openai-chat":
+        effort = doc.get("reasoning_effort")
+        if isinstance(effort, str):
+            return effort not in _OFF_EFFORT
+        r = doc.get("reasoning")
+        return isinstance(r, dict) and r.get("effort") not in _OFF_EFFORT
+    if dialect == "openai-responses":
+        r = doc.get("reasoning")
+        return isinstance(r, dict) and r.get("effort", "medium") not in _OFF_EFFORT
+    if dialect == "gemini":
+        gc = doc.get("generationConfig") or doc.get("generation_config")
+        tc = gc.get("thinkingConfig") or gc.get("thinking_config") \
+            if isinstance(gc, dict) else None
+        if not isinstance(tc, dict):
+            return False
+        budget = tc.get("thinkingBudget", tc.get("thinking_budget"))
+        return bool(tc.get("includeThoughts") or tc.get("include_thoughts")
+                    or tc.get("thinkingLevel") or tc.get("thinking_level")
+                    or (isinstance(budget, int) and budget != 0))
+    return False
+
+
+def _tools(dialect: str, doc: Mapping[str, Any]) -> frozenset[str]:
+    names: set[str] = set()
+    tools = doc.get("tools")
+    for t in tools if isinstance(tools, list) else ():
+        if not isinstance(t, dict):
+            continue
+        if dialect == "gemini":
+            for fd in t.get("functionDeclarations") or t.get("function_declarations") or ():
+                if isinstance(fd, dict) and isinstance(fd.get("name"), str):
+                    names.add(fd["name"])
+            if "googleSearch" in t or "google_search" in t or "googleSearchRetrieval" in t:
+                names.update(("google_search", "web_search"))
+            for other in ("codeExecution", "urlContext"):
+                if other in t:
+                    names.add(other)
+            continue
+        kind = t.get("type")
+        fn = t.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else t.get("name")
+        if isinstance(name, str):
+            names.add(name)
+        if isinstance(kind, str) and kind not in ("function", "custom"):
+            names.add(kind)  # server tools: web_search_20250305, web_search_preview, ...
+            if kind.startswith("web_search"):
+                names.add("web_search")
+    if dialect == "openai-chat" and "web_search_options" in doc:
+        names.add("web_search")
+    return frozenset(names)
+
+
+def _image_part(dialect: str, part: Mapping[str, Any]) -> int:
+    """The inline image bytes in one content part (1 for an image by URL), 0 when it is not
+    an image."""
+    kind = part.get("type")
+    if dialect == "anthropic":
+        if kind == "image":
+            src = part.get("source")
+            data = src.get("data") if isinstance(src, dict) else None
+            return len(data) if isinstance(data, str) else 1
+        return 0
+    if dialect == "openai-chat":
+        if kind == "image_url":
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url
+            return len(url) if isinstance(url, str) and url.startswith("data:") else 1
+        return 0
+    if dialect == "openai-responses":
+        if kind == "input_image":
+            url = part.get("image_url")
+            return len(url) if isinstance(url, str) and url.startswith("data:") else 1
+        return 0
+    inline = part.get("inlineData") or part.get("inline_data")
+    if isinstance(inline, dict):
+        mime = inline.get("mimeType") or inline.get("mime_type") or ""
+        if isinstance(mime, str) and mime.startswith("image/"):
+            data = inline.get("data")
+            return len(data) if isinstance(data, str) else 1
+    file = part.get("fileData") or part.get("file_data")
+    if isinstance(file, dict):
+        mime = file.get("mimeType") or file.get("mime_type") or ""
+        if isinstance(mime, str) and mime.startswith("image/"):
+            return 1
+    return 0
+
+
+def _images(dialect: str, content: Any, acc: list[int]) -> None:
+    """Add each image's inline bytes in ``content`` (a message's content or parts) to ``acc``;
+    nested tool results and function outputs are looked into."""
+    if not isinstance(content, list):
+        return
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        size = _image_part(dialect, part)
+        if size:
+            acc.append(size)
+            continue
+        inner = part.get("content") if dialect == "anthropic" else part.get("output") \
+            if dialect == "openai-responses" else None
+        if isinstance(inner, list):
+            _images(dialect, inner, acc)
+
+
+def _turns(dialect: str, doc: Mapping[str, Any]) -> tuple[list[Any], bool]:
+    """The history's items and whether an assistant/model turn is among them."""
+    if dialect == "gemini":
+        items = doc.get("contents")
+        items = items if isinstance(items, list) else []
+        return items, any(isinstance(c, dict) and c.get("role") == "model" for c in items)
+    if dialect == "openai-responses":
+        items = doc.get("input")
+        if not isinstance(items, list):
+            return [], False
+        later = any(isinstance(c, dict) and (
+            c.get("role") == "assistant" or c.get("type") in (
+                "function_call", "function_call_output", "reasoning", "custom_tool_call",
+                "local_shell_call", "web_search_call")) for c in items)
+        return items, later
+    items = doc.get("messages")
+    items = items if isinstance(items, list) else []
+    return items, any(isinstance(m, dict) and m.get("role") in ("assistant", "tool")
+                      for m in items)
+
+
+def _system_heads(doc: Mapping[str, Any]) -> list[str]:
+    """The opening of each of the first system blocks (where Claude Code says who it is)."""
+    system = doc.get("system")
+    if isinstance(system, str):
+        return [system[:400]]
+    if isinstance(system, list):
+        return [b["text"][:400] for b in system[:4]
+                if isinstance(b, dict) and isinstance(b.get("text"), str)]
+    return []
+
+
+def _subagent(doc: Mapping[str, Any]) -> bool:
+    return any(_SUBAGENT_FLAG in head or any(m in head for m in _SUBAGENT_MARKERS)
+               for head in _system_heads(doc))
+
+
+def estimate_tokens(body_size: int, image_bytes: int, images: int) -> int:
+    """Input tokens without a tokenizer: ~4 bytes of JSON per token, an image counted as
+    ``IMAGE_TOKENS`` instead of its base64 bytes."""
+    return max(0, body_size - image_bytes) // 4 + images * IMAGE_TOKENS
+
+
+def body_features(f: Features, doc: Mapping[str, Any], body_size: int) -> Features:
+    """Fill ``f``'s body features from the decoded request ``doc`` (one walk over the
+    history's content parts)."""
+    dialect = f.dialect
+    f.thinking = _thinking(dialect, doc)
+    f.tools = _tools(dialect, doc)
+    items, later = _turns(dialect, doc)
+    f.first_turn = not later
+    sizes: list[int] = []
+    key = "parts" if dialect == "gemini" else "content"
+    for item in items:
+        if isinstance(item, dict):
+            if dialect == "openai-responses" and item.get("type") in (
+                    "input_image", "function_call_output"):
+                _images(dialect, [item], sizes)
+            else:
+                _images(dialect, item.get(key), sizes)
+    f.image = bool(sizes)
+    f.input_tokens = estimate_tokens(body_size, sum(s for s in sizes if s > 1), len(sizes))
+    f.subagent = dialect == "anthropic" and _subagent(doc)
+    return f
+
+
+def features(*, model: str, dialect: str, client: str | None = None,
+             user: str | None = None, key: str | None = None,
+             headers: Mapping[str, str] | None = None, doc: Mapping[str, Any] | None = None,
+             body_size: int = 0) -> Features:
+    f = Features(model=model, dialect=dialect, client=client or "", user=user or "",
+                 key=key or "", headers=headers or {})
+    if doc is not None:
+        body_features(f, doc, body_size)
+    return f
+
+
+# -- compiling and matching -------------------------------------------------------------------
+
+Pred = Callable[[Features], bool]
+
+
+def _regex(patterns: list[str]) -> Callable[[str], re.Match[str] | None]:
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns)).match
+
+
+def _preds(m: RouteMatch) -> list[tuple[str, Pred]]:
+    """One predicate per key given, cheapest first."""
+    out: list[tuple[str, Pred]] = []
+
+    def glob_key(key: str, attr: str) -> None:
+        pats = globs(getattr(m, key))
+        if pats:
+            rx = _regex(pats)
+            out.append((key, lambda f, _a=attr, _rx=rx: _rx(getattr(f, _a)) is not None))
+
+    glob_key("dialect", "dialect")
+    glob_key("client", "client")
+    glob_key("model", "model")
+    glob_key("user", "user")
+    if m.key is not None:
+        rx = _regex(globs(m.key))
+        out.append(("key", lambda f, _rx=rx: bool(f.key) and (
+            _rx(f.key) is not None or _rx(f.key.rpartition("/")[2]) is not None)))
+    if m.header:
+        checks = [(n.lower(), _regex([p])) for n, p in m.header.items()]
+
+        def header(f: Features, _c: list[tuple[str, Any]] = checks) -> bool:
+            for name, rx in _c:
+                value = f.headers.get(name)
+                if value is None or rx(value) is None:
+                    return False
+            return True
+        out.append(("header", header))
+    if m.thinking is not None:
+        out.append(("thinking", lambda f, _v=m.thinking: f.thinking is _v))
+    if m.image is not None:
+        out.append(("image", lambda f, _v=m.image: f.image is _v))
+    if m.subagent is not None:
+        out.append(("subagent", lambda f, _v=m.subagent: f.subagent is _v))
+    if m.session_turn is not None:
+        first = m.session_turn == "first"
+        out.append(("session_turn", lambda f, _v=first: f.first_turn is _v))
+    if m.min_input_tokens is not None:
+        out.append(("min_input_tokens", lambda f, _n=m.min_input_tokens: f.input_tokens >= _n))
+    if m.tools:
+        rxs = [_regex([t]) for t in m.tools]
+
+        def tools(f: Features, _rxs: list[Any] = rxs) -> bool:
+            return all(any(rx(t) is not None for t in f.tools) for rx in _rxs)
+        out.append(("tools", tools))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    rule: RouteRule
+    preds: tuple[Pred, ...]
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    rules: tuple[CompiledRule, ...] = ()
+    needs_body: bool = False  # some rule reads the body (BODY_KEYS)
+    headers: frozenset[str] = frozenset()  # header names the rules read (lower case)
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+
+def compile_rules(rules: list[RouteRule]) -> RuleSet:
+    compiled = []
+    needs_body = False
+    headers: set[str] = set()
+    for rule in rules:
+        pairs = _preds(rule.match)
+        keys = tuple(k for k, _ in pairs)
+        needs_body = needs_body or any(k in BODY_KEYS for k in keys)
+        headers.update(n.lower() for n in rule.match.header or {})
+        compiled.append(CompiledRule(rule, tuple(p for _, p in pairs), keys))
+    return RuleSet(tuple(compiled), needs_body, frozenset(headers))
+
+
+def match(rules: RuleSet, f: Features) -> RouteRule | None:
+    """The first rule whose every key holds for ``f``, or None."""
+    for cr in rules.rules:
+        for pred in cr.preds:
+            if not pred(f):
+                break
+        else:
+            return cr.rule
+    return None
+
+
+def _why(key: str, m: RouteMatch, f: Features) -> str:
+    if key == "header":
+        missing = [f"{n}={f.headers.get(n.lower())!r} (wants {p!r})"
+                   for n, p in (m.header or {}).items()
+                   if not fnmatch.fnmatchcase(f.headers.get(n.lower()) or "", p)
+                   or f.headers.get(n.lower()) is None]
+        return "header " + ", ".join(missing)
+    if key == "min_input_tokens":
+        return f"input ~{f.input_tokens} tokens < {m.min_input_tokens}"
+    if key == "tools":
+        return f"tools {sorted(f.tools)} lack {m.tools}"
+    if key == "session_turn":
+        return f"session_turn is {'first' if f.first_turn else 'later'}, wants {m.session_turn}"
+    if key == "key":
+        return f"key {f.key or '-'!r} is not {m.key!r}"
+    have = getattr(f, key)
+    return f"{key} is {have!r}, wants {getattr(m, key)!r}"
+
+
+def explain(rules: RuleSet, f: Features) -> list[tuple[str, str]]:
+    """For each rule in order: (name, verdict): "matched", "not reached (an earlier rule
+    matched)" or the keys that did not hold, and why."""
+    out: list[tuple[str, str]] = []
+    chosen = False
+    for cr in rules.rules:
+        failed = [_why(k, cr.rule.match, f) for k, p in zip(cr.keys, cr.preds, strict=True)
+                  if not p(f)]
+        if failed:
+            out.append((cr.rule.name, "no: " + "; ".join(failed)))
+        elif chosen:
+            out.append((cr.rule.name, "would match, but an earlier rule matched first"))
+        else:
+            out.append((cr.rule.name, "matched"))
+            chosen = True
+    return out

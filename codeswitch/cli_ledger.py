@@ -210,7 +210,7 @@ def _unpriced_note(total: dict[str, Any]) -> None:
 def stats(
     since: SinceOpt = None, until: UntilOpt = None,
     by: Annotated[str | None, typer.Option(
-        "--by", help="provider | model | user | key | session | dialect | client (user: the "
+        "--by", help="provider | model | user | key | session | dialect | client | route (user: the "
         "gateway user, else the identity the client sent)")] = None,
     series: Annotated[str | None, typer.Option("--series", help="hour | day")] = None,
     limit: Annotated[int, typer.Option("--limit")] = 30,
@@ -279,12 +279,14 @@ def log(
     key: Annotated[str | None, typer.Option("--key", help="A key: USER/NAME or its id.")]
     = None,
     session: Annotated[str | None, typer.Option("--session")] = None,
+    route: Annotated[str | None, typer.Option(
+        "--route", help="Requests a route rule chose (its name).")] = None,
     limit: Annotated[int, typer.Option("--limit", "-n")] = 30,
     as_json: JsonOpt = False, home: HomeOpt = None, nats_url: UrlOpt = None,
 ) -> None:
     """The most recent requests, newest first."""
     params = _filters(since, until, provider=provider, model=model, status=status, user=user,
-                      key=key, session=session)
+                      key=key, session=session, route=route)
     params["limit"] = limit
     url = _url(home, nats_url)
 
@@ -305,15 +307,16 @@ def log(
         console.print_json(json.dumps(rows))
         return
     table = Table(title_justify="left")
-    for col in ("time", "provider", "model", "status", "tokens in/out", "cost", "ttfb",
-                "duration", "user", "key", "request"):
+    for col in ("time", "provider", "route", "model", "status", "tokens in/out", "cost",
+                "ttfb", "duration", "user", "key", "request"):
         table.add_column(col, justify="right" if col in ("cost", "ttfb", "duration") else "left")
     for r in reversed(rows):
         status_text = Text(str(r["status"]), style="green" if r["ok"] else "red")
         if r["error_class"]:
             status_text.append(f" {r['error_class']}", style="red")
         table.add_row(
-            _when(r["ts"]), r["provider"] or "-", r["upstream_model"] or r["model"],
+            _when(r["ts"]), r["provider"] or "-", r.get("route") or "-",
+            r["upstream_model"] or r["model"],
             status_text,
             f"{_tokens(r['input_tokens'] + r['cache_read_tokens'] + r['cache_write_tokens'])}"
             f"/{_tokens(r['output_tokens'])}",

@@ -44,12 +44,14 @@ def render_line(event: Event) -> str:
         color = "green" if event.status < 400 else "red"
         ttfb = f"ttfb {event.ttfb_ms:.0f}ms " if event.ttfb_ms is not None else ""
         err = f" [red]{event.error_class}[/]" if event.error_class else ""
+        route = f"route {event.route} " if event.route else ""
         return (f"{when} [{color}]{event.status}[/] {event.dialect:<16} "
-                f"{event.model:<28} → {event.provider or '-':<12} "
+                f"{event.model:<28} → {event.provider or '-':<12} {route}"
                 f"{'stream ' if event.stream else ''}{ttfb}{event.duration_ms:.0f}ms "
                 f"{tokens} [dim]{event.request_id}[/]{err}")
     assert isinstance(event, AttemptFinished)
-    return (f"{when}   attempt {event.attempt} {event.provider} {event.outcome} "
+    via = f" (route {event.route})" if event.route else ""
+    return (f"{when}   attempt {event.attempt} {event.provider}{via} {event.outcome} "
             f"status {event.status} {event.error_class or ''} [dim]{event.request_id}[/]")
 
 

@@ -43,6 +43,7 @@ from schemas.envelope import (
 )
 from schemas.errors import GatewayError, stream_error
 from schemas.events import RequestCompleted, new_id
+from schemas.routes import ROUTES_KEY, SECRET_HEADERS, RouteTable
 from schemas.subjects import (
     ROUTER_MODELS,
     ROUTER_PING,
@@ -68,6 +69,7 @@ PASS_HEADERS = ("anthropic-version", "anthropic-beta", "openai-beta")
 _env_encoder = msgspec.json.Encoder()
 _start_decoder = msgspec.json.Decoder(ReplyStart)
 _settings_decoder = msgspec.json.Decoder(GatewaySettings)
+_routes_decoder = msgspec.json.Decoder(RouteTable)
 # Where the body goes to the object store instead of inline (headroom for headers).
 _HEADROOM = 64 * 1024
 
@@ -85,6 +87,19 @@ MAYBE_EXECUTED = 424
 # x-should-retry): a lost request would run again. 400 is the one of those it neither retries
 # nor hides the body of (it shows the body as the error). By client family (edge.identity).
 _MAYBE_EXECUTED_FOR = {"codex": 400}
+
+
+def _names(principal: Any, directory: Directory) -> dict[str, str]:
+    """The gateway user's name and the key as USER/NAME, for route rules (none without
+    users)."""
+    if principal.user_id is None:
+        return {}
+    user = directory.users.get(principal.user_id)
+    out = {"user_name": user.name} if user is not None else {}
+    key = directory.keys.get(principal.key_id) if principal.key_id else None
+    if key is not None:
+        out["key_name"] = f"{user.name if user else principal.user_id}/{key.name}"
+    return out
 
 
 def maybe_executed_status(client: str | None) -> int:
@@ -124,6 +139,9 @@ class EdgeApp:
         self._background: set[asyncio.Future[None]] = set()  # body-log writes
         self.heartbeat: Heartbeat | None = None  # cs_presence: this gateway is alive
         self.draining = False
+        # the request headers route rules match on (cs_settings "routes"): forwarded to the
+        # routers in the envelope, the rest stays here
+        self.route_headers: tuple[str, ...] = ()
 
     # -- lifespan ---------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -152,14 +170,12 @@ class EdgeApp:
             return asyncio.create_task(bus.follow_bucket(kv, apply, loaded))
 
         watched: list[tuple[str, Callable[[str, bytes | None, int], None]]] = [
+                   (names.SETTINGS_BUCKET, self._apply_settings),
                    (names.USERS_BUCKET, self.directory.apply_user),
                    (names.KEYS_BUCKET, self.directory.apply_key)]
-        if not self._fixed_settings:
-            watched.insert(0, (names.SETTINGS_BUCKET, self._apply_settings))
         tasks = await asyncio.gather(*(follow(b, a) for b, a in watched))
-        if not self._fixed_settings:
-            self._watch_task = tasks[0]
-            tasks = tasks[1:]
+        self._watch_task = tasks[0]
+        tasks = tasks[1:]
         self._directory_tasks.extend(tasks)
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in loads)), 10)
 
@@ -180,7 +196,16 @@ class EdgeApp:
             await self.nc.drain()
 
     def _apply_settings(self, key: str, value: bytes | None, revision: int) -> None:
-        if key != "gateway":
+        if key == ROUTES_KEY:
+            try:
+                rules = _routes_decoder.decode(value).rules if value else []
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                log.error("ignoring invalid route rules: %s", exc)
+                return
+            self.route_headers = tuple(sorted(
+                {n.lower() for r in rules for n in (r.match.header or {})} - SECRET_HEADERS))
+            return
+        if key != "gateway" or self._fixed_settings:
             return
         if value is None:
             self.settings = GatewaySettings()
@@ -343,6 +368,8 @@ class EdgeApp:
                     edge=self.edge_id, key_hash=principal.key_hash,
                     user_id=principal.user_id, key_id=principal.key_id,
                     client_request_id=(headers.get("x-client-request-id") or None),
+                    **_names(principal, self.directory),
+                    match_headers={h: headers[h] for h in self.route_headers if h in headers},
                 )
                 env = await self._publish(env, body, queue, state, timer)
                 if state.pop("resent", False):  # the pickup wait starts at the stored copy
@@ -619,6 +646,8 @@ class EdgeApp:
             raw.append((b"x-codeswitch-provider", start.provider.encode("latin-1")))
         if start.upstream_model:
             raw.append((b"x-codeswitch-model", start.upstream_model.encode("latin-1")))
+        if start.route:
+            raw.append((b"x-codeswitch-route", start.route.encode("latin-1")))
         for name, value in start.headers.items():
             raw.append((name.encode("latin-1"), value.encode("latin-1")))
         if length is not None:

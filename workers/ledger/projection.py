@@ -108,6 +108,7 @@ class RequestRow(msgspec.Struct, kw_only=True):
     user_id: str | None = None
     key_id: str | None = None
     device: str | None = None  # the gateway host that served it
+    route: str | None = None  # the route rule that chose its providers (None: normal routing)
     # the stream sequences of every fact folded into this row, space-separated (a session
     # delete erases each of them)
     fact_seqs: str = ""
@@ -293,7 +294,7 @@ def _request(seq: int, ev: RequestCompleted, prices: PriceBook) -> RequestRow:
         price_reasoning=tier.reasoning if tier else None,
         delivered=ev.delivered, source=ev.source, usage_estimated=ev.usage_estimated,
         client_request_id=ev.client_request_id, user_id=ev.user_id, key_id=ev.key_id,
-        device=ev.device, fact_seqs=str(seq),
+        device=ev.device, route=ev.route, fact_seqs=str(seq),
     )
 
 
@@ -343,7 +344,7 @@ def fold_requests(rows: list[RequestRow]) -> RequestRow:
     base.ok = base.delivered and base.error_class is None and base.status < 400
     for col in ("provider", "provider_dialect", "upstream_model", "user", "session",
                 "client", "edge", "router", "client_request_id", "finish_reason", "user_id",
-                "key_id", "device"):
+                "key_id", "device", "route"):
         if getattr(base, col) is None:
             setattr(base, col, next((getattr(r, col) for r in uniq
                                      if getattr(r, col) is not None), None))

@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 BREAKDOWNS = ("provider", "model", "user", "key", "session", "dialect", "client",
-              "upstream_model")
+              "upstream_model", "route")
 # "user": the gateway user (its id) when the request came with a user's key, otherwise the
 # identity the client sent (metadata.user_id, `user`), as before users existed
 _USER = 'coalesce(user_id, "user")'
@@ -41,7 +41,7 @@ _LOG_COLUMNS = (
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
     "reasoning_tokens", "total_tokens", "cost", "price_key", "user", "session", "client",
     "finish_reason", "delivered", "usage_estimated", "source", "client_request_id", "user_id",
-    "key_id",
+    "key_id", "route",
 )
 
 
@@ -59,6 +59,7 @@ class Filter(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     key: str | None = None  # a key id
     session: str | None = None
     dialect: str | None = None
+    route: str | None = None  # a route rule's name
     tz_offset_s: int = 0
 
 
@@ -78,7 +79,8 @@ def _time_range(f: Filter) -> tuple[list[str], list[Any]]:
 def _where(f: Filter) -> tuple[str, list[Any]]:
     clauses, params = _time_range(f)
     for col, expr in (("provider", '"provider"'), ("user", _USER), ("key", "key_id"),
-                      ("session", '"session"'), ("dialect", '"dialect"')):
+                      ("session", '"session"'), ("dialect", '"dialect"'),
+                      ("route", '"route"')):
         value = getattr(f, col)
         if value is not None:
             clauses.append(f"{expr} = ?")

@@ -267,7 +267,7 @@ class Caller:
         start = _enc.encode(ReplyStart(status=200, content_type=ctype, provider=p.name,
                                        upstream_model=cand.upstream_model,
                                        headers=keep_headers(resp.headers, scrub),
-                                       router=reply.router))
+                                       router=reply.router, route=reply.route))
         with map_errors("stream"):
             async for chunk in _reads(resp, scrub):
                 if att.ttfb_ms is None:

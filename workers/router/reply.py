@@ -24,7 +24,7 @@ _S = bytes([KIND_START])
 
 
 class Reply:
-    __slots__ = ("_acks", "_final", "nc", "rid", "router", "seq", "subject")
+    __slots__ = ("_acks", "_final", "nc", "rid", "route", "router", "seq", "subject")
 
     def __init__(self, nc: NATS, subject: str, *, router: str | None = None, rid: str = "",
                  acks: dict[str, asyncio.Future[bool | None]] | None = None) -> None:
@@ -33,6 +33,7 @@ class Reply:
         self.router = router
         self.rid = rid
         self.seq = 0
+        self.route: str | None = None  # the route rule that chose the providers, if any
         self._acks = acks
         self._final: asyncio.Future[bool | None] | None = None
 
@@ -56,6 +57,8 @@ class Reply:
         """A whole answer: one message when it fits, else start, data chunks, end."""
         if self.router and start.router is None:
             start = msgspec.structs.replace(start, router=self.router)
+        if self.route and start.route is None:
+            start = msgspec.structs.replace(start, route=self.route)
         head = _enc.encode(start)
         if len(data) + len(head) + 64 < self.nc.max_payload:
             await self.nc.publish(self.subject, _F + head + b"\n" + data,

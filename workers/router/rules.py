@@ -284,54 +284,76 @@ Pred = Callable[[Features], bool]
 
 
 def _regex(patterns: list[str]) -> Callable[[str], re.Match[str] | None]:
+    """One compiled regular expression for a list of globs (any of them)."""
     return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns)).match
 
 
-def _preds(m: RouteMatch) -> list[tuple[str, Pred]]:
-    """One predicate per key given, cheapest first."""
-    out: list[tuple[str, Pred]] = []
+Rx = Callable[[str], "re.Match[str] | None"]
 
-    def glob_key(key: str, attr: str) -> None:
+
+def _glob_pred(attr: str, rx: Rx) -> Pred:
+    def pred(f: Features) -> bool:
+        return rx(getattr(f, attr)) is not None
+    return pred
+
+
+def _flag_pred(attr: str, want: bool) -> Pred:
+    def pred(f: Features) -> bool:
+        return getattr(f, attr) is want
+    return pred
+
+
+def _key_pred(rx: Rx) -> Pred:
+    def pred(f: Features) -> bool:
+        return bool(f.key) and (rx(f.key) is not None
+                                or rx(f.key.rpartition("/")[2]) is not None)
+    return pred
+
+
+def _header_pred(checks: list[tuple[str, Rx]]) -> Pred:
+    def pred(f: Features) -> bool:
+        for name, rx in checks:
+            value = f.headers.get(name)
+            if value is None or rx(value) is None:
+                return False
+        return True
+    return pred
+
+
+def _tokens_pred(least: int) -> Pred:
+    def pred(f: Features) -> bool:
+        return f.input_tokens >= least
+    return pred
+
+
+def _tools_pred(rxs: list[Rx]) -> Pred:
+    def pred(f: Features) -> bool:
+        return all(any(rx(t) is not None for t in f.tools) for rx in rxs)
+    return pred
+
+
+def _preds(m: RouteMatch) -> list[tuple[str, Pred]]:
+    """One predicate per key given, the envelope's (cheapest) first."""
+    out: list[tuple[str, Pred]] = []
+    for key in ("dialect", "client", "model", "user"):
         pats = globs(getattr(m, key))
         if pats:
-            rx = _regex(pats)
-            out.append((key, lambda f, _a=attr, _rx=rx: _rx(getattr(f, _a)) is not None))
-
-    glob_key("dialect", "dialect")
-    glob_key("client", "client")
-    glob_key("model", "model")
-    glob_key("user", "user")
+            out.append((key, _glob_pred(key, _regex(pats))))
     if m.key is not None:
-        rx = _regex(globs(m.key))
-        out.append(("key", lambda f, _rx=rx: bool(f.key) and (
-            _rx(f.key) is not None or _rx(f.key.rpartition("/")[2]) is not None)))
+        out.append(("key", _key_pred(_regex(globs(m.key)))))
     if m.header:
-        checks = [(n.lower(), _regex([p])) for n, p in m.header.items()]
-
-        def header(f: Features, _c: list[tuple[str, Any]] = checks) -> bool:
-            for name, rx in _c:
-                value = f.headers.get(name)
-                if value is None or rx(value) is None:
-                    return False
-            return True
-        out.append(("header", header))
-    if m.thinking is not None:
-        out.append(("thinking", lambda f, _v=m.thinking: f.thinking is _v))
-    if m.image is not None:
-        out.append(("image", lambda f, _v=m.image: f.image is _v))
-    if m.subagent is not None:
-        out.append(("subagent", lambda f, _v=m.subagent: f.subagent is _v))
+        out.append(("header", _header_pred([(n.lower(), _regex([p]))
+                                            for n, p in m.header.items()])))
+    for key, attr in (("thinking", "thinking"), ("image", "image"), ("subagent", "subagent")):
+        want = getattr(m, key)
+        if want is not None:
+            out.append((key, _flag_pred(attr, want)))
     if m.session_turn is not None:
-        first = m.session_turn == "first"
-        out.append(("session_turn", lambda f, _v=first: f.first_turn is _v))
+        out.append(("session_turn", _flag_pred("first_turn", m.session_turn == "first")))
     if m.min_input_tokens is not None:
-        out.append(("min_input_tokens", lambda f, _n=m.min_input_tokens: f.input_tokens >= _n))
+        out.append(("min_input_tokens", _tokens_pred(m.min_input_tokens)))
     if m.tools:
-        rxs = [_regex([t]) for t in m.tools]
-
-        def tools(f: Features, _rxs: list[Any] = rxs) -> bool:
-            return all(any(rx(t) is not None for t in f.tools) for rx in _rxs)
-        out.append(("tools", tools))
+        out.append(("tools", _tools_pred([_regex([t]) for t in m.tools])))
     return out
 
 

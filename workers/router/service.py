@@ -29,6 +29,7 @@ from runtime.presence import Heartbeat, device_name
 from schemas.envelope import ENV_HEADER, KIND_ACCEPTED, ReplyStart, RequestEnvelope
 from schemas.errors import error_body
 from schemas.events import AttemptFinished, RequestCompleted, Usage, new_id
+from schemas.routes import RouteRule
 from schemas.subjects import (
     BREAKER_FAIL_PREFIX,
     CANCEL_PREFIX,
@@ -47,9 +48,16 @@ from workers.router.attempt import Attempt, Caller, RequestBody
 from workers.router.breakers import Breakers
 from workers.router.model_catalog import ModelCatalog
 from workers.router.models import render_models
-from workers.router.plan import Candidate, NoProviderError, RoundRobin, plan_request
+from workers.router.plan import (
+    Candidate,
+    NoProviderError,
+    RoundRobin,
+    plan_request,
+    split_pinned_model,
+)
 from workers.router.providers import ProviderTable
 from workers.router.reply import ACK_PREFIX, Reply
+from workers.router.rules import body_features, features, match
 from workers.router.shared import CircuitTable, SettingsView
 
 __all__ = ["Router", "run"]
@@ -373,6 +381,7 @@ class Router:
         error_message: str | None = None
         ttfb_ms: float | None = None
         delivered = True
+        rule: RouteRule | None = None
         try:
             if env.body_ref:
                 obs = await self.js.object_store(names.BODIES_BUCKET)
@@ -380,8 +389,10 @@ class Router:
                 await obs.delete(env.body_ref)
             request = RequestBody(body)  # decoded at most once, whatever the attempts
             routing = self.settings.routing
+            rule = self._route(env, request)
+            reply.route = rule.name if rule is not None else None
             try:
-                candidates = self._plan(env)
+                candidates = self._plan(env, rule)
             except NoProviderError as exc:
                 status, error_class, error_message = exc.status, "no_provider", exc.message
                 await self._reply_error(env, reply, exc.status, exc.message, "no_provider")
@@ -405,7 +416,8 @@ class Router:
                     final = att
                     break
                 self._attempt_fact(env, att)
-            if final is not None and final.committed and final.status < 400:
+            if final is not None and final.committed and final.status < 400 \
+                    and final.candidate.rule is None:  # a rule's pick teaches affinity nothing
                 await self._stick(env, final.candidate.provider.name)
             if final is None and attempts:
                 final = attempts[-1]
@@ -452,10 +464,32 @@ class Router:
                 error_class = error_class or "not_delivered"
                 error_message = error_message or "the answer did not reach the client"
         self._record(env, attempts, final, status, error_class, error_message, ttfb_ms,
-                     (time.perf_counter() - t0) * 1000, delivered)
+                     (time.perf_counter() - t0) * 1000, delivered,
+                     rule.name if rule is not None else None)
 
     # -- planning ----------------------------------------------------------------------------
-    def _plan(self, env: RequestEnvelope) -> list[Candidate]:
+    def _route(self, env: RequestEnvelope, request: RequestBody) -> RouteRule | None:
+        """The first route rule the request matches (``rules.match``), None when there are no
+        rules, none matches or a provider is pinned (a pin beats every rule). Body features
+        only when a rule reads the body, from the one decode of it the attempts share."""
+        rules = self.settings.routes
+        if not rules or env.pin_provider:
+            return None
+        if "/" in env.model and split_pinned_model(env.model, self.table.providers)[0]:
+            return None
+        f = features(model=env.model, dialect=env.dialect, client=env.client,
+                     user=env.user_name or env.user, key=env.key_name,
+                     headers=env.match_headers)
+        if rules.needs_body:
+            try:
+                doc = request.doc()
+            except Exception:  # not a JSON object: the attempt says so to the client
+                doc = None
+            if doc is not None:
+                body_features(f, doc, env.body_size)
+        return match(rules, f)
+
+    def _plan(self, env: RequestEnvelope, rule: RouteRule | None = None) -> list[Candidate]:
         """The candidates in order: this router's state (watched KV copies, cool-downs, load,
         session affinities) and the clocks, handed to the pure planner
         (``plan.plan_request``)."""
@@ -468,7 +502,7 @@ class Router:
             pinned=env.pin_provider, can_translate=translator.can_translate,
             routing=routing, active=settings.active, unified=settings.unified,
             circuits=self.circuits.get, cool_downs=self.table.cool_downs, now=time.time(),
-            monotonic=time.monotonic(), rr=self.rr, load=self.load, sticky=sticky)
+            monotonic=time.monotonic(), rr=self.rr, load=self.load, sticky=sticky, rule=rule)
 
     async def _stick(self, env: RequestEnvelope, provider: str) -> None:
         """Session affinity: this session's next request for this model goes to ``provider``
@@ -544,12 +578,13 @@ class Router:
             status=att.status, error_class=att.error_class,
             error_message=att.error_message, started_at=att.started_at,
             ttfb_ms=att.ttfb_ms, duration_ms=att.duration_ms, usage=att.usage,
-            translated=c.translated,
+            translated=c.translated, route=c.rule,
         ))
 
     def _record(self, env: RequestEnvelope, attempts: list[Attempt], final: Attempt | None,
                 status: int, error_class: str | None, error_message: str | None,
-                ttfb_ms: float | None, duration_ms: float, delivered: bool = True) -> None:
+                ttfb_ms: float | None, duration_ms: float, delivered: bool = True,
+                route: str | None = None) -> None:
         facts = self.facts
         if facts is None:
             return
@@ -573,7 +608,7 @@ class Router:
             session=env.session, client=env.client, edge=env.edge, router=self.router_id,
             bytes_in=env.body_size, bytes_out=final.bytes_out if final else 0,
             delivered=delivered, client_request_id=env.client_request_id,
-            user_id=env.user_id, key_id=env.key_id, device=device_name(),
+            user_id=env.user_id, key_id=env.key_id, device=device_name(), route=route,
         ), resolves=env.request_id)
 
 async def run(nats_url: str, home: Any = None, stop: asyncio.Event | None = None,

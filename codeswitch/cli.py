@@ -616,6 +616,7 @@ PLUGINS: dict[str, tuple[str, ...]] = {
     "codeswitch.cli_bodylog": ("body-log",),
     "codeswitch.cli_users": ("user", "key", "audit"),
     "codeswitch.cli_sessions": ("sessions", "online"),
+    "codeswitch.cli_routes": ("route",),
 }
 
 

@@ -210,8 +210,8 @@ def _unpriced_note(total: dict[str, Any]) -> None:
 def stats(
     since: SinceOpt = None, until: UntilOpt = None,
     by: Annotated[str | None, typer.Option(
-        "--by", help="provider | model | user | key | session | dialect | client | route (user: the "
-        "gateway user, else the identity the client sent)")] = None,
+        "--by", help="provider | model | user | key | session | dialect | client | route "
+        "(user: the gateway user, else the identity the client sent)")] = None,
     series: Annotated[str | None, typer.Option("--series", help="hour | day")] = None,
     limit: Annotated[int, typer.Option("--limit")] = 30,
     as_json: JsonOpt = False, home: HomeOpt = None, nats_url: UrlOpt = None,

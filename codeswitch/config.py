@@ -1,5 +1,5 @@
-"""The TOML config file: ``[gateway]`` settings, ``[[providers]]``, ``[[users]]`` and ``[[keys]]``
-tables.
+"""The TOML config file: ``[gateway]`` settings, ``[[providers]]``, ``[[users]]``, ``[[keys]]``
+and ``[[routes]]`` tables.
 
 Errors name the file, the line and the key. Loaded values are applied to NATS KV (the single
 place every process reads config from); providers that came from the file carry
@@ -28,6 +28,7 @@ from schemas.config import (
     RoutingSettings,
     UnifiedUpstream,
 )
+from schemas.routes import RouteError, RouteRule, check_rules
 from schemas.users import (
     MIN_SECRET_CHARS,
     NAME_RE,
@@ -64,7 +65,22 @@ class FileConfig:
     unified: UnifiedUpstream | None = None
     users: list[User] = field(default_factory=list)
     keys: list[KeySpec] = field(default_factory=list)
+    routes: list[RouteRule] = field(default_factory=list)  # [[routes]], in the file's order
     raw: dict[str, Any] = field(default_factory=dict)
+    text: str = ""
+
+    def route_error(self, exc: RouteError) -> ConfigError:
+        """A route rule's problem as a config error with the file's line (a rule added with
+        the CLI, after the file's, is named as such)."""
+        assert self.path is not None
+        if exc.index is not None and exc.index >= len(self.routes):
+            return ConfigError(self.path, f"{exc} (a rule added with `codeswitch route add`; "
+                               "`codeswitch route remove` it or fix the file)")
+        key = (exc.key or "").split(".")[0] or None
+        return ConfigError(self.path, f"rule {exc.rule!r}: {exc.message}",
+                           _line_of(self.text, exc.index, key, "routes"),
+                           f"routes[{exc.index}]" + (f".{exc.key}" if exc.key else "")
+                           if exc.index is not None else "routes")
 
 
 _GATEWAY_KEYS = {"host", "port", "api_keys", "max_body_mb", "pickup_timeout", "body_log"}
@@ -129,9 +145,9 @@ def load_config(path: str | Path) -> FileConfig:
         m = re.search(r"line (\d+)", str(exc))
         raise ConfigError(path, f"invalid TOML: {exc}", int(m.group(1)) if m else None) \
             from None
-    cfg = FileConfig(path=path, raw=raw)
+    cfg = FileConfig(path=path, raw=raw, text=text)
     unknown = set(raw) - {"gateway", "providers", "routing", "unified", "ledger", "alerts",
-                          "clients", "users", "keys"}
+                          "clients", "users", "keys", "routes"}
     if unknown:
         key = sorted(unknown)[0]
         raise ConfigError(path, "unknown top-level key", _line_of(text, None, key, ""), key)
@@ -188,7 +204,34 @@ def load_config(path: str | Path) -> FileConfig:
         names.add(provider.name)
         cfg.providers.append(provider)
     _load_users(cfg, raw, path, text)
+    _load_routes(cfg, raw, path, text)
     return cfg
+
+
+def _load_routes(cfg: FileConfig, raw: dict[str, Any], path: Path, text: str) -> None:
+    """``[[routes]]``: each a RouteRule; checked here for everything but the providers that
+    only KV knows (``codeswitch up`` checks those before it applies the file)."""
+    entries = raw.get("routes", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(path, "must be an array of tables: [[routes]]",
+                          _line_of(text, None, "routes", ""), "routes")
+    for i, entry in enumerate(entries):
+        try:
+            cfg.routes.append(msgspec.convert({**entry, "source": "config"}, RouteRule))
+        except msgspec.ValidationError as exc:
+            m = re.search(r"at `\$\.([A-Za-z_]+)(?:\.([A-Za-z_]+))?", str(exc))
+            field_ = re.search(r"field `([A-Za-z_]+)`", str(exc))
+            key = m.group(1) if m else field_.group(1) if field_ else None
+            sub = m.group(2) if m and m.group(2) else None
+            if key and key not in ("name", "to", "match", "model", "fallback"):
+                sub, key = key, "match"  # an unknown key inside match
+            raise ConfigError(path, str(exc), _line_of(text, i, key, "routes"),
+                              f"routes[{i}]" + (f".{key}" if key else "")
+                              + (f".{sub}" if sub else "")) from None
+    try:
+        check_rules(cfg.routes, None)
+    except RouteError as exc:
+        raise cfg.route_error(exc) from None
 
 
 _LIMIT_KEYS = {"budget", "soft", "rpm", "tpm", "concurrency"}

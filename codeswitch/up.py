@@ -98,10 +98,24 @@ def main(argv: list[str] | None = None) -> int:
         audit = AdminLog(nc, home=home)  # each change an admin fact, actor local:<user>
         try:
             if config is not None:
-                return taken + await apply_file_config(
+                from codeswitch.admin import list_providers
+                from codeswitch.routes import apply_file_routes, get_routes, merge_file_routes
+                from schemas.routes import RouteError, check_rules
+
+                # the providers there will be: the file's and those added with the CLI
+                providers = {p.name for p in file_cfg.providers} | {
+                    p.name for p in await list_providers(nc) if p.source != "config"}
+                try:  # before anything is written: a bad rule refuses the whole file
+                    check_rules(merge_file_routes(file_cfg.routes,
+                                                  (await get_routes(nc)).rules), providers)
+                except RouteError as exc:
+                    raise file_cfg.route_error(exc) from None
+                changes = await apply_file_config(
                     nc, file_cfg.providers, file_cfg.settings, file_cfg.routing,
                     file_cfg.unified, secret_key=key, users=file_cfg.users,
                     keys=file_cfg.keys, audit=audit)
+                return taken + changes + await apply_file_routes(
+                    nc, file_cfg.routes, providers, audit)
             # only app.json: its two settings, on top of what KV already holds
             if legacy.unified is not None:
                 before = await get_setting(nc, "unified")

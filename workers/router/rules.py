@@ -408,7 +408,9 @@ def _why(key: str, m: RouteMatch, f: Features) -> str:
     if key == "min_input_tokens":
         return f"input ~{f.input_tokens} tokens < {m.min_input_tokens}"
     if key == "tools":
-        return f"tools {sorted(f.tools)} lack {m.tools}"
+        missing = [t for t in m.tools or () if not any(fnmatch.fnmatchcase(x, t)
+                                                       for x in f.tools)]
+        return f"no tool {', '.join(map(repr, missing))} among its {len(f.tools)}"
     if key == "session_turn":
         return f"session_turn is {'first' if f.first_turn else 'later'}, wants {m.session_turn}"
     if key == "key":

@@ -17,7 +17,7 @@ from rich.table import Table
 from runtime.home import nats_url_for
 from schemas.routes import MATCH_KEYS, RouteError, RouteMatch, RouteRule, RouteTable, check_rules
 
-__all__ = ["guess_dialect", "parse_match", "register", "test_lines"]
+__all__ = ["guess_dialect", "parse_match", "register", "verdict_lines"]
 
 route_app = typer.Typer(no_args_is_help=True, help="Route rules: send requests that match to "
                         "chosen providers (first matching rule wins).")
@@ -204,7 +204,7 @@ def guess_dialect(doc: dict[str, Any], headers: dict[str, str]) -> str:
     return "openai-chat"
 
 
-def test_lines(rules: list[RouteRule], raw: bytes, *, dialect: str | None = None,
+def verdict_lines(rules: list[RouteRule], raw: bytes, *, dialect: str | None = None,
                headers: dict[str, str] | None = None, model: str | None = None,
                client: str | None = None, user: str | None = None,
                key: str | None = None) -> list[str]:
@@ -292,7 +292,7 @@ def route_test(
 
         rules = _with_nats(nats_url, home, go).rules
     try:
-        lines = test_lines(rules, raw, dialect=dialect, headers=headers, model=model,
+        lines = verdict_lines(rules, raw, dialect=dialect, headers=headers, model=model,
                            client=client, user=user, key=key)
     except TranslationError as exc:
         err.print(f"[red]{file} is not a request body:[/] {exc.message}")

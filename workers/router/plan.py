@@ -182,8 +182,8 @@ def _ruled(providers: list[ProviderConfig], by_name: Mapping[str, ProviderConfig
            load: Mapping[str, int] | None, active: str | None,
            blocked: Callable[[ProviderConfig, str], bool] | None,
            sticky: str | None) -> list[Candidate]:
-    """A route rule's candidates: its usable providers in its order (open circuits last among
-    them), then the normal order when it falls back."""
+    """A route rule's candidates: its usable providers in its order, then the normal order
+    when it falls back; its providers with an open circuit go last (of all)."""
     mine: list[Candidate] = []
     for name in rule.to:
         p = by_name.get(name)
@@ -192,11 +192,13 @@ def _ruled(providers: list[ProviderConfig], by_name: Mapping[str, ProviderConfig
             continue
         up = rule.model if rule.model else p.upstream_model(model)
         mine.append(Candidate(p, up, p.dialect != dialect, rule.name))
+    open_: list[Candidate] = []
     if blocked is not None:
         open_ = [c for c in mine if blocked(c.provider, c.upstream_model)]
         if open_:
-            mine = [c for c in mine if c not in open_] + open_
+            mine = [c for c in mine if c not in open_]
     if not rule.fallback:
+        mine += open_
         if not mine:
             raise NoProviderError(
                 f"route rule {rule.name!r}: none of its providers ({', '.join(rule.to)}) is "
@@ -208,11 +210,12 @@ def _ruled(providers: list[ProviderConfig], by_name: Mapping[str, ProviderConfig
                         rr=rr, strategy=strategy, load=load, active=active, blocked=blocked,
                         sticky=sticky)
     except NoProviderError:
-        if mine:
-            return mine
+        if mine or open_:
+            return mine + open_
         raise
-    taken = {c.provider.name for c in mine}
-    return mine + [c for c in rest if c.provider.name not in taken]
+    taken = {c.provider.name for c in mine + open_}
+    # a rule's provider with an open circuit goes last of all, as in normal routing
+    return mine + [c for c in rest if c.provider.name not in taken] + open_
 
 
 def _planned(providers: list[ProviderConfig], *, dialect: str, model: str,

@@ -364,3 +364,22 @@ def test_matching_20_rules_costs_microseconds() -> None:
         match(compiled, f)
     per = (time.perf_counter() - t0) / n
     assert per < 100e-6, f"{per * 1e6:.1f} µs per request"
+
+
+def test_tail_names_the_rule() -> None:
+    from codeswitch.tail import render_line
+    from schemas.events import AttemptFinished, RequestCompleted
+
+    done = RequestCompleted(id="e1", ts=0.0, request_id="r1", dialect="anthropic",
+                            model="claude-haiku-4-5", provider="cheap", status=200,
+                            route="background")
+    assert "→ cheap        route background " in render_line(done)
+    att = AttemptFinished(id="e2", ts=0.0, request_id="r1", attempt=1, dialect="anthropic",
+                          provider="cheap", provider_dialect="openai-chat", model="m",
+                          upstream_model="m", stream=False, outcome="ok", route="background")
+    assert "attempt 1 cheap (route background) ok" in render_line(att)
+    # facts from before route rules decode without one
+    old = msgspec.json.encode(msgspec.structs.replace(done, route=None))
+    assert b"route" not in old or b'"route":null' in old
+    assert msgspec.json.decode(old.replace(b',"route":null', b""), type=RequestCompleted
+                               ).route is None

@@ -405,14 +405,22 @@ def provider_disable(name: str, nats_url: NatsOpt = None, home: HomeOpt = None) 
 def provider_remove(name: str, nats_url: NatsOpt = None, home: HomeOpt = None) -> None:
     """Remove a provider."""
     from codeswitch.admin import delete_provider
+    from codeswitch.routes import get_routes
 
     async def go(nc: Any) -> str | None:
+        naming = [r.name for r in (await get_routes(nc)).rules if name in r.to]
+        if naming:  # a rule must never name a provider that is not there
+            return "!" + ", ".join(naming)
         if not await delete_provider(nc, name):
             return None
         await _audit(nc, home).record("provider.removed", f"provider:{name}")
         return await _applied(nc)
 
     applied = _with_nats(nats_url_for(home, nats_url), go)
+    if applied is not None and applied.startswith("!"):
+        err.print(f"[red]provider {name!r} is named by route rule(s) {applied[1:]}:[/] change "
+                  "or remove them first (`codeswitch route list`)")
+        raise typer.Exit(1)
     if applied is None:
         err.print(f"[red]no provider named {name!r}[/]")
         raise typer.Exit(1)

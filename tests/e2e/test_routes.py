@@ -99,6 +99,13 @@ def test_background_call_goes_to_the_cheap_provider_and_says_so(world: World) ->
     assert [(a.provider, a.route) for a in attempts] == [("cheap", "background"),
                                                          ("main", None)]
     assert [(d.provider, d.route) for d in done] == [("cheap", "background"), ("main", None)]
+    # a token count goes where the request would: the same rules
+    with gw.client() as c:
+        r = c.post("/v1/messages/count_tokens?beta=true", headers=CC_HEADERS,
+                   json={k: v for k, v in HAIKU.items() if k not in ("stream", "max_tokens")})
+    assert r.status_code == 200 and r.json()["input_tokens"] > 0
+    assert r.headers["x-codeswitch-route"] == "background"
+    assert r.headers["x-codeswitch-provider"] == "cheap"
 
 
 def test_fallback_on_and_off_when_the_rule_provider_fails(world: World) -> None:
@@ -231,6 +238,9 @@ def test_route_cli_add_list_test_remove_and_audit(
     tested = cs("route", "test", str(FX / "claude_code_2.1.197_subagent.json")).output
     assert "client=claude-code" in tested and "subagent=true" in tested  # its headers file
     assert "no rule matches" in tested
+    # a provider a rule names cannot be removed from under it
+    refused = cs("provider", "remove", "cheap", code=1)
+    assert "provider 'cheap' is named by route rule(s) background" in refused.output
     cs("route", "remove", "search")
     assert "no route rule named 'search'" in cs("route", "remove", "search", code=1).output
     asyncio.run(caught_up(url))

@@ -383,3 +383,27 @@ def test_tail_names_the_rule() -> None:
     assert b"route" not in old or b'"route":null' in old
     assert msgspec.json.decode(old.replace(b',"route":null', b""), type=RequestCompleted
                                ).route is None
+
+
+def test_generated_matcher_agrees_with_the_explanation() -> None:
+    """The generated function (fast path globs, one function for the list) and the closures
+    ``route test`` explains with give the same verdict on every recorded request."""
+    matches: list[dict[str, Any]] = [
+        {"model": "*haiku*"}, {"model": "claude-*"}, {"model": "*-4-8"}, {"model": "gpt-5.5"},
+        {"model": "*"}, {"model": "claude-[oh]*"}, {"model": "gpt-?.?"},
+        {"client": ["codex", "gemini-*"]}, {"dialect": "openai-*"}, {"thinking": True},
+        {"thinking": False}, {"image": True}, {"subagent": True},
+        {"session_turn": "later"}, {"min_input_tokens": 12_000},
+        {"tools": ["web_search"]}, {"tools": ["Agent", "*_command"]}, {"tools": ["mcp__*"]},
+        {"header": {"X-Project": "b*"}}, {"user": "ali?e"}, {"key": "laptop"},
+        {"key": "alice/*"}, {"model": "claude-*", "thinking": False, "session_turn": "first"},
+    ]
+    corpus = [feats(name) for name in RECORDED]
+    corpus += [Features(model="m", user="alice", key="alice/laptop",
+                        headers={"x-project": "billing"})]
+    for m in matches:
+        compiled = compile_rules([rule(**m)])
+        for f in corpus:
+            fast = match(compiled, f) is not None
+            slow = explain(compiled, f)[0][1] == "matched"
+            assert fast is slow, (m, f.model, f.dialect, fast, slow)

@@ -269,3 +269,20 @@ def test_up_refuses_a_bad_rule_with_file_and_line(tmp_path: Path) -> None:
     err = r.stderr.replace("\n", "")
     assert f"{config}:8" in err and "routes[0].match" in err
     assert "subagent requests come from claude-code only" in err
+
+
+def test_up_refuses_a_rule_naming_an_unknown_provider(tmp_path: Path) -> None:
+    """Providers are known only once the gateway's KV is there: `up` checks them before it
+    applies anything, says which rule, file and line, and stops."""
+    from runtime.process import free_port
+
+    config = tmp_path / "routes.toml"
+    config.write_text(f'[gateway]\nport = {free_port()}\n\n[[providers]]\nname = "main"\n'
+                      'dialect = "anthropic"\nbase_url = "https://x"\n\n[[routes]]\n'
+                      'name = "background"\nmatch = { model = "*haiku*" }\nto = ["cheap"]\n')
+    cmd = [sys.executable, "-m", "codeswitch", "up", "--home", str(tmp_path / "h"),
+           "--config", str(config)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert (f"{config}:13: routes[0].to: rule 'background': unknown provider 'cheap' "
+            "(configured: main)") in r.stderr.replace("\n", "")

@@ -284,5 +284,5 @@ def test_up_refuses_a_rule_naming_an_unknown_provider(tmp_path: Path) -> None:
            "--config", str(config)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1, (r.stdout, r.stderr)
-    assert (f"{config}:13: routes[0].to: rule 'background': unknown provider 'cheap' "
+    assert (f"{config}:12: routes[0].to: rule 'background': unknown provider 'cheap' "
             "(configured: main)") in r.stderr.replace("\n", "")

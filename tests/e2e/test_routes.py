@@ -286,3 +286,40 @@ def test_up_refuses_a_rule_naming_an_unknown_provider(tmp_path: Path) -> None:
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert (f"{config}:12: routes[0].to: rule 'background': unknown provider 'cheap' "
             "(configured: main)") in r.stderr.replace("\n", "")
+
+
+def _recorded(name: str) -> tuple[bytes, dict[str, str]]:
+    headers = json.loads((FX / f"{name}.headers.json").read_text())
+    keep = {k: v for k, v in headers.items()
+            if k.lower() not in ("authorization", "x-goog-api-key", "accept-encoding",
+                                 "content-length")}
+    return (FX / f"{name}.json").read_bytes(), keep
+
+
+def test_codex_and_gemini_cli_requests_are_routed_by_their_body(world: World) -> None:
+    """The other dialects' recorded requests through the edge and the router: the body keys
+    (session turn, tools, thinking) read from the router's one decode of the body."""
+    gw, main, cheap = world
+    set_rules(gw,
+              RouteRule(name="codex-later", match=RouteMatch(
+                  client="codex", session_turn="later", tools=["exec_command"]),
+                  to=["cheap"], model="gpt-4.1-mini"),
+              RouteRule(name="gemini-thinking", match=RouteMatch(
+                  dialect="gemini", thinking=True, tools=["run_shell_command"]),
+                  to=["main"], model="claude-opus-4-8"))
+    body, headers = _recorded("codex_0.171.0_recorded")
+    with gw.client() as c:
+        r = c.post("/v1/responses", content=body,
+                   headers={**headers, "authorization": f"Bearer {CLIENT_KEY}"})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-codeswitch-route"] == "codex-later"
+    assert r.headers["x-codeswitch-provider"] == "cheap"
+    assert cheap.requests[-1].json["model"] == "gpt-4.1-mini"
+    body, headers = _recorded("gemini_cli_0.61.0_recorded")
+    with gw.client() as c:
+        r = c.post("/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse", content=body,
+                   headers={**headers, "x-goog-api-key": CLIENT_KEY})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-codeswitch-route"] == "gemini-thinking"
+    assert r.headers["x-codeswitch-provider"] == "main"
+    assert main.requests[-1].json["model"] == "claude-opus-4-8"

@@ -407,3 +407,17 @@ def test_generated_matcher_agrees_with_the_explanation() -> None:
             fast = match(compiled, f) is not None
             slow = explain(compiled, f)[0][1] == "matched"
             assert fast is slow, (m, f.model, f.dialect, fast, slow)
+
+
+def test_the_edge_names_the_user_and_key_for_rules() -> None:
+    from edge.app import _names
+    from edge.auth import Directory, Principal
+    from schemas.users import Key, User
+
+    d = Directory()
+    d.apply_user("u_1", msgspec.json.encode(User(id="u_1", name="alice")))
+    d.apply_key("k_1", msgspec.json.encode(Key(id="k_1", name="laptop", user="u_1",
+                                                hash="ab" * 32)))
+    assert _names(Principal("h", "u_1", "k_1"), d) == {"user_name": "alice",
+                                                      "key_name": "alice/laptop"}
+    assert _names(Principal("h"), d) == {}  # no users: nothing (rules see the client's id)

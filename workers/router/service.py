@@ -405,7 +405,8 @@ class Router:
                 attempts.append(att)
                 name = cand.provider.name
                 self.load[name] = self.load.get(name, 0) + 1
-                self._intend(env, att)  # if this router dies now, the call is still recorded
+                # if this router dies now, the call is still recorded
+                self._intend(env, att, reply.route)
                 try:
                     await self.caller.run(env, request, att, reply, has_next,
                                           routing.failover_statuses)
@@ -542,7 +543,7 @@ class Router:
                                     request_id=env.request_id))
 
     # -- facts -------------------------------------------------------------------------------
-    def _intend(self, env: RequestEnvelope, att: Attempt) -> None:
+    def _intend(self, env: RequestEnvelope, att: Attempt, route: str | None = None) -> None:
         """Before an upstream call: the fact to publish if this router dies during it (the
         call may be billed; nobody else would record it). Usage is an estimate: the prompt at
         ~4 bytes per token, nothing generated."""
@@ -562,7 +563,7 @@ class Router:
                 user=env.user, session=env.session, client=env.client, edge=env.edge,
                 router=self.router_id, bytes_in=env.body_size, delivered=False,
                 source="recovered", client_request_id=env.client_request_id,
-                user_id=env.user_id, key_id=env.key_id, device=device_name(),
+                user_id=env.user_id, key_id=env.key_id, device=device_name(), route=route,
             ))])
 
     def _attempt_fact(self, env: RequestEnvelope, att: Attempt) -> None:

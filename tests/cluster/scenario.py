@@ -60,9 +60,16 @@ def _rows(home: Path) -> list[dict[str, Any]]:
 async def _leader(urls: str, stream: str) -> str:
     nc = await bus.connect(urls, name="test", once=True)
     try:
-        info = await nc.jetstream().stream_info(stream)
-        assert info.cluster is not None and info.cluster.leader
-        return info.cluster.leader
+        deadline = time.monotonic() + 20
+        while True:  # the previous round's election may still be settling
+            try:
+                info = await nc.jetstream().stream_info(stream)
+                if info.cluster is not None and info.cluster.leader:
+                    return info.cluster.leader
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.2)
     finally:
         await nc.close()
 
@@ -75,10 +82,10 @@ async def _active_alerts(urls: str, parts: Parts) -> str:
 
     nc = await bus.connect(urls, name="test", once=True)
     try:
-        kv = await nc.jetstream().key_value(names.ALERT_STATE_BUCKET)
-        deadline = time.monotonic() + 15
-        while True:  # a replica that is catching up (direct get) may not have it yet
+        deadline = time.monotonic() + 20
+        while True:  # an election in progress, or a catching-up replica (direct get)
             try:
+                kv = await nc.jetstream().key_value(names.ALERT_STATE_BUCKET)
                 holder = json.loads((await kv.get(LEASE_KEY)).value or b"{}")["holder"]
                 break
             except Exception:

@@ -291,6 +291,43 @@ class Run:
             await asyncio.sleep(0.25)
         print("  (consumers did not catch up within the timeout; counted as they were)")
 
+    def _ledger_consumer(self) -> dict[str, Any] | None:
+        for s in self._streams():
+            for c in s.get("consumer_detail") or []:
+                if str(c.get("name", "")).startswith("ledger"):
+                    return dict(c)
+        return None
+
+    async def ledger_catch_up(self, nats_url: str) -> dict[str, Any]:
+        """The real ledger service folding the whole event log of this run into a fresh
+        DuckDB file (large batches, as after an outage or a new ledger replica): events per
+        wall-clock second and per CPU second of that process, from its consumer appearing
+        to its last ack."""
+        old = self.parts.pop("ledger")
+        stop_process(old, signal.SIGTERM, grace=20)
+        events = self.events_last_seq()
+        exe = shutil.which("codeswitch", path=str(Path(sys.executable).parent)) or "codeswitch"
+        log = (self.tmp / "ledger-catch-up.log").open("wb")
+        proc = subprocess.Popen([exe, "worker", "ledger", "--nats-url", nats_url, "--home",
+                                 str(self.tmp / "ledger-fresh")], stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.tmp)
+        self.parts["ledger"] = proc
+        deadline = time.monotonic() + 180
+        t0 = cpu0 = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            c = self._ledger_consumer()
+            if c is not None and t0 is None:
+                t0, cpu0 = time.monotonic(), sum(p.cpu_s for p in tree_cpu(proc.pid))
+            if (c is not None and t0 is not None and cpu0 is not None
+                    and int(c.get("ack_floor", {}).get("stream_seq", 0)) >= events):
+                wall = time.monotonic() - t0
+                cpu = sum(p.cpu_s for p in tree_cpu(proc.pid)) - cpu0
+                return {"events": events, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+                        "events_per_s": round(events / wall) if wall > 0 else 0,
+                        "events_per_cpu_s": round(events / cpu) if cpu > 0 else 0}
+            await asyncio.sleep(0.05)
+        return {"events": events, "error": "the fresh ledger did not catch up"}
+
     async def idle_rates(self, seconds: float) -> dict[str, float]:
         a = self.snapshot()
         await asyncio.sleep(seconds)
@@ -389,6 +426,7 @@ async def amain(a: argparse.Namespace) -> dict[str, Any]:
             print(f"{mode}: {m.requests} requests, {m.errors} errors, "
                   f"{m.throughput_rps:.0f}/s (wall clock, shared cores)")
         report["measured"] = [m.__dict__ for m in measured]
+        report["ledger_catch_up"] = await run.ledger_catch_up(url)
     finally:
         report["load_after"] = round(os.getloadavg()[0], 2)
         run.stop()
@@ -428,6 +466,11 @@ def render(r: dict[str, Any]) -> str:
         f"{str(m['requests']) + ' (' + str(m['errors']) + ')':>12}" for m in ms))
     lines.append("")
     fold = max(r["ledger_fold_events_per_s"], r["ledger_fold_events_per_cpu_s"])
+    cu = r.get("ledger_catch_up") or {}
+    if "events_per_s" in cu:
+        lines.append(f"ledger catch-up (the service, a fresh file, {cu['events']:,} facts of "
+                     f"this run): {cu['events_per_s']:,} events/s wall clock, "
+                     f"{cu['events_per_cpu_s']:,} events per CPU second")
     lines.append(f"ledger fold rate (one DuckDB writer, {r['ledger_events']:,} events): "
                  f"{r['ledger_fold_events_per_s']:,} events/s wall clock, "
                  f"{r['ledger_fold_events_per_cpu_s']:,} events per CPU second")

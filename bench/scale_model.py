@@ -277,13 +277,9 @@ class Run:
         deadline = time.monotonic() + timeout
         last, stable = -1, 0
         while time.monotonic() < deadline:
-            streams = self._streams()
-            behind = 0
-            seq = 0
-            for s in streams:
-                seq = int(s.get("state", {}).get("last_seq", 0))
-                for c in s.get("consumer_detail") or []:
-                    behind += int(c.get("num_pending", 0)) + int(c.get("num_ack_pending", 0))
+            seq = self.events_last_seq()
+            behind = sum(int(c.get("num_pending", 0)) + int(c.get("num_ack_pending", 0))
+                         for c in self._consumers())
             stable = stable + 1 if (behind == 0 and seq == last) else 0
             if stable >= 3:
                 return
@@ -291,12 +287,23 @@ class Run:
             await asyncio.sleep(0.25)
         print("  (consumers did not catch up within the timeout; counted as they were)")
 
+    def _consumers(self) -> list[dict[str, Any]]:
+        """The consumers of CS_EVENTS, each as its leader reports it (on a cluster the other
+        nodes' copies of a consumer's state lag behind)."""
+        out: list[dict[str, Any]] = []
+        for node in self.nodes:
+            jsz = node.get("/jsz?streams=true&consumers=true&config=true")
+            for acc in jsz.get("account_details") or []:
+                for s in acc.get("stream_detail") or []:
+                    if s.get("name") != "CS_EVENTS":
+                        continue
+                    out += [dict(c) for c in s.get("consumer_detail") or []
+                            if (c.get("cluster") or {}).get("leader") in (None, node.name)]
+        return out
+
     def _ledger_consumer(self) -> dict[str, Any] | None:
         """The ledger's consumer on CS_EVENTS (the one with the most pending, if several)."""
-        found: list[dict[str, Any]] = []
-        for s in self._streams():
-            found += [dict(c) for c in s.get("consumer_detail") or []
-                      if str(c.get("name", "")).startswith("ledger")]
+        found = [c for c in self._consumers() if str(c.get("name", "")).startswith("ledger")]
         return max(found, key=lambda c: int(c.get("num_pending", 0)), default=None)
 
     async def ledger_catch_up(self, seconds: float) -> dict[str, Any]:
@@ -308,9 +315,9 @@ class Run:
         req = client_request(self.a.dialect, False, "bench-pass", pad_bytes=self.a.pad_bytes)
         ledger.send_signal(signal.SIGSTOP)
         try:
-            await run_load(f"http://127.0.0.1:{self.port}{req.path}", req.body, req.headers,
-                           concurrency=self.a.concurrency, duration_s=seconds,
-                           expect=req.expect)
+            load = await run_load(f"http://127.0.0.1:{self.port}{req.path}", req.body,
+                                  req.headers, concurrency=self.a.concurrency,
+                                  duration_s=seconds, expect=req.expect)
             await asyncio.sleep(1.0)  # the last facts reach the stream
             before = self._ledger_consumer() or {}
             backlog = int(before.get("num_pending", 0)) + int(before.get("num_ack_pending", 0))
@@ -324,11 +331,13 @@ class Run:
             if int(c.get("num_pending", 1)) == 0 and int(c.get("num_ack_pending", 1)) == 0:
                 wall = time.monotonic() - t0
                 cpu = sum(p.cpu_s for p in tree_cpu(ledger.pid)) - cpu0
-                return {"events": backlog, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+                return {"requests": load.requests, "errors": load.errors,
+                        "events": backlog, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
                         "events_per_s": round(backlog / wall) if wall > 0 else 0,
                         "events_per_cpu_s": round(backlog / cpu) if cpu > 0 else 0}
             await asyncio.sleep(0.05)
-        return {"events": backlog, "error": "the ledger did not catch up within 180 s"}
+        return {"requests": load.requests, "errors": load.errors, "events": backlog,
+                "error": "the ledger did not catch up within 180 s"}
 
     async def idle_rates(self, seconds: float) -> dict[str, float]:
         a = self.snapshot()

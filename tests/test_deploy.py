@@ -91,6 +91,23 @@ def codeswitch_commands() -> list[tuple[str, list[str]]]:
 # -- docker compose -------------------------------------------------------------------------------
 
 
+def test_compose_file_is_valid_against_the_compose_specification() -> None:
+    """The Compose Specification's own JSON schema (tests/fixtures/deploy/compose-spec.json,
+    source in its .src sidecar): unknown keys, wrong types, bad depends_on conditions."""
+    import json
+
+    import jsonschema
+
+    schema = json.loads((ROOT / "tests" / "fixtures" / "deploy" / "compose-spec.json")
+                        .read_text())
+    errors = [f"{list(e.path)}: {e.message}"
+              for e in jsonschema.Draft7Validator(schema).iter_errors(compose())]
+    assert errors == []
+    broken = compose()
+    broken["services"]["router-1"]["depends_on"]["init"]["condition"] = "service_finished"
+    assert list(jsonschema.Draft7Validator(schema).iter_errors(broken))  # the schema bites
+
+
 def test_compose_has_every_part_in_the_issue_numbers() -> None:
     svcs = services()
     by_role: dict[str, list[str]] = {}
@@ -352,6 +369,35 @@ def test_k8s_every_part_knows_all_three_nats_servers_of_the_chart() -> None:
     env = k8s_named("ConfigMap", "codeswitch-env")["data"]
     assert sorted(nats_hosts(env["CODESWITCH_NATS_URL"])) == expected
     assert env["CODESWITCH_REPLICAS"] == "3"
+
+
+def _unknown_keys(ours: Any, chart: Any, path: str = "") -> list[str]:
+    """Keys of ``ours`` the chart's defaults do not have (below free-form maps: anything)."""
+    if not isinstance(ours, dict):
+        return []
+    out = []
+    for key, value in ours.items():
+        here = f"{path}.{key}" if path else str(key)
+        if not isinstance(chart, dict) or key not in chart:
+            out.append(here)
+        elif key not in ("merge", "env", "resources", "topologySpreadConstraints"):
+            out += _unknown_keys(value, chart[key], here)
+    return out
+
+
+def test_k8s_nats_values_are_keys_of_the_official_chart() -> None:
+    """A misspelt or outdated key (the chart's 0.x names, `nats.jetstream.fileStorage`) would
+    be ignored by helm without a word: every key must be in the chart's own values.yaml
+    (tests/fixtures/deploy/nats-chart-values.yaml, source in its .src sidecar)."""
+    chart = yaml.safe_load((ROOT / "tests" / "fixtures" / "deploy" / "nats-chart-values.yaml")
+                           .read_text())
+    ours = yaml.safe_load((K8S / "nats-values.yaml").read_text())
+    assert _unknown_keys(ours, chart) == []
+    assert _unknown_keys({"nats": {"jetstream": {"fileStorage": {}}}}, chart) == ["nats"]
+    # the chart leaves the memory store off (max_memory_store 0), but the work queue and the
+    # memory KV buckets live there
+    assert ours["config"]["jetstream"]["memoryStore"]["enabled"] is True
+    assert chart["config"]["jetstream"]["memoryStore"]["enabled"] is False
 
 
 # -- the command lines are real -------------------------------------------------------------------

@@ -310,6 +310,25 @@ async def test_cluster_conf_forms_a_jetstream_cluster_and_nats_init_makes_three_
 # -- Kubernetes -----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("version", ["1.28.0", "latest"])
+def test_k8s_manifests_are_valid_kubernetes_objects(version: str) -> None:
+    """Every object against the Kubernetes API's own schemas, strict (an unknown or misspelt
+    field is an error, as `kubectl apply --validate=strict` makes it), through the
+    kubernetes-validate package: the oldest version we claim (1.28) and the newest it knows."""
+    import kubernetes_validate
+    from kubernetes_validate import utils
+
+    target = utils.latest_version() if version == "latest" else version
+    docs = k8s_docs()
+    assert len(docs) == 11
+    for doc in docs:
+        kubernetes_validate.validate(doc, target, strict=True)  # raises on an invalid object
+    broken = k8s_named("Deployment", "codeswitch-router")
+    broken["spec"]["replica"] = 3
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, target, strict=True)
+
+
 def test_k8s_manifests_have_every_part() -> None:
     edge = k8s_named("Deployment", "codeswitch-edge")
     router = k8s_named("Deployment", "codeswitch-router")

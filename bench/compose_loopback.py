@@ -6,9 +6,10 @@
 The three NATS servers start from deploy/nats/cluster.conf, the codeswitch services with the
 exact arguments compose.yaml gives them, moved to this machine: each ``nats-N:4222`` becomes
 the loopback port of that server, ``--host 0.0.0.0`` becomes 127.0.0.1, ``--port 18100`` a
-free port, ``--home /data`` a directory of that service under a temp dir (so each ledger has
-its own DuckDB file, as each has its own volume). ``init`` runs first and must exit 0, as
-compose's ``service_completed_successfully`` requires; a provider pointing at
+free port, ``--home /data`` a directory under a temp dir named after the volume mounted there
+(each ledger its own; the edges one, the routers one, shared as in compose.yaml). ``init``
+runs first and must exit 0, as compose's ``service_completed_successfully`` requires; a
+provider pointing at
 ``bench/fake_upstream.py`` is added with the ``cli`` service's command. Then load goes through
 both edges, everything is stopped (SIGTERM), and each ledger's DuckDB file is read: each
 must hold exactly the requests the clients got a complete answer for.
@@ -107,9 +108,18 @@ class Deployment:
                 self.edge_ports[name] = free_port()
                 arg = str(self.edge_ports[name])
             elif prev == "--home":
-                arg = str(self.tmp / name)
+                arg = str(self.tmp / self.volume_at(name, arg))
             out.append(arg)
         return out
+
+    def volume_at(self, name: str, path: str) -> str:
+        """The named volume the service mounts at ``path`` (shared by every service that
+        mounts it, as the edges and the routers share theirs), else the service's own dir."""
+        for volume in self.services[name].get("volumes") or []:
+            source, target = str(volume).split(":")[:2]
+            if target == path and not source.startswith((".", "/")):
+                return source
+        return name
 
     def env(self, name: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -119,7 +129,7 @@ class Deployment:
                                lambda m: f"127.0.0.1:{self.client[m[1]]}", str(value))
             env[key] = re.sub(r"\$\{[^}]*\}", "", str(value))  # ${VAR:-} from the shell: unset
         env["CODESWITCH_DEVICE"] = name  # the container's hostname
-        env["CODESWITCH_HOME"] = str(self.tmp / name)
+        env["CODESWITCH_HOME"] = str(self.tmp / self.volume_at(name, "/data"))
         return env
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
@@ -223,7 +233,8 @@ class Deployment:
 
         out = {}
         for name in sorted(n for n in self.services if n.startswith("ledger-")):
-            con = duckdb.connect(str(self.tmp / name / "ledger.duckdb"), read_only=True)
+            home = self.tmp / self.volume_at(name, "/data")
+            con = duckdb.connect(str(home / "ledger.duckdb"), read_only=True)
             try:
                 row = con.execute("SELECT count(*) FILTER (WHERE ok), count(*), "
                                   "count(DISTINCT request_id) FROM requests").fetchone()

@@ -182,6 +182,24 @@ def test_compose_each_ledger_has_its_own_volume_and_stable_host_name() -> None:
     assert volumes <= set(compose()["volumes"])
 
 
+def test_compose_edges_and_routers_keep_their_outbox_on_a_shared_volume() -> None:
+    """Facts a part could not publish yet wait in <home>/outbox for a process on the same data
+    directory (a restart, or another part adopting a dead one's locked files): the routers'
+    and the edges' --home is a named volume each role shares, never the container's own
+    filesystem (gone with the container)."""
+    svcs = services()
+    for role in ("edge", "router"):
+        volumes = set()
+        members = [s for n, s in svcs.items() if n.startswith(f"{role}-")]
+        for svc in members:
+            home = flag(svc["command"], "--home")
+            mounted = {v.split(":")[1]: v.split(":")[0] for v in svc["volumes"]}
+            assert home in mounted, f"{role}: --home {home} is not a volume"
+            volumes.add(mounted[home])
+        assert len(volumes) == 1, f"{role}s: {volumes}"
+        assert volumes <= set(compose()["volumes"])
+
+
 def test_compose_edges_listen_on_all_interfaces_on_distinct_host_ports() -> None:
     edges = {n: s for n, s in services().items() if n.startswith("edge-")}
     host_ports = set()
@@ -320,18 +338,18 @@ def test_k8s_manifests_are_valid_kubernetes_objects(version: str) -> None:
 
     target = utils.latest_version() if version == "latest" else version
     docs = k8s_docs()
-    assert len(docs) == 11
+    assert len(docs) == 13
     for doc in docs:
         kubernetes_validate.validate(doc, target, strict=True)  # raises on an invalid object
-    broken = k8s_named("Deployment", "codeswitch-router")
+    broken = k8s_named("StatefulSet", "codeswitch-router")
     broken["spec"]["replica"] = 3
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, target, strict=True)
 
 
 def test_k8s_manifests_have_every_part() -> None:
-    edge = k8s_named("Deployment", "codeswitch-edge")
-    router = k8s_named("Deployment", "codeswitch-router")
+    edge = k8s_named("StatefulSet", "codeswitch-edge")
+    router = k8s_named("StatefulSet", "codeswitch-router")
     ledger = k8s_named("StatefulSet", "codeswitch-ledger")
     alerts = k8s_named("StatefulSet", "codeswitch-alerts")
     init = k8s_named("Job", "codeswitch-init")
@@ -345,7 +363,7 @@ def test_k8s_manifests_have_every_part() -> None:
         labels = workload["spec"]["template"]["metadata"]["labels"]
         selector = workload["spec"]["selector"]["matchLabels"]
         assert selector.items() <= labels.items(), workload["metadata"]["name"]
-    for sts in (ledger, alerts):  # a StatefulSet's serviceName is a headless Service
+    for sts in (edge, router, ledger, alerts):  # serviceName: a headless Service
         svc = k8s_named("Service", sts["spec"]["serviceName"])
         assert svc["spec"]["clusterIP"] == "None"
     svc = k8s_named("Service", "codeswitch-edge")
@@ -356,16 +374,20 @@ def test_k8s_manifests_have_every_part() -> None:
     assert edge_c["readinessProbe"]["httpGet"]["path"] == "/readiness"
     for hpa in ("codeswitch-edge", "codeswitch-router"):
         target = k8s_named("HorizontalPodAutoscaler", hpa)["spec"]["scaleTargetRef"]
-        assert (target["kind"], target["name"]) == ("Deployment", hpa)
+        assert (target["kind"], target["name"]) == ("StatefulSet", hpa)
 
 
-def test_k8s_each_ledger_pod_has_its_own_volume_at_its_home() -> None:
-    ledger = k8s_named("StatefulSet", "codeswitch-ledger")
-    (claim,) = ledger["spec"]["volumeClaimTemplates"]  # one PVC per pod: ledger's own file
-    (container,) = ledger["spec"]["template"]["spec"]["containers"]
+@pytest.mark.parametrize("name", ["codeswitch-ledger", "codeswitch-router", "codeswitch-edge"])
+def test_k8s_each_pod_has_its_own_volume_at_its_home(name: str) -> None:
+    """A ledger's DuckDB file; a router's and an edge's write-ahead facts (<home>/outbox),
+    which must survive the pod's restart and rescheduling."""
+    sts = k8s_named("StatefulSet", name)
+    (claim,) = sts["spec"]["volumeClaimTemplates"]  # one PVC per pod
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     assert mounts[flag(container["args"], "--home")] == claim["metadata"]["name"]
-    assert "volumes" not in ledger["spec"]["template"]["spec"]  # nothing shared between pods
+    assert "volumes" not in sts["spec"]["template"]["spec"]  # nothing shared between pods
+    assert sts["spec"]["template"]["spec"]["securityContext"]["fsGroup"] == 10001  # writable
 
 
 def test_k8s_every_part_knows_all_three_nats_servers_of_the_chart() -> None:

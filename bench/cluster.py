@@ -28,12 +28,15 @@ def main() -> int:
     parser.add_argument("--after", type=int, default=600,
                         help="complete answers to wait for after each round")
     parser.add_argument("--concurrency", type=int, default=8, help="per edge")
+    parser.add_argument("--workdir", type=Path, help="keep the processes' logs and data here")
     args = parser.parse_args()
     hooks = Receiver()
     hooks.thread.start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            run = run_cluster(Path(tmp), hooks, rounds=args.rounds, after=args.after,
+            workdir = args.workdir or Path(tmp)
+            workdir.mkdir(parents=True, exist_ok=True)
+            run = run_cluster(workdir, hooks, rounds=args.rounds, after=args.after,
                               concurrency=args.concurrency)
     finally:
         hooks.server.shutdown()

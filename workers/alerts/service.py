@@ -36,9 +36,11 @@ from pathlib import Path
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from runtime import bus, names
@@ -465,6 +467,12 @@ async def run(
             relay = asyncio.create_task(_first_of(stop, lease.lost, then=term))
             try:
                 await _serve(nc, term, home, tick_s=tick_s, notifier=notifier)
+            except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+                # JetStream without a leader for a moment (a cluster's election): hand the
+                # lease over and stand by again rather than leave no worker at all
+                log.warning("alerts: NATS not answering (%s: %s); standing by again",
+                            type(exc).__name__, exc)
+                await asyncio.sleep(1.0)
             finally:
                 relay.cancel()
                 await lease.release()

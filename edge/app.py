@@ -22,6 +22,8 @@ from edge.bodylog import BodyCapture
 from edge.errors import EdgeError, render
 from edge.identity import identify, peek_body
 from edge.metrics import EdgeMetrics
+from edge.model_list import allowed_models
+from edge.ratelimit_bus import RateLimits
 from edge.relay import DISCONNECTED, PICKUP_TIMEOUT, ROUTER_LOST, Dispatcher
 from edge.routes import Route, match_route
 from edge.server import ClientGone, body_timeout, read_body
@@ -136,6 +138,8 @@ class EdgeApp:
         # users and keys (KV cs_users, cs_keys), watched: empty = no users, today's behaviour
         self.directory = Directory()
         self._directory_tasks: list[asyncio.Task[None]] = []
+        # RPM/TPM/concurrency of users and keys, counted across edges (edge/ratelimit*.py)
+        self.ratelimits = RateLimits(self.directory)
         self._background: set[asyncio.Future[None]] = set()  # body-log writes
         self.heartbeat: Heartbeat | None = None  # cs_presence: this gateway is alive
         self.draining = False
@@ -153,6 +157,7 @@ class EdgeApp:
         self.dispatcher = Dispatcher(self.nc, self.edge_id)
         self.edge_id = self.dispatcher.edge_id
         await self.dispatcher.start()
+        await self.ratelimits.start(self.nc, self.edge_id)
         self.facts = FactPublisher(self.nc, wal=self.outbox, name="edge")
         self.facts.start()
         self.heartbeat = Heartbeat(self.nc, "edge", f"edge-{self.edge_id}").start()
@@ -190,6 +195,7 @@ class EdgeApp:
             await asyncio.wait(self._background, timeout=5)
         if self.dispatcher:
             self.dispatcher.stop()
+        await self.ratelimits.stop()
         if self.facts:
             await self.facts.aclose()
         if self.nc and not self.nc.is_closed:
@@ -303,7 +309,7 @@ class EdgeApp:
         try:  # the list comes from the providers' own accounts: same keys as the LLM routes
             if not self._supervisor_ready and not self._started():
                 raise EdgeError(503, "the gateway is starting", "starting")
-            authenticate(headers, query, self.settings, self.directory)
+            principal = authenticate(headers, query, self.settings, self.directory)
         except GatewayError as exc:
             await _respond(send, exc.status, exc.render(dialect))
             return
@@ -313,7 +319,9 @@ class EdgeApp:
         except Exception:
             await _respond(send, 503, render(dialect, 503, "no router available"))
             return
-        await _respond(send, 200, reply.data)
+        allow = principal.grant.allow if principal.grant is not None else None
+        await _respond(send, 200, reply.data if allow is None else
+                       allowed_models(reply.data, allow))  # the key's model allow-list
 
     # -- the request path -------------------------------------------------------------------
     async def _llm(self, scope: Scope, receive: Receive, send: Send, route: Route,
@@ -346,6 +354,8 @@ class EdgeApp:
                     raise EdgeError(400, "missing required field: model", "missing_model")
                 model, stream = peek.model, bool(peek.stream)
             principal.check_model(model)  # the key's model allow-list (users only)
+            # rate limits (users only): 429 with retry-after, or counted until released
+            state["admission"] = self.ratelimits.admit(principal, request_id, len(body))
             if dialect == "openai-responses" and peek.previous_response_id:
                 raise EdgeError(400, "previous_response_id is not supported: codeswitch serves "
                                 "the Responses API statelessly; send the whole conversation "
@@ -397,6 +407,7 @@ class EdgeApp:
             await self._fail(send, state, dialect, GatewayError(
                 f"gateway error: {type(exc).__name__}", status=500, code="internal"), request_id)
         finally:
+            self.ratelimits.release(state.get("admission"))
             latency = time.perf_counter() - started
             self.metrics.observe(dialect, state["provider"], state["status"], latency,
                                  state["ttfb"])

@@ -9,6 +9,7 @@ Commands (never stored as facts):
     _INBOX.cs.<edge>.ping        is this edge alive? (router -> one edge)
     _INBOX.csack.<router>.<rid>  the edge's word that a final reply reached it
     cs.breaker.fail.<key>        router -> routers: one failure counted toward a breaker
+    cs.rate.note                 edge -> edges: requests admitted, in flight (rate limits)
     _INBOX.cs.<edge>.<rid>       router -> edge reply stream (core NATS)
     cs.ledger.<query>            ledger queries (stats, log, ...), queue group cs-ledger
 
@@ -34,6 +35,7 @@ __all__ = [
     "CANCEL_PREFIX",
     "FACT_SUBJECTS",
     "LEDGER_QUERY_PREFIX",
+    "RATE_NOTE",
     "REPLY_PREFIX",
     "REQUEST_PREFIX",
     "RESPONSE_PREFIX",
@@ -63,6 +65,8 @@ ROUTER_MODELS: Final = "cs.router.models"
 # every live router answers (no queue group): how many routers are taking work right now
 ROUTER_ROLLCALL: Final = "cs.router.rollcall"
 BREAKER_FAIL_PREFIX: Final = "cs.breaker.fail"
+# edge -> every edge: what it admitted and holds in flight for users' and keys' rate limits
+RATE_NOTE: Final = "cs.rate.note"
 # cs.router.alive.<router id>: answered by that router alone (the edge checks that the router
 # holding its requests lives; "no responders" = it died)
 ROUTER_ALIVE_PREFIX: Final = "cs.router.alive"

@@ -1,0 +1,348 @@
+"""Rate limits of users and keys at the edge, pure: requests per minute (RPM), tokens per
+minute (TPM) and requests in flight (concurrency). No I/O: ``edge/ratelimit_bus.py`` feeds it
+what the other edges counted (core-NATS notes) and the tokens each request used (its
+``RequestCompleted`` fact), and calls :meth:`Limiter.admit` on the request path.
+
+**Windows.** A minute is a ring of 60 one-second slots (:class:`Window`): adding is O(1),
+the total is kept as slots expire (O(1) amortised), and only a refusal walks the ring to say
+when the window admits again (``retry-after``). A slot counts until 60 s after its second
+began, so the window is 59-60 s wide.
+
+**Who is counted.** A request is counted on its key (``k:<key id>``) and its user
+(``u:<user id>``) when that record has an rpm or tpm limit; both limits apply, the stricter
+wins (a refusal names the limit that refused; ``retry-after`` is the longest wait of those
+that refuse). A refused request is not counted.
+
+**Tokens.** TPM counts every token of a request's usage (input, cache reads and writes,
+output) as the router extracted it into ``RequestCompleted``. Those come only after the
+answer, so on admission the prompt is estimated (body bytes / 4, the rule the router uses for
+``usage_estimated``) and counted at once; when the request's fact arrives the estimate is
+replaced by the real usage, in the slot of its admission (or now, when that slot has left the
+window). A request is refused when the window is at the limit, or when the window is not empty
+and its estimate would pass the limit (one request larger than the whole limit still passes on
+an empty window: else it could never run).
+
+**Concurrency.** Requests in flight per key and per user (:class:`InFlight`): this edge's own
+count plus the last count each other edge announced (absolute numbers, not increments: a
+lost or repeated note heals with the next one, and an edge that stops announcing is forgotten
+after ``INFLIGHT_STALE_S``, so a dead edge leaks nothing).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from schemas.errors import GatewayError
+from schemas.users import Limits
+
+__all__ = [
+    "INFLIGHT_STALE_S",
+    "SPAN_S",
+    "Admission",
+    "InFlight",
+    "Limiter",
+    "RateLimited",
+    "RateTable",
+    "Window",
+    "estimate_tokens",
+]
+
+SPAN_S = 60  # one minute, in one-second slots
+# an edge whose in-flight counts were not repeated for this long is taken for dead
+INFLIGHT_STALE_S = 3.0
+# how long a client is told to wait when its requests in flight are at the limit
+CONCURRENCY_RETRY_S = 1
+
+
+def estimate_tokens(body_bytes: int) -> int:
+    """The prompt's tokens before anyone counted them: ~4 bytes a token."""
+    return body_bytes // 4
+
+
+class RateLimited(GatewayError):
+    """429 with ``retry-after`` (whole seconds until the window admits): Anthropic
+    ``rate_limit_error``, OpenAI ``rate_limit_exceeded``, Gemini ``RESOURCE_EXHAUSTED``.
+    ``code``: rate_limit_exceeded (rpm, tpm) | concurrency_limit_exceeded."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after_s: int, *, code: str | None = None,
+                 user_id: str | None = None, key_id: str | None = None) -> None:
+        super().__init__(message, code=code, retryable=True, retry_after=str(retry_after_s))
+        self.retry_after_s = retry_after_s
+        self.user_id = user_id
+        self.key_id = key_id
+
+
+class Window:
+    """Counts of the last ``SPAN_S`` seconds in one-second slots."""
+
+    __slots__ = ("_head", "_slots", "total")
+
+    def __init__(self) -> None:
+        self._slots = [0] * SPAN_S
+        self._head: int | None = None  # the newest second the ring holds
+        self.total = 0
+
+    def _advance(self, sec: int) -> None:
+        head = self._head
+        if head is None or sec - head >= SPAN_S:
+            if self.total or head is None:
+                self._slots = [0] * SPAN_S
+                self.total = 0
+            self._head = sec
+            return
+        if sec <= head:
+            return
+        slots = self._slots
+        for s in range(head + 1, sec + 1):
+            i = s % SPAN_S
+            self.total -= slots[i]
+            slots[i] = 0
+        self._head = sec
+
+    def add(self, sec: int, n: int) -> bool:
+        """Count ``n`` at second ``sec`` (now, or a second still in the window: False and
+        nothing counted when it has left it)."""
+        self._advance(sec)
+        assert self._head is not None
+        if sec <= self._head - SPAN_S:
+            return False
+        self._slots[sec % SPAN_S] += n
+        self.total += n
+        return True
+
+    def count(self, now: float) -> int:
+        self._advance(int(now))
+        return self.total
+
+    def wait(self, now: float, level: int) -> float:
+        """Seconds from ``now`` until the total falls to ``level`` or below (0: it is)."""
+        sec = int(now)
+        self._advance(sec)
+        remaining = self.total
+        if remaining <= level:
+            return 0.0
+        for s in range(sec - SPAN_S + 1, sec + 1):
+            remaining -= self._slots[s % SPAN_S]
+            if remaining <= level:
+                return s + SPAN_S - now
+        return SPAN_S - (now - sec)  # (not reached: the ring sums to the total)
+
+
+class RateTable:
+    """RPM and TPM windows per subject (``u:<id>`` / ``k:<id>``), and the token estimates of
+    admitted requests until their real usage is known."""
+
+    def __init__(self) -> None:
+        self.requests: dict[str, Window] = {}
+        self.tokens: dict[str, Window] = {}
+        # request id -> (second admitted, estimate, subjects), oldest first
+        self._reserved: dict[str, tuple[int, int, tuple[str, ...]]] = {}
+
+    def _window(self, table: dict[str, Window], subject: str) -> Window:
+        w = table.get(subject)
+        if w is None:
+            w = table[subject] = Window()
+        return w
+
+    def requests_in(self, subject: str, now: float) -> int:
+        w = self.requests.get(subject)
+        return w.count(now) if w is not None else 0
+
+    def tokens_in(self, subject: str, now: float) -> int:
+        w = self.tokens.get(subject)
+        return w.count(now) if w is not None else 0
+
+    def record(self, request_id: str, estimate: int, subjects: tuple[str, ...],
+               now: float) -> None:
+        """An admitted request (here or on another edge): one request and its estimate."""
+        sec = int(now)
+        for s in subjects:
+            self._window(self.requests, s).add(sec, 1)
+            if estimate:
+                self._window(self.tokens, s).add(sec, estimate)
+        self._reserved[request_id] = (sec, estimate, subjects)
+        self._expire(sec)
+
+    def settle(self, request_id: str, tokens: int, subjects: tuple[str, ...],
+               now: float) -> None:
+        """A request's real usage: it replaces the estimate (``subjects``: whom to count
+        when this edge never saw the admission, e.g. it started after it)."""
+        sec = int(now)
+        reserved = self._reserved.pop(request_id, None)
+        if reserved is None:
+            for s in subjects:
+                if tokens:
+                    self._window(self.tokens, s).add(sec, tokens)
+            return
+        at, estimate, counted = reserved
+        for s in counted:
+            w = self._window(self.tokens, s)
+            w.count(now)  # the window moved on to now first
+            if not w.add(at, tokens - estimate):  # the admission left the window
+                w.add(sec, tokens)
+
+    def _expire(self, sec: int) -> None:
+        reserved = self._reserved
+        while reserved:
+            rid = next(iter(reserved))
+            if reserved[rid][0] > sec - SPAN_S:
+                break
+            del reserved[rid]
+
+    def retry_requests(self, subject: str, limit: int, now: float) -> float:
+        return self.requests[subject].wait(now, limit - 1)
+
+    def retry_tokens(self, subject: str, level: int, now: float) -> float:
+        return self.tokens[subject].wait(now, level)
+
+
+class InFlight:
+    """Requests in flight per subject: this edge's own and the last count of every other
+    edge. ``changed`` collects the subjects whose own count moved since the last note."""
+
+    def __init__(self) -> None:
+        self.local: dict[str, int] = {}
+        self.changed: set[str] = set()
+        self._remote: dict[str, tuple[float, dict[str, int]]] = {}  # edge -> (seen, counts)
+        self._remote_total: dict[str, int] = {}
+
+    def total(self, subject: str) -> int:
+        return self.local.get(subject, 0) + self._remote_total.get(subject, 0)
+
+    def acquire(self, subject: str) -> None:
+        self.local[subject] = self.local.get(subject, 0) + 1
+        self.changed.add(subject)
+
+    def release(self, subject: str) -> None:
+        n = self.local.get(subject, 0) - 1
+        if n > 0:
+            self.local[subject] = n
+        else:
+            self.local.pop(subject, None)
+        self.changed.add(subject)
+
+    def take_changes(self) -> dict[str, int]:
+        """The own counts that moved since the last call (0 included): the next note."""
+        out = {s: self.local.get(s, 0) for s in self.changed}
+        self.changed.clear()
+        return out
+
+    def apply(self, edge: str, counts: dict[str, int], now: float, full: bool = False) -> None:
+        """Another edge's counts (``full``: all of them, subjects missing are 0)."""
+        seen, held = self._remote.get(edge, (now, {}))
+        totals = self._remote_total
+        if full:
+            counts = {**{s: 0 for s in held}, **counts}
+        for s, n in counts.items():
+            delta = n - held.get(s, 0)
+            if delta:
+                t = totals.get(s, 0) + delta
+                if t > 0:
+                    totals[s] = t
+                else:
+                    totals.pop(s, None)
+            if n > 0:
+                held[s] = n
+            else:
+                held.pop(s, None)
+        if held:
+            self._remote[edge] = (now, held)
+        else:
+            self._remote.pop(edge, None)
+
+    def forget(self, edge: str) -> None:
+        self.apply(edge, {}, 0.0, full=True)
+
+    def expire(self, now: float, stale_s: float = INFLIGHT_STALE_S) -> list[str]:
+        """Forget the edges silent for ``stale_s`` (dead ones): the edges forgotten."""
+        gone = [e for e, (seen, _) in self._remote.items() if now - seen > stale_s]
+        for e in gone:
+            self.forget(e)
+        return gone
+
+
+class Admission(NamedTuple):
+    """An admitted request: what was counted, so it can be released and announced."""
+
+    request_id: str
+    estimate: int
+    counted: tuple[str, ...]  # rpm/tpm subjects
+    held: tuple[str, ...]  # concurrency subjects
+
+
+_NOTHING = Admission("", 0, (), ())
+
+
+class _Rule(NamedTuple):
+    subject: str
+    label: str  # "user alice", "API key 'laptop' (cs-Ab12…) of user alice"
+    limits: Limits
+
+
+class Limiter:
+    """The check on the request path: :meth:`admit` refuses (``RateLimited``) or counts."""
+
+    def __init__(self) -> None:
+        self.rates = RateTable()
+        self.inflight = InFlight()
+        # what other edges must hear: admissions (request id, estimate, subjects)
+        self.outbox: list[tuple[str, int, tuple[str, ...]]] = []
+
+    def admit(self, request_id: str, user: tuple[str, str, Limits] | None,
+              key: tuple[str, str, Limits] | None, body_bytes: int, now: float) -> Admission:
+        """``user``/``key``: (id, name for messages, limits), None without users."""
+        rules: list[_Rule] = []
+        if key is not None and _limited(key[2]):
+            rules.append(_Rule("k:" + key[0], key[1], key[2]))
+        if user is not None and _limited(user[2]):
+            rules.append(_Rule("u:" + user[0], user[1], user[2]))
+        if not rules:
+            return _NOTHING
+        estimate = estimate_tokens(body_bytes)
+        refusals: list[tuple[float, str, str]] = []  # (wait s, why, code)
+        rates, inflight = self.rates, self.inflight
+        for r in rules:
+            lim = r.limits
+            if lim.rpm is not None and rates.requests_in(r.subject, now) >= lim.rpm:
+                refusals.append((rates.retry_requests(r.subject, lim.rpm, now),
+                                 f"{r.label} allows {lim.rpm} requests per minute",
+                                 "rate_limit_exceeded"))
+            if lim.tpm is not None:
+                used = rates.tokens_in(r.subject, now)
+                if used >= lim.tpm or (used > 0 and used + estimate > lim.tpm):
+                    level = max(0, lim.tpm - estimate)
+                    refusals.append((rates.retry_tokens(r.subject, level, now),
+                                     f"{r.label} allows {lim.tpm} tokens per minute ({used} "
+                                     f"used in the last minute, this request ~{estimate})",
+                                     "rate_limit_exceeded"))
+            if lim.concurrency is not None and inflight.total(r.subject) >= lim.concurrency:
+                refusals.append((float(CONCURRENCY_RETRY_S),
+                                 f"{r.label} allows {lim.concurrency} requests in flight at "
+                                 "once", "concurrency_limit_exceeded"))
+        if refusals:
+            wait, why, code = max(refusals)
+            seconds = max(1, math.ceil(wait))
+            raise RateLimited(f"rate limit reached: {why}; retry in {seconds} s", seconds,
+                              code=code, user_id=user[0] if user else None,
+                              key_id=key[0] if key else None)
+        counted = tuple(r.subject for r in rules if r.limits.rpm or r.limits.tpm)
+        held = tuple(r.subject for r in rules if r.limits.concurrency)
+        if counted:
+            rates.record(request_id, estimate, counted, now)
+            self.outbox.append((request_id, estimate, counted))
+        for s in held:
+            inflight.acquire(s)
+        return Admission(request_id, estimate, counted, held)
+
+    def release(self, admission: Admission) -> None:
+        """The request ended (answered, failed, its client gone, its router lost)."""
+        for s in admission.held:
+            self.inflight.release(s)
+
+
+def _limited(limits: Limits) -> bool:
+    return limits.rpm is not None or limits.tpm is not None or limits.concurrency is not None

@@ -1,0 +1,209 @@
+"""The NATS side of the rate limits (``edge/ratelimit.py`` is the pure core): counting across
+all edges, the way the routers count circuit-breaker failures.
+
+- Every edge counts what it admits in its own windows and tells the others on core NATS
+  (``cs.rate.note``, fire and forget, no ack): a note carries every admission since the last
+  one (request id, prompt estimate, subjects) and this edge's requests in flight that changed.
+  A note goes out as soon as the event loop comes round (an ``asyncio.Event`` wakes the sender;
+  under load one note carries many admissions). The others fold it in at their own clock
+  (no timestamps travel, so clock skew between edges does not matter).
+- Every edge subscribes to ``llm.response.>``, the ``RequestCompleted`` facts the routers and
+  edges already publish (JetStream-stored subjects reach core subscribers too), and settles
+  each request's token estimate with its real usage. Every edge reads the same facts, so no
+  note is needed for the tokens.
+- Requests in flight are announced as absolute counts, again every second while any is in
+  flight; an edge not heard for ``INFLIGHT_STALE_S`` is forgotten (a dead edge's requests are
+  no longer held against anyone), and an edge that stops says 0 for all.
+
+Nothing here is awaited on the request path: :meth:`RateLimits.admit` and :meth:`release`
+are synchronous and O(1) in the number of users and keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from edge.auth import Directory, Principal
+from edge.ratelimit import Admission, Limiter
+from schemas.events import Usage
+from schemas.ratelimit import RateNote
+from schemas.subjects import RATE_NOTE, RESPONSE_PREFIX
+from schemas.users import Limits
+
+__all__ = ["RateLimits"]
+
+log = logging.getLogger("codeswitch.edge.ratelimit")
+
+_note_enc = msgspec.json.Encoder()
+_note_dec = msgspec.json.Decoder(RateNote)
+HEARTBEAT_S = 1.0
+
+
+class _Done(msgspec.Struct):
+    """The part of a ``RequestCompleted`` fact that settles a request's tokens."""
+
+    request_id: str = ""
+    user_id: str | None = None
+    key_id: str | None = None
+    usage: Usage | None = None
+
+
+_done_dec = msgspec.json.Decoder(_Done)
+
+
+def _rated(limits: Limits) -> bool:
+    return limits.rpm is not None or limits.tpm is not None or limits.concurrency is not None
+
+
+class RateLimits:
+    """One per edge: ``admit`` on the request path, ``release`` when the request ends."""
+
+    def __init__(self, directory: Directory) -> None:
+        self.directory = directory
+        self.core = Limiter()
+        self.edge_id = ""
+        self.nc: NATS | None = None
+        self._subs: list[Subscription] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self.notes_sent = 0
+        self.notes_folded = 0
+
+    async def start(self, nc: NATS, edge_id: str) -> None:
+        self.nc, self.edge_id = nc, edge_id
+        self._subs = [
+            await nc.subscribe(RATE_NOTE, cb=self._on_note, pending_msgs_limit=1_000_000),
+            await nc.subscribe(f"{RESPONSE_PREFIX}.>", cb=self._on_fact,
+                               pending_msgs_limit=1_000_000),
+        ]
+        self._tasks = [asyncio.create_task(self._sender()),
+                       asyncio.create_task(self._heartbeat())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        nc = self.nc
+        if nc is not None and nc.is_connected and self.core.inflight.local:
+            with contextlib.suppress(Exception):  # this edge holds nothing any more
+                await nc.publish(RATE_NOTE, _note_enc.encode(RateNote(e=self.edge_id,
+                                                                      full=True)))
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    # -- the request path -----------------------------------------------------------------
+    def admit(self, principal: Principal, request_id: str, body_bytes: int,
+              now: float | None = None) -> Admission | None:
+        """Count the request, or raise ``RateLimited`` (429 with retry-after). None: nothing
+        limits it (no users, or neither its key nor its user has a rate limit)."""
+        kid = principal.key_id
+        if kid is None:
+            return None
+        d = self.directory
+        key = d.keys.get(kid)
+        user = d.users.get(principal.user_id or "")
+        if key is None or user is None:
+            return None
+        if not _rated(key.limits) and not _rated(user.limits):
+            return None
+        adm = self.core.admit(
+            request_id, (user.id, f"user {user.name}", user.limits),
+            (key.id, f"API key {key.name!r} ({key.prefix}…) of user {user.name}", key.limits),
+            body_bytes, time.time() if now is None else now)
+        if adm.counted or adm.held:
+            self._wake.set()
+        return adm
+
+    def release(self, admission: Admission | None) -> None:
+        if admission is not None and admission.held:
+            self.core.release(admission)
+            self._wake.set()
+
+    # -- notes ------------------------------------------------------------------------------
+    async def _sender(self) -> None:
+        """Send what was counted since the last note, whenever there is something."""
+        core = self.core
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            admitted = core.outbox
+            core.outbox = []
+            changed = core.inflight.take_changes()
+            if not admitted and not changed:
+                continue
+            note = RateNote(e=self.edge_id, a=[(r, n, list(s)) for r, n, s in admitted],
+                            c=changed)
+            await self._send(note)
+
+    async def _send(self, note: RateNote) -> None:
+        nc = self.nc
+        if nc is None or not nc.is_connected:
+            return  # the others miss these admissions (see docs/architecture.md)
+        try:
+            await nc.publish(RATE_NOTE, _note_enc.encode(note))
+            self.notes_sent += 1
+        except Exception as exc:
+            log.debug("rate note not sent: %s", exc)
+
+    async def _heartbeat(self) -> None:
+        """Every second: this edge's requests in flight again (while it holds any), and the
+        other edges that went silent forgotten."""
+        was_holding = False
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            local = self.core.inflight.local
+            if local or was_holding:
+                await self._send(RateNote(e=self.edge_id, c=dict(local), full=True))
+            was_holding = bool(local)
+            gone = self.core.inflight.expire(time.time())
+            if gone:
+                log.info("rate limits: forgot the requests in flight of silent edge(s) %s",
+                         ", ".join(gone))
+
+    async def _on_note(self, msg: Msg) -> None:
+        try:
+            note = _note_dec.decode(msg.data)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return
+        if note.e == self.edge_id:
+            return  # counted when it happened
+        self.fold(note, time.time())
+
+    def fold(self, note: RateNote, now: float) -> None:
+        """Another edge's note, counted at this edge's clock."""
+        rates = self.core.rates
+        for rid, estimate, subjects in note.a:
+            rates.record(rid, estimate, tuple(subjects), now)
+        if note.c or note.full:
+            self.core.inflight.apply(note.e, note.c, now, full=note.full)
+        self.notes_folded += 1
+
+    async def _on_fact(self, msg: Msg) -> None:
+        if not self.directory.users:
+            return
+        try:
+            done = _done_dec.decode(msg.data)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return
+        self.settle(done, time.time())
+
+    def settle(self, done: _Done, now: float) -> None:
+        if done.key_id is None:
+            return
+        tokens = done.usage.total_tokens if done.usage is not None else 0
+        subjects: list[str] = []  # for a request this edge never saw admitted
+        d = self.directory
+        key, user = d.keys.get(done.key_id), d.users.get(done.user_id or "")
+        if key is not None and key.limits.tpm is not None:
+            subjects.append("k:" + key.id)
+        if user is not None and user.limits.tpm is not None:
+            subjects.append("u:" + user.id)
+        self.core.rates.settle(done.request_id, tokens, tuple(subjects), now)

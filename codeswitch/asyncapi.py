@@ -55,6 +55,7 @@ from runtime.home import DEFAULT_NATS_URL
 from schemas import subjects as s
 from schemas.dialects import DIALECTS
 from schemas.envelope import ENV_HEADER, ReplyStart, RequestEnvelope
+from schemas.ratelimit import RateNote
 from schemas.events import (
     AdminAction,
     AlertFired,
@@ -392,6 +393,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "breaker.fail", _breaker, "router", "receive", _struct(FailureNote),
         f"Every router subscribes to `{s.BREAKER_FAIL_PREFIX}.>` (its own notes are skipped: "
         "counted when they happened)."),
+    Endpoint(
+        "rate.note", s.RATE_NOTE, "edge", "send", _struct(RateNote),
+        "What an edge counted toward users' and keys' rate limits since its last note (the "
+        "requests it admitted with their prompt estimates, its requests in flight), fire and "
+        "forget (core NATS), as soon as its event loop comes round; its requests in flight "
+        "again every second while it holds any."),
+    Endpoint(
+        "rate.note", s.RATE_NOTE, "edge", "receive", _struct(RateNote),
+        "Every edge folds the other edges' notes into its RPM/TPM windows and in-flight "
+        "counts at its own clock (its own notes are skipped); an edge silent for 3 s is "
+        "forgotten."),
     # -- the ledger's queries -------------------------------------------------------------------
     Endpoint(
         "ledger", _ledger, "cli", "send", LEDGER_QUERY,
@@ -433,6 +445,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "llm.response", _response, "cli", "receive", _struct(RequestCompleted),
         TAIL_READS, headers=FACT_HEADERS, correlation=BY_REQUEST),
+    Endpoint(
+        "llm.response", _response, "edge", "receive", _struct(RequestCompleted),
+        "Every edge (a core NATS subscription) settles the request's prompt estimate with "
+        "its usage in the windows of users' and keys' tokens-per-minute limits.",
+        headers=FACT_HEADERS, correlation=BY_REQUEST),
     Endpoint(
         "provider.circuit", _circuit, "router", "send", _struct(CircuitChanged),
         "A circuit breaker changed state; published only by the router whose KV write won, "

@@ -55,7 +55,6 @@ from runtime.home import DEFAULT_NATS_URL
 from schemas import subjects as s
 from schemas.dialects import DIALECTS
 from schemas.envelope import ENV_HEADER, ReplyStart, RequestEnvelope
-from schemas.ratelimit import RateNote
 from schemas.events import (
     AdminAction,
     AlertFired,
@@ -68,6 +67,7 @@ from schemas.events import (
     RequestCompleted,
     SessionDeleted,
 )
+from schemas.ratelimit import RateNote
 
 __all__ = [
     "ENDPOINTS",

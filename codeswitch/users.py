@@ -15,9 +15,10 @@ from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from codeswitch.audit import AdminLog
+from codeswitch.name_claims import NameTaken, claim, key_entry, release, user_entry
 from runtime import bus, names
 from schemas.users import (
     Key,
@@ -135,6 +136,36 @@ async def _write(nc: NATS, d: Directory, bucket: str, key: str, record: Any) -> 
         d.keys[key] = record
 
 
+async def _live(nc: NATS, bucket: str, record_id: str) -> bool:
+    """The record exists (a key: and is not revoked): its name is taken."""
+    kv = await nc.jetstream().key_value(bucket)
+    try:
+        entry = await kv.get(record_id)
+    except KeyNotFoundError:
+        return False
+    if bucket == names.KEYS_BUCKET:
+        try:
+            return _key_dec.decode(entry.value or b"").revoked is None
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return False
+    return True
+
+
+async def _claimed_write(nc: NATS, d: Directory, bucket: str, record: Any, entry: str,
+                         taken: str) -> None:
+    """Claim the record's name (``cs_names``), then write it; a failed write gives the name
+    back (nothing half-written)."""
+    try:
+        await claim(nc, entry, record.id, lambda rid: _live(nc, bucket, rid))
+    except NameTaken:
+        raise UserError(taken) from None
+    try:
+        await _write(nc, d, bucket, record.id, record)
+    except BaseException:
+        await release(nc, entry, record.id)
+        raise
+
+
 async def _delete(nc: NATS, d: Directory, bucket: str, key: str) -> None:
     kv = await nc.jetstream().key_value(bucket)
     await kv.delete(key)
@@ -199,7 +230,8 @@ async def add_user(nc: NATS, audit: AdminLog, name: str, *, role: str = "user",
                     created=time.time(), limits=limits or Limits())
     except (ValueError, msgspec.ValidationError) as exc:
         raise UserError(str(exc)) from None
-    await _write(nc, d, names.USERS_BUCKET, user.id, user)
+    await _claimed_write(nc, d, names.USERS_BUCKET, user, user_entry(name),
+                         f"a user named {name!r} exists")
     await audit.record("user.created", f"user:{name}", id=user.id, role=user.role,
                        display_name=display_name or None,
                        limits=_limits_json(user.limits) if not user.limits.empty() else None,
@@ -267,8 +299,10 @@ async def remove_user(nc: NATS, audit: AdminLog, ref: str, *,
     user = d.user(ref)
     keys = d.keys_of(user.id)
     await _delete(nc, d, names.USERS_BUCKET, user.id)
+    await release(nc, user_entry(user.name), user.id)
     for key in keys:
         await _delete(nc, d, names.KEYS_BUCKET, key.id)
+        await release(nc, key_entry(user.id, key.name), key.id)
         if key.revoked is None:
             await audit.record("key.revoked", f"key:{user.name}/{key.name}", id=key.id,
                                user=user.id, reason="user removed")
@@ -339,7 +373,9 @@ async def create_key(nc: NATS, audit: AdminLog, user_ref: str, *, name: str | No
                   limits=limits or Limits())
     except (ValueError, msgspec.ValidationError) as exc:
         raise UserError(str(exc)) from None
-    await _write(nc, d, names.KEYS_BUCKET, key.id, key)
+    await _claimed_write(nc, d, names.KEYS_BUCKET, key, key_entry(user.id, key.name),
+                         f"user {user.name} has a key named {key.name!r} already (revoke it, "
+                         "or choose another --name)")
     await audit.record("key.created", f"key:{user.name}/{key.name}", id=key.id, user=user.id,
                        prefix=key.prefix, models=key.models or None, expires=expires,
                        limits=_limits_json(key.limits) if not key.limits.empty() else None)
@@ -376,7 +412,13 @@ async def update_key(nc: NATS, audit: AdminLog, ref: str, *, name: str | None = 
         raise UserError(str(exc)) from None
     if new == key:
         return key, []
-    await _write(nc, d, names.KEYS_BUCKET, key.id, new)
+    if new.name != key.name:  # the new name claimed, the old one given back
+        await _claimed_write(nc, d, names.KEYS_BUCKET, new, key_entry(key.user, new.name),
+                             f"user {user.name if user else key.user} has a key named "
+                             f"{new.name!r} already (revoke it, or choose another name)")
+        await release(nc, key_entry(key.user, key.name), key.id)
+    else:
+        await _write(nc, d, names.KEYS_BUCKET, key.id, new)
     target = f"key:{d.label(key)}"
     changed: dict[str, Any] = {}
     for f in ("name", "models", "expires", "enabled"):
@@ -399,6 +441,7 @@ async def revoke_key(nc: NATS, audit: AdminLog, ref: str, *,
         raise UserError(f"key {d.label(key)} was revoked already")
     new = msgspec.structs.replace(key, revoked=time.time())
     await _write(nc, d, names.KEYS_BUCKET, key.id, new)
+    await release(nc, key_entry(key.user, key.name), key.id)  # the name is free again
     await audit.record("key.revoked", f"key:{d.label(key)}", id=key.id, user=key.user)
     return new
 

@@ -233,7 +233,7 @@ class InFlight:
 
     def apply(self, edge: str, counts: dict[str, int], now: float, full: bool = False) -> None:
         """Another edge's counts (``full``: all of them, subjects missing are 0)."""
-        seen, held = self._remote.get(edge, (now, {}))
+        _, held = self._remote.get(edge, (now, {}))
         totals = self._remote_total
         if full:
             counts = {**{s: 0 for s in held}, **counts}

@@ -27,6 +27,7 @@ __all__ = [
     "is_ledger_durable",
     "ledger_durable",
     "MCP_BUCKET",
+    "NAMES_BUCKET",
     "PRESENCE_BUCKET",
     "PROVIDERS_BUCKET",
     "REQUESTS_STREAM",
@@ -65,6 +66,9 @@ ALERT_STATE_BUCKET: Final = "cs_alert_state"
 # users and their API keys (schemas/users.py), watched by every edge
 USERS_BUCKET: Final = "cs_users"
 KEYS_BUCKET: Final = "cs_keys"
+# the names of users and of each user's live keys -> their ids: a KV create claims a name, so
+# two concurrent `user add` (or `key create`) of one name cannot both succeed
+NAMES_BUCKET: Final = "cs_names"
 # session affinity (workers/router/affinity.py): hash of session+model -> the provider that
 # served it last; memory storage (nothing of a session on disk), per-message TTL
 AFFINITY_BUCKET: Final = "cs_affinity"
@@ -93,6 +97,8 @@ KV_BUCKETS: Final[dict[str, dict[str, Any]]] = {
     USERS_BUCKET: {"history": 5, "description": "gateway users (one key per user id)"},
     KEYS_BUCKET: {"history": 5, "description": "API keys: hash, owner, models, expiry "
                   "(one key per key id; never the secret)"},
+    NAMES_BUCKET: {"history": 1, "description": "names of users and of their live keys -> "
+                   "ids, claimed with a KV create (the CLI)"},
 }
 
 

@@ -10,6 +10,13 @@ against the key's globs. Half the keys have a model allow-list (``claude-*``, ``
 Measured with ``time.process_time`` over N calls (one thread: the CPU the edge's event loop
 spends), best and median of R rounds. Refusals (401 unknown key, 403 revoked key) are timed
 too: they raise, and the edge renders an error body after them (not included).
+
+``--limits`` (the default) also gives every user and key an RPM, TPM and concurrency limit
+(high enough never to refuse) and times what the rate limits add per request
+(``edge/ratelimit_bus.py``): the check and count on the request path with the release at its
+end; the note that tells the other edges (one admission per note: the worst case, a note
+carries many under load); folding another edge's note (one request); settling a request's
+tokens from its ``RequestCompleted`` fact (every edge reads every fact).
 """
 
 from __future__ import annotations
@@ -28,17 +35,25 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge.auth import Directory, authenticate
+from edge.ratelimit_bus import RateLimits, _done_dec, _note_dec, _note_enc
 from schemas.config import GatewaySettings
 from schemas.errors import GatewayError
-from schemas.users import Key, User, hash_secret, new_secret
+from schemas.events import RequestCompleted, Usage, encode_event
+from schemas.ratelimit import RateNote
+from schemas.users import Key, Limits, User, hash_secret, new_secret
+
+# limits that never refuse (the bench times the counting, not refusals)
+BIG = Limits(rpm=10**9, tpm=10**12, concurrency=10**6)
 
 
-def build(users: int, keys: int) -> tuple[Directory, list[str], str]:
+def build(users: int, keys: int, limits: Limits | None = None
+          ) -> tuple[Directory, list[str], str]:
     """A directory as an edge holds it after the KV watch: records applied one by one."""
     enc = msgspec.json.Encoder()
     d = Directory()
     for i in range(users):
-        d.apply_user(f"u_{i:06d}", enc.encode(User(id=f"u_{i:06d}", name=f"user{i}")))
+        d.apply_user(f"u_{i:06d}", enc.encode(User(id=f"u_{i:06d}", name=f"user{i}",
+                                                   limits=limits or Limits())))
     secrets: list[str] = []
     revoked = ""
     for i in range(keys):
@@ -46,7 +61,7 @@ def build(users: int, keys: int) -> tuple[Directory, list[str], str]:
         key = Key(id=f"k_{i:06d}", name=f"key{i}", user=f"u_{i % users:06d}",
                   hash=hash_secret(secret), prefix=secret[:7],
                   models=["claude-*", "gpt-5*"] if i % 2 else [],
-                  revoked=time.time() if i == keys - 1 else None)
+                  revoked=time.time() if i == keys - 1 else None, limits=limits or Limits())
         d.apply_key(key.id, enc.encode(key))
         if key.revoked is None:
             secrets.append(secret)
@@ -72,10 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", type=int, default=200_000, help="calls per round")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--no-limits", dest="limits", action="store_false",
+                    help="users and keys without rate limits (phase 1's numbers)")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
-    directory, secrets, revoked = build(args.users, args.keys)
+    directory, secrets, revoked = build(args.users, args.keys, BIG if args.limits else None)
     built = time.perf_counter() - t0
     settings = GatewaySettings()
     empty = Directory()
@@ -105,10 +122,67 @@ def main(argv: list[str] | None = None) -> int:
                 pass
         return call
 
+    limits = RateLimits(directory)
+    limits.edge_id = "bench"
+    limits.any_tpm = True
+    seq = 0
+
+    def with_limits() -> None:  # what EdgeApp._llm runs: auth, model, admit ... release
+        nonlocal i, seq
+        i = (i + 1) & 4095
+        seq += 1
+        p = authenticate(headers[i], "", settings, directory)
+        p.check_model(model)
+        limits.release(limits.admit(p, f"r{seq}", 2400))
+        if len(limits.core.outbox) > 1000:
+            limits.core.outbox.clear()  # the sender takes them (timed below)
+
+    principals = [authenticate(h, "", settings, directory) for h in headers]
+    for n, p in enumerate(principals):  # a window per key and user, as under traffic
+        limits.release(limits.admit(p, f"warm{n}", 2400))
+
+    def note_out() -> None:  # the sender: one admission per note
+        nonlocal i, seq
+        i = (i + 1) & 4095
+        seq += 1
+        p = principals[i]
+        subjects = [f"k:{p.key_id}", f"u:{p.user_id}"]
+        _note_enc.encode(RateNote(e="bench", a=[(f"r{seq}", 600, subjects)], c={}))
+
+    notes = [_note_enc.encode(RateNote(e="other", a=[(f"o{n}", 600, [f"k:{p.key_id}",
+                                                                      f"u:{p.user_id}"])]))
+             for n, p in enumerate(principals)]
+
+    def note_in() -> None:  # another edge's request folded in
+        nonlocal i
+        i = (i + 1) & 4095
+        limits.fold(_note_dec.decode(notes[i]), time.time())
+
+    facts = [encode_event(RequestCompleted(
+        id=f"e{n}", ts=time.time(), request_id=f"o{n}", dialect="anthropic",
+        operation="messages", model=model, stream=True, status=200, received_at=time.time(),
+        duration_ms=900.0, user_id=p.user_id, key_id=p.key_id, provider="anthropic",
+        usage=Usage(input_tokens=1200, output_tokens=300, cache_read_tokens=20000)))
+        for n, p in enumerate(principals)]
+
+    def fact_in() -> None:  # a request's usage settled from its fact
+        nonlocal i
+        i = (i + 1) & 4095
+        limits.settle(_done_dec.decode(facts[i]), time.time())
+
     rows = {
         "no users (today)": per_call_us(without_users, args.n, args.rounds),
         f"{args.users:,} users, {args.keys:,} keys": per_call_us(with_users, args.n,
                                                                args.rounds),
+    }
+    if args.limits:
+        rows.update({
+            "+ limits: check, count, release": per_call_us(with_limits, args.n, args.rounds),
+            "  note out (per request, worst)": per_call_us(note_out, args.n, args.rounds),
+            "  note in (another edge's req.)": per_call_us(note_in, args.n, args.rounds),
+            "  fact in (TPM settled)": per_call_us(fact_in, args.n, args.rounds),
+        })
+    rows |= {
         "unknown key (401)": per_call_us(refused("cs-not-a-key"), args.n // 4, args.rounds),
         "revoked key (403)": per_call_us(refused(revoked), args.n // 4, args.rounds),
     }
@@ -118,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.n:,} calls x {args.rounds} rounds")
     print(f"{'':32} {'best µs':>9} {'median µs':>10} {'added µs':>9}")
     for name, (best, median) in rows.items():
-        print(f"{name:32} {best:9.2f} {median:10.2f} {best - base:9.2f}")
+        added = "" if name.startswith("  ") else f"{best - base:9.2f}"  # parts: their own
+        print(f"{name:32} {best:9.2f} {median:10.2f} {added:>9}")
     if args.json:
         args.json.write_text(json.dumps({
             "users": args.users, "keys": args.keys, "python": platform.python_version(),

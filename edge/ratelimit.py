@@ -42,6 +42,7 @@ __all__ = [
     "Admission",
     "InFlight",
     "Limiter",
+    "Plan",
     "RateLimited",
     "RateTable",
     "Window",
@@ -141,6 +142,7 @@ class RateTable:
         self.tokens: dict[str, Window] = {}
         # request id -> (second admitted, estimate, subjects), oldest first
         self._reserved: dict[str, tuple[int, int, tuple[str, ...]]] = {}
+        self._expired_at = 0
 
     def _window(self, table: dict[str, Window], subject: str) -> Window:
         w = table.get(subject)
@@ -164,8 +166,16 @@ class RateTable:
             self._window(self.requests, s).add(sec, 1)
             if estimate:
                 self._window(self.tokens, s).add(sec, estimate)
+        self.reserve(request_id, sec, estimate, subjects)
+
+    def reserve(self, request_id: str, sec: int, estimate: int,
+                subjects: tuple[str, ...]) -> None:
+        """Remember an admission's estimate until its usage settles it (or it leaves the
+        window: the oldest are dropped once a second)."""
         self._reserved[request_id] = (sec, estimate, subjects)
-        self._expire(sec)
+        if sec != self._expired_at:
+            self._expired_at = sec
+            self._expire(sec)
 
     def settle(self, request_id: str, tokens: int, subjects: tuple[str, ...],
                now: float) -> None:
@@ -274,17 +284,35 @@ class Admission(NamedTuple):
     held: tuple[str, ...]  # concurrency subjects
 
 
-_NOTHING = Admission("", 0, (), ())
+class Rule:
+    """One subject's limits as the request path uses them: its windows held directly (made
+    once per subject, never dropped), its label for the messages."""
+
+    __slots__ = ("concurrency", "label", "req", "rpm", "subject", "tok", "tpm")
+
+    def __init__(self, rates: RateTable, subject: str, label: str, limits: Limits) -> None:
+        self.subject = subject
+        self.label = label  # "user alice", "API key 'laptop' (cs-Ab12…) of user alice"
+        self.rpm = limits.rpm
+        self.tpm = limits.tpm
+        self.concurrency = limits.concurrency
+        self.req = rates._window(rates.requests, subject)
+        self.tok = rates._window(rates.tokens, subject)
 
 
-class _Rule(NamedTuple):
-    subject: str
-    label: str  # "user alice", "API key 'laptop' (cs-Ab12…) of user alice"
-    limits: Limits
+class Plan(NamedTuple):
+    """The rules of one key and its user (what :meth:`Limiter.check` runs), built once per
+    pair of records and kept until either changes."""
+
+    rules: tuple[Rule, ...]
+    counted: tuple[str, ...]  # subjects with rpm or tpm
+    held: tuple[str, ...]  # subjects with a concurrency limit
+    user_id: str | None
+    key_id: str | None
 
 
 class Limiter:
-    """The check on the request path: :meth:`admit` refuses (``RateLimited``) or counts."""
+    """The check on the request path: :meth:`check` refuses (``RateLimited``) or counts."""
 
     def __init__(self) -> None:
         self.rates = RateTable()
@@ -292,56 +320,106 @@ class Limiter:
         # what other edges must hear: admissions (request id, estimate, subjects)
         self.outbox: list[tuple[str, int, tuple[str, ...]]] = []
 
+    def plan(self, user: tuple[str, str, Limits] | None,
+             key: tuple[str, str, Limits] | None) -> Plan | None:
+        """``user``/``key``: (id, label for messages, limits). None: nothing limits them."""
+        rules: list[Rule] = []
+        if key is not None and _limited(key[2]):
+            rules.append(Rule(self.rates, "k:" + key[0], key[1], key[2]))
+        if user is not None and _limited(user[2]):
+            rules.append(Rule(self.rates, "u:" + user[0], user[1], user[2]))
+        if not rules:
+            return None
+        return Plan(tuple(rules),
+                    tuple(r.subject for r in rules if r.rpm is not None or r.tpm is not None),
+                    tuple(r.subject for r in rules if r.concurrency is not None),
+                    user[0] if user else None, key[0] if key else None)
+
     def admit(self, request_id: str, user: tuple[str, str, Limits] | None,
               key: tuple[str, str, Limits] | None, body_bytes: int, now: float) -> Admission:
-        """``user``/``key``: (id, name for messages, limits), None without users."""
-        rules: list[_Rule] = []
-        if key is not None and _limited(key[2]):
-            rules.append(_Rule("k:" + key[0], key[1], key[2]))
-        if user is not None and _limited(user[2]):
-            rules.append(_Rule("u:" + user[0], user[1], user[2]))
-        if not rules:
+        """:meth:`plan` and :meth:`check` in one (tests; the edge keeps its plans)."""
+        plan = self.plan(user, key)
+        if plan is None:
             return _NOTHING
-        estimate = estimate_tokens(body_bytes)
+        return self.check(plan, request_id, body_bytes, now)
+
+    def check(self, plan: Plan, request_id: str, body_bytes: int, now: float) -> Admission:
+        estimate = body_bytes // 4  # estimate_tokens, inlined
+        sec = int(now)
+        refused = False
+        inflight = self.inflight
+        for r in plan.rules:
+            if r.rpm is not None:
+                w = r.req
+                if w._head != sec:
+                    w._advance(sec)
+                if w.total >= r.rpm:
+                    refused = True
+            if r.tpm is not None:
+                w = r.tok
+                if w._head != sec:
+                    w._advance(sec)
+                used = w.total
+                if used >= r.tpm or (used > 0 and used + estimate > r.tpm):
+                    refused = True
+            if r.concurrency is not None and inflight.total(r.subject) >= r.concurrency:
+                refused = True
+        if refused:
+            raise self._refusal(plan, estimate, now)
+        counted = plan.counted
+        if counted:
+            slot = sec % SPAN_S
+            for r in plan.rules:
+                if r.rpm is not None or r.tpm is not None:
+                    w = r.req
+                    if w._head != sec:
+                        w._advance(sec)
+                    w._slots[slot] += 1
+                    w.total += 1
+                    if estimate:
+                        w = r.tok
+                        if w._head != sec:
+                            w._advance(sec)
+                        w._slots[slot] += estimate
+                        w.total += estimate
+            self.rates.reserve(request_id, sec, estimate, counted)
+            self.outbox.append((request_id, estimate, counted))
+        for s in plan.held:
+            inflight.acquire(s)
+        return Admission(request_id, estimate, counted, plan.held)
+
+    def _refusal(self, plan: Plan, estimate: int, now: float) -> RateLimited:
+        """Which limits refuse, and when the window admits again (the longest wait)."""
         refusals: list[tuple[float, str, str]] = []  # (wait s, why, code)
-        rates, inflight = self.rates, self.inflight
-        for r in rules:
-            lim = r.limits
-            if lim.rpm is not None and rates.requests_in(r.subject, now) >= lim.rpm:
-                refusals.append((rates.retry_requests(r.subject, lim.rpm, now),
-                                 f"{r.label} allows {lim.rpm} requests per minute",
+        for r in plan.rules:
+            if r.rpm is not None and r.req.count(now) >= r.rpm:
+                refusals.append((r.req.wait(now, r.rpm - 1),
+                                 f"{r.label} allows {r.rpm} requests per minute",
                                  "rate_limit_exceeded"))
-            if lim.tpm is not None:
-                used = rates.tokens_in(r.subject, now)
-                if used >= lim.tpm or (used > 0 and used + estimate > lim.tpm):
-                    level = max(0, lim.tpm - estimate)
-                    refusals.append((rates.retry_tokens(r.subject, level, now),
-                                     f"{r.label} allows {lim.tpm} tokens per minute ({used} "
+            if r.tpm is not None:
+                used = r.tok.count(now)
+                if used >= r.tpm or (used > 0 and used + estimate > r.tpm):
+                    refusals.append((r.tok.wait(now, max(0, r.tpm - estimate)),
+                                     f"{r.label} allows {r.tpm} tokens per minute ({used} "
                                      f"used in the last minute, this request ~{estimate})",
                                      "rate_limit_exceeded"))
-            if lim.concurrency is not None and inflight.total(r.subject) >= lim.concurrency:
+            if r.concurrency is not None and \
+                    self.inflight.total(r.subject) >= r.concurrency:
                 refusals.append((float(CONCURRENCY_RETRY_S),
-                                 f"{r.label} allows {lim.concurrency} requests in flight at "
+                                 f"{r.label} allows {r.concurrency} requests in flight at "
                                  "once", "concurrency_limit_exceeded"))
-        if refusals:
-            wait, why, code = max(refusals)
-            seconds = max(1, math.ceil(wait))
-            raise RateLimited(f"rate limit reached: {why}; retry in {seconds} s", seconds,
-                              code=code, user_id=user[0] if user else None,
-                              key_id=key[0] if key else None)
-        counted = tuple(r.subject for r in rules if r.limits.rpm or r.limits.tpm)
-        held = tuple(r.subject for r in rules if r.limits.concurrency)
-        if counted:
-            rates.record(request_id, estimate, counted, now)
-            self.outbox.append((request_id, estimate, counted))
-        for s in held:
-            inflight.acquire(s)
-        return Admission(request_id, estimate, counted, held)
+        wait, why, code = max(refusals)
+        seconds = max(1, math.ceil(wait))
+        return RateLimited(f"rate limit reached: {why}; retry in {seconds} s", seconds,
+                           code=code, user_id=plan.user_id, key_id=plan.key_id)
 
     def release(self, admission: Admission) -> None:
         """The request ended (answered, failed, its client gone, its router lost)."""
         for s in admission.held:
             self.inflight.release(s)
+
+
+_NOTHING = Admission("", 0, (), ())
 
 
 def _limited(limits: Limits) -> bool:

@@ -32,11 +32,11 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from edge.auth import Directory, Principal
-from edge.ratelimit import Admission, Limiter
+from edge.ratelimit import Admission, Limiter, Plan
 from schemas.events import Usage
 from schemas.ratelimit import RateNote
 from schemas.subjects import RATE_NOTE, RESPONSE_PREFIX
-from schemas.users import Limits
+from schemas.users import Key, Limits, User
 
 __all__ = ["RateLimits"]
 
@@ -74,7 +74,12 @@ class RateLimits:
         self._subs: list[Subscription] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
+        # key id -> (its record, its user's record, their plan): rebuilt when either changes
+        self._plans: dict[str, tuple[Key | None, User | None, Plan | None]] = {}
         self.notes_sent = 0
+        # some user or key has a TPM limit (looked over once a second, and set at once when
+        # a plan with one is made): else the facts are not even decoded
+        self.any_tpm = False
         self.notes_folded = 0
 
     async def start(self, nc: NATS, edge_id: str) -> None:
@@ -110,17 +115,32 @@ class RateLimits:
         d = self.directory
         key = d.keys.get(kid)
         user = d.users.get(principal.user_id or "")
-        if key is None or user is None:
+        cached = self._plans.get(kid)
+        if cached is None or cached[0] is not key or cached[1] is not user:
+            cached = self._plan(kid, key, user)
+        plan = cached[2]
+        if plan is None:
             return None
-        if not _rated(key.limits) and not _rated(user.limits):
-            return None
-        adm = self.core.admit(
-            request_id, (user.id, f"user {user.name}", user.limits),
-            (key.id, f"API key {key.name!r} ({key.prefix}…) of user {user.name}", key.limits),
-            body_bytes, time.time() if now is None else now)
-        if adm.counted or adm.held:
-            self._wake.set()
+        adm = self.core.check(plan, request_id, body_bytes,
+                              time.time() if now is None else now)
+        self._wake.set()
         return adm
+
+    def _plan(self, kid: str, key: Key | None, user: User | None
+              ) -> tuple[Key | None, User | None, Plan | None]:
+        """The rules of a key and its user, made again when either record changed."""
+        plan = None
+        if key is not None and user is not None:
+            plan = self.core.plan(
+                (user.id, f"user {user.name}", user.limits),
+                (key.id, f"API key {key.name!r} ({key.prefix}…) of user {user.name}",
+                 key.limits))
+        if plan is not None and any(r.tpm is not None for r in plan.rules):
+            self.any_tpm = True
+        if len(self._plans) > 2 * max(len(self.directory.keys), 1024):
+            self._plans.clear()  # keys removed meanwhile
+        entry = self._plans[kid] = (key, user, plan)
+        return entry
 
     def release(self, admission: Admission | None) -> None:
         if admission is not None and admission.held:
@@ -163,6 +183,9 @@ class RateLimits:
             if local or was_holding:
                 await self._send(RateNote(e=self.edge_id, c=dict(local), full=True))
             was_holding = bool(local)
+            d = self.directory
+            self.any_tpm = any(k.limits.tpm is not None for k in d.keys.values()) or any(
+                u.limits.tpm is not None for u in d.users.values())
             gone = self.core.inflight.expire(time.time())
             if gone:
                 log.info("rate limits: forgot the requests in flight of silent edge(s) %s",
@@ -187,7 +210,7 @@ class RateLimits:
         self.notes_folded += 1
 
     async def _on_fact(self, msg: Msg) -> None:
-        if not self.directory.users:
+        if not self.any_tpm:  # no TPM limit anywhere: the estimates matter to no one
             return
         try:
             done = _done_dec.decode(msg.data)

@@ -124,7 +124,6 @@ def main(argv: list[str] | None = None) -> int:
 
     limits = RateLimits(directory)
     limits.edge_id = "bench"
-    limits.any_tpm = True
     seq = 0
 
     def with_limits() -> None:  # what EdgeApp._llm runs: auth, model, admit ... release

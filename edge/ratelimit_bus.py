@@ -77,9 +77,6 @@ class RateLimits:
         # key id -> (its record, its user's record, their plan): rebuilt when either changes
         self._plans: dict[str, tuple[Key | None, User | None, Plan | None]] = {}
         self.notes_sent = 0
-        # some user or key has a TPM limit (looked over once a second, and set at once when
-        # a plan with one is made): else the facts are not even decoded
-        self.any_tpm = False
         self.notes_folded = 0
 
     async def start(self, nc: NATS, edge_id: str) -> None:
@@ -135,8 +132,6 @@ class RateLimits:
                 (user.id, f"user {user.name}", user.limits),
                 (key.id, f"API key {key.name!r} ({key.prefix}…) of user {user.name}",
                  key.limits))
-        if plan is not None and any(r.tpm is not None for r in plan.rules):
-            self.any_tpm = True
         if len(self._plans) > 2 * max(len(self.directory.keys), 1024):
             self._plans.clear()  # keys removed meanwhile
         entry = self._plans[kid] = (key, user, plan)
@@ -183,9 +178,6 @@ class RateLimits:
             if local or was_holding:
                 await self._send(RateNote(e=self.edge_id, c=dict(local), full=True))
             was_holding = bool(local)
-            d = self.directory
-            self.any_tpm = any(k.limits.tpm is not None for k in d.keys.values()) or any(
-                u.limits.tpm is not None for u in d.users.values())
             gone = self.core.inflight.expire(time.time())
             if gone:
                 log.info("rate limits: forgot the requests in flight of silent edge(s) %s",
@@ -210,7 +202,8 @@ class RateLimits:
         self.notes_folded += 1
 
     async def _on_fact(self, msg: Msg) -> None:
-        if not self.any_tpm:  # no TPM limit anywhere: the estimates matter to no one
+        # no users, or a fact of no user's request (the edge's own 401s): nothing to settle
+        if not self.directory.users or b'"key_id"' not in msg.data:
             return
         try:
             done = _done_dec.decode(msg.data)

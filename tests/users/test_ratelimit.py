@@ -146,10 +146,10 @@ def test_concurrency_2_refuses_the_third_and_admits_after_one_ends_or_its_client
     inflight = lambda app: app.ratelimits.core.inflight.total(f"k:{kid}")  # noqa: E731
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         # two slow requests, one per edge
-        fake.push(Behavior(first_byte_delay=1.5), Behavior(first_byte_delay=30))
+        fake.push(Behavior(first_byte_delay=3.0), Behavior(first_byte_delay=60))
         first = pool.submit(_stream, gw.edge.url, secret)
         assert fake.wait_requests(1, 10)
-        slow = pool.submit(_stream, second.url, secret, 2.0)  # its client gives up after 2 s
+        slow = pool.submit(_stream, second.url, secret, 8.0)  # its client gives up after 8 s
         assert fake.wait_requests(2, 10)
         _seen([gw.edge, second], lambda app: inflight(app) == 2)
         for edge in (gw.edge, second):
@@ -163,7 +163,7 @@ def test_concurrency_2_refuses_the_third_and_admits_after_one_ends_or_its_client
         assert call(gw.edge.url, "anthropic", secret).status_code == 200
         # the slow one's client disconnects: released, on both edges
         with pytest.raises(httpx.ReadTimeout):
-            slow.result(10)
+            slow.result(15)
         _seen([gw.edge, second], lambda app: inflight(app) == 0)
         fake.push(Behavior(first_byte_delay=1.0), Behavior(first_byte_delay=1.0))
         both = [pool.submit(_stream, e.url, secret) for e in (gw.edge, second)]

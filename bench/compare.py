@@ -3,6 +3,7 @@
     .venv/bin/python bench/compare.py                      # anthropic, c=1,16,64, 5 s per cell
     .venv/bin/python bench/compare.py --translated --fallback --duration 3
     .venv/bin/python bench/compare.py --dialect openai-responses --concurrency 1,64
+    .venv/bin/python bench/compare.py --users 1000 --keys 10000 --limits --concurrency 64
 
 It starts the fake upstream(s) and ``codeswitch up`` as subprocesses in a temporary home,
 waits for ``GET /readiness``, checks one answer per lane, warms up, then measures each cell
@@ -75,8 +76,31 @@ def _provider(name: str, dialect: str, port: int, model: str, priority: int) -> 
             "api_key": "bench-upstream-key", "models": [model], "priority": priority}
 
 
-def _toml(providers: list[dict[str, Any]], no_breaker: bool = False) -> str:
+# the key the load generator sends when --users is given (its sha256 goes in the config file)
+BENCH_USER_KEY = "cs-bench-user-key-0000000000000000000000000"
+
+
+def _users_toml(users: int, keys: int, limits: bool) -> list[str]:
+    """``[[users]]`` and ``[[keys]]`` by hash; the load uses key 0 (of user 0). ``limits``:
+    every user and key with an RPM, TPM and concurrency limit too high to refuse."""
+    import hashlib
+
+    lim = ["rpm = 1000000000", "tpm = 1000000000000", "concurrency = 100000"] if limits else []
+    out: list[str] = []
+    for i in range(users):
+        out += ["[[users]]", f'name = "bench{i}"', *lim, ""]
+    for i in range(keys):
+        secret = BENCH_USER_KEY if i == 0 else f"cs-bench-{i:08d}-{'x' * 24}"
+        out += ["[[keys]]", f'name = "k{i}"', f'user = "bench{i % users}"',
+                f'hash = "sha256:{hashlib.sha256(secret.encode()).hexdigest()}"', *lim, ""]
+    return out
+
+
+def _toml(providers: list[dict[str, Any]], no_breaker: bool = False, users: int = 0,
+          keys: int = 0, limits: bool = False) -> str:
     out = ["# written by bench/compare.py\n"]
+    if users:
+        out += _users_toml(users, max(keys, 1), limits)
     if no_breaker:  # every request meets the failing provider: the raw cost of a fallback
         out += ["[routing]", "breaker = { failures = 1000000000 }", ""]
     for p in providers:
@@ -128,7 +152,7 @@ class Bench:
     def start_gateway(self, providers: list[dict[str, Any]]) -> int:
         a = self.a
         cfg = self.tmp / "codeswitch.toml"
-        cfg.write_text(_toml(providers, a.no_breaker))
+        cfg.write_text(_toml(providers, a.no_breaker, a.users, a.keys, a.limits))
         port = a.gateway_port or free_port()
         exe = a.gateway_cmd or shutil.which("codeswitch", path=str(Path(sys.executable).parent)) \
             or "codeswitch"
@@ -183,7 +207,8 @@ class Bench:
     # -- measuring ------------------------------------------------------------------------------
     async def check(self, name: str, url: str, stream: bool, model: str) -> dict[str, Any]:
         """One request, the body inspected: status, all 20 pieces, the terminator, timings."""
-        req = client_request(self.a.dialect, stream, model, pad_bytes=self.a.pad_bytes)
+        req = client_request(self.a.dialect, stream, model, pad_bytes=self.a.pad_bytes,
+                             **({"api_key": BENCH_USER_KEY} if self.a.users else {}))
         out: dict[str, Any] = {"lane": name, "stream": stream}
         try:
             resp, t0 = await fetch_once(url + req.path, req.body, req.headers, timeout_s=30)
@@ -202,7 +227,8 @@ class Bench:
         return out
 
     async def load(self, url: str, model: str, stream: bool, c: int, seconds: float) -> Result:
-        req = client_request(self.a.dialect, stream, model, pad_bytes=self.a.pad_bytes)
+        req = client_request(self.a.dialect, stream, model, pad_bytes=self.a.pad_bytes,
+                             **({"api_key": BENCH_USER_KEY} if self.a.users else {}))
         return await run_load(url + req.path, req.body, req.headers, c, seconds, None, stream,
                               expect=req.expect, timeout_s=self.a.timeout)
 
@@ -352,6 +378,11 @@ async def amain(a: argparse.Namespace) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Benchmark: direct vs through codeswitch.")
+    p.add_argument("--users", type=int, default=0,
+                   help="users in the gateway's config (0: none, the gateway as before)")
+    p.add_argument("--keys", type=int, default=0, help="API keys over those users")
+    p.add_argument("--limits", action="store_true",
+                   help="every user and key with RPM/TPM/concurrency limits (never reached)")
     p.add_argument("--dialect", choices=DIALECTS, default="anthropic",
                    help="client (and pass-through provider) dialect")
     p.add_argument("--translated", action="store_true",

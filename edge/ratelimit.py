@@ -410,7 +410,9 @@ class Limiter:
                                  "once", "concurrency_limit_exceeded"))
         wait, why, code = max(refusals)
         seconds = max(1, math.ceil(wait))
-        return RateLimited(f"rate limit reached: {why}; retry in {seconds} s", seconds,
+        # "Please retry in Ns": the words Gemini CLI reads its wait from (it ignores the
+        # retry-after header; bench/real_clients/users.py)
+        return RateLimited(f"rate limit reached: {why}. Please retry in {seconds}s.", seconds,
                            code=code, user_id=plan.user_id, key_id=plan.key_id)
 
     def release(self, admission: Admission) -> None:

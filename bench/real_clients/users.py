@@ -11,6 +11,13 @@ bench/real_clients/, or `npm i --prefix /tmp/realcli/codex @openai/codex`...). T
 `codeswitch up` with a config file holding the users and keys ([[users]], [[keys]] with env:
 secrets), on its own NATS and ports, with the fake upstream of tests/fakes. Prints PASS/FAIL per
 CLI and case: PASS = the CLI failed, after one request, showing the gateway's reason.
+
+Case ``rate`` (rate limits): a key with ``rpm = 2``, its window filled by direct requests just
+before the CLI starts, so the CLI's first request gets 429 with ``retry-after`` (up to 60 s)
+in its dialect. PASS = the CLI waited and retried on its own and was served (exit 0), with at
+least one 429 counted at the edge.
+
+    .venv/bin/python bench/real_clients/users.py claude rate    # one CLI, one case
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -63,7 +71,7 @@ class World:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.secrets = {name: "cs-" + os.urandom(24).hex() for name in
-                        ("ok", "revoked", "expired", "disabled", "model")}
+                        ("ok", "revoked", "expired", "disabled", "model", "rate")}
         self.gw: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
@@ -85,7 +93,8 @@ class World:
         cfg += ['[[users]]\nname = "alice"\n', '[[users]]\nname = "carol"\nenabled = false\n']
         keys = {"ok": ("alice", ""), "revoked": ("alice", ""),
                 "expired": ("alice", "expires = 2020-01-01\n"),
-                "disabled": ("carol", ""), "model": ("alice", 'models = ["none-*"]\n')}
+                "disabled": ("carol", ""), "model": ("alice", 'models = ["none-*"]\n'),
+                "rate": ("alice", "rpm = 2\n")}
         for name, (user, extra) in keys.items():
             cfg.append(f'[[keys]]\nname = "{name}"\nuser = "{user}"\n'
                        f'secret = "env:KEY_{name.upper()}"\n{extra}')
@@ -133,6 +142,29 @@ class World:
             text = r.read().decode()
         return sum(float(m.group(1)) for m in re.finditer(
             r'codeswitch_requests_total\{[^}]*status="40[013]"\} ([0-9.]+)', text))
+
+    def rate_limited(self) -> float:
+        """Requests the edge answered 429 so far."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return sum(float(m.group(1)) for m in re.finditer(
+            r'codeswitch_requests_total\{[^}]*status="429"\} ([0-9.]+)', text))
+
+    def fill_window(self, key: str) -> int:
+        """Direct requests with ``key`` until the gateway answers 429: its retry-after."""
+        body = json.dumps({"model": "gpt-5.5", "messages": [{"role": "user", "content": "x"}]})
+        for _ in range(10):
+            req = urllib.request.Request(self.url + "/v1/chat/completions", body.encode(),
+                                         {"authorization": f"Bearer {key}",
+                                          "content-type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=30):
+                    continue
+            except urllib.error.HTTPError as exc:
+                if exc.code == 429:
+                    return int(exc.headers["retry-after"])
+                raise
+        raise RuntimeError("no 429 after 10 requests")
 
     def run(self, client: str, key: str) -> tuple[int, str, float]:
         env = self.env()
@@ -189,6 +221,8 @@ def version(client: str) -> str:
 
 
 def main(argv: list[str]) -> int:
+    cases = [a for a in argv if a in CASES or a == "rate"] or [*CASES, "rate"]
+    argv = [a for a in argv if a in CLIS]
     clients = [c for c in (argv or list(CLIS)) if CLIS[c].exists()]
     if not clients:
         print("no CLI found under /tmp/realcli/: install them first (see the docstring)")
@@ -203,6 +237,8 @@ def main(argv: list[str]) -> int:
             served = "served" if rc == 0 else f"NOT served: {out[-300:]!r}"
             print(f"  ok        rc={rc} {took:5.1f}s (a valid key: {served})")
             for case, words in CASES.items():
+                if case not in cases:
+                    continue
                 before = world.refused()
                 key = "cs-" + "0" * 48 if case == "unknown" else world.secrets[case]
                 rc, out, took = world.run(client, key)
@@ -214,6 +250,22 @@ def main(argv: list[str]) -> int:
                 line = next((ln for ln in out.splitlines() if words in ln), out[-200:])
                 print(f"  {'PASS' if ok else 'FAIL'} {case:9} rc={rc} requests={tries:g} "
                       f"{took:5.1f}s message shown={shown}: {line.strip()[:160]}")
+            if "rate" in cases:
+                retry_after = world.fill_window(world.secrets["rate"])
+                before = world.rate_limited()
+                rc, out, took = world.run(client, world.secrets["rate"])
+                time.sleep(0.2)
+                limited = world.rate_limited() - before
+                ok = rc == 0 and limited >= 1
+                failed += not ok
+                line = next((ln for ln in out.splitlines() if "rate limit" in ln.lower()
+                             or "429" in ln), out.strip().splitlines()[-1] if out.strip()
+                            else "")
+                print(f"  {'PASS' if ok else 'FAIL'} rate      rc={rc} 429s={limited:g} "
+                      f"{took:5.1f}s (retry-after {retry_after} s when it started): "
+                      f"{line.strip()[:200]}")
+                if os.environ.get("CS_SHOW") == "1":
+                    print(out[-3000:])
     finally:
         world.stop()
     return 1 if failed else 0

@@ -355,7 +355,8 @@ class EdgeApp:
                 model, stream = peek.model, bool(peek.stream)
             principal.check_model(model)  # the key's model allow-list (users only)
             # rate limits (users only): 429 with retry-after, or counted until released
-            state["admission"] = self.ratelimits.admit(principal, request_id, len(body))
+            state["admission"] = await self.ratelimits.admit(principal, request_id,
+                                                             len(body))
             if dialect == "openai-responses" and peek.previous_response_id:
                 raise EdgeError(400, "previous_response_id is not supported: codeswitch serves "
                                 "the Responses API statelessly; send the whole conversation "

@@ -31,6 +31,7 @@ after ``INFLIGHT_STALE_S``, so a dead edge leaks nothing).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 from schemas.errors import GatewayError
@@ -143,6 +144,15 @@ class RateTable:
         # request id -> (second admitted, estimate, subjects), oldest first
         self._reserved: dict[str, tuple[int, int, tuple[str, ...]]] = {}
         self._expired_at = 0
+        self._pairs: dict[str, tuple[Window, Window]] = {}
+
+    def pair(self, subject: str) -> tuple[Window, Window]:
+        """A subject's request and token windows."""
+        p = self._pairs.get(subject)
+        if p is None:
+            p = self._pairs[subject] = (self._window(self.requests, subject),
+                                        self._window(self.tokens, subject))
+        return p
 
     def _window(self, table: dict[str, Window], subject: str) -> Window:
         w = table.get(subject)
@@ -343,7 +353,11 @@ class Limiter:
             return _NOTHING
         return self.check(plan, request_id, body_bytes, now)
 
-    def check(self, plan: Plan, request_id: str, body_bytes: int, now: float) -> Admission:
+    def check(self, plan: Plan, request_id: str, body_bytes: int, now: float,
+              count: bool = True) -> Admission:
+        """Refuse (``RateLimited``) or admit against what is counted now; concurrency is held
+        at once. ``count``: the request is counted now too (one edge alone, tests); else the
+        caller has it counted in the notes' order by :meth:`decide` (the edges)."""
         estimate = body_bytes // 4  # estimate_tokens, inlined
         sec = int(now)
         refused = False
@@ -365,9 +379,9 @@ class Limiter:
             if r.concurrency is not None and inflight.total(r.subject) >= r.concurrency:
                 refused = True
         if refused:
-            raise self._refusal(plan, estimate, now)
+            raise self.refusal(plan, estimate, now)
         counted = plan.counted
-        if counted:
+        if counted and count:
             slot = sec % SPAN_S
             for r in plan.rules:
                 if r.rpm is not None or r.tpm is not None:
@@ -388,7 +402,47 @@ class Limiter:
             inflight.acquire(s)
         return Admission(request_id, estimate, counted, plan.held)
 
-    def _refusal(self, plan: Plan, estimate: int, now: float) -> RateLimited:
+    def decide(self, request_id: str, estimate: int, subjects: tuple[str, ...], now: float,
+               limits_of: Callable[[str], tuple[int | None, int | None] | None]) -> bool:
+        """An admission in the order of the notes (this edge's own, when they come back, and
+        the other edges'): counted if every rpm/tpm limit of its subjects (``limits_of``:
+        (rpm, tpm) of a subject, None when unknown here) still has room, else not counted
+        (False). Every edge sees the notes of one NATS server in (nearly) the same order and
+        decides the same; only notes the server handles at the same instant can come in a
+        different order on different edges."""
+        rates = self.rates
+        if request_id in rates._reserved:  # counted already (a note seen twice)
+            return True
+        sec = int(now)
+        pairs = []
+        for s in subjects:
+            pair = rates.pair(s)
+            req, tok = pair
+            if req._head != sec:
+                req._advance(sec)
+            if tok._head != sec:
+                tok._advance(sec)
+            lim = limits_of(s)
+            if lim is not None:
+                rpm, tpm = lim
+                if rpm is not None and req.total >= rpm:
+                    return False
+                if tpm is not None:
+                    used = tok.total
+                    if used >= tpm or (used > 0 and used + estimate > tpm):
+                        return False
+            pairs.append(pair)
+        slot = sec % SPAN_S
+        for req, tok in pairs:
+            req._slots[slot] += 1
+            req.total += 1
+            if estimate:
+                tok._slots[slot] += estimate
+                tok.total += estimate
+        rates.reserve(request_id, sec, estimate, subjects)
+        return True
+
+    def refusal(self, plan: Plan, estimate: int, now: float) -> RateLimited:
         """Which limits refuse, and when the window admits again (the longest wait)."""
         refusals: list[tuple[float, str, str]] = []  # (wait s, why, code)
         for r in plan.rules:
@@ -408,6 +462,10 @@ class Limiter:
                 refusals.append((float(CONCURRENCY_RETRY_S),
                                  f"{r.label} allows {r.concurrency} requests in flight at "
                                  "once", "concurrency_limit_exceeded"))
+        if not refusals:  # the last room went to a request of the same instant elsewhere
+            r = plan.rules[0]
+            refusals.append((1.0, f"{r.label} has no room left in its rate limits this "
+                             "instant", "rate_limit_exceeded"))
         wait, why, code = max(refusals)
         seconds = max(1, math.ceil(wait))
         # "Please retry in Ns": the words Gemini CLI reads its wait from (it ignores the

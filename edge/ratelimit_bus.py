@@ -45,6 +45,8 @@ log = logging.getLogger("codeswitch.edge.ratelimit")
 _note_enc = msgspec.json.Encoder()
 _note_dec = msgspec.json.Decoder(RateNote)
 HEARTBEAT_S = 1.0
+# how long an admission waits for its own note to come back before it is decided alone
+ECHO_TIMEOUT_S = 0.25
 
 
 class _Done(msgspec.Struct):
@@ -76,6 +78,10 @@ class RateLimits:
         self._wake = asyncio.Event()
         # key id -> (its record, its user's record, their plan): rebuilt when either changes
         self._plans: dict[str, tuple[Key | None, User | None, Plan | None]] = {}
+        # this edge's admissions waiting for their note to come back, and those decided
+        # without it (refused: not counted when it comes)
+        self._pending: dict[str, tuple[asyncio.Future[bool], Admission]] = {}
+        self._late: set[str] = set()
         self.notes_sent = 0
         self.notes_folded = 0
 
@@ -102,10 +108,17 @@ class RateLimits:
                 await sub.unsubscribe()
 
     # -- the request path -----------------------------------------------------------------
-    def admit(self, principal: Principal, request_id: str, body_bytes: int,
-              now: float | None = None) -> Admission | None:
+    async def admit(self, principal: Principal, request_id: str, body_bytes: int
+                    ) -> Admission | None:
         """Count the request, or raise ``RateLimited`` (429 with retry-after). None: nothing
-        limits it (no users, or neither its key nor its user has a rate limit)."""
+        limits it (no users, or neither its key nor its user has a rate limit).
+
+        Refused at once when the windows are full. Otherwise, with an rpm or tpm limit, the
+        request is counted in the order of the notes: it goes out in this edge's next note
+        and is decided when that note comes back from NATS (one round trip, ~1 ms), after
+        every note the server delivered before it, so two edges admitting at the same
+        instant do not both take the last room (``ECHO_TIMEOUT_S`` without the note: decided
+        here alone)."""
         kid = principal.key_id
         if kid is None:
             return None
@@ -118,10 +131,58 @@ class RateLimits:
         plan = cached[2]
         if plan is None:
             return None
-        adm = self.core.check(plan, request_id, body_bytes,
-                              time.time() if now is None else now)
-        self._wake.set()
+        core = self.core
+        adm = core.check(plan, request_id, body_bytes, time.time(), count=False)
+        if adm.held:
+            self._wake.set()
+        if not adm.counted:
+            return adm
+        nc = self.nc
+        try:
+            if nc is None or not nc.is_connected:
+                ok = core.decide(request_id, adm.estimate, adm.counted, time.time(),
+                                 self._limits_of)
+            else:
+                fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+                self._pending[request_id] = (fut, adm)
+                core.outbox.append((request_id, adm.estimate, adm.counted))
+                self._wake.set()
+                try:
+                    ok = await fut  # the sender sets a timer per note (_echo_late)
+                finally:
+                    self._pending.pop(request_id, None)
+        except BaseException:  # cancelled while waiting (the server stopping)
+            core.release(adm)
+            raise
+        if not ok:
+            core.release(adm)
+            raise core.refusal(plan, adm.estimate, time.time())
         return adm
+
+    def _echo_late(self, request_ids: list[str]) -> None:
+        """This edge's note did not come back in time (NATS slow or away): its admissions
+        still waiting are decided here."""
+        for rid in request_ids:
+            waiting = self._pending.get(rid)
+            if waiting is None or waiting[0].done():
+                continue
+            fut, adm = waiting
+            ok = self.core.decide(rid, adm.estimate, adm.counted, time.time(),
+                                  self._limits_of)
+            if not ok:  # when the note comes back after all, it is not counted
+                if len(self._late) > 10_000:
+                    self._late.clear()
+                self._late.add(rid)
+            fut.set_result(ok)
+
+    def _limits_of(self, subject: str) -> tuple[int | None, int | None] | None:
+        """(rpm, tpm) of ``k:<key id>`` / ``u:<user id>`` as this edge knows them."""
+        d = self.directory
+        rec: Key | User | None = (d.keys.get(subject[2:]) if subject[0] == "k"
+                                  else d.users.get(subject[2:]))
+        if rec is None:
+            return None
+        return rec.limits.rpm, rec.limits.tpm
 
     def _plan(self, kid: str, key: Key | None, user: User | None
               ) -> tuple[Key | None, User | None, Plan | None]:
@@ -146,6 +207,7 @@ class RateLimits:
     async def _sender(self) -> None:
         """Send what was counted since the last note, whenever there is something."""
         core = self.core
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -157,6 +219,8 @@ class RateLimits:
             note = RateNote(e=self.edge_id, a=[(r, n, list(s)) for r, n, s in admitted],
                             c=changed)
             await self._send(note)
+            if admitted:  # one timer per note: admissions whose note does not come back
+                loop.call_later(ECHO_TIMEOUT_S, self._echo_late, [a[0] for a in admitted])
 
     async def _send(self, note: RateNote) -> None:
         nc = self.nc
@@ -188,15 +252,24 @@ class RateLimits:
             note = _note_dec.decode(msg.data)
         except (msgspec.ValidationError, msgspec.DecodeError):
             return
-        if note.e == self.edge_id:
-            return  # counted when it happened
         self.fold(note, time.time())
 
     def fold(self, note: RateNote, now: float) -> None:
-        """Another edge's note, counted at this edge's clock."""
-        rates = self.core.rates
+        """A note (another edge's, or this edge's own come back), decided in its order at
+        this edge's clock."""
+        core = self.core
+        own = note.e == self.edge_id
         for rid, estimate, subjects in note.a:
-            rates.record(rid, estimate, tuple(subjects), now)
+            if own and rid in self._late:
+                self._late.discard(rid)
+                continue
+            ok = core.decide(rid, estimate, tuple(subjects), now, self._limits_of)
+            if own:
+                waiting = self._pending.get(rid)
+                if waiting is not None and not waiting[0].done():
+                    waiting[0].set_result(ok)
+        if own:
+            return  # its own requests in flight are counted as they happen
         if note.c or note.full:
             self.core.inflight.apply(note.e, note.c, now, full=note.full)
         self.notes_folded += 1

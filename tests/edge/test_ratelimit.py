@@ -5,8 +5,10 @@ list cut to a key's allow-list."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 
 import msgspec
 import pytest
@@ -162,19 +164,64 @@ def test_notes_from_another_edge_count_and_facts_settle_tokens() -> None:
     here = RateLimits(d)
     here.edge_id = "a"
     p = Principal("a" * 64, "u_1", "k_1")
-    here.admit(p, "r0", 400, T0)
+    now = time.time()
+    # no NATS: decided here at once
+    assert asyncio.run(here.admit(p, "r0", 400)) is not None
     # edge b admitted two: this edge counts them at its own clock
-    here.fold(RateNote(e="b", a=[("r1", 100, ["k:k_1"]), ("r2", 100, ["k:k_1"])]), T0)
+    here.fold(RateNote(e="b", a=[("r1", 100, ["k:k_1"]), ("r2", 100, ["k:k_1"])]), now)
     with pytest.raises(RateLimited, match="3 requests per minute"):
-        here.admit(p, "r3", 400, T0 + 1)
-    assert here.core.rates.tokens_in("k:k_1", T0 + 1) == 300
+        asyncio.run(here.admit(p, "r3", 400))
+    assert here.core.rates.tokens_in("k:k_1", now) == 300
     here.settle(_Done(request_id="r1", user_id="u_1", key_id="k_1",
-                      usage=Usage(input_tokens=500, output_tokens=100)), T0 + 2)
-    assert here.core.rates.tokens_in("k:k_1", T0 + 2) == 800
+                      usage=Usage(input_tokens=500, output_tokens=100)), now)
+    assert here.core.rates.tokens_in("k:k_1", now) == 800
     # a request without limits costs nothing: no admission
     free = RateLimits(_directory(Limits()))
-    assert free.admit(p, "x", 10, T0) is None
-    assert RateLimits(Directory()).admit(Principal(None), "x", 10, T0) is None
+    assert asyncio.run(free.admit(p, "x", 10)) is None
+    assert asyncio.run(RateLimits(Directory()).admit(Principal(None), "x", 10)) is None
+
+
+def test_every_edge_decides_the_same_in_the_order_of_the_notes() -> None:
+    """Edges a and b each admitted one request at the same instant with one room left: the
+    first in the notes' order is counted, the second is not, on both edges alike."""
+    edges = {}
+    for name in ("a", "b"):
+        edges[name] = RateLimits(_directory(_limits(rpm=3)))
+        edges[name].edge_id = name
+    p = Principal("a" * 64, "u_1", "k_1")
+    now = time.time()
+    for e in edges.values():  # two requests counted already everywhere
+        e.fold(RateNote(e="c", a=[("r0", 10, ["k:k_1"]), ("r1", 10, ["k:k_1"])]), now)
+    results: dict[str, object] = {}
+
+    async def both() -> None:
+        loop = asyncio.get_running_loop()
+        for e in edges.values():
+            e.nc = _Connected()  # type: ignore[assignment]
+        tasks = {n: loop.create_task(e.admit(p, f"from-{n}", 40)) for n, e in edges.items()}
+        await asyncio.sleep(0)  # both passed the check (2 < 3) and wait for their notes
+        assert all(not t.done() for t in tasks.values())
+        notes = [RateNote(e=n, a=list(e.core.outbox)) for n, e in edges.items()]
+        for e in edges.values():
+            for note in [RateNote(e=x.e, a=[(r, n, list(s)) for r, n, s in x.a])
+                         for x in notes]:  # the server's order: a's note, then b's
+                e.fold(note, now)
+        for n, t in tasks.items():
+            try:
+                results[n] = await t
+            except RateLimited as exc:
+                results[n] = exc
+
+    asyncio.run(both())
+    assert not isinstance(results["a"], RateLimited)
+    assert isinstance(results["b"], RateLimited)
+    assert "no room left" in results["b"].message or "3 requests" in results["b"].message
+    for e in edges.values():
+        assert e.core.rates.requests_in("k:k_1", now) == 3
+
+
+class _Connected:
+    is_connected = True
 
 
 def test_models_list_cut_to_the_allow_list() -> None:

@@ -470,7 +470,7 @@ class Limiter:
         seconds = max(1, math.ceil(wait))
         # "Please retry in Ns": the words Gemini CLI reads its wait from (it ignores the
         # retry-after header; bench/real_clients/users.py)
-        return RateLimited(f"rate limit reached: {why}. Please retry in {seconds}s.", seconds,
+        return RateLimited(f"rate limit reached: {why}. Please retry in {seconds}s", seconds,
                            code=code, user_id=plan.user_id, key_id=plan.key_id)
 
     def release(self, admission: Admission) -> None:

@@ -87,7 +87,7 @@ def test_rpm_5_across_two_edges_refuses_the_6th_in_each_dialect(
             retry = int(r.headers["retry-after"])
             assert 1 <= retry <= SPAN_S, retry
             assert f"'rpm-{dialect}'" in message and "allows 5 requests per minute" in message
-            assert f"Please retry in {retry}s." in message
+            assert message.endswith(f"Please retry in {retry}s")
             assert r.headers["x-should-retry"] == "true"
         assert not fakes[dialect].requests  # nothing refused reached a provider
 

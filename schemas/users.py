@@ -9,8 +9,8 @@ force applies, and the edge must find a key by its hash in O(1) on every request
 deliberately slow hash would cost milliseconds per request and need a scan). Secrets from the
 config file (``env:NAME``) must be long enough for the same argument (``MIN_SECRET_CHARS``).
 
-``Limits`` are recorded on users and keys now; budgets, RPM/TPM and concurrency are enforced in
-a later phase (issue 12). Records are decoded leniently (unknown fields ignored) so that an edge
+``Limits`` are recorded on users and keys; RPM/TPM and concurrency are enforced by the edges
+(``edge/ratelimit.py``), budgets in a later phase (issue 12). Records are decoded leniently (unknown fields ignored) so that an edge
 of an older version keeps reading records a newer CLI wrote.
 
 Pure: no I/O.

@@ -16,7 +16,7 @@ import pytest
 from edge.auth import Directory, Principal
 from edge.model_list import allowed_models
 from edge.ratelimit import SPAN_S, InFlight, Limiter, RateLimited, RateTable, Window
-from edge.ratelimit_bus import RateLimits, _Done
+from edge.ratelimit_bus import RateLimits, _Done, _note_dec
 from schemas.errors import GatewayError
 from schemas.events import Usage
 from schemas.ratelimit import RateNote
@@ -201,10 +201,10 @@ def test_every_edge_decides_the_same_in_the_order_of_the_notes() -> None:
         tasks = {n: loop.create_task(e.admit(p, f"from-{n}", 40)) for n, e in edges.items()}
         await asyncio.sleep(0)  # both passed the check (2 < 3) and wait for their notes
         assert all(not t.done() for t in tasks.values())
-        notes = [RateNote(e=n, a=list(e.core.outbox)) for n, e in edges.items()]
+        notes = [RateNote(e=n, a=[(r, est, list(s)) for r, est, s in e.core.outbox])
+                 for n, e in edges.items()]
         for e in edges.values():
-            for note in [RateNote(e=x.e, a=[(r, n, list(s)) for r, n, s in x.a])
-                         for x in notes]:  # the server's order: a's note, then b's
+            for note in notes:  # the server's order: a's note, then b's
                 e.fold(note, now)
         for n, t in tasks.items():
             try:
@@ -239,3 +239,47 @@ def test_models_list_cut_to_the_allow_list() -> None:
     assert json.loads(allowed_models(gemini.encode(), allow))["models"] == [
         {"name": "models/claude-y"}]
     assert allowed_models(b"not json", allow) == b"not json"
+
+
+def test_a_note_that_never_comes_back_is_decided_here() -> None:
+    """NATS took the note but it did not come back in time (a reconnect): after
+    ECHO_TIMEOUT_S the edge decides alone; when the note turns up later it is not counted
+    again, nor counted at all when the decision was a refusal."""
+    from edge.ratelimit_bus import ECHO_TIMEOUT_S
+
+    sent: list[bytes] = []
+
+    class _Lost:
+        is_connected = True
+
+        async def publish(self, subject: str, data: bytes) -> None:
+            sent.append(data)
+
+    lim = RateLimits(_directory(_limits(rpm=2)))
+    lim.edge_id = "a"
+    p = Principal("a" * 64, "u_1", "k_1")
+
+    def counted() -> int:
+        return lim.core.rates.requests_in("k:k_1", time.time())
+
+    async def main() -> None:
+        lim.nc = _Lost()  # type: ignore[assignment]
+        sender = asyncio.get_running_loop().create_task(lim._sender())
+        t0 = time.monotonic()
+        assert await lim.admit(p, "r0", 40) is not None  # decided alone: admitted
+        assert ECHO_TIMEOUT_S <= time.monotonic() - t0 < ECHO_TIMEOUT_S + 1
+        assert counted() == 1
+        lim.fold(_note_dec.decode(sent[-1]), time.time())  # the note turns up: once only
+        assert counted() == 1
+        waiting = asyncio.get_running_loop().create_task(lim.admit(p, "r1", 40))
+        await asyncio.sleep(0.05)  # r1 passed the check (1 < 2) and waits for its note
+        lim.fold(RateNote(e="b", a=[("rb", 10, ["k:k_1"])]), time.time())  # b took the room
+        with pytest.raises(RateLimited):
+            await waiting  # decided alone after the timeout: no room
+        assert counted() == 2
+        lim.fold(_note_dec.decode(sent[-1]), time.time())  # r1's note turns up: not counted
+        assert counted() == 2
+        assert lim.core.inflight.local == {}
+        sender.cancel()
+
+    asyncio.run(main())

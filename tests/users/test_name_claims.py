@@ -15,6 +15,7 @@ from codeswitch.audit import AdminLog
 from codeswitch.name_claims import NameTaken, claim, user_entry
 from runtime import bus, names
 from runtime.natsd import EmbeddedNats
+from schemas.users import User
 
 N = 8
 
@@ -38,7 +39,7 @@ def test_concurrent_user_add_and_key_create_of_one_name(nats_server: EmbeddedNat
         for round_ in range(3):
             name = f"zoe{round_}"
             results = await _race(url, lambda c, a, name=name: u.add_user(c, a, name))
-            made = [r for r in results if isinstance(r, u.User)]
+            made = [r for r in results if isinstance(r, User)]
             refused = [r for r in results if isinstance(r, u.UserError)]
             assert len(made) == 1 and len(refused) == N - 1, results
             assert all(f"a user named {name!r} exists" in str(r) for r in refused)
@@ -89,7 +90,7 @@ def test_names_free_again_and_stale_claims(nats_server: EmbeddedNats) -> None:
             await claim(nc, user_entry("ghost"), "u_other", gone)
         await kv.put(user_entry("ghost"), b'{"id":"u_gone","ts":%f}' % (time.time() - 60))
         ghost = await u.add_user(nc, log, "ghost")  # stale: taken over
-        assert (await kv.get(user_entry("ghost"))).value.decode().startswith(
+        assert ((await kv.get(user_entry("ghost"))).value or b"").decode().startswith(
             f'{{"id":"{ghost.id}"')
         await nc.close()
 

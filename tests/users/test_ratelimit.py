@@ -143,7 +143,10 @@ def test_concurrency_2_refuses_the_third_and_admits_after_one_ends_or_its_client
     kid, secret = _key(url, "dave", "two", concurrency=2)
     _seen([gw.edge, second], lambda app: kid in app.directory.keys)
     fake = fakes["anthropic"]
-    inflight = lambda app: app.ratelimits.core.inflight.total(f"k:{kid}")  # noqa: E731
+
+    def inflight(app: Any) -> int:
+        return int(app.ratelimits.core.inflight.total(f"k:{kid}"))
+
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         # two slow requests, one per edge
         fake.push(Behavior(first_byte_delay=3.0), Behavior(first_byte_delay=60))

@@ -132,6 +132,12 @@ def up(
     connect: Annotated[bool, typer.Option(
         "--connect", help="Point Claude Code, Codex and Gemini CLI at the gateway.")] = False,
     nats_creds: NatsCredsOpt = None,
+    join: Annotated[str | None, typer.Option(
+        "--join", envvar="CODESWITCH_JOIN", show_envvar=False,
+        help="Sync with other devices through this hub (nats://[user:pass@]HOST:LEAFPORT, "
+             "what `codeswitch hub` prints; with a password, pass it in $CODESWITCH_JOIN "
+             "instead: a command line is visible to every user).",
+        show_default=False)] = None,
 ) -> None:
     """Start the gateway: embedded NATS, edge, router and workers. Ctrl-C stops it."""
     from codeswitch.config import ConfigError, FileConfig, load_config
@@ -149,6 +155,13 @@ def up(
         except ConfigError as exc:
             err.print(f"[red]config error[/] {exc}")
             raise typer.Exit(2) from None
+    if join:
+        if nats_url:
+            err.print("[red]--join[/] syncs the embedded NATS; with --nats-url, make that "
+                      "NATS a leaf node of the hub instead (docs/architecture.md, 'Several "
+                      "devices')")
+            raise typer.Exit(2)
+        os.environ["CODESWITCH_JOIN"] = join  # to the supervisor, not on its command line
     # the supervisor runs without the CLI in memory (codeswitch/up.py)
     exec_up({"home": str(home_path), "host": host or file_cfg.host or "127.0.0.1",
              "port": port or file_cfg.port or 18100, "nats_url": nats_url,
@@ -625,6 +638,7 @@ PLUGINS: dict[str, tuple[str, ...]] = {
     "codeswitch.cli_users": ("user", "key", "audit"),
     "codeswitch.cli_sessions": ("sessions", "online"),
     "codeswitch.cli_routes": ("route",),
+    "codeswitch.cli_sync": ("hub", "sync"),
 }
 
 

@@ -263,6 +263,14 @@ async def _gateways(nc: NATS) -> list[dict[str, Any]]:
         entries = await bus.read_bucket(kv)
     except Exception:
         return []
+    try:  # joined to a hub (codeswitch up --join): every device's heartbeats are there
+        from runtime.sync import HUB_DOMAIN
+
+        hub = await nc.jetstream(domain=HUB_DOMAIN, timeout=1.0).key_value(
+            names.PRESENCE_BUCKET)
+        entries = {**entries, **(await bus.read_bucket(hub))}
+    except Exception:
+        pass  # not joined, or the hub is away: this device's own
     devices: dict[str, dict[str, Any]] = {}
     for raw, _ in entries.values():
         try:

@@ -306,8 +306,10 @@ class Supervisor:
                  routers: int = 1, single_process: bool = False, grace: float = 30.0,
                  on_ready: Callable[[dict[str, Any]], None] | None = None,
                  apply: Callable[[str], Awaitable[list[str]]] | None = None,
-                 nats_creds: str | None = None, policy: RestartPolicy | None = None) -> None:
+                 nats_creds: str | None = None, policy: RestartPolicy | None = None,
+                 join: str | None = None) -> None:
         self.home = home
+        self.join = join  # a hub's leaf URL: this device syncs through it (runtime/sync.py)
         self.host = host
         self.port = port
         self.external_nats = nats_url
@@ -393,8 +395,15 @@ class Supervisor:
         auth = load_or_create_auth(self.nats_credentials_file)
         # linger: killed with SIGKILL, this supervisor leaves nats-server serving its parts
         # for --grace seconds while they finish their requests (then it exits)
+        domain = None
+        if self.join:
+            from runtime.presence import device_name
+            from runtime.sync import device_domain
+
+            domain = device_domain(device_name())
         self.nats = EmbeddedNats(self.home / "nats", port=port, auth=auth, linger=self.grace,
-                                 log_file=self.home / "logs" / "nats.log")
+                                 log_file=self.home / "logs" / "nats.log", domain=domain,
+                                 join=self.join)
         use_nats_credentials(self.nats.url, auth_file=self.nats_credentials_file)
         part = Part(NATS_PART, [], order=9, launcher=self._launch_nats)
         self._start_part(part, {})
@@ -422,6 +431,9 @@ class Supervisor:
             env[CREDS_ENV] = self.nats_creds
         if url_has_auth(url):
             env["CODESWITCH_NATS_URL"] = url  # the parts take it from here, not from argv
+        env.pop("CODESWITCH_JOIN", None)  # the hub's password stays in nats-server.conf
+        if self.join and self.nats is not None:
+            env["CODESWITCH_JOINED"] = "1"  # presence also beats on the hub
         return env
 
     def _plan_parts(self, url: str) -> list[Part]:
@@ -434,9 +446,10 @@ class Supervisor:
         # a URL with a password goes to the parts through the environment (argv shows in ps)
         nats = [] if url_has_auth(url) else ["--nats-url", url]
         edge = ["--host", self.host, "--port", str(self.port), "--grace", str(self.grace)]
+        sync = ",sync" if self.join and self.nats is not None else ""
         if self.single_process:
-            return [Part("gateway", [*exe, "edge,router,ledger,alerts", *edge, *nats, *home],
-                         order=0)]
+            return [Part("gateway", [*exe, f"edge,router,ledger,alerts{sync}", *edge, *nats,
+                                     *home], order=0)]
         parts = [Part("edge", [*exe, "edge", *edge, *nats, *home], order=0)]
         for i in range(self.routers):
             parts.append(Part(f"router-{i + 1}" if self.routers > 1 else "router",
@@ -445,7 +458,7 @@ class Supervisor:
         # pace and answer no client; apart they cost one more interpreter (~30 MB)
         # nice 10: under CPU contention the edge and the routers (the clients' requests, and
         # at start the readiness they wait for) go first; the ledger catches up when they idle
-        parts.append(Part("workers", [*exe, "ledger,alerts", *nats, *home], order=2,
+        parts.append(Part("workers", [*exe, f"ledger,alerts{sync}", *nats, *home], order=2,
                           nice=WORKERS_NICE))
         return parts
 
@@ -458,6 +471,7 @@ class Supervisor:
             signal.signal(sig, self.handle_signal)
         try:
             url = self._start_nats()
+            joined = asyncio.run(self._join(url)) if self.join and self.nats else []
             env = self._child_env(url)
             planned = self._plan_parts(url)
             # the parts' interpreters start and import (the longest part of a start) while
@@ -466,7 +480,7 @@ class Supervisor:
             for part in planned:
                 self._start_part(part, env)
             self.parts = planned + self.parts
-            changes = asyncio.run(self._prepare(url))
+            changes = joined + asyncio.run(self._prepare(url))
             # after _prepare: the event log stream exists
             self.facts = FactsThread(url, self.home)
             self.facts.start()
@@ -491,6 +505,34 @@ class Supervisor:
             return 0
         finally:
             self._stop_all()
+
+    async def _join(self, url: str, wait: float = 5.0) -> list[str]:
+        """Before the parts start: this device's shared KV buckets become mirrors of the hub's
+        (the first time; the parts then read and write them as they are). A hub that does not
+        answer within ``wait`` seconds is no reason not to start."""
+        from runtime import bus, sync
+        from runtime.home import masked_url
+
+        where = masked_url(self.join or "")
+        nc = await bus.connect(url, name="codeswitch-up-join", max_reconnect_attempts=5)
+        try:
+            await bus.wait_ready(nc)
+            await bus.ensure_all(nc.jetstream())
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    done = await sync.share_buckets(nc)
+                    return [f"joined the hub {where}", *done]
+                except sync.HubError as exc:
+                    if time.monotonic() > deadline:
+                        log.warning("hub %s: %s", where, exc)
+                        return [f"the hub {where} does not answer: serving and recording here; "
+                                "nats-server retries the connection every second and the "
+                                "event log catches up when it answers (shared settings once "
+                                "it has answered here once)"]
+                    await asyncio.sleep(0.2)
+        finally:
+            await nc.drain()
 
     async def _prepare(self, url: str) -> list[str]:
         from codeswitch.admin import seal_stored_secrets

@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                      nats_url=spec.get("nats_url"), routers=spec.get("routers", 1),
                      single_process=spec.get("single_process", False),
                      grace=spec.get("grace", 30.0), on_ready=ready, apply=apply,
-                     nats_creds=spec.get("nats_creds"))
+                     nats_creds=spec.get("nats_creds"),
+                     join=os.environ.get("CODESWITCH_JOIN") or None)
     try:
         code = sup.run()
     except Exception as exc:

@@ -26,6 +26,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import (
+    BadBucketError,
     BadRequestError,
     BucketNotFoundError,
     KeyNotFoundError,
@@ -235,6 +236,9 @@ async def _ensure_stream(js: JetStreamContext, config: js_api.StreamConfig) -> N
         await js.add_stream(config)
         log.info("created stream %s", config.name)
         return
+    if info.config.sources and not config.sources:
+        # a joined device's event log sources the other devices' facts (runtime/sync.py)
+        return
     # never lower a replica count an operator (or `nats init --replicas`) raised
     config.num_replicas = max(config.num_replicas or 1, info.config.num_replicas or 1)
     try:
@@ -292,6 +296,8 @@ async def _ensure_all_once(js: JetStreamContext, limits: StreamLimits | None) ->
             await js.key_value(bucket)
             if replicas > 1:
                 await _raise_replicas(js, f"KV_{bucket}", replicas)
+        except BadBucketError:
+            pass  # a mirror created by a newer server: leave it
         except BucketNotFoundError:
             await js.create_key_value(
                 js_api.KeyValueConfig(
@@ -319,6 +325,52 @@ async def _ensure_all_once(js: JetStreamContext, limits: StreamLimits | None) ->
         )
     # cs_body_log is not created here: its 1 GiB limit is reserved against the account's
     # JetStream storage, and it only exists once someone turns the body log on
+
+
+class _WriteThrough:
+    """The JetStream context a mirrored bucket's ``KeyValue`` writes through: reads (get,
+    watch, keys) stay on the local mirror, writes go to the bucket it mirrors on the hub
+    (``$JS.<domain>.API.$KV.<bucket>.<key>``: the domain's API prefix carries them across the
+    leaf connection, where a bare ``$KV.>`` is refused). What nats.go does for a mirrored
+    bucket; nats-py does not."""
+
+    def __init__(self, js: JetStreamContext, api_prefix: str) -> None:
+        self._js = js
+        self._api = api_prefix
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._js, name)
+
+    async def publish(self, subject: str, *args: Any, **kwargs: Any) -> Any:
+        if subject.startswith("$KV."):
+            subject = f"{self._api}.{subject}"
+        return await self._js.publish(subject, *args, **kwargs)
+
+
+async def key_value(js: JetStreamContext, bucket: str) -> KeyValue:
+    """``js.key_value(bucket)``, and for a bucket this device mirrors from the hub (a joined
+    device's shared settings, ``runtime/sync.py``) one whose writes go to the hub."""
+    stream = f"KV_{bucket}"
+    try:
+        si = await js.stream_info(stream)
+    except NotFoundError:
+        raise BucketNotFoundError from None
+    if (si.config.max_msgs_per_subject or 0) < 1:
+        raise BadBucketError
+    target: Any = js
+    mirror = si.config.mirror
+    if mirror is not None and mirror.external is not None and mirror.external.api:
+        target = _WriteThrough(js, mirror.external.api)
+    return KeyValue(name=bucket, stream=stream, pre=f"$KV.{bucket}.", js=target,
+                    direct=bool(si.config.allow_direct))
+
+
+async def _patched_key_value(self: JetStreamContext, bucket: str) -> KeyValue:
+    return await key_value(self, bucket)
+
+
+# every js.key_value() in the project (the parts, the CLI) gets the mirrored bucket's writes right
+JetStreamContext.key_value = _patched_key_value  # type: ignore[method-assign]
 
 
 async def body_log_store(js: JetStreamContext,

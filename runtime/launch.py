@@ -9,6 +9,7 @@ and imported by name, so ``runtime`` has no import arrow into a part:
     router   workers.router     takes requests from the work queue, calls upstreams
     ledger   workers.ledger     the event log -> DuckDB projection, answers queries
     alerts   workers.alerts     alert rules, notifications
+    sync     workers.sync       a joined device's registration with its hub
 
 Each part module has ``async def run(nats_url, home, stop, **options)``. Several parts in one
 process share one event loop (``--single-process`` runs all four). They stop in the order
@@ -38,6 +39,7 @@ PARTS: dict[str, str] = {
     "router": "workers.router.service",
     "ledger": "workers.ledger.service",
     "alerts": "workers.alerts.service",
+    "sync": "workers.sync.service",  # only on a device joined to a hub (up --join)
 }
 # the supervisor's name for the process it starts (router-2, gateway, ...): its title
 PART_ENV = "CODESWITCH_PART"
@@ -70,7 +72,7 @@ def label_for(parts: list[str]) -> str:
     ``workers`` (the ledger and the alerts), ``gateway`` (all in one)."""
     if "edge" in parts and len(parts) > 1:
         return "gateway"
-    if set(parts) == {"ledger", "alerts"}:
+    if set(parts) in ({"ledger", "alerts"}, {"ledger", "alerts", "sync"}):
         return "workers"
     return "+".join(parts)
 

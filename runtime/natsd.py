@@ -93,7 +93,9 @@ class EmbeddedNats:
 
     def __init__(self, store_dir: Path, *, host: str = "127.0.0.1", port: int = 0,
                  log_file: Path | None = None, max_payload: int = MAX_PAYLOAD,
-                 auth: NatsAuth | None = None, linger: float | None = None) -> None:
+                 auth: NatsAuth | None = None, linger: float | None = None,
+                 domain: str | None = None, join: str | None = None,
+                 leaf_port: int | None = None, leaf_auth: NatsAuth | None = None) -> None:
         self.store_dir = Path(store_dir)
         self.max_payload = max_payload
         self.host = host
@@ -104,6 +106,13 @@ class EmbeddedNats:
         # this many seconds (lame duck mode), so the parts can finish in-flight requests
         self.linger = linger
         self.proc: subprocess.Popen[bytes] | None = None
+        # multi-device sync (runtime/sync.py, docs/architecture.md "Several devices"): the
+        # JetStream domain of this server; a hub's URL to connect to as a leaf node (join);
+        # or, for a hub, the port leaf nodes connect to and the credentials they must bring
+        self.domain = domain
+        self.join = join
+        self.leaf_port = leaf_port
+        self.leaf_auth = leaf_auth
 
     @property
     def url(self) -> str:
@@ -124,8 +133,14 @@ class EmbeddedNats:
             "jetstream {",
             f'  store_dir: "{self.store_dir / "jetstream"}"',
             f"  max_memory_store: {MAX_MEMORY_STORE}",
+            *([f"  domain: {json.dumps(self.domain)}"] if self.domain else []),
             "}",
         ]
+        if self.join or self.leaf_port:
+            from runtime.sync import hub_leaf_lines, leaf_remote_lines
+
+            lines += (leaf_remote_lines(self.join) if self.join
+                      else hub_leaf_lines(self.host, self.leaf_port or 0, self.leaf_auth))
         if self.linger is not None:
             grace = max(1, int(self.linger))
             lines += [f'lame_duck_grace_period: "{grace}s"',

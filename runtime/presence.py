@@ -70,6 +70,11 @@ class Heartbeat:
                               started=time.time(), ts=time.time(),
                               version=_version())
         self.subject = f"$KV.{PRESENCE_BUCKET}.{presence_key(device_name(), part_id)}"
+        # a device joined to a hub (codeswitch up --join) beats on the hub's bucket too, so
+        # every device's `online` sees it (runtime/sync.py); its own bucket stays local
+        self.subjects = [self.subject]
+        if os.environ.get("CODESWITCH_JOINED"):
+            self.subjects.append(f"$JS.hub.API.{self.subject}")
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> Heartbeat:
@@ -81,10 +86,11 @@ class Heartbeat:
         headers = {"Nats-TTL": f"{int(HEARTBEAT_TTL_S)}s"}
         while True:
             value = msgspec.structs.replace(self.value, ts=time.time())
-            try:
-                await self.nc.publish(self.subject, enc.encode(value), headers=headers)
-            except Exception as exc:  # NATS away: the next beat tries again
-                log.debug("heartbeat not sent: %s", exc)
+            for subject in self.subjects:
+                try:
+                    await self.nc.publish(subject, enc.encode(value), headers=headers)
+                except Exception as exc:  # NATS away: the next beat tries again
+                    log.debug("heartbeat not sent: %s", exc)
             await asyncio.sleep(HEARTBEAT_S)
 
     async def aclose(self) -> None:
@@ -93,9 +99,10 @@ class Heartbeat:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-        with contextlib.suppress(Exception):
-            await self.nc.publish(self.subject, b"", headers={"KV-Operation": "PURGE",
-                                                              "Nats-Rollup": "sub"})
+        for subject in self.subjects:
+            with contextlib.suppress(Exception):
+                await self.nc.publish(subject, b"", headers={"KV-Operation": "PURGE",
+                                                             "Nats-Rollup": "sub"})
 
 
 @functools.cache

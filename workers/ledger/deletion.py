@@ -32,7 +32,8 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from runtime import names
-from runtime.erase import erase_messages, erase_object
+from runtime.erase import erase_object
+from runtime.sync import erase_facts
 from schemas.events import DeletedRequest, SessionDeleted, encode_event, new_id
 from schemas.subjects import SESSION_DELETED
 from workers.ledger import sessions
@@ -103,7 +104,7 @@ class SessionDeleter:
                 f"session {session!r} is active: its last request ended {idle:.0f} s ago. A "
                 "request still running would be recorded after the delete and show up as the "
                 "session again. Wait a minute (or stop the client), or pass --force")
-        facts = await erase_messages(self.nc, names.EVENTS_STREAM, bill["seqs"])
+        facts = await erase_facts(self.nc, bill["seqs"])
         bodies = 0
         try:
             await js.object_store(names.BODY_LOG_BUCKET)

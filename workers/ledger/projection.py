@@ -491,6 +491,9 @@ class Rows:
         self.last_seq = 0
         self.last_ts: float | None = None
         self.count = 0
+        # tombstones that came from another device (runtime/sync.py): this ledger erases its
+        # own copies of their sessions' facts once they are folded
+        self.peer_tombstones: set[int] = set()
 
     def add(self, row: Row | list[Row]) -> None:
         if isinstance(row, list):  # one event, several rows (a session's tombstone)

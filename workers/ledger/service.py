@@ -41,10 +41,12 @@ from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
 from runtime import bus, memory, names
+from runtime.erase import erase_object
 from runtime.prices import LivePrices
 from runtime.pull import BatchPuller, ConsumerGoneError
+from runtime.sync import erase_facts, peer_domain
 from schemas.prices import PriceBook, PriceError
-from schemas.subjects import LEDGER_QUERY_PREFIX
+from schemas.subjects import LEDGER_QUERY_PREFIX, SESSION_DELETED
 from workers.ledger import sessions
 from workers.ledger.deletion import SessionDeleter
 from workers.ledger.projection import TABLES, Rows, project
@@ -264,6 +266,8 @@ class LedgerService:
                 seq = parse_reply(m.reply)[0]
                 if seq > wm:
                     rows.add(project(seq, m.subject, m.data, prices))
+                    if m.subject.endswith(SESSION_DELETED) and peer_domain(m.subject):
+                        rows.peer_tombstones.add(seq)
             await self._settle()
             if rows.count:
                 self._submitted = rows.last_seq
@@ -281,8 +285,31 @@ class LedgerService:
         future, last = self._inflight
         self._inflight = None
         await future
+        store = self._live()
+        if store.erase_pending:
+            pending, store.erase_pending = store.erase_pending, []
+            self._spawn(self._erase_peer_deleted(pending))
         with contextlib.suppress(Exception):  # a lost ack is a redelivery, dropped later
             await last.ack()
+
+    async def _erase_peer_deleted(self, pending: list[tuple[list[int], list[str]]]) -> None:
+        """A session deleted on another device: erase this device's copies of its facts (and
+        the hub's copies this device knows of), its body-log entries, then rewrite the file
+        (as a delete here does: ``deletion.py``)."""
+        assert self.nc is not None
+        try:
+            facts = bodies = 0
+            for seqs, rids in pending:
+                facts += await erase_facts(self.nc, seqs)
+                for rid in rids:
+                    with contextlib.suppress(Exception):  # no body log: nothing to erase
+                        bodies += bool(await erase_object(self.nc, names.BODY_LOG_BUCKET, rid))
+            async with self._paused():
+                await self._db(self._compact)
+            log.info("session deleted on another device: %d facts and %d bodies erased here",
+                     facts, bodies)
+        except Exception as exc:
+            log.error("erasing a session deleted on another device: %s", exc)
 
     async def _reopen(self) -> None:
         """Give back what the DuckDB connection accumulated (see REOPEN_IDLE_S), then the

@@ -102,6 +102,22 @@ def aggregate(rows: Iterable[tuple[Any, ...]]) -> list[SessionRow]:
     return out
 
 
+def doomed(con: duckdb.DuckDBPyConnection, hashed: str, before_seq: int
+           ) -> tuple[list[int], list[str]]:
+    """What a tombstone from another device leaves to erase here: the stream sequences of the
+    session's facts (requests and attempts) and its request ids (body log entries)."""
+    ids = [r[0] for r in con.execute(
+        "SELECT DISTINCT session FROM requests WHERE session IS NOT NULL AND seq < ? "
+        "AND sha256(session) = ?", [before_seq, hashed]).fetchall()]
+    seqs: set[int] = set()
+    rids: list[str] = []
+    for session in ids:
+        found = bill(con, session)
+        seqs.update(found["seqs"])
+        rids += found["request_ids"]
+    return sorted(seqs), rids
+
+
 def forget(con: duckdb.DuckDBPyConnection, hashed: str, before_seq: int) -> list[str]:
     """A tombstone's work on the file: drop the rows of the session it names (by hash) that
     came before it, with their attempts. Returns the session ids dropped (to refresh: rows

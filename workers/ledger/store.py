@@ -95,6 +95,10 @@ class Store:
     def __init__(self, path: Path | str, *, read_only: bool = False,
                  threads: int | None = None, memory_limit: str | None = None) -> None:
         self.path = Path(path)
+        # (seqs, request ids) a tombstone from another device left to erase from this device's
+        # event log and body log (the service does it after the commit)
+        self.erase_pending: list[tuple[list[int], list[str]]] = []
+        self._peer_tombstones: set[int] = set()
         # Bounded by default: DuckDB's own default is 80 % of RAM for its buffer pool, which a
         # long-running ledger fills with cached blocks (it grew 110 -> 141 MB over 40,000
         # requests). Larger queries spill to the file's temp directory instead.
@@ -208,6 +212,7 @@ class Store:
         """
         if rows.count == 0:
             return False
+        self._peer_tombstones = rows.peer_tombstones
         last = self.state.last_seq
         if rows.last_seq <= last:
             return False
@@ -250,6 +255,10 @@ class Store:
         start = min((r.seq for r in rows), default=None)
         for tomb in fresh["deleted_sessions"]:
             assert isinstance(tomb, DeletedSessionRow)
+            if tomb.seq in self._peer_tombstones:
+                seqs, rids = sessions.doomed(self.con, tomb.session_hash, tomb.seq)
+                if seqs or rids:
+                    self.erase_pending.append((seqs, rids))
             forgotten = sessions.forget(self.con, tomb.session_hash, tomb.seq)
             if forgotten:
                 touched.update(forgotten)

@@ -1,0 +1,99 @@
+"""Several devices (issue 13, phase 2): a hub and two gateways joined to it, three nats-server
+processes. A's session is listed on B; a provider added on B serves A's next request with
+A's own key (env: resolves on each device); with the hub stopped both keep serving and
+recording, and when it is back both catch up with every request once; a session deleted on A
+is erased on B."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.upstream import FakeUpstream
+from tests.sync.harness import Device, Hub
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hub, Device, Device,
+                                                                      FakeUpstream]]:
+    tmp = tmp_path_factory.mktemp("sync")
+    fake = FakeUpstream("anthropic").start()
+    hub = Hub(tmp / "hub").start()
+    a = Device("A", tmp / "A", hub.join_url, {"SYNC_FAKE_KEY": "sk-key-of-device-A"})
+    b = Device("B", tmp / "B", hub.join_url, {"SYNC_FAKE_KEY": "sk-key-of-device-B"})
+    try:
+        a.start()
+        b.start()
+        yield hub, a, b, fake
+    finally:
+        for part in (a, b, hub):
+            part.stop()
+        fake.stop()
+
+
+def until(cond: object, timeout: float, what: str) -> float:
+    """Seconds until ``cond()`` is true; fails after ``timeout``."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if cond():  # type: ignore[operator]
+            return time.monotonic() - t0
+        time.sleep(0.02)
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
+def test_sync_across_devices(world: tuple[Hub, Device, Device, FakeUpstream],
+                             tmp_path: Path) -> None:
+    hub, a, b, fake = world
+    # a provider added on B (an env: key) serves A's next request, with A's own key
+    b.cli("provider", "add", "fake", "--dialect", "anthropic", "--base-url", fake.base_url,
+          "--api-key", "env:SYNC_FAKE_KEY")
+    t_add = time.monotonic()
+    until(lambda: a.send("warmup-" + uuid.uuid4().hex).status_code == 200, 10,
+          "B's provider used by A")
+    add_lag = time.monotonic() - t_add
+    assert fake.requests[-1].api_key == "sk-key-of-device-A"
+    assert "fake" in a.cli("provider", "list").stdout
+
+    # A's session listed on B within 2 s
+    s1 = "sess-a-" + uuid.uuid4().hex
+    r = a.send(s1, "first words of A")
+    assert r.status_code == 200, r.text
+    lag = until(lambda: s1 in b.sessions(), 10, "A's session on B")
+    assert lag < 2.0, f"A's session took {lag:.2f} s to be listed on B"
+    listed = b.cli("sessions", "list", "--json").stdout
+    assert s1 in listed
+
+    # hub away: both serve and record; back: both catch up, each request once on each side
+    hub.stop()
+    s2, s3 = "sess-a2-" + uuid.uuid4().hex, "sess-b3-" + uuid.uuid4().hex
+    for _ in range(3):
+        assert a.send(s2).status_code == 200
+        assert b.send(s3).status_code == 200
+    until(lambda: s2 in a.sessions() and s3 in b.sessions(), 10, "local recording")
+    assert s2 not in b.sessions() and s3 not in a.sessions()
+    hub.start()
+    catch_up = until(lambda: s3 in a.sessions() and s2 in b.sessions(), 30, "catch up")
+    time.sleep(1.0)  # anything doubled would have arrived by now
+    for dev in (a, b):
+        counts = Counter(dev.request_ids())
+        doubled = {rid: n for rid, n in counts.items() if n > 1}
+        assert not doubled, f"{dev.name}: requests recorded twice: {doubled}"
+    assert Counter(a.request_ids()) == Counter(b.request_ids())
+    for s in (s1, s2, s3):
+        assert a.ask("session", {"session": s})["requests"] == \
+            b.ask("session", {"session": s})["requests"]
+
+    # a session deleted on A is erased on B (its ledger and its copy of the event log)
+    a.cli("sessions", "delete", s1, "--force", "--yes")
+    gone = until(lambda: s1 not in b.sessions(), 15, "the delete on B")
+    store = b.home / "nats" / "jetstream"
+    time.sleep(0.5)
+    leftovers = [p for p in store.rglob("*") if p.is_file() and s1.encode() in p.read_bytes()]
+    assert not leftovers, f"session text left in B's store: {leftovers}"
+    print(f"\nprovider on A {add_lag:.2f} s after B's add; session on B after {lag:.2f} s; "
+          f"catch-up {catch_up:.2f} s; delete on B after {gone:.2f} s")

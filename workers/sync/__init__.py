@@ -1,0 +1,1 @@
+"""The sync part: keeps a joined device registered with its hub (``runtime/sync.py``)."""

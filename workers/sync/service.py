@@ -1,0 +1,86 @@
+"""The sync part (``codeswitch up --join``): every ``TICK_S`` it makes sure the hub's stream
+sources this device's facts and that this device's event log sources every other device's,
+checks that the hub is the one this device synced with before, and writes what it saw to
+``<home>/sync.json`` (``codeswitch status`` and ``codeswitch sync`` read it).
+
+The data itself moves without it: the stream sources and KV mirrors are nats-server's, and
+keep working (and catching up) while this part restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from runtime import bus, sync
+from runtime.names import PRESENCE_BUCKET
+from runtime.presence import device_name
+
+__all__ = ["run"]
+
+log = logging.getLogger("codeswitch.sync")
+TICK_S = 2.0
+
+
+async def tick(nc: Any, home: Path, domain: str, state: dict[str, Any]) -> dict[str, Any]:
+    """One round; returns the new state (also written to ``<home>/sync.json``)."""
+    now = time.time()
+    new = {**state, "device": device_name(), "domain": domain, "checked": now}
+    try:
+        info = await sync.register(nc, domain)
+    except sync.HubError as exc:
+        if state.get("connected", True):
+            log.warning("sync: the hub is unreachable (%s); serving and recording here, "
+                        "catching up when it returns", exc)
+        new.update(connected=False, error=str(exc))
+        return new
+    created = info.get("created")
+    known = state.get("hub_created")
+    if known and created and known != created:
+        msg = (f"the hub's event history is not the one this device synced with (its stream "
+               f"{sync.HUB_STREAM} was created {created}, this device synced with one created "
+               f"{known}): not syncing with it. Nothing here is lost; to sync with this hub, "
+               f"remove {home / sync.STATE_FILE} and restart")
+        if state.get("error") != msg:
+            log.error("sync: %s", msg)
+        new.update(connected=True, error=msg, diverged=True)
+        return new
+    await sync.ensure_hub_bucket(nc, PRESENCE_BUCKET)
+    if state.get("connected") is False:  # the hub is back: catch up now, not in minutes
+        await sync.kick_sources(nc, domain)
+        log.warning("sync: the hub answers again; catching up")
+    devices = sync.hub_devices(info)
+    peers = [d for d in devices if d != domain]
+    if await sync.follow_peers(nc, peers):
+        log.info("sync: following %s", ", ".join(peers))
+    new.update(connected=True, error=None, diverged=False, hub_created=created,
+               devices=devices, peers=peers, hub_messages=(info.get("state") or {}).get(
+                   "messages"), since=state.get("since") if state.get("connected") else now)
+    return new
+
+
+async def run(nats_url: str, home: Path, stop: asyncio.Event) -> None:
+    domain = sync.device_domain(device_name())
+    nc = await bus.connect(nats_url, name="sync")
+    state = sync.read_state(home)
+    try:
+        await bus.wait_ready(nc)
+        while not stop.is_set():
+            try:
+                new = await tick(nc, home, domain, state)
+            except Exception as exc:  # a bad answer: say so, try again next round
+                log.warning("sync: %s", exc)
+                new = {**state, "error": str(exc), "checked": time.time()}
+            if {k: v for k, v in new.items() if k != "checked"} != {
+                    k: v for k, v in state.items() if k != "checked"} or (
+                    new["checked"] - state.get("checked", 0) > 10):
+                sync.write_state(home, new)
+            state = new
+            try:
+                await asyncio.wait_for(stop.wait(), TICK_S)
+            except TimeoutError:
+                pass
+    finally:
+        await nc.drain()

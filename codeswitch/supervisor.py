@@ -329,6 +329,8 @@ class Supervisor:
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._hostname = socket.gethostname()
+        self._join_pending = False  # joined, but the hub has not answered here yet
+        self._next_join_try = 0.0
 
     def handle_signal(self, signum: int, frame: Any) -> None:
         self._signals.append(signum)
@@ -472,6 +474,9 @@ class Supervisor:
         try:
             url = self._start_nats()
             joined = asyncio.run(self._join(url)) if self.join and self.nats else []
+            self._join_pending = bool(self.join and self.nats) and not any(
+                c.startswith("joined the hub") for c in joined)
+            self._next_join_try = time.monotonic() + 5
             env = self._child_env(url)
             planned = self._plan_parts(url)
             # the parts' interpreters start and import (the longest part of a start) while
@@ -534,6 +539,26 @@ class Supervisor:
         finally:
             await nc.drain()
 
+    def _retry_join(self) -> None:
+        """The first join found no hub: once the sync part sees it answer, share the settings
+        buckets (``_join``) and restart the parts that read them (each reads a bucket once
+        and then follows it: a bucket replaced under them would not be read again)."""
+        from runtime.sync import read_state
+
+        self._next_join_try = time.monotonic() + 5
+        if not read_state(self.home).get("connected") or self.nats is None:
+            return
+        changes = asyncio.run(self._join(self.nats.url, wait=0))
+        if not any(c.startswith("joined the hub") for c in changes):
+            return
+        self._join_pending = False
+        for change in changes:
+            log.warning("%s", change)
+        log.warning("the hub answered: restarting the parts on the shared settings")
+        for part in self.parts:
+            if part.name != NATS_PART and part.alive and part.proc is not None:
+                part.proc.terminate()
+
     async def _prepare(self, url: str) -> list[str]:
         from codeswitch.admin import seal_stored_secrets
         from runtime import bus, secrets
@@ -577,6 +602,8 @@ class Supervisor:
             while not self._signals:
                 changed = self.tick(env)
                 now = time.monotonic()
+                if self._join_pending and now >= self._next_join_try:
+                    self._retry_join()
                 if changed or now - last_write >= HEARTBEAT_S:
                     self._write_parts()
                     if changed:

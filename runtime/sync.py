@@ -193,6 +193,10 @@ class HubError(RuntimeError):
     """The hub did not answer, or answered with an error (its text)."""
 
 
+class DivergedError(HubError):
+    """The hub's event history is not the one this device synced with."""
+
+
 async def api(nc: Any, prefix: str, op: str, body: dict[str, Any] | None = None,
               timeout: float = 2.0) -> dict[str, Any]:
     """One JetStream API request (``prefix`` = ``$JS.API`` or ``$JS.<domain>.API``)."""
@@ -217,10 +221,22 @@ def _err(reply: dict[str, Any]) -> str | None:
     return None if not e else str(e.get("description") or e)
 
 
-async def register(nc: Any, domain: str) -> dict[str, Any]:
-    """Make sure the hub stream exists and sources this device's facts; returns its info."""
+async def register(nc: Any, domain: str, synced_with: str | None = None) -> dict[str, Any]:
+    """Make sure the hub stream exists and sources this device's facts; returns its info.
+    ``synced_with``: the creation time of the hub stream this device synced with before;
+    a hub whose stream is another one (or gone) raises DivergedError and is left as it is."""
     hub = hub_api()
     info = await api(nc, hub, f"STREAM.INFO.{HUB_STREAM}")
+    created = (info.get("config") or {}) and info.get("created")
+    if synced_with and (_not_found(info) or (created and created != synced_with)):
+        raise DivergedError(
+            f"the hub's event history is not the one this device synced with (its stream "
+            f"{HUB_STREAM} " + (f"was created {created}" if created else "does not exist")
+            + f"; this device synced with one created {synced_with}): not syncing with it. "
+            "Nothing is lost: this device keeps its own event log and serves as before. To "
+            "start over with this hub, stop the gateway, remove <home>/sync.json and start it "
+            "again (its facts go to the hub again; the other devices' facts come from it as "
+            "they reach it)")
     if _not_found(info):
         config = {"name": HUB_STREAM, "description": "codeswitch: every device's facts",
                   "retention": "limits", "storage": "file", "discard": "old",

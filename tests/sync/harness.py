@@ -44,7 +44,13 @@ class Hub:
 
     @property
     def join_url(self) -> str:
-        return (self.home / "hub" / "join-url").read_text().strip()
+        """Known before the hub first starts: its leaf password is made on first use."""
+        from codeswitch.cli_sync import LEAF_USER, hub_join_url
+        from runtime.natsd import load_or_create_auth
+
+        auth = load_or_create_auth(self.home / "hub" / "leaf.json")
+        assert LEAF_USER
+        return hub_join_url("127.0.0.1", self.leaf_port, auth.password)
 
     def start(self) -> Hub:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -87,7 +93,10 @@ class Device:
             self.proc = subprocess.Popen(
                 [*CLI, "up", "--home", str(self.home), "--port", str(self.port), "--grace",
                  "5"], stdout=out, stderr=subprocess.STDOUT, env=self.env)
+        self.wait_ready()
+        return self
 
+    def wait_ready(self) -> None:
         def ready() -> bool:
             try:
                 return (httpx.get(self.url + "/readiness", timeout=1).status_code == 200
@@ -96,7 +105,6 @@ class Device:
                 return False
 
         _wait(ready, 90, f"device {self.name}", self.proc, self.out)
-        return self
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

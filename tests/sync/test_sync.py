@@ -6,6 +6,8 @@ is erased on B."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 import uuid
 from collections import Counter
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime.sync import read_state
 from tests.fakes.upstream import FakeUpstream
 from tests.sync.harness import Device, Hub
 
@@ -23,11 +26,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hub, Devic
                                                                       FakeUpstream]]:
     tmp = tmp_path_factory.mktemp("sync")
     fake = FakeUpstream("anthropic").start()
-    hub = Hub(tmp / "hub").start()
+    hub = Hub(tmp / "hub")
     a = Device("A", tmp / "A", hub.join_url, {"SYNC_FAKE_KEY": "sk-key-of-device-A"})
     b = Device("B", tmp / "B", hub.join_url, {"SYNC_FAKE_KEY": "sk-key-of-device-B"})
     try:
+        # A joins a hub that does not answer yet: it starts anyway and says so
         a.start()
+        assert "does not answer: serving and recording here" in a.out.read_text()
+        hub.start()
+        # once the hub answers, A shares its settings through it (restarting its parts)
+        until(lambda: "restarting the parts on the shared settings" in a.out.read_text(), 30,
+              "A's retry of the join")
+        time.sleep(1.0)
+        a.wait_ready()
         b.start()
         yield hub, a, b, fake
     finally:
@@ -49,12 +60,18 @@ def until(cond: object, timeout: float, what: str) -> float:
 def test_sync_across_devices(world: tuple[Hub, Device, Device, FakeUpstream],
                              tmp_path: Path) -> None:
     hub, a, b, fake = world
+    sent = 0
     # a provider added on B (an env: key) serves A's next request, with A's own key
     b.cli("provider", "add", "fake", "--dialect", "anthropic", "--base-url", fake.base_url,
           "--api-key", "env:SYNC_FAKE_KEY")
     t_add = time.monotonic()
-    until(lambda: a.send("warmup-" + uuid.uuid4().hex).status_code == 200, 10,
-          "B's provider used by A")
+    def first_ok() -> bool:
+        nonlocal sent
+        r = a.send("warmup-" + uuid.uuid4().hex)
+        sent += r.status_code == 200
+        return r.status_code == 200
+
+    until(first_ok, 10, "B's provider used by A")
     add_lag = time.monotonic() - t_add
     assert fake.requests[-1].api_key == "sk-key-of-device-A"
     assert "fake" in a.cli("provider", "list").stdout
@@ -63,6 +80,7 @@ def test_sync_across_devices(world: tuple[Hub, Device, Device, FakeUpstream],
     s1 = "sess-a-" + uuid.uuid4().hex
     r = a.send(s1, "first words of A")
     assert r.status_code == 200, r.text
+    sent += 1
     lag = until(lambda: s1 in b.sessions(), 10, "A's session on B")
     assert lag < 2.0, f"A's session took {lag:.2f} s to be listed on B"
     listed = b.cli("sessions", "list", "--json").stdout
@@ -74,6 +92,7 @@ def test_sync_across_devices(world: tuple[Hub, Device, Device, FakeUpstream],
     for _ in range(3):
         assert a.send(s2).status_code == 200
         assert b.send(s3).status_code == 200
+        sent += 2
     until(lambda: s2 in a.sessions() and s3 in b.sessions(), 10, "local recording")
     assert s2 not in b.sessions() and s3 not in a.sessions()
     hub.start()
@@ -87,6 +106,15 @@ def test_sync_across_devices(world: tuple[Hub, Device, Device, FakeUpstream],
     for s in (s1, s2, s3):
         assert a.ask("session", {"session": s})["requests"] == \
             b.ask("session", {"session": s})["requests"]
+    # requests never cross: each ran once, on its own device
+    assert len(fake.requests) == sent
+    # each device's `online` lists both gateways (presence on the hub)
+    # (the hub keeps heartbeats in memory: after its restart, each part's next beat, <= 5 s)
+    def both_online() -> bool:
+        online = json.loads(a.cli("online", "--json").stdout)
+        return {"A", "B"} <= {g["device"] for g in online["gateways"]}
+
+    until(both_online, 15, "both gateways in A's `online`")
 
     # a session deleted on A is erased on B (its ledger and its copy of the event log)
     a.cli("sessions", "delete", s1, "--force", "--yes")
@@ -95,5 +123,21 @@ def test_sync_across_devices(world: tuple[Hub, Device, Device, FakeUpstream],
     time.sleep(0.5)
     leftovers = [p for p in store.rglob("*") if p.is_file() and s1.encode() in p.read_bytes()]
     assert not leftovers, f"session text left in B's store: {leftovers}"
+
+    def clean(store: Path) -> bool:
+        return not any(p.is_file() and s1.encode() in p.read_bytes() for p in store.rglob("*"))
+
+    until(lambda: clean(a.home / "nats" / "jetstream"), 10, "the delete on A's store")
+    until(lambda: clean(hub.home / "hub" / "jetstream"), 10, "the delete on the hub's store")
+
+    # a hub with another event history: a clear message, no sync, nothing lost
+    hub.stop()
+    shutil.rmtree(hub.home / "hub" / "jetstream")
+    hub.start()
+    until(lambda: read_state(a.home).get("diverged"), 20, "A notices the other history")
+    assert "not the one this device synced with" in a.cli("sync").stdout
+    before = len(a.request_ids())
+    assert a.send("after-" + uuid.uuid4().hex).status_code == 200
+    until(lambda: len(a.request_ids()) == before + 1, 10, "A records on its own")
     print(f"\nprovider on A {add_lag:.2f} s after B's add; session on B after {lag:.2f} s; "
           f"catch-up {catch_up:.2f} s; delete on B after {gone:.2f} s")

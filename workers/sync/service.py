@@ -29,7 +29,12 @@ async def tick(nc: Any, home: Path, domain: str, state: dict[str, Any]) -> dict[
     now = time.time()
     new = {**state, "device": device_name(), "domain": domain, "checked": now}
     try:
-        info = await sync.register(nc, domain)
+        info = await sync.register(nc, domain, state.get("hub_created"))
+    except sync.DivergedError as exc:
+        if state.get("error") != str(exc):
+            log.error("sync: %s", exc)
+        new.update(connected=True, error=str(exc), diverged=True)
+        return new
     except sync.HubError as exc:
         if state.get("connected", True):
             log.warning("sync: the hub is unreachable (%s); serving and recording here, "
@@ -37,20 +42,10 @@ async def tick(nc: Any, home: Path, domain: str, state: dict[str, Any]) -> dict[
         new.update(connected=False, error=str(exc))
         return new
     created = info.get("created")
-    known = state.get("hub_created")
-    if known and created and known != created:
-        msg = (f"the hub's event history is not the one this device synced with (its stream "
-               f"{sync.HUB_STREAM} was created {created}, this device synced with one created "
-               f"{known}): not syncing with it. Nothing here is lost; to sync with this hub, "
-               f"remove {home / sync.STATE_FILE} and restart")
-        if state.get("error") != msg:
-            log.error("sync: %s", msg)
-        new.update(connected=True, error=msg, diverged=True)
-        return new
-    await sync.ensure_hub_bucket(nc, PRESENCE_BUCKET)
     if state.get("connected") is False:  # the hub is back: catch up now, not in minutes
         await sync.kick_sources(nc, domain)
         log.warning("sync: the hub answers again; catching up")
+    await sync.ensure_hub_bucket(nc, PRESENCE_BUCKET)  # memory on the hub: gone if it restarts
     devices = sync.hub_devices(info)
     peers = [d for d in devices if d != domain]
     if await sync.follow_peers(nc, peers):

@@ -123,5 +123,6 @@ def register(app: typer.Typer) -> None:
                   f"checked {age:.0f} s ago")
         if state.get("peers") is not None:
             out.print(f"  other devices: {', '.join(state['peers']) or '(none yet)'}")
-        if state.get("error"):
-            out.print(f"  {state['error']}")
+        for problem in (state.get("error"), state.get("key_warning")):
+            if problem:
+                out.print(f"  {problem}")

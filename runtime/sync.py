@@ -66,6 +66,7 @@ HUB_STREAM: Final = "CS_HUB"  # on the hub: every device's facts, as dev.<domain
 PEER_PREFIX: Final = "dev"
 JOIN_ENV: Final = "CODESWITCH_JOIN"  # the hub's leaf URL (with its password: not on argv)
 STATE_FILE: Final = "sync.json"
+SECRET_CHECK: Final = "codeswitch_secret_check"  # CS_HUB metadata: which secret key
 # the KV buckets every joined device shares (mirrors of the hub's); the others stay local:
 # circuits, affinity and alert state describe this device's routers and alerts
 SHARED_BUCKETS: Final[tuple[str, ...]] = (PROVIDERS_BUCKET, SETTINGS_BUCKET, MCP_BUCKET,
@@ -221,7 +222,8 @@ def _err(reply: dict[str, Any]) -> str | None:
     return None if not e else str(e.get("description") or e)
 
 
-async def register(nc: Any, domain: str, synced_with: str | None = None) -> dict[str, Any]:
+async def register(nc: Any, domain: str, synced_with: str | None = None,
+                   secret_check: str | None = None) -> dict[str, Any]:
     """Make sure the hub stream exists and sources this device's facts; returns its info.
     ``synced_with``: the creation time of the hub stream this device synced with before;
     a hub whose stream is another one (or gone) raises DivergedError and is left as it is."""
@@ -249,8 +251,13 @@ async def register(nc: Any, domain: str, synced_with: str | None = None) -> dict
         raise HubError(f"{HUB_STREAM} on the hub: {_err(info)}")
     config = info["config"]
     sources = config.get("sources") or []
-    if domain not in {source_domain(s) for s in sources}:
-        config["sources"] = [*sources, hub_source(domain)]
+    meta = config.get("metadata") or {}
+    if (domain not in {source_domain(s) for s in sources}
+            or (secret_check and SECRET_CHECK not in meta)):
+        if secret_check and SECRET_CHECK not in meta:
+            config["metadata"] = {**meta, SECRET_CHECK: secret_check}
+        if domain not in {source_domain(s) for s in sources}:
+            config["sources"] = [*sources, hub_source(domain)]
         reply = await api(nc, hub, f"STREAM.UPDATE.{HUB_STREAM}", config)
         if _err(reply):
             raise HubError(f"adding this device to {HUB_STREAM}: {_err(reply)}")
@@ -273,6 +280,26 @@ async def ensure_hub_bucket(nc: Any, bucket: str) -> None:
     reply = await api(nc, hub_api(), f"STREAM.CREATE.{stream}", cfg)
     if _err(reply) and "already in use" not in (_err(reply) or ""):
         raise HubError(f"bucket {bucket} on the hub: {_err(reply)}")
+
+
+def secret_check_value(key: bytes) -> str:
+    """Names a secret key without revealing it (an HMAC of a constant under the key): the
+    devices of one hub compare theirs, since a literal provider key stored by one device is
+    encrypted with its key (``runtime/secrets.py``) and only readable where the same key is."""
+    import hashlib
+    import hmac
+
+    return hmac.new(key, b"codeswitch secret check", hashlib.sha256).hexdigest()[:16]
+
+
+def key_mismatch(info: dict[str, Any], mine: str | None) -> str | None:
+    theirs = ((info.get("config") or {}).get("metadata") or {}).get(SECRET_CHECK)
+    if not mine or not theirs or theirs == mine:
+        return None
+    return ("this device's secret key (<home>/secret.key) is not the one the other devices of "
+            "this hub use: a literal provider key added on another device cannot be decrypted "
+            "here (its requests go out without it; env: keys are not affected). Copy the first "
+            "device's secret.key here (or set CODESWITCH_SECRET_KEY) and restart")
 
 
 def hub_devices(info: dict[str, Any]) -> list[str]:

@@ -75,6 +75,9 @@ def test_sync_across_devices(world: tuple[Hub, Device, Device, FakeUpstream],
     add_lag = time.monotonic() - t_add
     assert fake.requests[-1].api_key == "sk-key-of-device-A"
     assert "fake" in a.cli("provider", "list").stdout
+    # each device made its own secret.key: B is told that A's literal keys are not for it
+    until(lambda: read_state(b.home).get("key_warning"), 10, "B's secret key warning")
+    assert "secret key" in b.cli("sync").stdout
 
     # A's session listed on B within 2 s
     s1 = "sess-a-" + uuid.uuid4().hex

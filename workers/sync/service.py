@@ -24,12 +24,22 @@ log = logging.getLogger("codeswitch.sync")
 TICK_S = 2.0
 
 
+def _secret_check(home: Path) -> str | None:
+    from runtime import secrets
+
+    try:
+        key = secrets.load_key(home)
+    except secrets.SecretKeyError:
+        return None
+    return sync.secret_check_value(key) if key else None
+
+
 async def tick(nc: Any, home: Path, domain: str, state: dict[str, Any]) -> dict[str, Any]:
     """One round; returns the new state (also written to ``<home>/sync.json``)."""
     now = time.time()
     new = {**state, "device": device_name(), "domain": domain, "checked": now}
     try:
-        info = await sync.register(nc, domain, state.get("hub_created"))
+        info = await sync.register(nc, domain, state.get("hub_created"), _secret_check(home))
     except sync.DivergedError as exc:
         if state.get("error") != str(exc):
             log.error("sync: %s", exc)
@@ -50,7 +60,11 @@ async def tick(nc: Any, home: Path, domain: str, state: dict[str, Any]) -> dict[
     peers = [d for d in devices if d != domain]
     if await sync.follow_peers(nc, peers):
         log.info("sync: following %s", ", ".join(peers))
+    mismatch = sync.key_mismatch(info, _secret_check(home))
+    if mismatch and state.get("key_warning") != mismatch:
+        log.error("sync: %s", mismatch)
     new.update(connected=True, error=None, diverged=False, hub_created=created,
+               key_warning=mismatch,
                devices=devices, peers=peers, hub_messages=(info.get("state") or {}).get(
                    "messages"), since=state.get("since") if state.get("connected") else now)
     return new

@@ -221,6 +221,14 @@ def worker_alerts(nats_url: NatsOpt = None, home: HomeOpt = None,
     _launch(["alerts"], home, nats_url, nats_creds)
 
 
+@worker_app.command("sync")
+def worker_sync(nats_url: NatsOpt = None, home: HomeOpt = None,
+                nats_creds: NatsCredsOpt = None) -> None:
+    """Keep this NATS registered with its hub (it must be a leaf node of one: see
+    docs/architecture.md, 'Several devices'); `codeswitch up --join` runs it for you."""
+    _launch(["sync"], home, nats_url, nats_creds)
+
+
 @nats_app.command("init")
 def nats_init(
     nats_url: NatsOpt = None, home: HomeOpt = None,

@@ -49,15 +49,17 @@ SNIP = 600  # characters of a long message shown without --full
 async def _entries(nc: NATS, request_ids: list[str]) -> dict[str, dict[str, Any]]:
     """Body-log entries by request id (those it holds; none when it was never on)."""
     out: dict[str, dict[str, Any]] = {}
-    try:
-        obs = await nc.jetstream().object_store(names.BODY_LOG_BUCKET)
-    except Exception:
-        return out
-    for rid in dict.fromkeys(r for r in request_ids if r):
+    # this device's body log, then (joined to a hub) the other devices' (runtime/sync.py)
+    for bucket in (names.BODY_LOG_BUCKET, names.PEER_BODIES_BUCKET):
         try:
-            out[rid] = json.loads((await obs.get(rid)).data or b"{}")
-        except Exception:  # not kept (body log off then, expired, or dropped when full)
+            obs = await nc.jetstream().object_store(bucket)
+        except Exception:
             continue
+        for rid in dict.fromkeys(r for r in request_ids if r and r not in out):
+            try:
+                out[rid] = json.loads((await obs.get(rid)).data or b"{}")
+            except Exception:  # not kept (body log off then, expired, or dropped when full)
+                continue
     return out
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
-__all__ = ["erase_messages", "erase_object", "subject_seqs"]
+__all__ = ["erase_messages", "erase_object", "object_seqs", "subject_seqs"]
 
 log = logging.getLogger("codeswitch.erase")
 
@@ -62,6 +62,11 @@ async def erase_object(nc: NATS, bucket: str, name: str) -> int:
     """Erase an object store entry: its chunks and every version of its metadata (an object
     store delete would only purge them, leaving the bytes in the file). Returns the number of
     messages erased (0: there was no such entry)."""
+    return await erase_messages(nc, f"OBJ_{bucket}", await object_seqs(nc, bucket, name))
+
+
+async def object_seqs(nc: NATS, bucket: str, name: str) -> list[int]:
+    """The stream sequences of an object store entry: its metadata and its chunks."""
     stream = f"OBJ_{bucket}"
     meta = f"$O.{bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
     js = nc.jetstream()
@@ -76,4 +81,4 @@ async def erase_object(nc: NATS, bucket: str, name: str) -> int:
             nuids.add(str(info["nuid"]))
     for nuid in nuids:
         seqs += await subject_seqs(nc, stream, f"$O.{bucket}.C.{nuid}")
-    return await erase_messages(nc, stream, sorted(seqs))
+    return sorted(seqs)

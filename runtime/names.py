@@ -28,6 +28,7 @@ __all__ = [
     "ledger_durable",
     "MCP_BUCKET",
     "NAMES_BUCKET",
+    "PEER_BODIES_BUCKET",
     "PRESENCE_BUCKET",
     "PROVIDERS_BUCKET",
     "REQUESTS_STREAM",
@@ -78,6 +79,9 @@ BODIES_BUCKET: Final = "cs_bodies"  # object store: request bodies too big for o
 # request/response bodies when the body log is on ([gateway] body_log): 7 days, 1 GiB at most
 BODY_LOG_BUCKET: Final = "cs_body_log"
 BODY_LOG_TTL_S: Final = 7 * 24 * 3600.0
+# on a device joined to a hub: the other devices' body-log entries (runtime/sync.py), read
+# where the own body log has no entry
+PEER_BODIES_BUCKET: Final = "cs_body_log_peers"
 BODY_LOG_MAX_BYTES: Final = 1 << 30
 
 # options: history, description; storage "memory" (default file); ttl (max age, seconds);

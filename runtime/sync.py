@@ -31,9 +31,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from runtime.names import (
+    BODY_LOG_BUCKET,
+    BODY_LOG_MAX_BYTES,
+    BODY_LOG_TTL_S,
     EVENTS_STREAM,
     KEYS_BUCKET,
     MCP_BUCKET,
+    PEER_BODIES_BUCKET,
     PROVIDERS_BUCKET,
     RULES_BUCKET,
     SETTINGS_BUCKET,
@@ -63,6 +67,10 @@ __all__ = [
 
 HUB_DOMAIN: Final = "hub"
 HUB_STREAM: Final = "CS_HUB"  # on the hub: every device's facts, as dev.<domain>.<subject>
+# on the hub: every device's body log (its object store's messages) as dev.<domain>.bodies.>
+HUB_BODIES_STREAM: Final = "CS_HUB_BODIES"
+BODY_LOG_STREAM: Final = f"OBJ_{BODY_LOG_BUCKET}"
+PEER_BODIES_STREAM: Final = f"OBJ_{PEER_BODIES_BUCKET}"
 PEER_PREFIX: Final = "dev"
 JOIN_ENV: Final = "CODESWITCH_JOIN"  # the hub's leaf URL (with its password: not on argv)
 STATE_FILE: Final = "sync.json"
@@ -109,13 +117,13 @@ def peer_domain(subject: str) -> str | None:
     return None
 
 
-def hub_seq(source_header: str | None) -> int | None:
-    """The hub's sequence of a fact this device sourced from ``CS_HUB`` (its
+def hub_seq(source_header: str | None, stream: str = HUB_STREAM) -> int | None:
+    """The hub's sequence of a message this device sourced from the hub's ``stream`` (its
     ``Nats-Stream-Source`` header: ``<stream>[:<hash>] <seq> ...``)."""
     if not source_header:
         return None
     fields = source_header.split(" ")
-    if len(fields) < 2 or fields[0].split(":", 1)[0] != HUB_STREAM:
+    if len(fields) < 2 or fields[0].split(":", 1)[0] != stream:
         return None
     try:
         return int(fields[1])
@@ -138,6 +146,21 @@ def peer_source(peer: str) -> dict[str, Any]:
     """A device's event log's source for one other device: its facts, from the hub."""
     return {"name": HUB_STREAM, "external": {"api": hub_api(), "deliver": ""},
             "filter_subject": f"{PEER_PREFIX}.{peer}.>"}
+
+
+def hub_bodies_source(domain: str) -> dict[str, Any]:
+    """The hub's body stream's source for one device: its body log (chunks and metadata)."""
+    return {"name": BODY_LOG_STREAM, "external": {"api": hub_api(domain), "deliver": ""},
+            "subject_transforms": [{"src": f"$O.{BODY_LOG_BUCKET}.>",
+                                    "dest": f"{PEER_PREFIX}.{domain}.bodies.>"}]}
+
+
+def peer_bodies_source(peer: str) -> dict[str, Any]:
+    """A device's store of the others' bodies: one device's, from the hub, under the names of
+    an object store (``$O.cs_body_log_peers.>``) so that it reads like one."""
+    return {"name": HUB_BODIES_STREAM, "external": {"api": hub_api(), "deliver": ""},
+            "subject_transforms": [{"src": f"{PEER_PREFIX}.{peer}.bodies.>",
+                                    "dest": f"$O.{PEER_BODIES_BUCKET}.>"}]}
 
 
 def source_domain(source: dict[str, Any]) -> str | None:
@@ -307,6 +330,65 @@ def hub_devices(info: dict[str, Any]) -> list[str]:
                    if (d := source_domain(s))})
 
 
+async def register_bodies(nc: Any, domain: str) -> bool:
+    """With the body log on here (its bucket exists), the hub's body stream sources it.
+    Returns whether the hub has a body stream (some device's body log is on)."""
+    hub = hub_api()
+    mine = await api(nc, "$JS.API", f"STREAM.INFO.{BODY_LOG_STREAM}")
+    info = await api(nc, hub, f"STREAM.INFO.{HUB_BODIES_STREAM}")
+    if _not_found(mine):
+        return not _not_found(info)
+    if _not_found(info):
+        config = {"name": HUB_BODIES_STREAM, "retention": "limits", "storage": "file",
+                  "description": "codeswitch: every device's body log",
+                  "discard": "old", "num_replicas": 1, "allow_rollup_hdrs": True,
+                  "max_age": int(BODY_LOG_TTL_S * 1e9), "max_bytes": 4 * BODY_LOG_MAX_BYTES,
+                  "sources": [hub_bodies_source(domain)]}
+        info = await api(nc, hub, f"STREAM.CREATE.{HUB_BODIES_STREAM}", config)
+        if _err(info) and "already in use" not in (_err(info) or ""):
+            raise HubError(f"creating {HUB_BODIES_STREAM} on the hub: {_err(info)}")
+        return True
+    config = info["config"]
+    sources = config.get("sources") or []
+    if domain not in {source_domain(s) for s in sources}:
+        config["sources"] = [*sources, hub_bodies_source(domain)]
+        reply = await api(nc, hub, f"STREAM.UPDATE.{HUB_BODIES_STREAM}", config)
+        if _err(reply):
+            raise HubError(f"adding this device's body log on the hub: {_err(reply)}")
+    return True
+
+
+async def follow_peer_bodies(nc: Any, peers: list[str]) -> bool:
+    """This device's store of the other devices' bodies (created on first use) sources each
+    of them from the hub; returns whether it had to change."""
+    local = "$JS.API"
+    info = await api(nc, local, f"STREAM.INFO.{PEER_BODIES_STREAM}")
+    if _not_found(info):
+        config = {"name": PEER_BODIES_STREAM, "retention": "limits", "storage": "file",
+                  "description": "codeswitch: the other devices' body logs",
+                  "subjects": [f"$O.{PEER_BODIES_BUCKET}.C.>", f"$O.{PEER_BODIES_BUCKET}.M.>"],
+                  "discard": "old", "num_replicas": 1, "allow_rollup_hdrs": True,
+                  "allow_direct": True, "max_age": int(BODY_LOG_TTL_S * 1e9),
+                  "max_bytes": BODY_LOG_MAX_BYTES,
+                  "sources": [peer_bodies_source(p) for p in sorted(peers)]}
+        reply = await api(nc, local, f"STREAM.CREATE.{PEER_BODIES_STREAM}", config)
+        if _err(reply):
+            raise HubError(f"the other devices' bodies: {_err(reply)}")
+        return True
+    config = info["config"]
+    have = {t.get("src") for s in config.get("sources") or []
+            for t in s.get("subject_transforms") or []}
+    extra = [peer_bodies_source(p) for p in sorted(peers)
+             if f"{PEER_PREFIX}.{p}.bodies.>" not in have]
+    if not extra:
+        return False
+    config["sources"] = [*(config.get("sources") or []), *extra]
+    reply = await api(nc, local, f"STREAM.UPDATE.{PEER_BODIES_STREAM}", config)
+    if _err(reply):
+        raise HubError(f"following the other devices' bodies: {_err(reply)}")
+    return True
+
+
 async def follow_peers(nc: Any, peers: list[str]) -> bool:
     """This device's event log sources each other device's facts from the hub; returns
     whether it had to change."""
@@ -372,35 +454,58 @@ async def share_buckets(nc: Any, timeout: float = 2.0) -> list[str]:
     return done
 
 
-async def erase_facts(nc: Any, seqs: list[int]) -> int:
-    """Erase these facts from this device's event log (``runtime.erase``); on a joined device,
-    first the hub's copy of each one this device sourced from the hub (its
-    ``Nats-Stream-Source`` header names the hub's sequence). The hub's copies of this
-    device's own facts are erased by the other devices, which know their hub sequences."""
+async def _erase_with_hub(nc: Any, stream: str, hub_stream: str, seqs: list[int]) -> int:
+    """Erase ``seqs`` from ``stream`` here, first the hub's copy of each one this device
+    sourced from ``hub_stream`` (its ``Nats-Stream-Source`` header names the hub's sequence)."""
     from nats.js.errors import NotFoundError
 
     from runtime.erase import erase_messages
 
-    info = await api(nc, "$JS.API", f"STREAM.INFO.{EVENTS_STREAM}")
+    info = await api(nc, "$JS.API", f"STREAM.INFO.{stream}")
     if (info.get("config") or {}).get("sources"):
         js = nc.jetstream()
         upstream: list[int] = []
         for seq in seqs:
             try:
-                msg = await js.get_msg(EVENTS_STREAM, seq=seq)
+                msg = await js.get_msg(stream, seq=seq)
             except NotFoundError:
                 continue
-            found = hub_seq((msg.headers or {}).get("Nats-Stream-Source"))
+            found = hub_seq((msg.headers or {}).get("Nats-Stream-Source"), hub_stream)
             if found is not None:
                 upstream.append(found)
         for hseq in upstream:
             try:
-                reply = await api(nc, hub_api(), f"STREAM.MSG.DELETE.{HUB_STREAM}",
-                                  {"seq": hseq, "no_erase": False})
+                await api(nc, hub_api(), f"STREAM.MSG.DELETE.{hub_stream}",
+                          {"seq": hseq, "no_erase": False})
             except HubError:
                 break  # the hub is away: its copies stay there (docs: known limits)
-            del reply
-    return await erase_messages(nc, EVENTS_STREAM, seqs)
+    return await erase_messages(nc, stream, seqs)
+
+
+async def erase_facts(nc: Any, seqs: list[int]) -> int:
+    """Erase these facts from this device's event log (``runtime.erase``); on a joined device,
+    first the hub's copy of each one this device sourced from the hub. The hub's copies of this
+    device's own facts are erased by the other devices, which know their hub sequences."""
+    return await _erase_with_hub(nc, EVENTS_STREAM, HUB_STREAM, seqs)
+
+
+async def erase_bodies(nc: Any, request_id: str) -> int:
+    """Erase a request's body-log entry here: from the own body log, and from the store of the
+    other devices' bodies with the hub's copy (as ``erase_facts``). Returns messages erased."""
+    from nats.js.errors import BucketNotFoundError, NotFoundError
+
+    from runtime.erase import object_seqs
+
+    erased = 0
+    for bucket, hub_stream in ((BODY_LOG_BUCKET, HUB_BODIES_STREAM),
+                               (PEER_BODIES_BUCKET, HUB_BODIES_STREAM)):
+        try:
+            seqs = await object_seqs(nc, bucket, request_id)
+        except (BucketNotFoundError, NotFoundError):
+            continue  # no such store here
+        if seqs:
+            erased += await _erase_with_hub(nc, f"OBJ_{bucket}", hub_stream, seqs)
+    return erased
 
 
 async def kick_sources(nc: Any, domain: str) -> None:
@@ -411,7 +516,9 @@ async def kick_sources(nc: Any, domain: str) -> None:
     nothing is fetched twice."""
     for prefix, stream, mine in (
             ("$JS.API", EVENTS_STREAM, lambda s: s.get("name") == HUB_STREAM),
-            (hub_api(), HUB_STREAM, lambda s: source_domain(s) == domain)):
+            (hub_api(), HUB_STREAM, lambda s: source_domain(s) == domain),
+            ("$JS.API", PEER_BODIES_STREAM, lambda s: s.get("name") == HUB_BODIES_STREAM),
+            (hub_api(), HUB_BODIES_STREAM, lambda s: source_domain(s) == domain)):
         info = await api(nc, prefix, f"STREAM.INFO.{stream}")
         if _err(info):
             continue
@@ -420,7 +527,7 @@ async def kick_sources(nc: Any, domain: str) -> None:
         if not any(mine(s) for s in sources):
             continue
         config["sources"] = [s for s in sources if not mine(s)]
-        if config["sources"] or stream == EVENTS_STREAM:
+        if config["sources"] or stream in (EVENTS_STREAM, PEER_BODIES_STREAM):
             await api(nc, prefix, f"STREAM.UPDATE.{stream}", config)
         else:  # a stream with no subjects needs a source: keep a harmless one meanwhile
             continue

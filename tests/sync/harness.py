@@ -124,7 +124,7 @@ class Device:
         return f"nats://{creds['user']}:{creds['password']}@{host}"
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run([*CLI, *args, "--home", str(self.home)], capture_output=True,
+        r = subprocess.run([*CLI, *args], capture_output=True,  # $CODESWITCH_HOME: its home
                            text=True, env=self.env, timeout=60)
         if check:
             assert r.returncode == 0, f"{args}: {r.stdout}\n{r.stderr}"

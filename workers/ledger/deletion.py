@@ -29,11 +29,8 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
 from nats.aio.client import Client as NATS
-from nats.js.errors import BucketNotFoundError, NotFoundError
 
-from runtime import names
-from runtime.erase import erase_object
-from runtime.sync import erase_facts
+from runtime.sync import erase_bodies, erase_facts
 from schemas.events import DeletedRequest, SessionDeleted, encode_event, new_id
 from schemas.subjects import SESSION_DELETED
 from workers.ledger import sessions
@@ -106,12 +103,8 @@ class SessionDeleter:
                 "session again. Wait a minute (or stop the client), or pass --force")
         facts = await erase_facts(self.nc, bill["seqs"])
         bodies = 0
-        try:
-            await js.object_store(names.BODY_LOG_BUCKET)
-            for rid in bill["request_ids"]:
-                bodies += bool(await erase_object(self.nc, names.BODY_LOG_BUCKET, rid))
-        except (BucketNotFoundError, NotFoundError):
-            pass  # the body log was never on
+        for rid in bill["request_ids"]:  # the body log, the other devices' bodies, the hub
+            bodies += bool(await erase_bodies(self.nc, rid))
         tombs = tombstones(session, bill["requests"], deleted_by=by, now=time.time())
         last = 0
         for tomb in tombs:

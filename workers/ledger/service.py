@@ -41,10 +41,9 @@ from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
 from runtime import bus, memory, names
-from runtime.erase import erase_object
 from runtime.prices import LivePrices
 from runtime.pull import BatchPuller, ConsumerGoneError
-from runtime.sync import erase_facts, peer_domain
+from runtime.sync import erase_bodies, erase_facts, peer_domain
 from schemas.prices import PriceBook, PriceError
 from schemas.subjects import LEDGER_QUERY_PREFIX, SESSION_DELETED
 from workers.ledger import sessions
@@ -302,8 +301,7 @@ class LedgerService:
             for seqs, rids in pending:
                 facts += await erase_facts(self.nc, seqs)
                 for rid in rids:
-                    with contextlib.suppress(Exception):  # no body log: nothing to erase
-                        bodies += bool(await erase_object(self.nc, names.BODY_LOG_BUCKET, rid))
+                    bodies += bool(await erase_bodies(self.nc, rid))
             async with self._paused():
                 await self._db(self._compact)
             log.info("session deleted on another device: %d facts and %d bodies erased here",

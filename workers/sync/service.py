@@ -60,6 +60,8 @@ async def tick(nc: Any, home: Path, domain: str, state: dict[str, Any]) -> dict[
     peers = [d for d in devices if d != domain]
     if await sync.follow_peers(nc, peers):
         log.info("sync: following %s", ", ".join(peers))
+    if await sync.register_bodies(nc, domain):  # some device's body log is on
+        await sync.follow_peer_bodies(nc, peers)
     mismatch = sync.key_mismatch(info, _secret_check(home))
     if mismatch and state.get("key_warning") != mismatch:
         log.error("sync: %s", mismatch)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nats.js.api import DeliverPolicy
+
 from tests.fakes.upstream import FakeUpstream
 from tests.sync.harness import CLI, Device, Hub
 
@@ -37,19 +39,37 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-async def listed_on(b_url: str, session: str, timeout: float) -> float:
+async def listed_on(b_url: str, session: str, timeout: float) -> tuple[float, float]:
+    """When B's event log had A's fact of the session (a subscription on B's CS_EVENTS), and
+    when B's ledger listed it."""
     from codeswitch.cli_ledger import _connect, _request
+    from runtime.names import EVENTS_STREAM
 
     nc = await _connect(b_url)
+    in_log: list[float] = []
+
+    async def on_fact(msg: object) -> None:
+        if session.encode() in msg.data and not in_log:  # type: ignore[attr-defined]
+            in_log.append(time.perf_counter())
+
+    sub = await nc.jetstream().subscribe("dev.*.llm.response.>", stream=EVENTS_STREAM,
+                                         cb=on_fact, ordered_consumer=True,
+                                         deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
     try:
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < timeout:
             found = await _request(nc, "sessions", {"limit": 20}, 5)
             if any(s["session"] == session for s in found):
-                return time.perf_counter()
+                seen = time.perf_counter()
+                for _ in range(200):
+                    if in_log:
+                        break
+                    await asyncio.sleep(0.005)
+                return (in_log[0] if in_log else float("nan")), seen
             await asyncio.sleep(0.005)
         raise TimeoutError(f"session {session} not on B within {timeout} s")
     finally:
+        await sub.unsubscribe()
         await nc.close()
 
 
@@ -73,14 +93,17 @@ def main() -> None:
         for _ in range(3):  # warm up both sides
             a.send("warm-" + uuid.uuid4().hex)
         lags: list[float] = []
+        log_lags: list[float] = []
         load0 = os.getloadavg()
         for _ in range(args.requests):
             session = "lag-" + uuid.uuid4().hex
             r = a.send(session)
             answered = time.perf_counter()
             assert r.status_code == 200, r.text
-            seen = asyncio.run(listed_on(b.nats_url, session, 30))
+            in_log, seen = asyncio.run(listed_on(b.nats_url, session, 30))
             lags.append((seen - answered) * 1000)
+            if in_log == in_log:  # not NaN
+                log_lags.append((in_log - answered) * 1000)
             time.sleep(args.interval)
         load1 = os.getloadavg()
         cli: list[float] = []
@@ -98,6 +121,9 @@ def main() -> None:
         print(f"sync lag A answer -> B's ledger lists the session, {len(lags)} rounds: "
               f"p50 {pct(lags, 50):.0f} ms, p99 {pct(lags, 99):.0f} ms, max {max(lags):.0f} "
               f"ms, mean {statistics.mean(lags):.0f} ms")
+        if log_lags:
+            print(f"of which A's answer -> the fact in B's event log, {len(log_lags)} rounds: "
+                  f"p50 {pct(log_lags, 50):.0f} ms, p99 {pct(log_lags, 99):.0f} ms")
         if cli:
             print(f"with `codeswitch sessions list` on B (process start included), "
                   f"{len(cli)} rounds: p50 {pct(cli, 50):.0f} ms, max {max(cli):.0f} ms")

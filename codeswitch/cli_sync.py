@@ -26,7 +26,11 @@ HUB_LEAF_PORT = 17422
 
 
 def hub_join_url(host: str, leaf_port: int, password: str) -> str:
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    """What a device joins with; a hub listening on every address is named by its host name
+    (the devices must be able to resolve it: replace it by an address otherwise)."""
+    import socket
+
+    shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
     return f"nats://{LEAF_USER}:{password}@{shown}:{leaf_port}"
 
 

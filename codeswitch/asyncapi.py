@@ -585,6 +585,9 @@ _STORES: tuple[tuple[str, str], ...] = (
     (f"object store `{names.BODIES_BUCKET}`",
      "request bodies too large for one message (TTL 10 min)"),
     (f"object store `{names.BODY_LOG_BUCKET}`", "the body log, when it is on (TTL 7 days, 1 GiB)"),
+    (f"object store `{names.PEER_BODIES_BUCKET}`",
+     "joined to a hub: the other devices' body logs, sourced from the hub (TTL 7 days, 1 GiB; "
+     "docs/architecture.md, 'Several devices')"),
 )
 DESCRIPTION += "".join(f"| {name} | {what} |\n" for name, what in _STORES)
 

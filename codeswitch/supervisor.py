@@ -475,7 +475,7 @@ class Supervisor:
             url = self._start_nats()
             joined = asyncio.run(self._join(url)) if self.join and self.nats else []
             self._join_pending = bool(self.join and self.nats) and not any(
-                c.startswith("joined the hub") for c in joined)
+                c.startswith(("joined the hub", "syncing through")) for c in joined)
             self._next_join_try = time.monotonic() + 5
             env = self._child_env(url)
             planned = self._plan_parts(url)
@@ -527,6 +527,8 @@ class Supervisor:
             while True:
                 try:
                     done = await sync.share_buckets(nc)
+                    if not done:  # shared before: nothing to ask the hub now
+                        return [f"syncing through the hub {where} (codeswitch sync: its state)"]
                     return [f"joined the hub {where}", *done]
                 except sync.HubError as exc:
                     if time.monotonic() > deadline:
@@ -549,7 +551,7 @@ class Supervisor:
         if not read_state(self.home).get("connected") or self.nats is None:
             return
         changes = asyncio.run(self._join(self.nats.url, wait=0))
-        if not any(c.startswith("joined the hub") for c in changes):
+        if not any(c.startswith(("joined the hub", "syncing through")) for c in changes):
             return
         self._join_pending = False
         for change in changes:

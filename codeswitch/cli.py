@@ -695,4 +695,10 @@ def main() -> None:
     from runtime.process import private_umask
 
     private_umask()
-    app()
+    from runtime.sync import HubUnavailableError
+
+    try:
+        app()
+    except HubUnavailableError as exc:  # a shared setting changed while the hub is away
+        err.print(f"[red]{exc}[/]")
+        sys.exit(2)

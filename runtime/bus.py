@@ -31,6 +31,7 @@ from nats.js.errors import (
     BucketNotFoundError,
     KeyNotFoundError,
     NoKeysError,
+    NoStreamResponseError,
     NotFoundError,
     ServiceUnavailableError,
 )
@@ -342,9 +343,14 @@ class _WriteThrough:
         return getattr(self._js, name)
 
     async def publish(self, subject: str, *args: Any, **kwargs: Any) -> Any:
-        if subject.startswith("$KV."):
-            subject = f"{self._api}.{subject}"
-        return await self._js.publish(subject, *args, **kwargs)
+        if not subject.startswith("$KV."):
+            return await self._js.publish(subject, *args, **kwargs)
+        try:
+            return await self._js.publish(f"{self._api}.{subject}", *args, **kwargs)
+        except (NoStreamResponseError, nats.errors.TimeoutError) as exc:
+            from runtime.sync import HubUnavailableError
+
+            raise HubUnavailableError(subject.split(".")[1]) from exc
 
 
 async def key_value(js: JetStreamContext, bucket: str) -> KeyValue:

@@ -100,6 +100,8 @@ def test_sync_across_devices(world: tuple[Hub, Device, Device, FakeUpstream],
         assert b.send(s3).status_code == 200
         sent += 2
     until(lambda: s2 in a.sessions() and s3 in b.sessions(), 10, "local recording")
+    refused = b.cli("provider", "remove", "fake", check=False)  # shared: needs the hub
+    assert refused.returncode == 2 and "the hub does not answer" in refused.stderr, refused
     assert s2 not in b.sessions() and s3 not in a.sessions()
     hub.start()
     catch_up = until(lambda: s3 in a.sessions() and s2 in b.sessions(), 30, "catch up")

@@ -571,9 +571,16 @@ class Supervisor:
             await bus.ensure_all(nc.jetstream())
             key = secrets.load_key(self.home, create=True)
             assert key is not None
-            changes = await seal_stored_secrets(nc, key)
-            if self.apply is not None:
-                changes += await self.apply(url)
+            from runtime.sync import HubUnavailableError
+
+            try:
+                changes = await seal_stored_secrets(nc, key)
+                if self.apply is not None:
+                    changes += await self.apply(url)
+            except HubUnavailableError:  # joined, the hub away: start on what this device has
+                return ["the config file was not applied: the settings are shared through the "
+                        "hub, which does not answer; it is applied at the next start with the "
+                        "hub there (or change them with the CLI then)"]
             return changes
         finally:
             await nc.drain()

@@ -519,6 +519,15 @@ async def erase_bodies(nc: Any, request_id: str) -> int:
     return erased
 
 
+async def sources_failing(nc: Any, domain: str, hub_info: dict[str, Any]) -> bool:
+    """Whether a source between this device and the hub reports an error (nats-server is
+    then retrying it with its backoff)."""
+    mine = [s for s in hub_info.get("sources") or [] if source_domain(s) == domain]
+    local = await api(nc, "$JS.API", f"STREAM.INFO.{EVENTS_STREAM}")
+    theirs = [s for s in local.get("sources") or [] if s.get("name") == HUB_STREAM]
+    return any(s.get("error") for s in [*mine, *theirs])
+
+
 async def kick_sources(nc: Any, domain: str) -> None:
     """Start the sources between this device and the hub again, now: after the hub was away,
     nats-server retries a source with a backoff of up to two minutes (10 s more per failed

@@ -22,6 +22,7 @@ __all__ = ["run"]
 
 log = logging.getLogger("codeswitch.sync")
 TICK_S = 2.0
+KICK_EVERY_S = 30.0  # a source that keeps failing is set up again at most this often
 
 
 def _secret_check(home: Path) -> str | None:
@@ -34,7 +35,8 @@ def _secret_check(home: Path) -> str | None:
     return sync.secret_check_value(key) if key else None
 
 
-async def tick(nc: Any, home: Path, domain: str, state: dict[str, Any]) -> dict[str, Any]:
+async def tick(nc: Any, home: Path, domain: str, state: dict[str, Any],
+               first: bool = False) -> dict[str, Any]:
     """One round; returns the new state (also written to ``<home>/sync.json``)."""
     now = time.time()
     new = {**state, "device": device_name(), "domain": domain, "checked": now}
@@ -52,9 +54,15 @@ async def tick(nc: Any, home: Path, domain: str, state: dict[str, Any]) -> dict[
         new.update(connected=False, error=str(exc))
         return new
     created = info.get("created")
-    if state.get("connected") is False:  # the hub is back: catch up now, not in minutes
+    # the hub is back, or this device (re)started, or a source between them failed: set the
+    # sources up again now, not after nats-server's backoff (up to two minutes)
+    if (state.get("connected") is False or first or (
+            now - float(state.get("kicked") or 0) > KICK_EVERY_S
+            and await sync.sources_failing(nc, domain, info))):
         await sync.kick_sources(nc, domain)
-        log.warning("sync: the hub answers again; catching up")
+        new["kicked"] = now
+        if state.get("connected") is False:
+            log.warning("sync: the hub answers again; catching up")
     await sync.ensure_hub_bucket(nc, PRESENCE_BUCKET)  # memory on the hub: gone if it restarts
     devices = sync.hub_devices(info)
     peers = [d for d in devices if d != domain]
@@ -78,9 +86,11 @@ async def run(nats_url: str, home: Path, stop: asyncio.Event) -> None:
     state = sync.read_state(home)
     try:
         await bus.wait_ready(nc)
+        first = True
         while not stop.is_set():
             try:
-                new = await tick(nc, home, domain, state)
+                new = await tick(nc, home, domain, state, first)
+                first = first and not new.get("connected")
             except Exception as exc:  # a bad answer: say so, try again next round
                 log.warning("sync: %s", exc)
                 new = {**state, "error": str(exc), "checked": time.time()}

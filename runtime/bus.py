@@ -356,6 +356,11 @@ class _WriteThrough:
 async def key_value(js: JetStreamContext, bucket: str) -> KeyValue:
     """``js.key_value(bucket)``, and for a bucket this device mirrors from the hub (a joined
     device's shared settings, ``runtime/sync.py``) one whose writes go to the hub."""
+    from nats.js.errors import InvalidBucketNameError
+    from nats.js.object_store import VALID_BUCKET_RE
+
+    if VALID_BUCKET_RE.match(bucket) is None:  # as nats-py's own key_value
+        raise InvalidBucketNameError
     stream = f"KV_{bucket}"
     try:
         si = await js.stream_info(stream)

@@ -263,7 +263,7 @@ async def register(nc: Any, domain: str, synced_with: str | None = None,
     a hub whose stream is another one (or gone) raises DivergedError and is left as it is."""
     hub = hub_api()
     info = await api(nc, hub, f"STREAM.INFO.{HUB_STREAM}")
-    created = (info.get("config") or {}) and info.get("created")
+    created = info.get("created") if info.get("config") else None
     if synced_with and (_not_found(info) or (created and created != synced_with)):
         raise DivergedError(
             f"the hub's event history is not the one this device synced with (its stream "

@@ -37,6 +37,7 @@ from runtime.names import (
     EVENTS_STREAM,
     KEYS_BUCKET,
     MCP_BUCKET,
+    NAMES_BUCKET,
     PEER_BODIES_BUCKET,
     PROVIDERS_BUCKET,
     RULES_BUCKET,
@@ -78,7 +79,8 @@ SECRET_CHECK: Final = "codeswitch_secret_check"  # CS_HUB metadata: which secret
 # the KV buckets every joined device shares (mirrors of the hub's); the others stay local:
 # circuits, affinity and alert state describe this device's routers and alerts
 SHARED_BUCKETS: Final[tuple[str, ...]] = (PROVIDERS_BUCKET, SETTINGS_BUCKET, MCP_BUCKET,
-                                          USERS_BUCKET, KEYS_BUCKET, RULES_BUCKET)
+                                          USERS_BUCKET, KEYS_BUCKET, NAMES_BUCKET,
+                                          RULES_BUCKET)
 
 # never across the leaf connection, either way: the work queue and its replies, the core
 # request/reply subjects of routers, edges and the ledger, the facts' own subjects (they

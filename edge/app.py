@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -109,6 +110,13 @@ def maybe_executed_status(client: str | None) -> int:
     return _MAYBE_EXECUTED_FOR.get(client or "", MAYBE_EXECUTED)
 
 
+# the console (console/app.py) serves these paths; a GET/HEAD of one may also match the
+# models or root routes (a session id "models"), never an LLM route (its POST paths end in
+# fixed words: tests/console/test_api.py checks every one)
+CONSOLE_PATHS = ("/console", "/admin/api")
+CONSOLE_MODULE = "console.app"
+_CONSOLE_KINDS = frozenset({"models", "root"})
+
 # edge-side outcomes where the upstream's answer did not reach the client
 _UNDELIVERED = frozenset({"router_lost", "reply_gap", "gateway_stopping"})
 
@@ -122,6 +130,8 @@ class EdgeApp:
         self.nats_url = nats_url
         # write-ahead facts (runtime.facts) in <home>/outbox when run by `codeswitch up`
         self.outbox = Path(home) / "outbox" if home is not None else None
+        self.home = Path(home) if home is not None else None
+        self._console: Any = None  # the console (console.app), loaded on its first request
         self._parts_home = supervised_home()  # set by `codeswitch up` for its parts
         # under `codeswitch up`: ready once the supervisor has applied the streams and the
         # config (it writes parts.json then; the parts start while it does that)
@@ -185,6 +195,8 @@ class EdgeApp:
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in loads)), 10)
 
     async def shutdown(self) -> None:
+        if self._console is not None:
+            await self._console.aclose()
         if self.heartbeat is not None:
             await self.heartbeat.aclose()
         if self._watch_task:
@@ -246,6 +258,15 @@ class EdgeApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = match_route(scope["method"], scope["path"])
+        if (route is None or route.kind in _CONSOLE_KINDS) and \
+                scope["path"].startswith(CONSOLE_PATHS):
+            # the console and its admin API: never reached by an LLM route (no added work on
+            # their path); loaded by module path on first use (console/ is above the CLI's
+            # shared functions, which a part may not import by name: docs/console.md)
+            if self._console is None:
+                self._console = importlib.import_module(CONSOLE_MODULE).build(self)
+            await self._console(scope, receive, send)
+            return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         if route is None:
             dialect = _guess_dialect(scope["path"], headers)

@@ -146,10 +146,11 @@ def overview(con: duckdb.DuckDBPyConnection, f: Filter) -> dict[str, Any]:
 
 
 def series(con: duckdb.DuckDBPyConnection, f: Filter, bucket: str = "hour") -> list[dict[str, Any]]:
-    """One row per hour or day that has requests: ``t`` is the bucket start (unix seconds)."""
-    width = {"hour": 3600, "day": 86400}.get(bucket)
+    """One row per minute, hour or day that has requests: ``t`` is the bucket start (unix
+    seconds). Minutes serve the console's last hour."""
+    width = {"minute": 60, "hour": 3600, "day": 86400}.get(bucket)
     if width is None:
-        raise QueryError("bucket must be hour or day")
+        raise QueryError("bucket must be minute, hour or day")
     where, params = _where(f)
     off = int(f.tz_offset_s)
     rows = _dicts(con.execute(

@@ -320,10 +320,24 @@ async def providers(c: Call) -> Any:
     u = msgspec.to_builtins(unified) if unified is not None else None
     if u:
         u.pop("token", None)
-    return {"providers": [msgspec.to_builtins(p.masked()) for p in plist],
+    return {"providers": [msgspec.to_builtins(_masked(c, p)) for p in plist],
             "circuits": circuits,
             "active": msgspec.to_builtins(active) if active is not None else None,
             "unified": u}
+
+
+def _masked(c: Call, p: Any) -> Any:
+    """A provider safe to show: an encrypted key decrypted here (never shown) so that its
+    last 4 characters are, as for a literal (the CLI's `provider list` does the same)."""
+    from runtime.secrets import SecretKeyError, is_encrypted, reveal
+
+    home = c.app.host.home
+    if home is not None and is_encrypted(p.api_key):
+        try:
+            p = msgspec.structs.replace(p, api_key=reveal(p.api_key, home))
+        except SecretKeyError:
+            pass  # shown as "enc:…"
+    return p.masked()
 
 
 async def _save_provider(c: Call, body: ProviderIn, *, existing: Any) -> Any:
@@ -345,7 +359,7 @@ async def _save_provider(c: Call, body: ProviderIn, *, existing: Any) -> Any:
     await c.audit().record("provider.updated" if existing is not None else "provider.added",
                            f"provider:{provider.name}", **provider_details(provider))
     caught, answering = await wait_applied(c.nc)
-    return {"provider": msgspec.to_builtins(provider.masked()),
+    return {"provider": msgspec.to_builtins(_masked(c, provider)),
             "in_effect_on": caught, "routers": answering}
 
 

@@ -55,6 +55,7 @@ class Host(Protocol):
     nc: NATS | None
     directory: Directory
     home: Path | None
+    stopping: bool  # the server is shutting down: live streams end
 
 
 @dataclass
@@ -311,13 +312,18 @@ class ConsoleApp:
             await send({"type": "http.response.start", "status": 200, "headers": hdrs})
             await send({"type": "http.response.body", "body": b"retry: 1000\n: hello\n\n",
                         "more_body": True})
-            while not gone.is_set() and not self.closing.is_set():
+            idle = 0
+            while not gone.is_set() and not self.closing.is_set() and not self.host.stopping:
                 try:
-                    kind, data = await asyncio.wait_for(listener.queue.get(), 15)
+                    kind, data = await asyncio.wait_for(listener.queue.get(), 1)
                 except TimeoutError:
-                    await send({"type": "http.response.body", "body": b": ping\n\n",
-                                "more_body": True})
+                    idle += 1
+                    if idle >= 15:  # a comment now and then keeps proxies from closing it
+                        idle = 0
+                        await send({"type": "http.response.body", "body": b": ping\n\n",
+                                    "more_body": True})
                     continue
+                idle = 0
                 chunk = f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             with contextlib.suppress(Exception):

@@ -156,6 +156,7 @@ class EdgeApp:
         # the request headers route rules match on (cs_settings "routes"): forwarded to the
         # routers in the envelope, the rest stays here
         self.route_headers: tuple[str, ...] = ()
+        self.stopping = False  # the server is shutting down (edge.main): long streams end
 
     # -- lifespan ---------------------------------------------------------------------------
     async def startup(self) -> None:

@@ -5,6 +5,7 @@ Anthropic upstream. Module-scoped: starting it costs seconds."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -17,6 +18,7 @@ import uvicorn
 
 from edge.app import EdgeApp
 from edge.server import make_config
+from runtime import secrets
 from runtime.natsd import EmbeddedNats
 from runtime.process import free_port
 from schemas.config import GatewaySettings
@@ -38,6 +40,7 @@ class World:
         self.fake = FakeUpstream("anthropic").start()
         self.home = tmp / "home"
         self.home.mkdir()
+        secrets.use_home(self.home)  # as runtime.launch does: the router decrypts with it
         self.router = RouterThread(self.nats_url)
         self.app = EdgeApp(self.nats_url, settings=GatewaySettings(body_log=True),
                            home=self.home)
@@ -59,7 +62,10 @@ class World:
             time.sleep(0.01)
 
     def on_nats(self, fn: Callable[[Any], Awaitable[T]]) -> T:
-        return run_nats(self.nats_url, fn)
+        """Run ``fn(nc)`` on a connection of its own, in a thread (Playwright's sync API keeps
+        an event loop running in the test's thread)."""
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(run_nats, self.nats_url, fn).result(60)
 
     def llm(self, key: str | None = None, session: str | None = None,
             model: str = "claude-opus-4-8") -> httpx.Response:
@@ -73,12 +79,14 @@ class World:
         return httpx.Client(base_url=self.url, timeout=30, **kw)
 
     def stop(self) -> None:
+        self.app.stopping = True  # as edge.main does: the console's live streams end
         self.server.should_exit = True
         self.thread.join(15)
         self.ledger.stop()
         self.router.stop()
         self.fake.stop()
         self.nats.stop()
+        secrets.use_home(None)
 
 
 @pytest.fixture(scope="module")

@@ -258,6 +258,7 @@ async def dashboard(c: Call) -> Any:
         "today": _ledger(c, "overview", {**base, "since": _today(q.tz_offset_s, now)}),
         "minutes": _ledger(c, "series", {**base, "since": (now - MINUTE_WINDOW_S) // 60 * 60,
                                          "bucket": "minute"}),
+        "recent": _ledger(c, "log", {"user": own, "limit": 15}),
     }
     if own is None:
         from codeswitch.reads import gateways

@@ -115,7 +115,6 @@ def maybe_executed_status(client: str | None) -> int:
 # fixed words: tests/console/test_api.py checks every one)
 CONSOLE_PATHS = ("/console", "/admin/api")
 CONSOLE_MODULE = "console.app"
-_CONSOLE_KINDS = frozenset({"models", "root"})
 
 # edge-side outcomes where the upstream's answer did not reach the client
 _UNDELIVERED = frozenset({"router_lost", "reply_gap", "gateway_stopping"})
@@ -259,17 +258,11 @@ class EdgeApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = match_route(scope["method"], scope["path"])
-        if (route is None or route.kind in _CONSOLE_KINDS) and \
-                scope["path"].startswith(CONSOLE_PATHS):
-            # the console and its admin API: never reached by an LLM route (no added work on
-            # their path); loaded by module path on first use (console/ is above the CLI's
-            # shared functions, which a part may not import by name: docs/console.md)
-            if self._console is None:
-                self._console = importlib.import_module(CONSOLE_MODULE).build(self)
-            await self._console(scope, receive, send)
-            return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         if route is None:
+            if scope["path"].startswith(CONSOLE_PATHS):  # the console: not on an LLM route's way
+                await self._to_console(scope, receive, send)
+                return
             dialect = _guess_dialect(scope["path"], headers)
             await _respond(send, 404, render(dialect, 404, f"no such endpoint: "
                                              f"{scope['method']} {scope['path']}"))
@@ -283,11 +276,21 @@ class EdgeApp:
         elif route.kind == "metrics":
             await _respond(send, 200, self.metrics.render(),
                            "text/plain; version=0.0.4; charset=utf-8")
+        elif scope["path"].startswith(CONSOLE_PATHS):  # GET /admin/api/sessions/models, HEAD
+            await self._to_console(scope, receive, send)
         elif route.kind == "models":
             await self._models(send, route, headers,
                                scope.get("query_string", b"").decode("latin-1"))
         else:  # "/" and HEAD preconnects
             await _respond(send, 200, b'{"service":"codeswitch"}')
+
+    async def _to_console(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The console and its admin API (console/app.py), loaded by module path on first use:
+        console/ sits above the CLI's shared functions, which a part may not import
+        (docs/console.md)."""
+        if self._console is None:
+            self._console = importlib.import_module(CONSOLE_MODULE).build(self)
+        await self._console(scope, receive, send)
 
     async def _health(self, send: Send) -> None:
         """200 while every part is up; under `codeswitch up` a part that is down (or crash

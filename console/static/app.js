@@ -137,7 +137,7 @@ function route() {
   const view = $("#view");
   delete view.dataset.ready;
   view.replaceChildren(h("p", { class: "muted" }, "loading…"));
-  RENDER[page](view, arg).then(() => { view.dataset.ready = page; })
+  RENDER[page](view, arg).then(() => { view.dataset.ready = page; performance.mark("cs-ready-" + page); })
     .catch((e) => { if (e.status !== 401) view.replaceChildren(h("p", { class: "error", role: "alert" }, e.message)); });
 }
 
@@ -193,6 +193,9 @@ RENDER.dashboard = async (view) => {
       ...(admin ? [partsCard(d), onlineCard(d), circuitsCard(d), alertsCard(d)] : []))];
   if (d.today && d.today.error) sections.splice(1, 0, h("p", { class: "error" }, d.today.error));
   view.replaceChildren(...sections);
+  const recentRow = (e, fresh) => h("tr", { class: fresh ? "new" : "", "data-request": e.request_id }, h("td", {}, fmt.clock(e.ts)), h("td", {}, e.model), h("td", {}, e.provider || "–"),
+    h("td", {}, statusChip(e)), h("td", { class: "num" }, fmt.tok(e.total_tokens)), h("td", { class: "num" }, fmt.ms(e.duration_ms)));
+  recent.replaceChildren(...(Array.isArray(d.recent) ? d.recent : []).map((e) => recentRow(e, false)));
   const keys = [...minutes.keys()];
   const u = chart(chartBox, "Requests and errors per minute, last hour", [keys, keys.map((k) => minutes.get(k)[0]), keys.map((k) => minutes.get(k)[1])], ["requests", "errors"]);
   let tot = { ...t };
@@ -209,8 +212,7 @@ RENDER.dashboard = async (view) => {
     const ks = [...minutes.keys()];
     u.setData([ks, ks.map((k) => minutes.get(k)[0]), ks.map((k) => minutes.get(k)[1])]);
     $("#hour-requests").textContent = fmt.n(ks.reduce((a, k) => a + minutes.get(k)[0], 0));
-    recent.prepend(h("tr", { class: "new", "data-request": e.request_id }, h("td", {}, fmt.clock(e.ts)), h("td", {}, e.model), h("td", {}, e.provider || "–"),
-      h("td", {}, statusChip(e)), h("td", { class: "num" }, fmt.tok(e.total_tokens)), h("td", { class: "num" }, fmt.ms(e.duration_ms))));
+    recent.prepend(recentRow(e, true));
     while (recent.children.length > 15) recent.lastChild.remove();
   };
 };
@@ -411,10 +413,15 @@ RENDER.stats = async (view) => {
       h("td", {}, label(d.labels, r.key)), h("td", { class: "num" }, fmt.n(r.requests)), h("td", { class: "num" }, fmt.n(r.errors)), h("td", { class: "num" }, fmt.tok(r.total_tokens)),
       h("td", { class: "num" }, fmt.usd(r.cost)), h("td", { class: "num" }, fmt.ms(r.p50_latency_ms)), h("td", { class: "num" }, fmt.ms(r.p95_ttfb_ms))))),
     h("div", { class: "card", style: "margin-top:12px" }, h("h2", {}, "Requests per day, last year"), heat(hm.days)));
-  const s = d.series;
-  const xs = s.map((r) => r.t);
-  chart(c1, `Requests and errors per ${bucket}`, [xs, s.map((r) => r.requests), s.map((r) => r.errors)], ["requests", "errors"]);
-  chart(c2, `Cost (USD) per ${bucket}`, [xs, s.map((r) => r.cost || 0)], ["cost"]);
+  // every bucket of the range, empty ones as zero (the ledger returns only buckets with requests)
+  const width = bucket === "hour" ? 3600 : 86400;
+  const got = new Map(d.series.map((r) => [r.t, r]));
+  const xs = [];
+  const first = bucket === "hour" ? Math.floor(since / 3600) * 3600 : Math.floor((since + tz) / 86400) * 86400 - tz;
+  for (let t = first; t <= Date.now() / 1000; t += width) xs.push(t);
+  const pick = (t, k) => (got.has(t) ? got.get(t)[k] || 0 : 0);
+  chart(c1, `Requests and errors per ${bucket}`, [xs, xs.map((t) => pick(t, "requests")), xs.map((t) => pick(t, "errors"))], ["requests", "errors"]);
+  chart(c2, `Cost (USD) per ${bucket}`, [xs, xs.map((t) => pick(t, "cost"))], ["cost"]);
 };
 function heat(days) {
   const by = new Map(days.map((d) => [d.day, d]));

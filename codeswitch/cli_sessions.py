@@ -35,6 +35,7 @@ from codeswitch.cli_ledger import (
 )
 from codeswitch.conversation import Turn, conversation, title
 from codeswitch.reads import body_entries, gateways
+from runtime.home import home_dir
 
 __all__ = ["register"]
 
@@ -221,7 +222,18 @@ def sessions_delete(
             raise typer.Exit(2)
         typer.confirm(f"Delete session {session} ({found['requests']:,} requests, "
                       f"{_usd(found['cost'])}) for good?", abort=True)
-    done = _run(_ask(url, "session_delete", {"session": session, "force": force}, 180))
+    async def go() -> dict[str, Any]:
+        from codeswitch.audit import AdminLog
+        from codeswitch.session_delete import delete_session
+
+        nc = await _connect(url)
+        try:  # the same as the console: the ledger erases it, then the admin fact
+            return await delete_session(nc, AdminLog(nc, home=home_dir(home)), session,
+                                        force=force)
+        finally:
+            await nc.close()
+
+    done = _run(go())
     if as_json:
         console.print_json(json.dumps(done))
         return

@@ -11,7 +11,6 @@ own user id (``Call.only_own``).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from typing import Any, Literal
 
@@ -576,12 +575,9 @@ async def delete_session(c: Call) -> Any:
     found = await _ledger(c, "session", {"session": sid})
     if found["session"] != sid:
         raise HttpError(400, f"{sid!r} is not a session id (did you mean {found['session']}?)")
-    done = await _ledger(c, "session_delete", {"session": sid, "force": c.query.force}, 180)
-    # the id never goes on the log again (it was erased): its sha256, as the tombstone's
-    digest = hashlib.sha256(sid.encode()).hexdigest()
-    await c.audit().record("session.deleted", f"session:sha256:{digest[:16]}",
-                           session_hash=digest, requests=done["requests"],
-                           facts_erased=done["facts_erased"])
+    from codeswitch.session_delete import delete_session
+
+    done = await delete_session(c.nc, c.audit(), sid, force=c.query.force)
     return done
 
 

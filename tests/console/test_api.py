@@ -5,10 +5,13 @@ keys for scripts, the OpenAPI document, and every write an admin fact with its a
 from __future__ import annotations
 
 import getpass
+import json
 import time
 from typing import Any
 
 import httpx
+import typer
+from typer.testing import CliRunner
 
 from codeswitch import users as u
 from codeswitch.audit import AdminLog
@@ -18,6 +21,15 @@ from tests.console.conftest import World, wait_for
 from tests.e2e.test_sessions import wait_requests
 
 API = "/admin/api"
+
+
+def _cli() -> typer.Typer:
+    from codeswitch import cli
+
+    have = {g.name for g in cli.app.registered_groups}
+    if "user" not in have:
+        cli._register_plugins(["--help"])
+    return cli.app
 
 
 def _csrf(c: httpx.Client) -> str:
@@ -134,7 +146,18 @@ def test_sign_in_csrf_roles_and_audit(world: World) -> None:
         assert created["user:bob"]["actor"] == "test"
 
         # a password, then sign-in with it; wrong ones refused the same way
-        w.on_nats(lambda nc: u.set_password(nc, AdminLog(nc), "root", "correct horse 42"))
+        # `codeswitch user passwd` (asked twice); too short refused
+        env = {"CODESWITCH_NATS_URL": w.nats_url, "CODESWITCH_HOME": str(w.home),
+               "COLUMNS": "200"}
+        short = CliRunner().invoke(_cli(), ["user", "passwd", "root"], env=env,
+                                   input="short\nshort\n")
+        assert short.exit_code == 1 and "at least 10 characters" in short.output
+        out = CliRunner().invoke(_cli(), ["user", "passwd", "root"], env=env,
+                                 input="correct horse 42\ncorrect horse 42\n")
+        assert out.exit_code == 0, out.output
+        listed = CliRunner().invoke(_cli(), ["user", "list", "--json"], env=env)
+        root = next(x for x in json.loads(listed.stdout) if x["name"] == "root")
+        assert root["password"] is True  # whether one is set; never the hash
         wait_for(lambda: w.app.directory.users[root_id].password, 5, "password")
         with w.client() as p:
             bad = p.post(f"{API}/signin", json={"name": "root", "password": "wrong horse 42"})

@@ -650,6 +650,20 @@ async def alerts(c: Call) -> Any:
             "history": history}
 
 
+@endpoint("GET", "/mcp")
+async def mcp(c: Call) -> Any:
+    """MCP servers in KV (``cs_mcp``): header and environment names only, never their
+    values. Skills live in each machine's client directories, not in NATS: not here."""
+    from codeswitch.clients.mcp_store import McpStore
+    from runtime import names
+
+    store = McpStore(await c.nc.jetstream().key_value(names.MCP_BUCKET), c.nc)
+    return {"servers": [{"name": m.name, "transport": m.transport, "url": m.url,
+                         "command": m.command, "args": m.args, "enabled": m.enabled,
+                         "headers": sorted(m.headers), "env": sorted(m.env)}
+                        for m in await store.list()]}
+
+
 @endpoint("GET", "/events", access="user")
 async def events(c: Call) -> Any:
     """Server-sent events as facts are published: ``request`` (one per completed request),

@@ -87,7 +87,7 @@ function formErrors(form, e) {
 const PAGES = [
   ["dashboard", "Dashboard", false], ["providers", "Providers", true], ["users", "Users & keys", true],
   ["keys", "My keys", false, true], ["sessions", "Sessions", false], ["requests", "Requests", false],
-  ["stats", "Statistics", false], ["alerts", "Alerts", true], ["audit", "Audit", true],
+  ["stats", "Statistics", false], ["alerts", "Alerts", true], ["mcp", "MCP", true], ["audit", "Audit", true],
 ];
 function showSignIn() {
   state.me = null;
@@ -134,14 +134,20 @@ function route() {
   for (const a of document.querySelectorAll("#nav a")) a.toggleAttribute("aria-current", a.dataset.page === page) && a.setAttribute("aria-current", "page");
   for (const c of state.charts) c.destroy();
   state.charts = []; state.onEvent = null; state.page = page;
-  const view = $("#view");
-  delete view.dataset.ready;
-  view.replaceChildren(h("p", { class: "muted" }, "loading…"));
-  RENDER[page](view, arg).then(() => { view.dataset.ready = page; performance.mark("cs-ready-" + page); })
+  // each render gets a box of its own: one still running when the person moved on (a refresh
+  // after a button, a late answer) writes into a box no longer on the page
+  const main = $("#view");
+  const gen = (state.gen = (state.gen || 0) + 1);
+  const view = h("div", {}, h("p", { class: "muted" }, "loading…"));
+  delete main.dataset.ready;
+  main.replaceChildren(view);
+  RENDER[page](view, arg).then(() => { if (gen === state.gen) { main.dataset.ready = page; performance.mark("cs-ready-" + page); } })
     .catch((e) => { if (e.status !== 401) view.replaceChildren(h("p", { class: "error", role: "alert" }, e.message)); });
 }
 
 // -- live --------------------------------------------------------------------------------
+// a page's handler of live facts, kept only while that page is the one shown
+function on(view, fn) { if (view.isConnected) state.onEvent = fn; }
 function setLive(on) { const el = $("#live"); el.textContent = on ? "● live" : "○ reconnecting"; el.classList.toggle("on", on); }
 function connectLive() {
   if (state.es) return;
@@ -199,22 +205,22 @@ RENDER.dashboard = async (view) => {
   const keys = [...minutes.keys()];
   const u = chart(chartBox, "Requests and errors per minute, last hour", [keys, keys.map((k) => minutes.get(k)[0]), keys.map((k) => minutes.get(k)[1])], ["requests", "errors"]);
   let tot = { ...t };
-  state.onEvent = (kind, e) => {
+  on(view, (kind, e) => {
     if (kind === "circuit" || kind === "alert") { route(); return; }
     if (kind !== "request") return;
     tot.requests += 1; if (!e.ok) tot.errors += 1; tot.total_tokens += e.total_tokens || 0;
-    $("#today-requests").textContent = fmt.n(tot.requests);
-    $("#today-errors").textContent = fmt.n(tot.errors);
-    $("#today-tokens").textContent = fmt.tok(tot.total_tokens);
+    $("#today-requests", view).textContent = fmt.n(tot.requests);
+    $("#today-errors", view).textContent = fmt.n(tot.errors);
+    $("#today-tokens", view).textContent = fmt.tok(tot.total_tokens);
     const m = Math.floor(e.ts / 60) * 60;
     if (!minutes.has(m)) { minutes.set(m, [0, 0]); const first = minutes.keys().next().value; minutes.delete(first); }
     const v = minutes.get(m); v[0] += 1; if (!e.ok) v[1] += 1;
     const ks = [...minutes.keys()];
     u.setData([ks, ks.map((k) => minutes.get(k)[0]), ks.map((k) => minutes.get(k)[1])]);
-    $("#hour-requests").textContent = fmt.n(ks.reduce((a, k) => a + minutes.get(k)[0], 0));
+    $("#hour-requests", view).textContent = fmt.n(ks.reduce((a, k) => a + minutes.get(k)[0], 0));
     recent.prepend(recentRow(e, true));
     while (recent.children.length > 15) recent.lastChild.remove();
-  };
+  });
 };
 function partsCard(d) {
   const items = [];
@@ -262,7 +268,7 @@ RENDER.providers = async (view) => {
         h("button", { class: "ghost", type: "button", onclick: () => { form.replaceWith(providerForm(p)); $("#provider-form [name=base_url]").focus(); } }, "Edit"),
         h("button", { class: "danger", type: "button", onclick: (ev) => confirm(`Remove provider ${p.name}?`) && act(ev.target, () => api("DELETE", `/providers/${encodeURIComponent(p.name)}`), `${p.name} removed`).then(route) }, "Remove"))))),
     h("h2", { style: "margin-top:16px" }, "Add or edit a provider"), form);
-  state.onEvent = (kind, e) => { if (kind === "circuit" || (kind === "admin" && e.action.startsWith("provider."))) route(); };
+  on(view, (kind, e) => { if (kind === "circuit" || (kind === "admin" && e.action.startsWith("provider."))) route(); });
 };
 function providerForm(p) {
   const edit = !!p;
@@ -329,8 +335,9 @@ RENDER.users = async (view) => {
   tableEl.querySelector("tbody").replaceChildren(...(rows.length ? rows : [h("tr", {}, h("td", { colspan: 6, class: "muted" }, "no users: the gateway is open to loopback clients"))]));
   view.replaceChildren(h("h1", {}, "Users and keys"), secretBox, tableEl, h("h2", { style: "margin-top:16px" }, "Create a user"), add,
     h("p", { class: "muted" }, "Budgets' usage bars appear here once budgets are enforced (issue 12)."));
-  RENDER.users.refresh = async () => { const keep = secretBox.firstChild; await RENDER.users(view); if (keep) $("#secret").replaceChildren(keep); };
-  state.onEvent = (kind, e) => { if (kind === "admin" && /^(user|key)\./.test(e.action)) RENDER.users.refresh(); };
+  // a refresh that fails (signed out meanwhile: the sign-in form is up) leaves the page as it is
+  RENDER.users.refresh = async () => { const keep = secretBox.firstChild; try { await RENDER.users(view); } catch (e) { return; } if (keep) $("#secret", view).replaceChildren(keep); };
+  on(view, (kind, e) => { if (kind === "admin" && /^(user|key)\./.test(e.action)) RENDER.users.refresh(); });
 };
 
 RENDER.keys = async (view) => {
@@ -388,7 +395,7 @@ RENDER.requests = async (view) => {
   view.replaceChildren(h("h1", {}, "Request log"), f, h("div", { class: "card table-wrap", style: "margin-top:12px" }, h("table", {},
     h("thead", {}, h("tr", {}, ["time", "model", "provider", "status", "user", "client", "in", "out", "cost", "duration"].map((c) => h("th", {}, c)))), body)));
   const filtered = ["provider", "model", "user", "session", "status"].some((k) => params[k]);
-  state.onEvent = (kind, e) => { if (kind === "request" && !filtered) { body.prepend(row(e, true)); while (body.children.length > 200) body.lastChild.remove(); } };
+  on(view, (kind, e) => { if (kind === "request" && !filtered) { body.prepend(row(e, true)); while (body.children.length > 200) body.lastChild.remove(); } });
 };
 
 RENDER.stats = async (view) => {
@@ -450,7 +457,17 @@ RENDER.alerts = async (view) => {
     h("div", { class: "card", style: "margin-top:12px" }, h("h2", {}, "History"), table(["time", "rule", "kind", "severity", "value#"], d.history, (x) => h("tr", {},
       h("td", {}, fmt.time(x.ts)), h("td", {}, x.rule), h("td", {}, x.kind), h("td", {}, x.severity || "–"), h("td", { class: "num" }, x.value === null || x.value === undefined ? "–" : Number(x.value).toFixed(3))))),
     h("p", { class: "muted" }, "Rules are added and tested with `codeswitch alerts add|test` for now."));
-  state.onEvent = (kind) => { if (kind === "alert") route(); };
+  on(view, (kind) => { if (kind === "alert") route(); });
+};
+
+RENDER.mcp = async (view) => {
+  const d = await api("GET", "/mcp");
+  view.replaceChildren(h("h1", {}, "MCP servers"),
+    h("div", { class: "card" }, table(["name", "transport", "endpoint", "headers / env", "state"], d.servers, (m) => h("tr", { "data-mcp": m.name },
+      h("td", {}, h("strong", {}, m.name)), h("td", {}, m.transport), h("td", { class: "mono" }, m.url || [m.command, ...(m.args || [])].join(" ")),
+      h("td", { class: "muted" }, [...m.headers, ...m.env].join(", ") || "–"), h("td", {}, chip(m.enabled ? "enabled" : "disabled", m.enabled ? "ok" : "warn"))))),
+    h("p", { class: "muted" }, "Added, enabled and synced into Claude Code, Codex and Gemini CLI with `codeswitch mcp`; Skills live in each machine's client directories (`codeswitch skills`)."));
+  on(view, (kind, e) => { if (kind === "admin" && e.action.startsWith("mcp.")) route(); });
 };
 
 RENDER.audit = async (view) => {
@@ -469,7 +486,7 @@ RENDER.audit = async (view) => {
   view.replaceChildren(h("h1", {}, "Audit log"), f, h("div", { class: "card", style: "margin-top:12px" }, table(["time", "actor", "action", "target", "details"], d.entries, (r) => h("tr", { "data-action": r.action },
     h("td", {}, fmt.time(r.time)), h("td", {}, label(d.labels, r.actor), r.actor.startsWith("u_") ? h("div", { class: "mono muted" }, r.actor) : null), h("td", {}, chip(r.action)),
     h("td", {}, r.target), h("td", { class: "mono muted" }, Object.entries(r.details || {}).map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(" "))))));
-  state.onEvent = (kind) => { if (kind === "admin") setTimeout(route, 500); };
+  on(view, (kind) => { if (kind === "admin") setTimeout(route, 500); });
 };
 
 // -- wiring ------------------------------------------------------------------------------

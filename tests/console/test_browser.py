@@ -201,10 +201,25 @@ def test_console_in_chromium(world: World, browser: Browser) -> None:
     actions = ("user.created", "provider.added", "provider.disabled", "user.disabled",
                "user.enabled", "key.created", "session.deleted")
 
+    missing: list[str] = []
+
+    _goto(page, w, "audit")
+
     def listed() -> bool:  # the ledger folds the last facts within moments: reload till then
-        _goto(page, w, "audit")
-        return all(page.locator(f"tr[data-action='{a}']").count() for a in actions)
-    wait_for(listed, 30, "the audit page to list every action")
+        page.reload()
+        _ready(page, "audit")
+        missing[:] = [a for a in actions if not page.locator(f"tr[data-action='{a}']").count()]
+        return not missing
+    try:
+        wait_for(listed, 60, "the audit page to list every action")
+    except AssertionError:
+        async def subjects(nc: Any) -> Any:
+            info = await nc.jetstream().stream_info("CS_EVENTS", subjects_filter="admin.>")
+            return info.state.subjects
+        with w.client(headers={"authorization": f"Bearer {root_key}"}) as c:
+            seen = [e["action"] for e in c.get("/admin/api/audit").json()["entries"]]
+        raise AssertionError(f"not on the audit page: {missing}; the API has {seen}; the "
+                             f"stream {w.on_nats(subjects)}") from None
     disabled = page.locator("tr[data-action='user.disabled']").first
     expect(disabled).to_contain_text("root")
     expect(disabled).to_contain_text(root_id)
@@ -233,11 +248,25 @@ def test_console_in_chromium(world: World, browser: Browser) -> None:
     forged.close()
     assert w.app.directory.users[bob_id].enabled  # the refused write changed nothing
 
+    # -- MCP servers: names of headers, never their values -------------------------------
+    async def add_mcp(nc: Any) -> None:
+        from codeswitch.clients.mcp import McpServer
+        from codeswitch.clients.mcp_store import McpStore
+        from runtime import names
+
+        store = McpStore(await nc.jetstream().key_value(names.MCP_BUCKET), nc)
+        await store.put(McpServer(name="docs", transport="http", url="https://mcp.example/x",
+                                  headers={"Authorization": "Bearer HDR-SECRET"}))
+    w.on_nats(add_mcp)
+    _goto(page, w, "mcp")
+    expect(page.locator("tr[data-mcp=docs]")).to_contain_text("Authorization")
+    assert "HDR-SECRET" not in page.content()
+
     # -- every page, light and dark --------------------------------------------------------
     for scheme in ("light", "dark"):
         page.evaluate(f"localStorage.setItem('cs-theme', '{scheme}')")
         for name in ("dashboard", "providers", "users", "sessions", "requests", "stats",
-                     "alerts", "audit"):
+                     "alerts", "mcp", "audit"):
             page.goto(f"{w.url}/console#/{name}")
             page.reload()
             expect(page.locator("nav a[aria-current=page]")).to_have_attribute(
@@ -286,7 +315,7 @@ def test_console_in_chromium(world: World, browser: Browser) -> None:
         upage.goto(f"{w.url}/console#/users")  # not theirs: the dashboard instead
         expect(upage.locator("nav a[aria-current=page]")).to_have_attribute("data-page",
                                                                            "dashboard")
-        for path in ("users", "providers", "audit", "alerts"):
+        for path in ("users", "providers", "audit", "alerts", "mcp"):
             got = upage.evaluate(f"async () => (await fetch('/admin/api/{path}')).status")
             assert got == 403, path
         _goto(upage, w, "keys")

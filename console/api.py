@@ -254,9 +254,11 @@ async def dashboard(c: Call) -> Any:
             return {"error": str(exc)}
 
     jobs: dict[str, Any] = {
-        "today": _ledger(c, "overview", {**base, "since": _today(q.tz_offset_s, now)}),
+        # light: no latency quantiles (most of a query's time; the dashboard shows none)
+        "today": _ledger(c, "overview", {**base, "since": _today(q.tz_offset_s, now),
+                                         "light": True}),
         "minutes": _ledger(c, "series", {**base, "since": (now - MINUTE_WINDOW_S) // 60 * 60,
-                                         "bucket": "minute"}),
+                                         "bucket": "minute", "light": True}),
         "recent": _ledger(c, "log", {"user": own, "limit": 15}),
     }
     if own is None:
@@ -603,7 +605,8 @@ async def stats(c: Call) -> Any:
     base = {"since": q.since, "until": q.until, "user": c.only_own(),
             "tz_offset_s": q.tz_offset_s}
     overview, series, breakdown = await asyncio.gather(
-        _ledger(c, "overview", base), _ledger(c, "series", {**base, "bucket": q.bucket}),
+        _ledger(c, "overview", base),
+        _ledger(c, "series", {**base, "bucket": q.bucket, "light": True}),  # the charts
         _ledger(c, "breakdown", {**base, "by": q.by, "limit": 20}))
     return {"overview": overview, "series": series, "breakdown": breakdown,
             "labels": _labels(c)}

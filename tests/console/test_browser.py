@@ -273,6 +273,7 @@ def test_console_in_chromium(world: World, browser: Browser) -> None:
                 "data-page", name)
             _ready(page, name)
             expect(page.locator("#view .error:not(:empty)")).to_have_count(0)
+            expect(page.locator("#signin")).to_be_hidden()
             _shot(page, f"{name}-{scheme}")
             assert page.evaluate("document.documentElement.dataset.theme") == scheme
     # a phone

@@ -42,17 +42,9 @@ class World:
         self.home.mkdir()
         secrets.use_home(self.home)  # as runtime.launch does: the router decrypts with it
         self.router = RouterThread(self.nats_url)
-        self.app = EdgeApp(self.nats_url, settings=GatewaySettings(body_log=True),
-                           home=self.home)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(make_config(self.app, "127.0.0.1", self.port, grace=2))
-        self.thread = threading.Thread(target=self.server.run, name="edge", daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "edge did not start"
-            time.sleep(0.01)
+        self.start_edge()
         self.ledger = LedgerThread(self.nats_url, tmp / "ledger-home")
         from codeswitch import admin
         run_nats(self.nats_url, lambda nc: admin.put_provider(nc, provider_for(self.fake)))
@@ -60,6 +52,22 @@ class World:
         while "anthropic" not in self.router.router.table.providers:
             assert time.monotonic() < deadline
             time.sleep(0.01)
+
+    def start_edge(self) -> None:
+        self.app = EdgeApp(self.nats_url, settings=GatewaySettings(body_log=True),
+                           home=self.home)
+        self.server = uvicorn.Server(make_config(self.app, "127.0.0.1", self.port, grace=2))
+        self.thread = threading.Thread(target=self.server.run, name="edge", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "edge did not start"
+            time.sleep(0.01)
+
+    def stop_edge(self) -> None:
+        self.app.stopping = True  # as edge.main does: the console's live streams end
+        self.server.should_exit = True
+        self.thread.join(15)
 
     def on_nats(self, fn: Callable[[Any], Awaitable[T]]) -> T:
         """Run ``fn(nc)`` on a connection of its own, in a thread (Playwright's sync API keeps
@@ -79,9 +87,7 @@ class World:
         return httpx.Client(base_url=self.url, timeout=30, **kw)
 
     def stop(self) -> None:
-        self.app.stopping = True  # as edge.main does: the console's live streams end
-        self.server.should_exit = True
-        self.thread.join(15)
+        self.stop_edge()
         self.ledger.stop()
         self.router.stop()
         self.fake.stop()

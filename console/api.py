@@ -607,7 +607,7 @@ async def stats(c: Call) -> Any:
     overview, series, breakdown = await asyncio.gather(
         _ledger(c, "overview", base),
         _ledger(c, "series", {**base, "bucket": q.bucket, "light": True}),  # the charts
-        _ledger(c, "breakdown", {**base, "by": q.by, "limit": 20}))
+        _ledger(c, "breakdown", {**base, "by": q.by, "limit": 20, "light": True}))
     return {"overview": overview, "series": series, "breakdown": breakdown,
             "labels": _labels(c)}
 

@@ -416,9 +416,9 @@ RENDER.stats = async (view) => {
     h("div", { class: "grid", style: "margin-top:12px" }, stat("Requests", fmt.n(o.requests)), stat("Error rate", fmt.pct(o.error_rate)), stat("Tokens", fmt.tok(o.total_tokens)),
       stat("Cost", fmt.usd(o.cost)), stat("p50 latency", fmt.ms(o.p50_latency_ms)), stat("p95 TTFB", fmt.ms(o.p95_ttfb_ms))),
     h("div", { class: "cols" }, h("div", { class: "card" }, c1), h("div", { class: "card" }, c2)),
-    h("div", { class: "card", style: "margin-top:12px" }, h("h2", {}, "By " + (params.by || "provider")), table(["key", "requests#", "errors#", "tokens#", "cost#", "p50#", "p95 TTFB#"], d.breakdown, (r) => h("tr", {},
-      h("td", {}, label(d.labels, r.key)), h("td", { class: "num" }, fmt.n(r.requests)), h("td", { class: "num" }, fmt.n(r.errors)), h("td", { class: "num" }, fmt.tok(r.total_tokens)),
-      h("td", { class: "num" }, fmt.usd(r.cost)), h("td", { class: "num" }, fmt.ms(r.p50_latency_ms)), h("td", { class: "num" }, fmt.ms(r.p95_ttfb_ms))))),
+    h("div", { class: "card", style: "margin-top:12px" }, h("h2", {}, "By " + (params.by || "provider")), table(["key", "requests#", "errors#", "error rate#", "tokens#", "cost#", "last#"], d.breakdown, (r) => h("tr", {},
+      h("td", {}, label(d.labels, r.key)), h("td", { class: "num" }, fmt.n(r.requests)), h("td", { class: "num" }, fmt.n(r.errors)), h("td", { class: "num" }, fmt.pct(r.error_rate)),
+      h("td", { class: "num" }, fmt.tok(r.total_tokens)), h("td", { class: "num" }, fmt.usd(r.cost)), h("td", { class: "num" }, fmt.ago(r.last_ts))))),
     h("div", { class: "card", style: "margin-top:12px" }, h("h2", {}, "Requests per day, last year"), heat(hm.days)));
   // every bucket of the range, empty ones as zero (the ledger returns only buckets with requests)
   const width = bucket === "hour" ? 3600 : 86400;

@@ -93,6 +93,8 @@ def test_queries_over_the_recorded_sequence(basic: Store) -> None:
     assert (light["requests"], light["errors"], light["cost"]) == (5, 1, o["cost"])
     assert light["p50_latency_ms"] is None and o["p50_latency_ms"] is not None
     assert [h["requests"] for h in queries.series(con, f, "hour", light=True)] == [2, 2, 1]
+    light_users = {r["key"]: r for r in queries.breakdown(con, f, "user", light=True)}
+    assert light_users["alice"]["requests"] == 3 and light_users["alice"]["p95_ttfb_ms"] is None
     minutes = queries.series(con, f, "minute")
     assert sum(m["requests"] for m in minutes) == 5 and all(m["t"] % 60 == 0 for m in minutes)
     log = queries.request_log(con, queries.Filter(status="error"))

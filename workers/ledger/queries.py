@@ -167,7 +167,7 @@ def series(con: duckdb.DuckDBPyConnection, f: Filter, bucket: str = "hour",
 
 
 def breakdown(con: duckdb.DuckDBPyConnection, f: Filter, by: str = "provider",
-              limit: int = 50) -> list[dict[str, Any]]:
+              limit: int = 50, light: bool = False) -> list[dict[str, Any]]:
     """Metrics per provider, model, user, key, session, dialect or client; by cost then
     count."""
     if by not in BREAKDOWNS:
@@ -175,7 +175,8 @@ def breakdown(con: duckdb.DuckDBPyConnection, f: Filter, by: str = "provider",
     where, params = _where(f)
     column = _BREAKDOWN_COLUMNS.get(by, f'"{by}"')
     rows = _dicts(con.execute(
-        f'SELECT {column} AS key, {_METRICS}, max(ts) AS last_ts FROM requests{where} '
+        f'SELECT {column} AS key, {_LIGHT_METRICS if light else _METRICS}, max(ts) AS last_ts '
+        f'FROM requests{where} '
         f"GROUP BY ALL ORDER BY cost DESC NULLS LAST, requests DESC, key LIMIT ?",
         [*params, int(limit)]))
     return [_with_rate(r) for r in rows]
@@ -274,7 +275,7 @@ def table_counts(con: duckdb.DuckDBPyConnection, tables: list[str]) -> dict[str,
 QUERIES: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
     "overview": (overview, ("light",)),
     "series": (series, ("bucket", "light")),
-    "breakdown": (breakdown, ("by", "limit")),
+    "breakdown": (breakdown, ("by", "limit", "light")),
     "log": (request_log, ("limit", "before_seq")),
     "heatmap": (heatmap, ()),
     "alerts": (alerts, ("rule", "limit")),

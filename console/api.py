@@ -106,7 +106,7 @@ class StatsQuery(msgspec.Struct, kw_only=True):
     since: float | None = None
     until: float | None = None
     bucket: Literal["minute", "hour", "day"] = "hour"
-    by: Literal["provider", "model", "user", "key", "dialect", "client"] = "provider"
+    by: Literal["provider", "model", "user", "key", "dialect", "client", "route"] = "provider"
     tz_offset_s: int = 0
 
 
@@ -433,8 +433,14 @@ async def disable_provider(c: Call) -> Any:
 async def remove_provider(c: Call) -> Any:
     """Remove a provider."""
     from codeswitch.admin import delete_provider, wait_applied
+    from codeswitch.routes import get_routes
 
     name = c.params["name"]
+    naming = [r.name for r in (await get_routes(c.nc)).rules if name in r.to]
+    if naming:  # as `provider remove`: a rule must never name a provider that is not there
+        raise HttpError(409, f"provider {name!r} is named by route rule(s) "
+                        f"{', '.join(naming)}: change or remove them first "
+                        "(`codeswitch route list`)")
     if not await delete_provider(c.nc, name):
         raise HttpError(404, f"no provider named {name!r}")
     await c.audit().record("provider.removed", f"provider:{name}")

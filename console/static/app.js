@@ -403,7 +403,7 @@ RENDER.stats = async (view) => {
   const range = Number(params.range || 7);
   const f = h("form", { class: "card form", id: "stats-form" },
     h("label", {}, "range", h("select", { name: "range" }, [["1", "24 hours"], ["7", "7 days"], ["30", "30 days"], ["365", "a year"]].map(([v, t]) => h("option", { value: v, selected: String(range) === v }, t)))),
-    h("label", {}, "by", h("select", { name: "by" }, ["provider", "model", "user", "key", "dialect", "client"].map((x) => h("option", { value: x, selected: params.by === x }, x)))),
+    h("label", {}, "by", h("select", { name: "by" }, ["provider", "model", "user", "key", "dialect", "client", "route"].map((x) => h("option", { value: x, selected: params.by === x }, x)))),
     h("div", {}, h("button", { type: "submit" }, "Show")));
   f.addEventListener("submit", (ev) => { ev.preventDefault(); sessionStorage.setItem("cs-stats", new URLSearchParams(new FormData(f)).toString()); route(); });
   const since = Date.now() / 1000 - range * 86400;

@@ -156,6 +156,11 @@ class ConsoleApp:
                 raise HttpError(404, f"no such page: {path}")
         except HttpError as exc:
             await self._json(send, exc.status, {"error": exc.message, "code": exc.code})
+        except Exception as exc:  # never a dropped connection: a 500 with what it was
+            log.exception("console %s %s", scope.get("method"), path)
+            with contextlib.suppress(Exception):
+                await self._json(send, 500, {"error": f"internal error ({type(exc).__name__})",
+                                             "code": "internal"})
 
     async def _send(self, send: Any, status: int, body: bytes, ctype: str,
                     extra: list[tuple[str, str]] | None = None) -> None:

@@ -151,7 +151,10 @@ class ConsoleApp:
             elif path in ("/console", "/console/", "/console/index.html"):
                 await self._file(send, headers, STATIC / "index.html", "/console/index.html")
             elif path in self._static:
-                await self._file(send, headers, self._static[path], path)
+                # asked for with ?v=<its hash> (the page's links): cached for good, a new
+                # version has a new URL; without it: revalidated each time
+                versioned = scope.get("query_string", b"").startswith(b"v=")
+                await self._file(send, headers, self._static[path], path, versioned)
             else:
                 raise HttpError(404, f"no such page: {path}")
         except HttpError as exc:
@@ -174,13 +177,21 @@ class ConsoleApp:
                     extra: list[tuple[str, str]] | None = None) -> None:
         await self._send(send, status, _enc.encode(body), "application/json", extra)
 
-    async def _file(self, send: Any, headers: dict[str, str], file: Path, key: str) -> None:
+    def _load(self, key: str, file: Path) -> tuple[bytes, str]:
         cached = self._etags.get(key)
         if cached is None:
             data = file.read_bytes()
+            if key == "/console/index.html":  # its links carry their files' versions
+                for url, static in self._static.items():
+                    version = self._load(url, static)[1].strip('"')[:12]
+                    data = data.replace(f'"{url}"'.encode(), f'"{url}?v={version}"'.encode())
             cached = (data, '"' + hashlib.sha256(data).hexdigest()[:20] + '"')
             self._etags[key] = cached
-        data, etag = cached
+        return cached
+
+    async def _file(self, send: Any, headers: dict[str, str], file: Path, key: str,
+                    versioned: bool = False) -> None:
+        data, etag = self._load(key, file)
         ctype = _TYPES.get(file.suffix, "application/octet-stream")
         extra = [("etag", etag)]
         if headers.get("if-none-match") == etag:
@@ -188,8 +199,9 @@ class ConsoleApp:
                 (b"etag", etag.encode()), (b"cache-control", b"no-cache")]})
             await send({"type": "http.response.body", "body": b""})
             return
+        cache = "public, max-age=31536000, immutable" if versioned else "no-cache"
         hdrs = [("content-type", ctype), ("content-length", str(len(data))),
-                ("cache-control", "no-cache"), *_SECURITY, *extra]
+                ("cache-control", cache), *_SECURITY, *extra]
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(k.encode(), v.encode("latin-1")) for k, v in hdrs]})
         await send({"type": "http.response.body", "body": data})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import re
 import time
 from typing import Any
 
@@ -79,6 +80,13 @@ def test_pages_and_openapi(world: World) -> None:
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
         assert "default-src 'self'" in page.headers["content-security-policy"]
         assert c.get("/console/static/vendor/uplot/uPlot.iife.min.js").status_code == 200
+        # the page links its files by version: cached for good, a new version a new URL
+        link = re.search(r'src="(/console/static/app\.js\?v=[0-9a-f]{12})"', page.text)
+        assert link, page.text
+        js = c.get(link.group(1))
+        assert js.status_code == 200 and "immutable" in js.headers["cache-control"]
+        assert c.get(link.group(1), headers={"if-none-match": js.headers["etag"]}
+                     ).status_code == 304
         assert c.get("/console/nope").status_code == 404
         doc = c.get(f"{API}/openapi.json").json()
     assert doc["openapi"].startswith("3.1")

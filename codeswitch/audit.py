@@ -9,8 +9,8 @@ de-duplicated): the command returns once its fact is on the event log. When the 
 write-ahead outbox (``<home>/outbox/cli.*.wal``, the format of ``runtime.facts``) and the next
 gateway part that starts on that directory publishes it; the change itself is already in KV.
 
-The actor is ``local:<OS user>`` for the CLI and ``codeswitch up`` (the console will record
-the admin user's id).
+The actor is ``local:<OS user>`` for the CLI and ``codeswitch up``, the signed-in user's id
+(or ``local:<OS user>`` in open mode) for the console (``console/``).
 """
 
 from __future__ import annotations

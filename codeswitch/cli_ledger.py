@@ -12,8 +12,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import nats
-import nats.errors
 import typer
 from nats.aio.client import Client as NATS
 from rich.console import Console
@@ -21,14 +19,12 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from codeswitch.reads import NOT_RUNNING, LedgerError, LedgerUnavailableError, ledger
 from runtime import bus
 from runtime.home import home_dir, masked_url, nats_url_for
-from schemas.subjects import ledger_query_subject
-from workers.ledger.wire import decode_reply
 
 __all__ = ["LedgerUnavailableError", "ask", "parse_time", "register"]
 
-NOT_RUNNING = "ledger not running: start the gateway with `codeswitch up`"
 T = TypeVar("T")
 
 HomeOpt = Annotated[Path | None, typer.Option("--home", help="data directory")]
@@ -40,14 +36,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of tab
 
 console = Console()
 err = Console(stderr=True)
-
-
-class LedgerUnavailableError(RuntimeError):
-    pass
-
-
-class LedgerError(RuntimeError):
-    pass
 
 
 _REL = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -101,15 +89,7 @@ async def _connect(url: str) -> NATS:
 
 
 async def _request(nc: NATS, query: str, params: dict[str, Any], timeout: float) -> Any:
-    try:
-        msg = await nc.request(ledger_query_subject(query), json.dumps(params).encode(),
-                               timeout=timeout)
-    except (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError) as exc:
-        raise LedgerUnavailableError(NOT_RUNNING) from exc
-    body = decode_reply(msg.data, msg.headers)
-    if not body.get("ok"):
-        raise LedgerError(body.get("error", "ledger error"))
-    return body.get("result")
+    return await ledger(nc, query, params, timeout)  # codeswitch.reads: shared with the console
 
 
 async def ask(url: str, query: str, params: dict[str, Any], timeout: float = 30.0) -> Any:

@@ -11,7 +11,6 @@ import time
 from collections import Counter
 from typing import Annotated, Any
 
-import msgspec
 import typer
 from nats.aio.client import Client as NATS
 from rich.console import Console
@@ -35,7 +34,8 @@ from codeswitch.cli_ledger import (
     _when,
 )
 from codeswitch.conversation import Turn, conversation, title
-from runtime import names
+from codeswitch.reads import body_entries, gateways
+from runtime.home import home_dir
 
 __all__ = ["register"]
 
@@ -47,20 +47,7 @@ SNIP = 600  # characters of a long message shown without --full
 
 
 async def _entries(nc: NATS, request_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """Body-log entries by request id (those it holds; none when it was never on)."""
-    out: dict[str, dict[str, Any]] = {}
-    # this device's body log, then (joined to a hub) the other devices' (runtime/sync.py)
-    for bucket in (names.BODY_LOG_BUCKET, names.PEER_BODIES_BUCKET):
-        try:
-            obs = await nc.jetstream().object_store(bucket)
-        except Exception:
-            continue
-        for rid in dict.fromkeys(r for r in request_ids if r and r not in out):
-            try:
-                out[rid] = json.loads((await obs.get(rid)).data or b"{}")
-            except Exception:  # not kept (body log off then, expired, or dropped when full)
-                continue
-    return out
+    return await body_entries(nc, request_ids)  # codeswitch.reads: shared with the console
 
 
 def _short(value: str | None, width: int = 24) -> str:
@@ -235,7 +222,18 @@ def sessions_delete(
             raise typer.Exit(2)
         typer.confirm(f"Delete session {session} ({found['requests']:,} requests, "
                       f"{_usd(found['cost'])}) for good?", abort=True)
-    done = _run(_ask(url, "session_delete", {"session": session, "force": force}, 180))
+    async def go() -> dict[str, Any]:
+        from codeswitch.audit import AdminLog
+        from codeswitch.session_delete import delete_session
+
+        nc = await _connect(url)
+        try:  # the same as the console: the ledger erases it, then the admin fact
+            return await delete_session(nc, AdminLog(nc, home=home_dir(home)), session,
+                                        force=force)
+        finally:
+            await nc.close()
+
+    done = _run(go())
     if as_json:
         console.print_json(json.dumps(done))
         return
@@ -256,37 +254,7 @@ async def _ask(url: str, query: str, params: dict[str, Any], timeout: float = 30
 
 
 async def _gateways(nc: NATS) -> list[dict[str, Any]]:
-    """The heartbeats in cs_presence, grouped by device (runtime/presence.py)."""
-    from runtime import bus
-    from runtime.presence import Presence
-
-    try:
-        kv = await nc.jetstream().key_value(names.PRESENCE_BUCKET)
-        entries = await bus.read_bucket(kv)
-    except Exception:
-        return []
-    try:  # joined to a hub (codeswitch up --join): every device's heartbeats are there
-        from runtime.sync import HUB_DOMAIN
-
-        hub = await nc.jetstream(domain=HUB_DOMAIN, timeout=1.0).key_value(
-            names.PRESENCE_BUCKET)
-        entries = {**entries, **(await bus.read_bucket(hub))}
-    except Exception:
-        pass  # not joined, or the hub is away: this device's own
-    devices: dict[str, dict[str, Any]] = {}
-    for raw, _ in entries.values():
-        try:
-            beat = msgspec.json.decode(raw, type=Presence)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            continue
-        d = devices.setdefault(beat.device, {"device": beat.device, "parts": [],
-                                             "version": beat.version, "last_beat": 0.0})
-        d["parts"].append({"part": beat.part, "id": beat.id, "pid": beat.pid,
-                           "started": beat.started, "last_beat": beat.ts})
-        d["last_beat"] = max(d["last_beat"], beat.ts)
-    for d in devices.values():
-        d["parts"].sort(key=lambda x: (x["part"], x["id"]))
-    return sorted(devices.values(), key=lambda d: d["device"])
+    return await gateways(nc)  # codeswitch.reads: shared with the console
 
 
 def online(

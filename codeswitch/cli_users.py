@@ -157,7 +157,7 @@ def user_list(json_out: JsonOpt = False, nats_url: NatsOpt = None,
     users = sorted(d.users.values(), key=lambda x: x.name)
     now = time.time()
     if json_out:
-        _print_json([{**msgspec.to_builtins(x), "keys": sum(
+        _print_json([{**msgspec.to_builtins(x), "password": bool(x.password), "keys": sum(
             1 for k in d.keys_of(x.id) if k.state(now) == "active")} for x in users])
         return
     if not users:
@@ -256,6 +256,24 @@ def user_remove(name: str, nats_url: NatsOpt = None, home: HomeOpt = None) -> No
     if left == 0:
         out.print("[yellow]that was the last user: the gateway accepts requests as configured "
                   "in [gateway] again[/]")
+
+
+@user_app.command("passwd")
+def user_passwd(
+    name: str,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove the password.")] = False,
+    nats_url: NatsOpt = None, home: HomeOpt = None,
+) -> None:
+    """Set the password NAME signs in to the console with (asked twice, at least 10
+    characters; stored as a scrypt hash). An admin key signs in too."""
+    from codeswitch import users as u
+
+    password: str | None = None
+    if not clear:
+        password = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
+    user = _run(home, nats_url, lambda nc, audit: u.set_password(nc, audit, name, password))
+    out.print(f"user [bold]{escape(user.name)}[/] " + (
+        "has no password now" if clear else "can sign in to the console with the password"))
 
 
 # -- keys ------------------------------------------------------------------------------------
@@ -395,12 +413,9 @@ def key_revoke(key: Annotated[str, typer.Argument(help="Key id (k_…) or USER/N
 
 async def id_labels(nc: Any) -> dict[str, str]:
     """User ids -> names and key ids -> USER/NAME, for `stats` and `log` (ids are recorded)."""
-    from codeswitch import users as u
+    from codeswitch.reads import id_labels as labels
 
-    d = await u.load(nc)
-    labels = {uid: x.name for uid, x in d.users.items()}
-    labels.update({kid: d.label(k) for kid, k in d.keys.items()})
-    return labels
+    return await labels(nc)
 
 
 # -- audit -----------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from schemas.users import (
     Limits,
     User,
     config_key_id,
+    hash_password,
     hash_secret,
     new_key_id,
     new_secret,
@@ -46,6 +47,7 @@ __all__ = [
     "remove_user",
     "revoke_key",
     "set_enabled",
+    "set_password",
     "set_role",
     "update_key",
     "update_user",
@@ -289,6 +291,22 @@ async def set_role(nc: NATS, audit: AdminLog, ref: str, role: str) -> User | Non
     await _write(nc, d, names.USERS_BUCKET, user.id, new)
     await audit.record("user.promoted" if role == "admin" else "user.demoted",
                        f"user:{user.name}", id=user.id, role=role)
+    return new
+
+
+async def set_password(nc: NATS, audit: AdminLog, ref: str, password: str | None) -> User:
+    """Set (scrypt-hashed, ``schemas.users.hash_password``) or clear (None) the password the
+    user signs in to the console with. The fact says which, never the hash."""
+    d = await load(nc)
+    user = d.user(ref)
+    try:
+        stored = hash_password(password) if password is not None else ""
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    new = msgspec.structs.replace(user, password=stored)
+    await _write(nc, d, names.USERS_BUCKET, user.id, new)
+    await audit.record("user.password_set" if stored else "user.password_cleared",
+                       f"user:{user.name}", id=user.id)
     return new
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -109,6 +110,12 @@ def maybe_executed_status(client: str | None) -> int:
     return _MAYBE_EXECUTED_FOR.get(client or "", MAYBE_EXECUTED)
 
 
+# the console (console/app.py) serves these paths; a GET/HEAD of one may also match the
+# models or root routes (a session id "models"), never an LLM route (its POST paths end in
+# fixed words: tests/console/test_api.py checks every one)
+CONSOLE_PATHS = ("/console", "/admin/api")
+CONSOLE_MODULE = "console.app"
+
 # edge-side outcomes where the upstream's answer did not reach the client
 _UNDELIVERED = frozenset({"router_lost", "reply_gap", "gateway_stopping"})
 
@@ -122,6 +129,8 @@ class EdgeApp:
         self.nats_url = nats_url
         # write-ahead facts (runtime.facts) in <home>/outbox when run by `codeswitch up`
         self.outbox = Path(home) / "outbox" if home is not None else None
+        self.home = Path(home) if home is not None else None
+        self._console: Any = None  # the console (console.app), loaded on its first request
         self._parts_home = supervised_home()  # set by `codeswitch up` for its parts
         # under `codeswitch up`: ready once the supervisor has applied the streams and the
         # config (it writes parts.json then; the parts start while it does that)
@@ -146,6 +155,7 @@ class EdgeApp:
         # the request headers route rules match on (cs_settings "routes"): forwarded to the
         # routers in the envelope, the rest stays here
         self.route_headers: tuple[str, ...] = ()
+        self.stopping = False  # the server is shutting down (edge.main): long streams end
 
     # -- lifespan ---------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -185,6 +195,8 @@ class EdgeApp:
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in loads)), 10)
 
     async def shutdown(self) -> None:
+        if self._console is not None:
+            await self._console.aclose()
         if self.heartbeat is not None:
             await self.heartbeat.aclose()
         if self._watch_task:
@@ -248,6 +260,9 @@ class EdgeApp:
         route = match_route(scope["method"], scope["path"])
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         if route is None:
+            if scope["path"].startswith(CONSOLE_PATHS):  # the console: not on an LLM route's way
+                await self._to_console(scope, receive, send)
+                return
             dialect = _guess_dialect(scope["path"], headers)
             await _respond(send, 404, render(dialect, 404, f"no such endpoint: "
                                              f"{scope['method']} {scope['path']}"))
@@ -261,11 +276,21 @@ class EdgeApp:
         elif route.kind == "metrics":
             await _respond(send, 200, self.metrics.render(),
                            "text/plain; version=0.0.4; charset=utf-8")
+        elif scope["path"].startswith(CONSOLE_PATHS):  # GET /admin/api/sessions/models, HEAD
+            await self._to_console(scope, receive, send)
         elif route.kind == "models":
             await self._models(send, route, headers,
                                scope.get("query_string", b"").decode("latin-1"))
         else:  # "/" and HEAD preconnects
             await _respond(send, 200, b'{"service":"codeswitch"}')
+
+    async def _to_console(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The console and its admin API (console/app.py), loaded by module path on first use:
+        console/ sits above the CLI's shared functions, which a part may not import
+        (docs/console.md)."""
+        if self._console is None:
+            self._console = importlib.import_module(CONSOLE_MODULE).build(self)
+        await self._console(scope, receive, send)
 
     async def _health(self, send: Send) -> None:
         """200 while every part is up; under `codeswitch up` a part that is down (or crash

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import uvicorn
@@ -21,10 +22,17 @@ async def run(nats_url: str, home: Any, stop: asyncio.Event, *, host: str = "127
     requests in flight finish for up to ``grace`` seconds, then raises the signal again for
     the handler that was there before (``runtime.launch``'s, which stops the other parts of
     this process after the edge)."""
-    server = uvicorn.Server(make_config(EdgeApp(nats_url, home=home), host, port, grace=grace))
+    app = EdgeApp(nats_url, home=home)
+    server = uvicorn.Server(make_config(app, host, port, grace=grace))
 
     async def watch() -> None:
-        await stop.wait()
+        # stop asked (the launcher) or a signal uvicorn caught: the console's live streams
+        # (SSE, open for as long as a page is) end at once instead of holding the shutdown
+        # for the whole grace period
+        while not stop.is_set() and not server.should_exit:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.25)
+        app.stopping = True
         server.should_exit = True
 
     watcher = asyncio.create_task(watch())

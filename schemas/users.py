@@ -37,12 +37,14 @@ __all__ = [
     "User",
     "config_key_id",
     "config_user_id",
+    "hash_password",
     "hash_secret",
     "new_key_id",
     "new_secret",
     "new_user_id",
     "parse_budget",
     "secret_prefix",
+    "verify_password",
 ]
 
 KEY_PREFIX = "cs-"
@@ -106,6 +108,9 @@ class User(msgspec.Struct, frozen=True, kw_only=True):
     created: float = 0.0
     limits: Limits = Limits()
     source: str = "cli"  # "config": from [[users]] (removed when it leaves the file)
+    # the console's sign-in password (`codeswitch user passwd`): hash_password's string, never
+    # the password; "" = none (sign in with an admin key)
+    password: str = ""
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.name):
@@ -157,6 +162,36 @@ def hash_secret(secret: str) -> str:
 def secret_prefix(secret: str) -> str:
     """What lists show of a key: its first 7 characters (``cs-`` + 4 of 43 random ones)."""
     return secret[:7]
+
+
+# scrypt (RFC 7914) at N=2**15, r=8, p=1: ~32 MiB and ~50-100 ms per check, the cost OWASP
+# suggests; a sign-in is rare, a request never checks a password
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**15, 8, 1
+MIN_PASSWORD_CHARS = 10
+
+
+def hash_password(password: str, *, n: int = _SCRYPT_N, r: int = _SCRYPT_R,
+                  p: int = _SCRYPT_P) -> str:
+    """``scrypt$N$r$p$<salt hex>$<hash hex>`` with a random 16-byte salt."""
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise ValueError(f"a password needs at least {MIN_PASSWORD_CHARS} characters")
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p,
+                            maxmem=256 * n * r + 1024 * 1024, dklen=32)
+    return f"scrypt${n}${r}${p}${salt.hex()}${digest.hex()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Whether ``password`` matches a ``hash_password`` string (constant-time compare)."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt" or int(n) > 2**20 or int(r) > 32 or int(p) > 16:
+            return False
+        got = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r),
+                             p=int(p), maxmem=256 * int(n) * int(r) + 1024 * 1024, dklen=32)
+    except (ValueError, TypeError):
+        return False
+    return secrets.compare_digest(got.hex(), digest)
 
 
 def new_user_id() -> str:

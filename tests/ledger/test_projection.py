@@ -87,6 +87,16 @@ def test_queries_over_the_recorded_sequence(basic: Store) -> None:
     assert [h["requests"] for h in hours] == [2, 2, 1]
     heat = queries.heatmap(con, f)
     assert [(d["day"], d["requests"]) for d in heat] == [("2025-11-17", 4), ("2025-11-18", 1)]
+    assert [d["weekday"] for d in heat] == [0, 1]  # a Monday and a Tuesday
+    # light (the console's charts and dashboard): the same counts, no latency quantiles
+    light = queries.overview(con, f, light=True)
+    assert (light["requests"], light["errors"], light["cost"]) == (5, 1, o["cost"])
+    assert light["p50_latency_ms"] is None and o["p50_latency_ms"] is not None
+    assert [h["requests"] for h in queries.series(con, f, "hour", light=True)] == [2, 2, 1]
+    light_users = {r["key"]: r for r in queries.breakdown(con, f, "user", light=True)}
+    assert light_users["alice"]["requests"] == 3 and light_users["alice"]["p95_ttfb_ms"] is None
+    minutes = queries.series(con, f, "minute")
+    assert sum(m["requests"] for m in minutes) == 5 and all(m["t"] % 60 == 0 for m in minutes)
     log = queries.request_log(con, queries.Filter(status="error"))
     assert [r["request_id"] for r in log] == ["req-5"]
     log = queries.request_log(con, queries.Filter(model="gpt-5-codex", user="bob"))

@@ -1,0 +1,680 @@
+"""The admin API (``/admin/api/…``): every endpoint the console's pages use, declared with
+``console.web.endpoint`` (the OpenAPI document comes from these declarations). Reads ask the
+ledger over NATS (``codeswitch.reads``) and read KV; writes call the same functions as the CLI
+(``codeswitch.users``, ``codeswitch.admin``), each recording its admin fact with the signed-in
+user's id as the actor (``local:<OS user>`` in open mode).
+
+Non-admins reach only the ``access="user"`` endpoints, and those limit every read to their
+own user id (``Call.only_own``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Literal
+
+import msgspec
+
+from console import auth
+from console.app import Call
+from console.web import HttpError, Response, endpoint, openapi
+
+__all__ = ["VERSION"]
+
+VERSION = "1"
+MINUTE_WINDOW_S = 3600
+
+
+# -- types (their JSON Schema goes into the OpenAPI document) --------------------------------
+
+class SignIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An admin's (or a user's) API key, or a user name and the password set with
+    `codeswitch user passwd`."""
+
+    key: str | None = None
+    name: str | None = None
+    password: str | None = None
+
+
+class Me(msgspec.Struct, kw_only=True):
+    actor: str
+    name: str
+    role: str
+    mode: str
+    user_id: str | None = None
+    key_id: str | None = None
+    expires: float | None = None
+    csrf: str | None = None
+
+
+class TzQuery(msgspec.Struct, kw_only=True):
+    tz_offset_s: int = 0  # seconds east of UTC: "today" and day buckets are the browser's
+
+
+class ProviderIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A provider as the form sends it; ``api_key`` absent or null on an edit keeps the stored
+    one. A literal key is stored encrypted; ``env:NAME`` is read by the router."""
+
+    name: str
+    dialect: Literal["anthropic", "openai-chat", "openai-responses", "gemini"]
+    base_url: str
+    api_key: str | None = None
+    models: list[str] = []
+    priority: int = 1
+    weight: int = 1
+    enabled: bool = True
+
+
+class UserIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    role: Literal["admin", "user"] = "user"
+    display_name: str = ""
+
+
+class KeyIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: str | None = None
+    models: list[str] = []
+    expires: str | None = None  # "30d", "12h", an ISO date, or unix seconds
+
+
+class SessionsQuery(msgspec.Struct, kw_only=True):
+    user: str | None = None
+    active: bool = False
+    since: float | None = None
+    until: float | None = None
+    limit: int = 50
+
+
+class DeleteQuery(msgspec.Struct, kw_only=True):
+    force: bool = False
+
+
+class LogQuery(msgspec.Struct, kw_only=True):
+    provider: str | None = None
+    model: str | None = None
+    status: str | None = None  # ok | error | 429 | 4xx | 5xx
+    user: str | None = None
+    session: str | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int = 100
+    before_seq: int | None = None
+
+
+class StatsQuery(msgspec.Struct, kw_only=True):
+    since: float | None = None
+    until: float | None = None
+    bucket: Literal["minute", "hour", "day"] = "hour"
+    by: Literal["provider", "model", "user", "key", "dialect", "client", "route"] = "provider"
+    tz_offset_s: int = 0
+
+
+class AuditQuery(msgspec.Struct, kw_only=True):
+    since: float | None = None
+    until: float | None = None
+    actor: str | None = None
+    action: str | None = None
+    limit: int = 500
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+async def _ledger(c: Call, query: str, params: dict[str, Any], timeout: float = 15) -> Any:
+    from codeswitch.reads import ledger
+
+    return await ledger(c.nc, query, {k: v for k, v in params.items() if v is not None},
+                        timeout)
+
+
+def _labels(c: Call) -> dict[str, str]:
+    """User and key ids -> names, from the edge's live copy of the buckets (no I/O)."""
+    d = c.app.host.directory
+    out = {u.id: u.name for u in d.users.values()}
+    for k in d.keys.values():
+        owner = d.users.get(k.user)
+        out[k.id] = f"{owner.name if owner else k.user}/{k.name}"
+    return out
+
+
+def _today(tz_offset_s: int, now: float) -> float:
+    """The start of the browser's day, in unix seconds."""
+    return (now + tz_offset_s) // 86400 * 86400 - tz_offset_s
+
+
+def _user_view(u: Any, keys: list[Any], now: float) -> dict[str, Any]:
+    return {"id": u.id, "name": u.name, "display_name": u.display_name, "role": u.role,
+            "enabled": u.enabled, "created": u.created, "source": u.source,
+            "limits": msgspec.to_builtins(u.limits), "password": bool(u.password),
+            # budgets' usage bars plug in here (issue 12's `quota show`): "usage": {...}
+            "keys": [_key_view(k, now) for k in keys]}
+
+
+def _key_view(k: Any, now: float) -> dict[str, Any]:
+    return {"id": k.id, "name": k.name, "user": k.user, "prefix": k.prefix,
+            "models": k.models, "expires": k.expires, "state": k.state(now),
+            "created": k.created, "revoked": k.revoked, "source": k.source}
+
+
+def _parse_expiry(text: str | None) -> float | None:
+    if not text:
+        return None
+    from codeswitch.users import UserError, parse_expiry
+
+    try:
+        return parse_expiry(text)
+    except UserError as exc:
+        raise HttpError(400, str(exc)) from None
+
+
+async def _user_op(c: Call, fn: Any) -> Any:
+    from codeswitch.users import UserError
+
+    try:
+        return await fn
+    except UserError as exc:
+        raise HttpError(409 if "changed by someone else" in str(exc) else 400,
+                        str(exc)) from None
+
+
+# -- session ---------------------------------------------------------------------------------
+
+@endpoint("GET", "/openapi.json", access="public")
+async def get_openapi(c: Call) -> Any:
+    """This document."""
+    return openapi(VERSION)
+
+
+@endpoint("GET", "/me", access="public", result=Me)
+async def me(c: Call) -> Any:
+    """Who is signed in, and the CSRF token their writes carry. In open mode (no users, a
+    loopback client) this starts the local person's session."""
+    p = c.p
+    if p.role == "none":
+        d = c.app.host.directory
+        raise HttpError(401, "not signed in" + (
+            "" if d.users else " (open mode is only for a loopback client at a loopback "
+            "address)"), "unauthenticated")
+    if p.mode == "open" and not p.via_cookie:
+        p = c.app.keys.new_session(actor=p.actor, name=p.name, role="admin", mode="open",
+                                   now=time.time())
+        return Response(auth.as_dict(p, c.app.keys.csrf(p.nonce)),
+                        headers=[c.app.cookie_header(p, c.scheme)])
+    return auth.as_dict(p, c.app.keys.csrf(p.nonce) if p.via_cookie else None)
+
+
+@endpoint("POST", "/signin", access="public", body=SignIn, result=Me)
+async def signin(c: Call) -> Any:
+    """Sign in with an API key, or a user name and password; sets the session cookie."""
+    b: SignIn = c.body
+    d = c.app.host.directory
+    now = time.time()
+    if not d.users:
+        raise HttpError(400, "this gateway has no users: the console is open to a loopback "
+                        "client (create one with `codeswitch user add NAME --role admin`)")
+    try:
+        if b.key:
+            p = auth.sign_in_key(c.app.keys, d, b.key.strip(), now)
+        elif b.name and b.password:
+            p = await asyncio.get_running_loop().run_in_executor(
+                None, auth.sign_in_password, c.app.keys, d, b.name.strip(), b.password, now)
+        else:
+            raise HttpError(400, "give an API key, or a user name and password")
+    except HttpError:
+        raise
+    except Exception as exc:  # AuthError, AccessDenied
+        raise HttpError(401, getattr(exc, "message", str(exc)), "signin_failed") from None
+    return Response(auth.as_dict(p, c.app.keys.csrf(p.nonce)),
+                    headers=[c.app.cookie_header(p, c.scheme)])
+
+
+@endpoint("POST", "/signout", access="user")
+async def signout(c: Call) -> Any:
+    """End this session (the cookie is cleared and its nonce refused from now on)."""
+    c.app.keys.sign_out(c.p, time.time())
+    return Response({"signed_out": True}, headers=[c.app.cookie_header(None, c.scheme)])
+
+
+# -- dashboard -------------------------------------------------------------------------------
+
+@endpoint("GET", "/dashboard", access="user", query=TzQuery)
+async def dashboard(c: Call) -> Any:
+    """Parts alive, today's requests/errors/tokens/cost, requests per minute over the last
+    hour, who is online, open circuits and alerts firing (admins see all; a user their own
+    usage)."""
+    q: TzQuery = c.query
+    now = time.time()
+    own = c.only_own()
+    base = {"user": own, "tz_offset_s": q.tz_offset_s}
+
+    async def safe(coro: Any) -> Any:
+        try:
+            return await coro
+        except Exception as exc:
+            return {"error": str(exc)}
+
+    jobs: dict[str, Any] = {
+        # light: no latency quantiles (most of a query's time; the dashboard shows none)
+        "today": _ledger(c, "overview", {**base, "since": _today(q.tz_offset_s, now),
+                                         "light": True}),
+        "minutes": _ledger(c, "series", {**base, "since": (now - MINUTE_WINDOW_S) // 60 * 60,
+                                         "bucket": "minute", "light": True}),
+        "recent": _ledger(c, "log", {"user": own, "limit": 15}),
+    }
+    if own is None:
+        from codeswitch.reads import gateways
+
+        jobs["online"] = _ledger(c, "online", {})
+        jobs["gateways"] = gateways(c.nc)
+        jobs["circuits"] = _circuits(c)
+        jobs["alerts"] = _alert_states(c)
+    values = await asyncio.gather(*(safe(j) for j in jobs.values()))
+    out = dict(zip(jobs, values, strict=True))
+    out["now"] = now
+    out["labels"] = _labels(c)
+    if own is None:
+        out["parts"] = _parts()
+    return out
+
+
+def _parts() -> dict[str, Any] | None:
+    """The supervisor's view of every part (under `codeswitch up`), else None."""
+    from runtime.health import parts_health, supervised_home
+
+    home = supervised_home()
+    if home is None:
+        return None
+    ok, detail = parts_health(home)
+    return {"ok": ok, **detail}
+
+
+async def _circuits(c: Call) -> list[dict[str, Any]]:
+    from codeswitch.admin import list_circuits
+
+    return [{"key": k, **msgspec.to_builtins(v)} for k, v in (await list_circuits(c.nc)).items()]
+
+
+async def _alert_states(c: Call) -> list[dict[str, Any]]:
+    from runtime import bus, names
+    from workers.alerts.rules import AlertState
+
+    kv = await c.nc.jetstream().key_value(names.ALERT_STATE_BUCKET)
+    out = []
+    for raw, _ in (await bus.read_bucket(kv)).values():
+        try:
+            out.append(msgspec.to_builtins(msgspec.json.decode(raw, type=AlertState)))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+    return sorted(out, key=lambda s: s["rule"])
+
+
+# -- providers -------------------------------------------------------------------------------
+
+@endpoint("GET", "/providers")
+async def providers(c: Call) -> Any:
+    """Providers (keys masked), circuit states, the active provider per client, unified
+    mode."""
+    from codeswitch.admin import get_setting, list_providers
+
+    plist, circuits, active, unified = await asyncio.gather(
+        list_providers(c.nc), _circuits(c), get_setting(c.nc, "active"),
+        get_setting(c.nc, "unified"))
+    u = msgspec.to_builtins(unified) if unified is not None else None
+    if u:
+        u.pop("token", None)
+    return {"providers": [msgspec.to_builtins(_masked(c, p)) for p in plist],
+            "circuits": circuits,
+            "active": msgspec.to_builtins(active) if active is not None else None,
+            "unified": u}
+
+
+def _masked(c: Call, p: Any) -> Any:
+    """A provider safe to show: an encrypted key decrypted here (never shown) so that its
+    last 4 characters are, as for a literal (the CLI's `provider list` does the same)."""
+    from runtime.secrets import SecretKeyError, is_encrypted, reveal
+
+    home = c.app.host.home
+    if home is not None and is_encrypted(p.api_key):
+        try:
+            p = msgspec.structs.replace(p, api_key=reveal(p.api_key, home))
+        except SecretKeyError:
+            pass  # shown as "enc:…"
+    return p.masked()
+
+
+async def _save_provider(c: Call, body: ProviderIn, *, existing: Any) -> Any:
+    from codeswitch.admin import provider_details, put_provider, wait_applied
+    from schemas.config import ProviderConfig
+
+    data = msgspec.to_builtins(body)
+    if body.api_key is None:
+        data["api_key"] = existing.api_key if existing is not None else ""
+    base = msgspec.to_builtins(existing) if existing is not None else {}
+    try:
+        provider = msgspec.convert({**base, **data}, ProviderConfig)
+    except msgspec.ValidationError as exc:
+        raise HttpError(400, str(exc)) from None
+    secret_key = None
+    if body.api_key and not body.api_key.startswith("env:"):
+        secret_key = _secret_key(c)
+    await put_provider(c.nc, provider, secret_key=secret_key)
+    await c.audit().record("provider.updated" if existing is not None else "provider.added",
+                           f"provider:{provider.name}", **provider_details(provider))
+    caught, answering = await wait_applied(c.nc)
+    return {"provider": msgspec.to_builtins(_masked(c, provider)),
+            "in_effect_on": caught, "routers": answering}
+
+
+def _secret_key(c: Call) -> bytes:
+    home = c.app.host.home
+    if home is None:
+        raise HttpError(400, "a literal API key is stored encrypted with the gateway's data "
+                        "directory key, and this gateway runs without one: give env:NAME")
+    from runtime.secrets import load_key
+
+    key = load_key(home, create=True)
+    assert key is not None
+    return key
+
+
+@endpoint("POST", "/providers", body=ProviderIn)
+async def add_provider(c: Call) -> Any:
+    """Add a provider (routers use it on their next request; the answer comes once they
+    have it)."""
+    from codeswitch.admin import get_provider
+
+    if await get_provider(c.nc, c.body.name) is not None:
+        raise HttpError(409, f"a provider named {c.body.name!r} exists: edit it")
+    return await _save_provider(c, c.body, existing=None)
+
+
+@endpoint("PUT", "/providers/{name}", body=ProviderIn)
+async def edit_provider(c: Call) -> Any:
+    """Change a provider (its name stays)."""
+    from codeswitch.admin import get_provider
+
+    name = c.params["name"]
+    existing = await get_provider(c.nc, name)
+    if existing is None:
+        raise HttpError(404, f"no provider named {name!r} (removed meanwhile?)")
+    if c.body.name != name:
+        raise HttpError(400, "a provider's name cannot change: add a new one")
+    return await _save_provider(c, c.body, existing=existing)
+
+
+async def _provider_enabled(c: Call, enabled: bool) -> Any:
+    from codeswitch.admin import get_provider, put_provider, wait_applied
+
+    name = c.params["name"]
+    p = await get_provider(c.nc, name)
+    if p is None:
+        raise HttpError(404, f"no provider named {name!r} (removed meanwhile?)")
+    if p.enabled != enabled:
+        await put_provider(c.nc, msgspec.structs.replace(p, enabled=enabled))
+        await c.audit().record("provider.enabled" if enabled else "provider.disabled",
+                               f"provider:{name}")
+    caught, answering = await wait_applied(c.nc)
+    return {"name": name, "enabled": enabled, "in_effect_on": caught, "routers": answering}
+
+
+@endpoint("POST", "/providers/{name}/enable")
+async def enable_provider(c: Call) -> Any:
+    """Enable a provider."""
+    return await _provider_enabled(c, True)
+
+
+@endpoint("POST", "/providers/{name}/disable")
+async def disable_provider(c: Call) -> Any:
+    """Disable a provider (kept, not used)."""
+    return await _provider_enabled(c, False)
+
+
+@endpoint("DELETE", "/providers/{name}")
+async def remove_provider(c: Call) -> Any:
+    """Remove a provider."""
+    from codeswitch.admin import delete_provider, wait_applied
+    from codeswitch.routes import get_routes
+
+    name = c.params["name"]
+    naming = [r.name for r in (await get_routes(c.nc)).rules if name in r.to]
+    if naming:  # as `provider remove`: a rule must never name a provider that is not there
+        raise HttpError(409, f"provider {name!r} is named by route rule(s) "
+                        f"{', '.join(naming)}: change or remove them first "
+                        "(`codeswitch route list`)")
+    if not await delete_provider(c.nc, name):
+        raise HttpError(404, f"no provider named {name!r}")
+    await c.audit().record("provider.removed", f"provider:{name}")
+    caught, answering = await wait_applied(c.nc)
+    return {"removed": name, "in_effect_on": caught, "routers": answering}
+
+
+# -- users and keys --------------------------------------------------------------------------
+
+@endpoint("GET", "/users")
+async def users(c: Call) -> Any:
+    """Every user with their keys (never a secret or a password hash)."""
+    from codeswitch.users import load
+
+    d = await load(c.nc)
+    now = time.time()
+    return {"users": [_user_view(u, d.keys_of(u.id), now)
+                      for u in sorted(d.users.values(), key=lambda u: u.name)]}
+
+
+@endpoint("POST", "/users", body=UserIn)
+async def add_user(c: Call) -> Any:
+    """Create a user (the first one turns key checking on for every request)."""
+    from codeswitch import users as u
+
+    b: UserIn = c.body
+    user = await _user_op(c, u.add_user(c.nc, c.audit(), b.name, role=b.role,
+                                        display_name=b.display_name))
+    return _user_view(user, [], time.time())
+
+
+def _user_action(verb: str, doc: str) -> None:
+    async def action(c: Call) -> Any:
+        from codeswitch import users as u
+
+        ref = c.params["id"]
+        if verb in ("enable", "disable"):
+            op = u.set_enabled(c.nc, c.audit(), ref, verb == "enable")
+        else:
+            op = u.set_role(c.nc, c.audit(), ref, "admin" if verb == "promote" else "user")
+        changed = await _user_op(c, op)
+        d = await u.load(c.nc)
+        user = d.user(ref)
+        return {**_user_view(user, d.keys_of(user.id), time.time()), "changed": bool(changed)}
+
+    action.__name__ = f"{verb}_user"
+    action.__doc__ = doc
+    endpoint("POST", f"/users/{{id}}/{verb}")(action)
+
+
+_user_action("enable", "Accept the user's requests again.")
+_user_action("disable", "Refuse the user's requests (every edge, within milliseconds).")
+_user_action("promote", "Make the user an admin.")
+_user_action("demote", "Make an admin a plain user.")
+
+
+@endpoint("DELETE", "/users/{id}")
+async def remove_user(c: Call) -> Any:
+    """Remove a user and their keys (their usage on record stays)."""
+    from codeswitch import users as u
+
+    user, keys = await _user_op(c, u.remove_user(c.nc, c.audit(), c.params["id"]))
+    return {"removed": user.id, "name": user.name, "keys": keys}
+
+
+@endpoint("POST", "/users/{id}/keys", body=KeyIn)
+async def create_key(c: Call) -> Any:
+    """A new API key for the user: the secret is in this answer only."""
+    from codeswitch import users as u
+
+    b: KeyIn = c.body
+    key, secret = await _user_op(c, u.create_key(
+        c.nc, c.audit(), c.params["id"], name=b.name or None, models=b.models or None,
+        expires=_parse_expiry(b.expires)))
+    return {"key": _key_view(key, time.time()), "secret": secret}
+
+
+@endpoint("POST", "/keys/{id}/revoke")
+async def revoke_key(c: Call) -> Any:
+    """Revoke a key for good."""
+    from codeswitch import users as u
+
+    key = await _user_op(c, u.revoke_key(c.nc, c.audit(), c.params["id"]))
+    return _key_view(key, time.time())
+
+
+@endpoint("GET", "/keys", access="user")
+async def my_keys(c: Call) -> Any:
+    """The signed-in user's keys (prefixes and states, never a secret)."""
+    d = c.app.host.directory
+    now = time.time()
+    uid = c.p.user_id
+    return {"keys": [_key_view(k, now) for k in sorted(d.keys.values(), key=lambda k: k.created)
+                     if uid is not None and k.user == uid]}
+
+
+# -- sessions --------------------------------------------------------------------------------
+
+@endpoint("GET", "/sessions", access="user", query=SessionsQuery)
+async def sessions(c: Call) -> Any:
+    """Sessions, most recently seen first, with titles from the body log when it kept them."""
+    from codeswitch.conversation import conversation, title
+    from codeswitch.reads import body_entries
+
+    q: SessionsQuery = c.query
+    own = c.only_own()
+    rows = await _ledger(c, "sessions", {
+        "user": own or q.user, "active": q.active or None, "since": q.since,
+        "until": q.until, "limit": max(1, min(q.limit, 500))})
+    entries = await body_entries(c.nc, [r["main_request_id"] for r in rows][:100])
+    for r in rows:
+        entry = entries.get(r["main_request_id"])
+        r["title"] = title(conversation(entry)) if entry else None
+    return {"sessions": rows, "labels": _labels(c)}
+
+
+@endpoint("GET", "/sessions/{id}", access="user")
+async def session(c: Call) -> Any:
+    """One session: totals, the timeline of its requests, the conversation (body log)."""
+    from codeswitch.conversation import conversation, title
+    from codeswitch.reads import body_entries
+
+    found = await _ledger(c, "session", {"session": c.params["id"]})
+    own = c.only_own()
+    if own is not None and found.get("user") != own:
+        raise HttpError(404, "no such session among yours")
+    entry = (await body_entries(c.nc, [found["main_request_id"]])).get(found["main_request_id"])
+    turns = conversation(entry) if entry else []
+    found["title"] = title(turns)
+    found["conversation"] = [t._asdict() for t in turns] if entry else None
+    found["labels"] = _labels(c)
+    return found
+
+
+@endpoint("DELETE", "/sessions/{id}", query=DeleteQuery)
+async def delete_session(c: Call) -> Any:
+    """Delete a session for real (ledger rows, event-log facts, body-log entries); its cost
+    stays in the statistics."""
+    sid = c.params["id"]
+    found = await _ledger(c, "session", {"session": sid})
+    if found["session"] != sid:
+        raise HttpError(400, f"{sid!r} is not a session id (did you mean {found['session']}?)")
+    from codeswitch.session_delete import delete_session
+
+    done = await delete_session(c.nc, c.audit(), sid, force=c.query.force)
+    return done
+
+
+# -- request log, statistics, audit, alerts --------------------------------------------------
+
+@endpoint("GET", "/log", access="user", query=LogQuery)
+async def request_log(c: Call) -> Any:
+    """Requests, newest first, with filters; page with before_seq."""
+    q: LogQuery = c.query
+    params = msgspec.to_builtins(q)
+    params["limit"] = max(1, min(q.limit, 1000))
+    own = c.only_own()
+    if own is not None:
+        params["user"] = own
+    return {"requests": await _ledger(c, "log", params), "labels": _labels(c)}
+
+
+@endpoint("GET", "/stats", access="user", query=StatsQuery)
+async def stats(c: Call) -> Any:
+    """Totals, a series (minute, hour or day buckets) and a breakdown (by provider, model,
+    user, key, dialect or client) over a time range."""
+    q: StatsQuery = c.query
+    base = {"since": q.since, "until": q.until, "user": c.only_own(),
+            "tz_offset_s": q.tz_offset_s}
+    overview, series, breakdown = await asyncio.gather(
+        _ledger(c, "overview", base),
+        _ledger(c, "series", {**base, "bucket": q.bucket, "light": True}),  # the charts
+        _ledger(c, "breakdown", {**base, "by": q.by, "limit": 20, "light": True}))
+    return {"overview": overview, "series": series, "breakdown": breakdown,
+            "labels": _labels(c)}
+
+
+@endpoint("GET", "/heatmap", access="user", query=StatsQuery)
+async def heatmap(c: Call) -> Any:
+    """Requests, errors, tokens and cost per day (the browser's days)."""
+    q: StatsQuery = c.query
+    return {"days": await _ledger(c, "heatmap", {
+        "since": q.since, "until": q.until, "user": c.only_own(),
+        "tz_offset_s": q.tz_offset_s})}
+
+
+@endpoint("GET", "/audit", query=AuditQuery)
+async def audit(c: Call) -> Any:
+    """Admin facts: who changed what, when (filter by time, actor, action; globs allowed)."""
+    q: AuditQuery = c.query
+    rows = await _ledger(c, "audit", {"since": q.since, "until": q.until, "actor": q.actor,
+                                      "action": q.action, "limit": max(1, min(q.limit, 5000))})
+    rows.reverse()  # newest first
+    return {"entries": rows, "labels": _labels(c)}
+
+
+@endpoint("GET", "/alerts")
+async def alerts(c: Call) -> Any:
+    """Alert rules (channels by kind only: webhook URLs are secrets), their states, history."""
+    from runtime import bus, names
+    from workers.alerts.rules import Rule
+
+    kv = await c.nc.jetstream().key_value(names.RULES_BUCKET)
+    rules = []
+    for raw, _ in (await bus.read_bucket(kv)).values():
+        try:
+            r = msgspec.to_builtins(msgspec.json.decode(raw, type=Rule))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        r["channels"] = [ch.get("name") or ch.get("format", "json")
+                         for ch in r.get("channels", [])]
+        rules.append(r)
+    states, history = await asyncio.gather(_alert_states(c), _ledger(c, "alerts",
+                                                                     {"limit": 100}))
+    return {"rules": sorted(rules, key=lambda r: r["name"]), "states": states,
+            "history": history}
+
+
+@endpoint("GET", "/mcp")
+async def mcp(c: Call) -> Any:
+    """MCP servers in KV (``cs_mcp``): header and environment names only, never their
+    values. Skills live in each machine's client directories, not in NATS: not here."""
+    from codeswitch.clients.mcp_store import McpStore
+    from runtime import names
+
+    store = McpStore(await c.nc.jetstream().key_value(names.MCP_BUCKET), c.nc)
+    return {"servers": [{"name": m.name, "transport": m.transport, "url": m.url,
+                         "command": m.command, "args": m.args, "enabled": m.enabled,
+                         "headers": sorted(m.headers), "env": sorted(m.env)}
+                        for m in await store.list()]}
+
+
+@endpoint("GET", "/events", access="user")
+async def events(c: Call) -> Any:
+    """Server-sent events as facts are published: ``request`` (one per completed request),
+    ``circuit``, ``alert``, ``admin``. A user gets only their own requests."""
+    raise HttpError(500, "served by ConsoleApp._events")  # never called: the app streams it

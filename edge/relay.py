@@ -47,6 +47,7 @@ class Dispatcher:
         self._queues: dict[str, asyncio.Queue[bytes]] = {}
         self._last: dict[str, float] = {}
         self.owner: dict[str, str] = {}  # request id -> the router working on it
+        self._said: dict[str, None] = {}  # final messages answered "1" (insertion-ordered)
         self._sub: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -72,9 +73,17 @@ class Dispatcher:
                 self.owner[rid] = data[1:].decode()
             queue.put_nowait(data)
         if msg.reply:  # a final message (or a router's ping): say whether it landed
+            if queue is not None:
+                word = b"1"
+                # a router sends the final message again when our word did not reach it
+                # (NATS restarting): it gets the same word, though the request may be done
+                self._said[rid] = None
+                if len(self._said) > 10_000:
+                    del self._said[next(iter(self._said))]
+            else:
+                word = b"1" if rid == "ping" or rid in self._said else b"0"
             with contextlib.suppress(Exception):
-                await self.nc.publish(msg.reply, b"1" if queue is not None or rid == "ping"
-                                      else b"0")
+                await self.nc.publish(msg.reply, word)
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()

@@ -9,6 +9,7 @@ import asyncio
 
 import msgspec
 from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
 
 from schemas.envelope import KIND_ACCEPTED, KIND_DATA, KIND_END, KIND_FULL, KIND_START, ReplyStart
 
@@ -24,7 +25,7 @@ _S = bytes([KIND_START])
 
 
 class Reply:
-    __slots__ = ("_acks", "_final", "nc", "rid", "route", "router", "seq", "subject")
+    __slots__ = ("_acks", "_final", "_last", "nc", "rid", "route", "router", "seq", "subject")
 
     def __init__(self, nc: NATS, subject: str, *, router: str | None = None, rid: str = "",
                  acks: dict[str, asyncio.Future[bool | None]] | None = None) -> None:
@@ -36,6 +37,7 @@ class Reply:
         self.route: str | None = None  # the route rule that chose the providers, if any
         self._acks = acks
         self._final: asyncio.Future[bool | None] | None = None
+        self._last = b""  # the final message, for a resend when the edge's word is lost
 
     async def accepted(self) -> None:
         await self.nc.publish(self.subject, _A + (self.router or "").encode())
@@ -50,8 +52,8 @@ class Reply:
 
     async def end(self) -> None:
         self.seq += 1
-        await self.nc.publish(self.subject, _E + self.seq.to_bytes(4, "big"),
-                              reply=self._expect_ack())
+        self._last = _E + self.seq.to_bytes(4, "big")
+        await self.nc.publish(self.subject, self._last, reply=self._expect_ack())
 
     async def full(self, start: ReplyStart, data: bytes) -> None:
         """A whole answer: one message when it fits, else start, data chunks, end."""
@@ -61,8 +63,8 @@ class Reply:
             start = msgspec.structs.replace(start, route=self.route)
         head = _enc.encode(start)
         if len(data) + len(head) + 64 < self.nc.max_payload:
-            await self.nc.publish(self.subject, _F + head + b"\n" + data,
-                                  reply=self._expect_ack())
+            self._last = _F + head + b"\n" + data
+            await self.nc.publish(self.subject, self._last, reply=self._expect_ack())
             return
         step = self.nc.max_payload - 1024
         await self.start(head)
@@ -82,9 +84,33 @@ class Reply:
         """The final message was sent."""
         return self._final is not None
 
-    async def delivered(self, timeout: float = 5.0) -> bool | None:
+    async def delivered(self, timeout: float = 5.0, resends: int = 2) -> bool | None:
         """True: the edge took the answer; False: the edge is gone or no longer waits for it;
-        None: no final message was sent, or no word within ``timeout`` (NATS away)."""
+        None: no final message was sent, or no word within ``timeout`` (NATS away).
+
+        Core NATS drops what is in flight when a server restarts: with no word in time, the
+        final message is sent again (``resends`` times; the edge gives a repeated final
+        message of a request the word it gave the first, ``edge/relay.py``), so a client whose
+        answer's last message was lost gets it instead of waiting for the edge's 15 s rule."""
+        word = await self._wait(timeout)
+        while word is None and resends > 0 and self._last and self._acks is not None:
+            resends -= 1
+            # is the edge there at all? (its reply subscription answers "<prefix>.ping")
+            ping = self.subject.rsplit(".", 1)[0] + ".ping"
+            try:
+                await self.nc.request(ping, b"", timeout=1.0)
+            except NoRespondersError:
+                return False  # the edge is gone: the answer did not reach its client
+            except Exception:
+                pass  # no word (NATS still away): send it again anyway
+            try:
+                await self.nc.publish(self.subject, self._last, reply=self._expect_ack())
+            except Exception:
+                return None
+            word = await self._wait(timeout)
+        return word
+
+    async def _wait(self, timeout: float) -> bool | None:
         fut = self._final
         if fut is None:
             return None

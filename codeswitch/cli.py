@@ -132,8 +132,13 @@ def up(
     connect: Annotated[bool, typer.Option(
         "--connect", help="Point Claude Code, Codex and Gemini CLI at the gateway.")] = False,
     nats_creds: NatsCredsOpt = None,
+    demo: Annotated[bool, typer.Option(
+        "--demo", help="Add the built-in demo provider: answers any model in every dialect "
+        "(text, stream, a tool call, usage) with no key and no network.")] = False,
 ) -> None:
-    """Start the gateway: embedded NATS, edge, router and workers. Ctrl-C stops it."""
+    """Start the gateway: embedded NATS, edge, router and workers. Ctrl-C stops it.
+    With no provider configured, the API keys in the environment (ANTHROPIC_API_KEY,
+    OPENAI_API_KEY, GEMINI_API_KEY, ...) become providers."""
     from codeswitch.config import ConfigError, FileConfig, load_config
     from codeswitch.up import exec_up
 
@@ -154,7 +159,7 @@ def up(
              "port": port or file_cfg.port or 18100, "nats_url": nats_url,
              "routers": routers, "single_process": single_process, "grace": grace,
              "connect": connect, "nats_creds": nats_creds if nats_url else None,
-             "config": str(cfg_path) if cfg_path is not None else None})
+             "config": str(cfg_path) if cfg_path is not None else None, "demo": demo})
 
 
 @app.command()
@@ -304,14 +309,13 @@ def provider_list(nats_url: NatsOpt = None, home: HomeOpt = None,
         sys.stdout.write(msgspec.json.encode([_masked(p, home) for p in providers]).decode()
                          + "\n")
         return
-    table = Table("name", "dialect", "base_url", "models", "priority", "weight", "enabled",
-                  "key", "source")
-    for p in providers:
-        m = _masked(p, home)
-        table.add_row(p.name, p.dialect, p.base_url, ", ".join(p.models) or "*",
-                      str(p.priority), str(p.weight), "yes" if p.enabled else "no",
-                      m.api_key or "-", p.source)
-    console.print(table)
+    from codeswitch.tables import provider_table
+
+    console.print(provider_table(providers, {p.name: _masked(p, home).api_key
+                                             for p in providers}, console.width))
+    if any(p.source == "env" for p in providers):
+        console.print("[cyan]environment[/]: made by `codeswitch up` from the API key "
+                      "variables in its environment (the key stays there: env:NAME)")
 
 
 @provider_app.command("add")

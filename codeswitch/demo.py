@@ -78,10 +78,12 @@ def _arguments(schema: Any) -> dict[str, Any]:
     """Arguments for a tool from its JSON schema: its required properties, filled in."""
     if not isinstance(schema, dict):
         return {}
-    props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    got = schema.get("properties")
+    props: dict[str, Any] = got if isinstance(got, dict) else {}
     args: dict[str, Any] = {}
     for name in schema.get("required") or []:
-        spec = props.get(name) if isinstance(props.get(name), dict) else {}
+        found = props.get(name)
+        spec: dict[str, Any] = found if isinstance(found, dict) else {}
         kind = spec.get("type")
         if "command" in name or name == "cmd":
             args[name] = ["bash", "-lc", _TOOL_COMMAND] if kind == "array" else _TOOL_COMMAND

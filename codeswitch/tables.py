@@ -50,8 +50,10 @@ def _empty(c: Cell) -> bool:
     return text.strip() in ("", "-")
 
 
-def fit(columns: Sequence[Col], width: int, *, title: str | None = None) -> Table:
-    """A table of ``columns`` no wider than ``width`` (see the module's doc)."""
+def fit(columns: Sequence[Col], width: int, *, title: str | None = None,
+        cut_first: bool = True) -> Table:
+    """A table of ``columns`` no wider than ``width`` (see the module's doc). ``cut_first``
+    False: columns are dropped until the rest fit whole, and only then cut."""
     cols = [c for c in columns if not (c.optional and all(_empty(x) for x in c.cells))]
     for c in cols:
         c.width = c.natural()
@@ -63,7 +65,9 @@ def fit(columns: Sequence[Col], width: int, *, title: str | None = None) -> Tabl
         return _PAD * (len(cols) - 1)
 
     # drop (highest rank first) until the columns fit once the shrinkable ones are cut down
-    while sum(floor(c) for c in cols) + gaps() > width and any(c.drop for c in cols):
+    # (or whole, without cut_first)
+    while sum(floor(c) if cut_first else c.width for c in cols) + gaps() > width \
+            and any(c.drop for c in cols):
         cols.remove(max((c for c in cols if c.drop), key=lambda c: c.drop))
     # then cut the widest shrinkable column, one character at a time, until it fits
     over = sum(c.width for c in cols) + gaps() - width
@@ -237,21 +241,22 @@ def provider_table(providers: list[Any], masked_keys: dict[str, str], width: int
 
     def source(p: Any) -> Text:
         if p.source == "demo":
-            return Text("demo (no model)", style="yellow")
+            return Text("demo", style="yellow")
         if p.source == "env":
-            return Text("environment", style="cyan")
+            return Text("env", style="cyan")
         return Text(p.source)
 
     return fit([
-        Col("name", [p.name for p in providers], shrink=True, min_width=8),
+        Col("name", [p.name if p.enabled else Text(f"{p.name} (off)", style="dim")
+                     for p in providers], shrink=True, min_width=10),
         Col("dialect", [_DIALECT.get(p.dialect, p.dialect) for p in providers]),
-        Col("base url", [url(p) for p in providers], shrink=True, min_width=12),
+        Col("base url", [url(p) for p in providers], shrink=True, min_width=14),
         Col("models", [", ".join(p.models) or "*" for p in providers], shrink=True,
-            min_width=8),
-        Col("prio", [str(p.priority) for p in providers], justify="right", drop=3),
-        Col("weight", [str(p.weight) for p in providers], justify="right", drop=4),
-        Col("on", ["yes" if p.enabled else "no" for p in providers], drop=2),
+            min_width=10),
         Col("key", [masked_keys.get(p.name) or "-" for p in providers], shrink=True,
-            min_width=6),
-        Col("source", [source(p) for p in providers], shrink=True, min_width=6, drop=1),
-    ], width)
+            min_width=16),
+        Col("from", [source(p) for p in providers]),
+        Col("on", ["yes" if p.enabled else "no" for p in providers], drop=1),
+        Col("prio", [str(p.priority) for p in providers], justify="right", drop=2),
+        Col("weight", [str(p.weight) for p in providers], justify="right", drop=3),
+    ], width, cut_first=False)

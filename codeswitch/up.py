@@ -149,6 +149,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def ready(info: dict[str, Any]) -> None:
         print("\n".join(banner(info, config)), flush=True)
+        if not os.environ.get("CODESWITCH_NO_PROVIDER_CHECK"):
+            # each enabled provider checked now (codeswitch/probe.py), so a wrong key or base
+            # URL shows here, not as a failed CLI turn; its own short-lived process: the
+            # supervisor stays without an HTTP client
+            import subprocess
+
+            subprocess.Popen([sys.executable, "-m", "codeswitch.probe", "--home", str(home)],
+                             stdin=subprocess.DEVNULL)
         if spec.get("connect"):
             from codeswitch.clients.connect import connect_all
 

@@ -22,7 +22,7 @@ from codeswitch import __version__
 from runtime.home import home_dir, masked_url, nats_url_for
 
 app = typer.Typer(
-    name="codeswitch", no_args_is_help=True, add_completion=False,
+    name="codeswitch", no_args_is_help=True, add_completion=True,
     help="An event-sourced LLM gateway for Claude Code, Codex CLI, Gemini CLI and any "
          "OpenAI/Anthropic/Gemini SDK.",
 )
@@ -679,6 +679,7 @@ PLUGINS: dict[str, tuple[str, ...]] = {
     "codeswitch.cli_users": ("user", "key", "audit"),
     "codeswitch.cli_sessions": ("sessions", "online"),
     "codeswitch.cli_routes": ("route",),
+    "codeswitch.cli_firsthour": ("init", "doctor"),
 }
 
 

@@ -143,6 +143,7 @@ def _gateway_key(home: Path | None, running: bool) -> str | None:
                       "requires a key was not checked", markup=True)
             return None
         try:
+            await bus.ensure_all(nc.jetstream())
             choice = await choose_key(nc, AdminLog(nc, home=home_dir(home)))
         finally:
             await nc.drain()

@@ -224,7 +224,7 @@ def metrics_table(title: str, key: str, rows: list[dict[str, Any]], width: int,
         col("p50", lambda r: duration(r["p50_latency_ms"]), justify="right"),
         col("p95", lambda r: duration(r["p95_latency_ms"]), justify="right", drop=2),
         col("ttfb p50", lambda r: duration(r["p50_ttfb_ms"]), justify="right", drop=1),
-    ], width, title=title)
+    ], width, title=title, cut_first=False)
 
 
 _DIALECT = {"anthropic": "anthropic", "openai-chat": "chat", "openai-responses": "responses",
@@ -253,8 +253,7 @@ def provider_table(providers: list[Any], masked_keys: dict[str, str], width: int
         Col("base url", [url(p) for p in providers], shrink=True, min_width=14),
         Col("models", [", ".join(p.models) or "*" for p in providers], shrink=True,
             min_width=10),
-        Col("key", [masked_keys.get(p.name) or "-" for p in providers], shrink=True,
-            min_width=16),
+        Col("key", [masked_keys.get(p.name) or "-" for p in providers]),
         Col("from", [source(p) for p in providers]),
         Col("on", ["yes" if p.enabled else "no" for p in providers], drop=1),
         Col("prio", [str(p.priority) for p in providers], justify="right", drop=2),

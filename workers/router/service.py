@@ -628,12 +628,26 @@ class Router:
             user_id=env.user_id, key_id=env.key_id, device=device_name(), route=route,
         ), resolves=env.request_id)
 
+def _upstream_words(text: str) -> str:
+    """The provider's own message out of its error body (any dialect's shape), one line."""
+    try:
+        doc = msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        doc = None
+    err = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(err, dict) and isinstance(err.get("message"), str):
+        text = err["message"]
+    elif isinstance(doc, dict) and isinstance(doc.get("message"), str):
+        text = doc["message"]
+    return " ".join(text.split())
+
+
 def _all_failed(model: str, attempts: list[Attempt]) -> str:
     """"every provider failed for model 'x' (tried a: 503 ..., b: ...)": the client's message
     once the router has tried every candidate."""
     parts = []
     for a in attempts:
-        what = (a.error_message or a.error_class or "failed").replace("\n", " ")
+        what = _upstream_words(a.error_message or a.error_class or "failed")
         if len(what) > 120:
             what = what[:117] + "..."
         parts.append(f"{a.candidate.provider.name}: "

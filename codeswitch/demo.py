@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -42,6 +43,7 @@ _TAG = "[codeswitch demo]"
 _SHELL_TOOLS = ("Bash", "bash", "shell", "run_shell_command", "exec_command", "local_shell",
                 "container.exec")
 _TOOL_COMMAND = "echo codeswitch demo tool call"
+_REMINDER = re.compile(r"<system-reminder>.*?</system-reminder>", re.S)
 # pause between two streamed pieces: a stream that looks like one, still under 0.1 s
 _STREAM_PAUSE_S = 0.01
 
@@ -55,10 +57,12 @@ def demo_provider(port: int, host: str = "127.0.0.1") -> Any:
 
 
 def _text_of(content: Any) -> str:
+    """The user's words: text blocks, without the <system-reminder> blocks Claude Code adds
+    (they mention tools; the demo must answer what the person typed)."""
     if isinstance(content, str):
-        return content
+        return _REMINDER.sub("", content)
     if isinstance(content, list):
-        return " ".join(b.get("text", "") for b in content
+        return " ".join(_REMINDER.sub("", b.get("text", "")) for b in content
                         if isinstance(b, dict) and b.get("type") == "text")
     return ""
 

@@ -233,16 +233,20 @@ def stream_error(dialect: str, status: int, message: str, *, code: str | None = 
 # -- final errors: the ones no client should retry ----------------------------------------------
 
 # The status a client family gets for a final error (no provider for the request, every
-# provider failed, a refusal) when it would retry the honest one and ignores x-should-retry.
-# Checked in each CLI's bundled source and with bench/real_clients/ (docs/clients.md):
-# - Claude Code (and the Anthropic and OpenAI SDKs) stop at ``x-should-retry: false`` for any
-#   status, except that Claude Code retries a body of type ``overloaded_error`` (and, with its
-#   retry watchdog, a 529) before it reads the header: a final error is never that type/529.
+# provider failed, a refusal) when the honest one would be retried or misread. Checked in each
+# CLI's bundled source and with bench/real_clients/ (docs/clients.md):
+# - the Anthropic and OpenAI SDKs stop at ``x-should-retry: false`` for any status: they keep
+#   the honest status;
+# - Claude Code reads the header too, but retries a body of type ``overloaded_error`` (and,
+#   with its retry watchdog, a 529) before it reads it, and prints "This is a server-side
+#   issue, usually temporary — try again" after a 5xx: a 429 or 5xx becomes 424, which it
+#   shows as it is (as the gateway's "maybe executed" 424);
 # - Codex CLI retries every status but 400, 401 and 429 and does not read the header; 400 is
-#   the one it neither retries nor hides the body of (edge/auth.py, edge/app.py do the same).
+#   the one it neither retries nor hides the body of (edge/auth.py, edge/app.py do the same);
 # - Gemini CLI retries 429, 499 and every 5xx (``isRetryableError``) and does not read the
-#   header: it gets 424, which it shows at once (as the gateway's "maybe executed" 424).
+#   header: 424 too.
 _FINAL_STATUS = {"codex": 400}
+_FINAL_4XX = frozenset({"claude-code", "gemini-cli"})
 
 
 def final_status(status: int, client: str | None) -> int:
@@ -251,7 +255,7 @@ def final_status(status: int, client: str | None) -> int:
     fixed = _FINAL_STATUS.get(client or "")
     if fixed is not None:
         return fixed
-    if client == "gemini-cli" and (status in (429, 499) or status >= 500):
+    if client in _FINAL_4XX and (status in (429, 499) or status >= 500):
         return 424
     if status == 529:
         return 503

@@ -177,7 +177,8 @@ def test_demo_stream_events_follow_anthropics_grammar() -> None:
 
 
 @pytest.mark.parametrize(("client", "status", "expected"), [
-    ("claude-code", 503, 503), ("claude-code", 529, 503), ("claude-code", 404, 404),
+    ("claude-code", 503, 424), ("claude-code", 529, 424), ("claude-code", 404, 404),
+    ("claude-code", 429, 424), ("anthropic-sdk", 529, 503),
     ("codex", 503, 400), ("codex", 404, 400), ("codex", 429, 400),
     ("gemini-cli", 503, 424), ("gemini-cli", 429, 424), ("gemini-cli", 404, 404),
     ("anthropic-sdk", 502, 502), (None, 503, 503),
@@ -188,11 +189,13 @@ def test_final_status_is_one_each_client_stops_at(client: str | None, status: in
 
 
 def test_final_error_is_never_overloaded_for_claude_code() -> None:
-    status, body, headers = final_error("anthropic", 503, "no provider", client="claude-code",
+    status, body, headers = final_error("anthropic", 503, "no provider", client="anthropic-sdk",
                                         code="no_provider", request_id="r1")
     doc = json.loads(body)
     assert status == 503 and headers == {"x-should-retry": "false"}
     assert doc["error"]["type"] == "api_error"  # overloaded_error: Claude Code retries it
+    status, body, _ = final_error("anthropic", 503, "no provider", client="claude-code")
+    assert status == 424 and json.loads(body)["error"]["type"] == "invalid_request_error"
     status, body, _ = final_error("openai-responses", 503, "no provider", client="codex",
                                   code="no_provider")
     assert status == 400 and json.loads(body)["error"]["code"] == "no_provider"
@@ -265,3 +268,13 @@ def test_provider_list_at_80_columns_shows_env_references() -> None:
     text = "\n".join(lines)
     assert "env:ANTHROPIC_API_KEY" in text and "env:OPENROUTER_API_KEY" in text
     assert "api.anthropic.com" in text and "mine (off)" in text and "demo" in text
+
+
+def test_demo_answers_what_the_person_typed_not_claude_codes_reminders() -> None:
+    """Claude Code puts <system-reminder> blocks (which talk about tools) before the prompt."""
+    doc = {"model": "m", "tools": [BASH], "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "<system-reminder>use the Bash tool when</system-reminder>"},
+        {"type": "text", "text": "Say hello"}]}]}
+    m = reply(doc, 10)
+    assert m["stop_reason"] == "end_turn" and "'Say hello'" in m["content"][0]["text"]
+    assert "system-reminder" not in m["content"][0]["text"]

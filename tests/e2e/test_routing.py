@@ -148,6 +148,7 @@ def test_all_fail_client_gets_a_final_error_in_its_dialect(
     for f in fakes:
         f.push(Behavior(status=529))
     r = _post(gw)
+    # no client family: the honest status (the SDKs read x-should-retry)
     assert r.status_code == 503 and r.json()["error"]["type"] == "api_error"
     assert r.headers["x-should-retry"] == "false"
     message = r.json()["error"]["message"]

@@ -191,14 +191,43 @@ def no_provider(w: World) -> None:
         rows = w.requests()
         new = len(rows) - before
         before = len(rows)
-        out = _tail(r.stdout + " " + r.stderr, 260)
+        full = r.stdout + "\n" + r.stderr
+        shown = next((line.strip() for line in full.splitlines()
+                      if "no provider is configured" in line), _tail(full, 200))
         check(f"no-provider-{name}", r.returncode != 0 and new == 1
-              and "no provider is configured" in out,
-              f"exit {r.returncode}, {new} request(s) reached the gateway, {took:.1f} s: {out}")
+              and "no provider is configured" in full,
+              f"exit {r.returncode}, {new} request(s) reached the gateway, {took:.1f} s: "
+              f"{shown[:400]}")
     w.down()
 
 
-SCENARIOS = {"demo": demo, "no-provider": no_provider}
+def all_failed(w: World) -> None:
+    """Two providers, both refusing connections: the gateway tried both; each CLI must show
+    which, once."""
+    w.up()
+    w.cs("connect", "all")
+    for name in ("dead-a", "dead-b"):
+        w.cs("provider", "add", name, "--dialect", "anthropic", "--base-url",
+             f"http://127.0.0.1:{free_port()}", "--no-check")
+    before = len(w.requests())
+    for name, run in {"claude": w.claude, "codex": w.codex, "gemini": w.gemini}.items():
+        r, took = run("Say hello")
+        w.wait_requests(before + 1, timeout=10)
+        time.sleep(2)  # a retry would land by now
+        rows = w.requests()
+        new = len(rows) - before
+        before = len(rows)
+        full = r.stdout + "\n" + r.stderr
+        shown = next((line.strip() for line in full.splitlines()
+                      if "every provider failed" in line), _tail(full, 200))
+        check(f"all-failed-{name}", r.returncode != 0 and new == 1
+              and "every provider failed" in full and "dead-a" in full and "dead-b" in full,
+              f"exit {r.returncode}, {new} request(s) reached the gateway, {took:.1f} s: "
+              f"{shown[:400]}")
+    w.down()
+
+
+SCENARIOS = {"demo": demo, "no-provider": no_provider, "all-failed": all_failed}
 
 
 def main() -> int:

@@ -117,7 +117,10 @@ def reply(doc: dict[str, Any], body_size: int) -> dict[str, Any]:
     """The Anthropic Messages answer to ``doc`` (a request), as a whole message."""
     model = str(doc.get("model") or DEMO_MODEL)
     messages = doc.get("messages") if isinstance(doc.get("messages"), list) else []
-    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    # the conversation's turns only: Claude Code 2.1 ends its messages with a "system" one
+    turns = [m for m in messages if isinstance(m, dict) and m.get("role") in ("user",
+                                                                               "assistant")]
+    last = turns[-1] if turns and turns[-1].get("role") == "user" else {}
     said = _text_of(last.get("content")).strip()
     results = _tool_results(last.get("content"))
     tools = doc.get("tools") if isinstance(doc.get("tools"), list) else []

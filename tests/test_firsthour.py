@@ -274,7 +274,9 @@ def test_demo_answers_what_the_person_typed_not_claude_codes_reminders() -> None
     """Claude Code puts <system-reminder> blocks (which talk about tools) before the prompt."""
     doc = {"model": "m", "tools": [BASH], "messages": [{"role": "user", "content": [
         {"type": "text", "text": "<system-reminder>use the Bash tool when</system-reminder>"},
-        {"type": "text", "text": "Say hello"}]}]}
+        {"type": "text", "text": "Say hello"}]},
+        # Claude Code 2.1 ends with a system message (the agent types: "Tools: *")
+        {"role": "system", "content": "Available agent types for the Agent tool: ..."}]}
     m = reply(doc, 10)
     assert m["stop_reason"] == "end_turn" and "'Say hello'" in m["content"][0]["text"]
     assert "system-reminder" not in m["content"][0]["text"]

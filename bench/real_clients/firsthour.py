@@ -113,12 +113,12 @@ class World:
             rows = self.requests()
         return rows
 
-    def claude(self, prompt: str, timeout: float = 300) -> tuple[subprocess.CompletedProcess[str], float]:  # noqa: E501
+    def claude(self, prompt: str, *args: str, timeout: float = 300) -> tuple[subprocess.CompletedProcess[str], float]:  # noqa: E501
         env = self.env()
         env.update(CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1", DISABLE_TELEMETRY="1",
                    DISABLE_AUTOUPDATER="1", DISABLE_ERROR_REPORTING="1")
         t0 = time.monotonic()
-        r = subprocess.run([str(CLAUDE), "-p", prompt], env=env, cwd=self.work,
+        r = subprocess.run([str(CLAUDE), "-p", prompt, *args], env=env, cwd=self.work,
                            capture_output=True, text=True, timeout=timeout,
                            stdin=subprocess.DEVNULL)
         return r, time.monotonic() - t0
@@ -157,24 +157,30 @@ def demo(w: World) -> None:
     con = w.cs("connect", "all")
     r, took = w.claude("Say hello")
     total = time.monotonic() - t0
-    check("demo-claude", r.returncode == 0 and "[codeswitch demo]" in r.stdout,
+    check("demo-claude", r.returncode == 0 and "You said: 'Say hello'" in r.stdout,
           f"exit {r.returncode}, {took:.1f} s: {_tail(r.stdout or r.stderr, 160)}")
     check("first-minute", r.returncode == 0,
           f"`codeswitch up --demo` -> banner {ready:.1f} s -> `connect all` -> Claude Code's "
           f"answer printed {total:.1f} s after `up` started")
     check("connect-port", f"127.0.0.1:{w.port}" in con.stdout + con.stderr
           or con.returncode == 0, _tail(con.stdout + con.stderr, 200))
+    r, took = w.claude("Use a tool", "--allowedTools", "Bash")
+    check("demo-claude-tool", r.returncode == 0 and "The tool answered" in r.stdout,
+          f"exit {r.returncode}, {took:.1f} s: {_tail(r.stdout or r.stderr, 160)}")
     r, took = w.codex("Say hello")
     check("demo-codex", r.returncode == 0 and "[codeswitch demo]" in r.stdout,
           f"exit {r.returncode}, {took:.1f} s: {_tail(r.stdout or r.stderr, 160)}")
     r, took = w.gemini("Say hello")
     check("demo-gemini", r.returncode == 0 and "[codeswitch demo]" in r.stdout,
           f"exit {r.returncode}, {took:.1f} s: {_tail(r.stdout or r.stderr, 160)}")
-    rows = w.wait_requests(3)
+    r, took = w.codex("Use a tool")
+    check("demo-codex-tool", r.returncode == 0 and "The tool answered" in r.stdout,
+          f"exit {r.returncode}, {took:.1f} s: {_tail(r.stdout or r.stderr, 160)}")
+    rows = w.wait_requests(5)
     by_client: dict[str, int] = {}
     for row in rows:
         by_client[str(row.get("client"))] = by_client.get(str(row.get("client")), 0) + 1
-    check("demo-ledger", len(rows) >= 3 and all(x["provider"] == "demo" for x in rows),
+    check("demo-ledger", len(rows) >= 5 and all(x["provider"] == "demo" for x in rows),
           f"{len(rows)} requests in the ledger, by client {by_client}")
     w.down()
 

@@ -679,7 +679,7 @@ PLUGINS: dict[str, tuple[str, ...]] = {
     "codeswitch.cli_users": ("user", "key", "audit"),
     "codeswitch.cli_sessions": ("sessions", "online"),
     "codeswitch.cli_routes": ("route",),
-    "codeswitch.cli_firsthour": ("init", "doctor"),
+    "codeswitch.cli_firsthour": ("init", "doctor", "service"),
 }
 
 

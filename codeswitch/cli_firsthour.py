@@ -211,6 +211,59 @@ def doctor(
     raise typer.Exit(0 if not problems else 1)
 
 
+# -- service ----------------------------------------------------------------------------------
+
+service_app = typer.Typer(no_args_is_help=True, help="Start the gateway at login (a systemd "
+                          "user unit on Linux, a launchd agent on macOS).")
+
+
+@service_app.command("install")
+def service_install(
+    port: Annotated[int | None, typer.Option(help="The gateway's port.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Its config file.",
+                                                show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the unit, write "
+                                          "nothing.")] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Register `codeswitch up` as a user service: started now and at every login, restarted
+    when it fails; logs in `journalctl --user -u codeswitch` (macOS: <home>/logs/service.log)."""
+    from codeswitch import service
+
+    data = home_dir(home)
+    cfg = config.expanduser().resolve() if config else None
+    if dry_run:
+        sys.stdout.write(service.launchd_plist(data, port, cfg) if sys.platform == "darwin"
+                         else service.systemd_unit(data, port, cfg))
+        return
+    try:
+        for line in service.install(data, port, cfg):
+            console.print(line)
+    except service.ServiceError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+
+
+@service_app.command("uninstall")
+def service_uninstall() -> None:
+    """Stop the service and remove it: the gateway no longer starts at login."""
+    from codeswitch import service
+
+    for line in service.uninstall():
+        console.print(line)
+
+
+@service_app.command("status")
+def service_status() -> None:
+    """Whether the service is installed, and what systemd/launchd say about it."""
+    from codeswitch import service
+
+    installed, text = service.status()
+    console.print(text, markup=False)
+    raise typer.Exit(0 if installed else 1)
+
+
 def register(app: typer.Typer) -> None:
     app.command("init")(init)
     app.command("doctor")(doctor)
+    app.add_typer(service_app, name="service")

@@ -116,7 +116,8 @@ def _pick_tool(tools: list[Any]) -> dict[str, Any] | None:
 def reply(doc: dict[str, Any], body_size: int) -> dict[str, Any]:
     """The Anthropic Messages answer to ``doc`` (a request), as a whole message."""
     model = str(doc.get("model") or DEMO_MODEL)
-    messages = doc.get("messages") if isinstance(doc.get("messages"), list) else []
+    got = doc.get("messages")
+    messages: list[Any] = got if isinstance(got, list) else []
     # the conversation's turns only: Claude Code 2.1 ends its messages with a "system" one
     turns = [m for m in messages if isinstance(m, dict) and m.get("role") in ("user",
                                                                                "assistant")]

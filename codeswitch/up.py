@@ -126,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
             # demo provider (--demo) or its removal: codeswitch/firstrun.py
             taken += await first_run(nc, os.environ, audit=audit, config_file=config is not None,
                                      demo_port=demo_port)
+            from codeswitch.service import auto_start_once
+
+            started = auto_start_once(home, spec["port"], Path(config) if config else None)
+            taken += [started] if started else []
             if config is not None:
                 return taken
             # only app.json: its two settings, on top of what KV already holds

@@ -280,3 +280,64 @@ def test_demo_answers_what_the_person_typed_not_claude_codes_reminders() -> None
     m = reply(doc, 10)
     assert m["stop_reason"] == "end_turn" and "'Say hello'" in m["content"][0]["text"]
     assert "system-reminder" not in m["content"][0]["text"]
+
+
+# -- start at login ---------------------------------------------------------------------------
+
+
+def test_service_install_status_uninstall_with_systemd(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A systemctl that records its calls stands in for systemd (the unit is the real one)."""
+    import os
+    import sys
+
+    from codeswitch import service
+
+    if sys.platform == "darwin":
+        pytest.skip("the systemd unit; macOS writes a launchd agent")
+    calls = tmp_path / "calls"
+    fake = tmp_path / "bin" / "systemctl"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\necho active\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    home = tmp_path / "home"
+    lines = service.install(home, 18200, None)
+    unit = tmp_path / "cfg" / "systemd" / "user" / "codeswitch.service"
+    text = unit.read_text()
+    assert f"--home {home} --port 18200" in text and "KillSignal=SIGINT" in text
+    assert f"EnvironmentFile=-{home / 'service.env'}" in text
+    assert "WantedBy=default.target" in text and "journalctl --user" in lines[-1]
+    assert calls.read_text().splitlines() == ["--user daemon-reload",
+                                              "--user enable --now codeswitch.service"]
+    assert service.status()[0] is True
+    assert "removed" in service.uninstall()[0] and not unit.exists()
+    assert "--user disable --now codeswitch.service" in calls.read_text()
+    assert service.status()[0] is False
+
+
+def test_app_json_auto_start_is_honoured_once(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import sys
+
+    from codeswitch import service
+
+    if sys.platform == "darwin":
+        pytest.skip("the systemd unit")
+    fake = tmp_path / "bin" / "systemctl"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    home = tmp_path / "home"
+    home.mkdir()
+    assert service.auto_start_once(home, None, None) is None  # no app.json
+    (home / "app.json").write_text('{"auto_start": true}')
+    line = service.auto_start_once(home, None, None)
+    assert line is not None and "starts at login" in line and service.service_file().exists()
+    service.uninstall()
+    assert service.auto_start_once(home, None, None) is None  # once: uninstall sticks
+    assert not service.service_file().exists()

@@ -10,10 +10,10 @@ The unit runs ``codeswitch up`` with the data directory, port and config file gi
 time (the same interpreter), restarts it when it fails, and stops it with SIGINT (``up``'s
 orderly stop). A user service does not see the login shell's variables: the provider keys
 that ``env:NAME`` references go into ``<home>/service.env`` (``NAME=value`` lines, read by
-systemd's ``EnvironmentFile``). ``auto_start`` in the original Code Switch's ``app.json`` is honoured once, on
-the first ``codeswitch up`` that sees it: the unit is installed and enabled (not started: that
-``up`` is the gateway), and ``<home>/service-auto-start`` remembers it was done, so an
-``uninstall`` stays uninstalled.
+systemd's ``EnvironmentFile``). ``auto_start`` in the original Code Switch's ``app.json`` is
+honoured once, on the first ``codeswitch up`` that sees it: the unit is installed and enabled
+(not started: that ``up`` is the gateway), and ``<home>/service-auto-start`` remembers it was
+done, so an ``uninstall`` stays uninstalled.
 
 ``systemd_unit`` and ``launchd_plist`` are pure.
 """

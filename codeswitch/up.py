@@ -162,13 +162,13 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.Popen([sys.executable, "-m", "codeswitch.probe", "--home", str(home)],
                              stdin=subprocess.DEVNULL)
         if spec.get("connect"):
-            from codeswitch.clients.connect import connect_all
+            # `codeswitch connect all` in a process of its own (the supervisor stays without
+            # the CLI): it reads this gateway's run.json, and when the gateway has users it
+            # makes the person's own key or says what to do (codeswitch/clients/target.py)
+            import subprocess
 
-            try:
-                for line in connect_all(info["edge_url"], None, home=home):
-                    print(f"  connected: {line}", flush=True)
-            except Exception as exc:
-                print(f"connect failed: {exc}", file=sys.stderr, flush=True)
+            subprocess.Popen([sys.executable, "-m", "codeswitch", "connect", "all", "--home",
+                              str(home)], stdin=subprocess.DEVNULL)
 
     sup = Supervisor(home=home, host=spec["host"], port=spec["port"],
                      nats_url=spec.get("nats_url"), routers=spec.get("routers", 1),

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from codeswitch.tables import metrics_table
+from codeswitch.tables import log_table, metrics_table
 from runtime import bus
 from runtime.home import home_dir, masked_url, nats_url_for
 from schemas.subjects import ledger_query_subject
@@ -286,8 +286,6 @@ def log(
     if as_json:
         console.print_json(json.dumps(rows))
         return
-    from codeswitch.tables import log_table
-
     console.print(log_table(rows, labels, console.width, time.time()))
 
 

@@ -341,3 +341,23 @@ def test_app_json_auto_start_is_honoured_once(tmp_path: Path,
     service.uninstall()
     assert service.auto_start_once(home, None, None) is None  # once: uninstall sticks
     assert not service.service_file().exists()
+
+
+def test_shell_completion_knows_every_command() -> None:
+    """`codeswitch --install-completion` installs a script that calls the program back like
+    this; the plugin commands (doctor, init, service, …) complete too."""
+    import os
+    import subprocess
+    import sys
+
+    def complete(words: str) -> list[str]:
+        env = {**os.environ, "_CODESWITCH_COMPLETE": "complete_bash", "COMP_WORDS": words,
+               "COMP_CWORD": str(len(words.split()) - 1)}
+        script = Path(sys.executable).parent / "codeswitch"  # the installed command
+        out = subprocess.run([str(script)], env=env, text=True, capture_output=True,
+                             timeout=60)
+        return out.stdout.split()
+
+    assert complete("codeswitch do") == ["doctor"]
+    assert complete("codeswitch pro") == ["provider"]
+    assert "test" in complete("codeswitch provider te")

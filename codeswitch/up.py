@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def ready(info: dict[str, Any]) -> None:
         print("\n".join(banner(info, config)), flush=True)
-        if not os.environ.get("CODESWITCH_NO_PROVIDER_CHECK"):
+        none = any(c.startswith("NO PROVIDER") for c in info.get("changes", []))
+        if not none and not os.environ.get("CODESWITCH_NO_PROVIDER_CHECK"):
             # each enabled provider checked now (codeswitch/probe.py), so a wrong key or base
             # URL shows here, not as a failed CLI turn; its own short-lived process: the
             # supervisor stays without an HTTP client

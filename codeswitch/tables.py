@@ -37,6 +37,7 @@ class Col:
     shrink: bool = False  # may be cut (with "…") to fit
     min_width: int = 6
     optional: bool = False  # left out when every cell is empty or "-"
+    luxury: bool = False  # goes (by ``drop`` rank) before any column is cut
     style: str | None = None
     width: int = field(init=False, default=0)
 
@@ -64,6 +65,9 @@ def fit(columns: Sequence[Col], width: int, *, title: str | None = None,
     def gaps() -> int:
         return _PAD * (len(cols) - 1)
 
+    # the luxuries go first, before anything is cut
+    while sum(c.width for c in cols) + gaps() > width and any(c.luxury for c in cols):
+        cols.remove(max((c for c in cols if c.luxury), key=lambda c: c.drop))
     # drop (highest rank first) until the columns fit once the shrinkable ones are cut down
     # (or whole, without cut_first)
     while sum(floor(c) if cut_first else c.width for c in cols) + gaps() > width \
@@ -167,8 +171,11 @@ def log_table(rows: list[dict[str, Any]], labels: dict[str, str], width: int,
 
     def status(r: dict[str, Any]) -> Text:
         t = Text(str(r["status"]), style="green" if r["ok"] else "red")
-        if r["error_class"]:
-            t.append(f" {r['error_class']}", style="red")
+        why = r["error_class"] or ""
+        if not wide:  # "http_502" says the status again; "stream_error": "stream"
+            why = "" if why == f"http_{r['status']}" else why.removesuffix("_error")
+        if why:
+            t.append(f" {why}", style="red")
         return t
 
     def col(header: str, fn: Callable[[dict[str, Any]], Cell], **kw: Any) -> Col:
@@ -185,13 +192,13 @@ def log_table(rows: list[dict[str, Any]], labels: dict[str, str], width: int,
         col("tok in/out", lambda r: f"{tokens(r['input_tokens'] + r['cache_read_tokens'] + r['cache_write_tokens'])}/{tokens(r['output_tokens'])}",  # noqa: E501
             justify="right"),
         col("cost", lambda r: money(r["cost"]), justify="right", drop=3),
-        col("ttfb", lambda r: duration(r["ttfb_ms"]), justify="right", drop=5),
+        col("ttfb", lambda r: duration(r["ttfb_ms"]), justify="right", drop=5, luxury=True),
         col("took", lambda r: duration(r["duration_ms"]), justify="right", drop=2),
         col("user", lambda r: labels.get(r.get("user_id") or "", r.get("user_id")
                                          or r["user"] or "-"),
-            shrink=True, optional=True, drop=6),
+            shrink=True, optional=True, drop=6, luxury=True),
         col("key", lambda r: labels.get(r.get("key_id") or "", r.get("key_id") or "-"),
-            shrink=True, optional=True, drop=7),
+            shrink=True, optional=True, drop=7, luxury=True),
         col("request", lambda r: r["request_id"] if wide else r["request_id"][-8:],
             drop=4, style="dim"),
     ], width)

@@ -224,6 +224,17 @@ def _render(table: object, width: int) -> list[str]:
     return console.export_text().splitlines()
 
 
+SNAPSHOTS = Path(__file__).parent / "fixtures" / "tables"
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_log_snapshot(width: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole table, as a terminal of that width shows it (rows in the local time zone of
+    NOW, which is built from a local time: the same text everywhere)."""
+    text = "\n".join(_render(log_table(LOG_ROWS, {}, width, NOW), width)) + "\n"
+    assert text == (SNAPSHOTS / f"log_{width}.txt").read_text()
+
+
 def test_log_at_80_columns_keeps_every_column_readable() -> None:
     lines = _render(log_table(LOG_ROWS, {}, 80, NOW), 80)
     assert max(len(line) for line in lines) <= 80

@@ -27,6 +27,11 @@ HomeOpt = Annotated[Path | None, typer.Option("--home", help="Data directory "
                     "(default $CODESWITCH_HOME or ~/.code-switch).", show_default=False)]
 
 
+def _tty() -> bool:
+    """Whether init may ask (a terminal on stdin)."""
+    return sys.stdin.isatty()
+
+
 def init(
     path: Annotated[Path | None, typer.Option("--path", help="Where to write (default "
                                               "<home>/config.toml).", show_default=False)]
@@ -51,7 +56,7 @@ def init(
 
     found = {p.name: var for p, var in detect(os.environ)}
     known = {k.name: k for k in KNOWN}
-    interactive = sys.stdin.isatty() and not yes and not stdout
+    interactive = _tty() and not yes and not stdout
     if provider:
         unknown = [n for n in provider if n not in known]
         if unknown:

@@ -105,10 +105,19 @@ def test_init_command_never_overwrites_without_asking(tmp_path: Path,
     out = runner.invoke(app, ["init", "--home", str(tmp_path / "home"), "--yes"])
     assert out.exit_code == 1 and "kept as it is" in out.output
     assert target.read_text() == "# mine\n"
-    # in a terminal, the question; "no" keeps the file
-    out = runner.invoke(app, ["init", "--home", str(tmp_path / "home"), "--provider",
-                              "anthropic"], input="n\n")
-    assert target.read_text() == "# mine\n"
+    # in a terminal: a question per provider found, then whether to overwrite; "no" keeps it
+    import codeswitch.cli_firsthour as cf
+
+    monkeypatch.setattr(cf, "_tty", lambda: True)
+    out = runner.invoke(app, ["init", "--home", str(tmp_path / "home")], input="y\nn\n")
+    assert "use openai (key from OPENAI_API_KEY)?" in out.output and "Overwrite" in out.output
+    assert out.exit_code == 1 and target.read_text() == "# mine\n"
+    out = runner.invoke(app, ["init", "--home", str(tmp_path / "home")], input="n\ny\n")
+    assert out.exit_code == 0, out.output
+    assert [p.name for p in load_config(target).providers] == []  # openai declined
+    assert (tmp_path / "home" / "config.toml.bak").read_text() == "# mine\n"
+    target.write_text("# mine\n")
+    monkeypatch.setattr(cf, "_tty", lambda: False)
     out = runner.invoke(app, ["init", "--home", str(tmp_path / "home"), "--force",
                               "--provider", "anthropic"])
     assert out.exit_code == 0, out.output

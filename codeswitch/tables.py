@@ -184,7 +184,7 @@ def log_table(rows: list[dict[str, Any]], labels: dict[str, str], width: int,
     return fit([
         col("time", lambda r: clock(r["ts"], now, wide=wide)),
         col("provider", lambda r: r["provider"] or "-", shrink=True, min_width=10),
-        col("route", lambda r: r.get("route") or "-", shrink=True, min_width=8, optional=True,
+        col("route", lambda r: r.get("route") or "-", shrink=True, min_width=10, optional=True,
             drop=1),
         col("model", lambda r: (r["upstream_model"] or r["model"]) if wide
             else short_model(r["upstream_model"] or r["model"]), shrink=True, min_width=17),

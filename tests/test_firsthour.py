@@ -381,3 +381,14 @@ def test_shell_completion_knows_every_command() -> None:
     assert complete("codeswitch do") == ["doctor"]
     assert complete("codeswitch pro") == ["provider"]
     assert "test" in complete("codeswitch provider te")
+
+
+def test_log_shows_the_route_column_only_when_a_rule_chose() -> None:
+    routed = [{**row, "route": "background" if i == 0 else None}
+              for i, row in enumerate(LOG_ROWS)]
+    for width in (80, 120):
+        lines = _render(log_table(routed, {}, width, NOW), width)
+        assert max(len(line) for line in lines) <= width
+        assert lines[0].split()[:3] == ["time", "provider", "route"]
+        assert "background" in "\n".join(lines)
+    assert "route" not in _render(log_table(LOG_ROWS, {}, 120, NOW), 120)[0]

@@ -22,7 +22,7 @@ from codeswitch import __version__
 from runtime.home import home_dir, masked_url, nats_url_for
 
 app = typer.Typer(
-    name="codeswitch", no_args_is_help=True, add_completion=False,
+    name="codeswitch", no_args_is_help=True, add_completion=True,
     help="An event-sourced LLM gateway for Claude Code, Codex CLI, Gemini CLI and any "
          "OpenAI/Anthropic/Gemini SDK.",
 )
@@ -138,8 +138,13 @@ def up(
              "what `codeswitch hub` prints; with a password, pass it in $CODESWITCH_JOIN "
              "instead: a command line is visible to every user).",
         show_default=False)] = None,
+    demo: Annotated[bool, typer.Option(
+        "--demo", help="Add the built-in demo provider: answers any model in every dialect "
+        "(text, stream, a tool call, usage) with no key and no network.")] = False,
 ) -> None:
-    """Start the gateway: embedded NATS, edge, router and workers. Ctrl-C stops it."""
+    """Start the gateway: embedded NATS, edge, router and workers. Ctrl-C stops it.
+    With no provider configured, the API keys in the environment (ANTHROPIC_API_KEY,
+    OPENAI_API_KEY, GEMINI_API_KEY, ...) become providers."""
     from codeswitch.config import ConfigError, FileConfig, load_config
     from codeswitch.up import exec_up
 
@@ -167,7 +172,7 @@ def up(
              "port": port or file_cfg.port or 18100, "nats_url": nats_url,
              "routers": routers, "single_process": single_process, "grace": grace,
              "connect": connect, "nats_creds": nats_creds if nats_url else None,
-             "config": str(cfg_path) if cfg_path is not None else None})
+             "config": str(cfg_path) if cfg_path is not None else None, "demo": demo})
 
 
 @app.command()
@@ -325,14 +330,16 @@ def provider_list(nats_url: NatsOpt = None, home: HomeOpt = None,
         sys.stdout.write(msgspec.json.encode([_masked(p, home) for p in providers]).decode()
                          + "\n")
         return
-    table = Table("name", "dialect", "base_url", "models", "priority", "weight", "enabled",
-                  "key", "source")
-    for p in providers:
-        m = _masked(p, home)
-        table.add_row(p.name, p.dialect, p.base_url, ", ".join(p.models) or "*",
-                      str(p.priority), str(p.weight), "yes" if p.enabled else "no",
-                      m.api_key or "-", p.source)
-    console.print(table)
+    from codeswitch.tables import provider_table
+
+    console.print(provider_table(providers, {p.name: _masked(p, home).api_key
+                                             for p in providers}, console.width))
+    if any(p.source == "env" for p in providers):
+        console.print("[cyan]env[/]: made by `codeswitch up` from an API key variable in its "
+                      "environment (the key stays there: env:NAME)")
+    if any(p.source == "demo" for p in providers):
+        console.print("[yellow]demo[/]: the built-in demo provider of `codeswitch up --demo` "
+                      "(canned answers, no model)")
 
 
 @provider_app.command("add")
@@ -357,6 +364,8 @@ def provider_add(
     idle_timeout: Annotated[float, typer.Option(
         help="Seconds allowed between two chunks of a stream.")] = 300.0,
     total_timeout: Annotated[float, typer.Option(help="Seconds for the whole call.")] = 3600.0,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Check it after saving "
+                                        "(its model list: reachable, key accepted).")] = True,
     nats_url: NatsOpt = None, home: HomeOpt = None,
 ) -> None:
     """Add or replace a provider. Running routers use it on their next request."""
@@ -389,6 +398,51 @@ def provider_add(
 
     applied = _with_nats(nats_url_for(home, nats_url), go)
     console.print(f"provider [bold]{name}[/] saved ({dialect}, {base_url}); {applied}")
+    if check and provider.enabled:
+        _print_findings([provider], home, None, timeout=8.0)
+
+
+def _print_findings(providers: list[Any], home: Path | None, model: str | None,
+                    timeout: float) -> bool:
+    """Check providers (codeswitch/probe.py) and say what is wrong; True when all are ok."""
+    from codeswitch.probe import check_all
+    from runtime.secrets import reveal
+
+    findings = check_all(providers, lambda v: reveal(v, home_dir(home)), timeout=timeout,
+                         model=model)
+    for f in findings:
+        if f.ok:
+            console.print(f"[green]✓[/] {f.provider}: {f.message} ({f.ms:.0f} ms)")
+        else:
+            console.print(f"[red]✗ {f.provider}: {f.kind.replace('_', ' ')}[/] — {f.message}")
+    return all(f.ok for f in findings)
+
+
+@provider_app.command("test")
+def provider_test(
+    name: Annotated[str | None, typer.Argument(help="Provider (default: every enabled one).")]
+    = None,
+    model: Annotated[str | None, typer.Option("--model", help="Also check that this model "
+                                              "is in its list.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds per call.")] = 8.0,
+    nats_url: NatsOpt = None, home: HomeOpt = None,
+) -> None:
+    """Check a provider with one cheap call (its model list): reachable, key accepted, model
+    listed. Says precisely what is wrong (bad key, bad base URL, unreachable, model not
+    found). Exit code 1 when something is."""
+    from codeswitch.admin import get_provider, list_providers
+
+    async def go(nc: Any) -> list[Any]:
+        if name is None:
+            return [p for p in await list_providers(nc) if p.enabled]
+        p = await get_provider(nc, name)
+        return [p] if p is not None else []
+
+    providers = _with_nats(nats_url_for(home, nats_url), go)
+    if not providers:
+        err.print(f"[red]no provider named {name!r}[/]" if name else "[red]no provider[/]")
+        raise typer.Exit(1)
+    raise typer.Exit(0 if _print_findings(providers, home, model, timeout) else 1)
 
 
 def _set_enabled(name: str, enabled: bool, nats_url: str | None, home: Path | None) -> None:
@@ -647,6 +701,7 @@ PLUGINS: dict[str, tuple[str, ...]] = {
     "codeswitch.cli_sessions": ("sessions", "online"),
     "codeswitch.cli_routes": ("route",),
     "codeswitch.cli_sync": ("hub", "sync"),
+    "codeswitch.cli_firsthour": ("init", "doctor", "service"),
 }
 
 

@@ -72,18 +72,31 @@ def _targets(target: str, known: list[str]) -> list[str]:
 def connect_cmd(
     target: str = typer.Argument("all", help="claude, codex, gemini or all (detected ones)."),
     dry_run: bool = DRY_OPT,
-    base_url: str = typer.Option(conn.DEFAULT_BASE_URL, "--base-url", help="Gateway URL."),
+    base_url: str | None = typer.Option(None, "--base-url", help="Gateway URL (default: the "
+                                        "running gateway's, from its run.json).",
+                                        show_default=False),
     key: str | None = typer.Option(None, "--key", help="Gateway key the clients send "
-                                   f"(default {conn.DEFAULT_KEY!r})."),
+                                   "(default: none needed, or your own when it has users)."),
     home: Path | None = HOME_OPT,
 ) -> None:
     """Point Claude Code, Codex and/or Gemini CLI at the gateway."""
+    from codeswitch.clients.target import KeyRequired, gateway_url
+
     data = home_dir(home)
     paths = ClientPaths.discover()
     names = _targets(target, conn.detected(paths))
     if not names:
         out.print("no coding CLI detected; name one: codeswitch connect claude|codex|gemini")
         return
+    base_url, note = gateway_url(data, base_url, conn.DEFAULT_BASE_URL)
+    if note:
+        err.print(f"[yellow]note:[/yellow] {note}", markup=True)
+    if key is None and not dry_run:
+        try:
+            key = _gateway_key(home, note is None)
+        except KeyRequired as exc:
+            err.print(f"[red]error:[/red] {exc}", markup=True)
+            raise typer.Exit(2) from None
     state = conn.load_clients_state(data)
     plans = []  # plan everything first: one malformed file stops all writes
     for name in names:
@@ -107,6 +120,38 @@ def connect_cmd(
     if not dry_run and any(p.changed for p in plans):
         out.print(f"backups in {data / 'backups'}; undo with `codeswitch disconnect`",
                   markup=False)
+
+
+def _gateway_key(home: Path | None, running: bool) -> str | None:
+    """The key the clients need (``codeswitch/clients/target.py``); None: any key works."""
+    from codeswitch.clients.target import choose_key
+
+    if not running:
+        err.print("[yellow]note:[/yellow] the gateway is not running, so whether it requires a "
+                  "key was not checked: the placeholder key is written", markup=True)
+        return None
+
+    async def go() -> str | None:
+        from codeswitch.audit import AdminLog
+        from runtime import bus
+
+        try:
+            nc = await bus.connect(nats_url_for(home, None), name="codeswitch-connect",
+                                   once=True)
+        except Exception:
+            err.print("[yellow]note:[/yellow] cannot reach the gateway's NATS: whether it "
+                      "requires a key was not checked", markup=True)
+            return None
+        try:
+            await bus.ensure_all(nc.jetstream())
+            choice = await choose_key(nc, AdminLog(nc, home=home_dir(home)))
+        finally:
+            await nc.drain()
+        if choice.note:
+            err.print(f"[yellow]note:[/yellow] {choice.note}", markup=True)
+        return choice.key
+
+    return asyncio.run(go())
 
 
 @_fails_cleanly

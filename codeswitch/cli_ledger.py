@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from codeswitch.reads import NOT_RUNNING, LedgerError, LedgerUnavailableError, ledger
+from codeswitch.tables import log_table, metrics_table
 from runtime import bus
 from runtime.home import home_dir, masked_url, nats_url_for
 
@@ -155,28 +156,6 @@ def _tokens(v: Any) -> str:
     return str(v)
 
 
-def _metrics_table(title: str, key: str, rows: list[dict[str, Any]]) -> Table:
-    table = Table(title=title, title_justify="left")
-    for col, justify in ((key, "left"), ("requests", "right"), ("errors", "right"),
-                         ("tokens in", "right"), ("cache r/w", "right"), ("out", "right"),
-                         ("cost", "right"), ("p50", "right"), ("p95", "right"),
-                         ("ttfb p50", "right")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for r in rows:
-        label = r.get("key")
-        if key == "time":
-            label = _when(r["t"])
-        table.add_row(
-            "(none)" if label is None else str(label), _num(r["requests"]),
-            f"{r['errors']:,} ({r['error_rate']:.1%})", _tokens(r["input_tokens"]),
-            f"{_tokens(r['cache_read_tokens'])}/{_tokens(r['cache_write_tokens'])}",
-            _tokens(r["output_tokens"]),
-            _usd(r["cost"]) + (" *" if r["unpriced_requests"] else ""),
-            _ms(r["p50_latency_ms"]), _ms(r["p95_latency_ms"]), _ms(r["p50_ttfb_ms"]),
-        )
-    return table
-
-
 def _unpriced_note(total: dict[str, Any]) -> None:
     if total.get("unpriced_requests"):
         console.print(
@@ -241,9 +220,10 @@ def stats(
     console.print(totals)
     if by:
         rows = [{**r, "key": r.get("name", r["key"])} for r in result["breakdown"]]
-        console.print(_metrics_table(f"By {by}", by, rows))
+        console.print(metrics_table(f"By {by}", by, rows, console.width, time.time()))
     if series:
-        console.print(_metrics_table(f"Per {series}", "time", result["series"]))
+        console.print(metrics_table(f"Per {series}", "time", result["series"], console.width,
+                                    time.time()))
     _unpriced_note(o)
 
 
@@ -286,25 +266,7 @@ def log(
     if as_json:
         console.print_json(json.dumps(rows))
         return
-    table = Table(title_justify="left")
-    for col in ("time", "provider", "route", "model", "status", "tokens in/out", "cost",
-                "ttfb", "duration", "user", "key", "request"):
-        table.add_column(col, justify="right" if col in ("cost", "ttfb", "duration") else "left")
-    for r in reversed(rows):
-        status_text = Text(str(r["status"]), style="green" if r["ok"] else "red")
-        if r["error_class"]:
-            status_text.append(f" {r['error_class']}", style="red")
-        table.add_row(
-            _when(r["ts"]), r["provider"] or "-", r.get("route") or "-",
-            r["upstream_model"] or r["model"],
-            status_text,
-            f"{_tokens(r['input_tokens'] + r['cache_read_tokens'] + r['cache_write_tokens'])}"
-            f"/{_tokens(r['output_tokens'])}",
-            _usd(r["cost"]), _ms(r["ttfb_ms"]), _ms(r["duration_ms"]),
-            labels.get(r.get("user_id") or "", r.get("user_id") or r["user"] or "-"),
-            labels.get(r.get("key_id") or "", r.get("key_id") or "-"), r["request_id"],
-        )
-    console.print(table)
+    console.print(log_table(rows, labels, console.width, time.time()))
 
 
 _SHADES = ("grey35", "dark_green", "green4", "green3", "bright_green")

@@ -307,7 +307,8 @@ class Supervisor:
                  on_ready: Callable[[dict[str, Any]], None] | None = None,
                  apply: Callable[[str], Awaitable[list[str]]] | None = None,
                  nats_creds: str | None = None, policy: RestartPolicy | None = None,
-                 join: str | None = None) -> None:
+                 join: str | None = None,
+                 extra_parts: list[tuple[str, list[str]]] | None = None) -> None:
         self.home = home
         self.join = join  # a hub's leaf URL: this device syncs through it (runtime/sync.py)
         self.host = host
@@ -320,6 +321,8 @@ class Supervisor:
         self.on_ready = on_ready
         self.apply = apply
         self.policy = policy or RestartPolicy.from_env()
+        # more supervised processes (name, argv): the demo provider of `up --demo`
+        self.extra_parts = extra_parts or []
         self.nats: EmbeddedNats | None = None
         self.parts: list[Part] = []
         self.facts: FactsThread | None = None
@@ -478,7 +481,8 @@ class Supervisor:
                 c.startswith(("joined the hub", "syncing through")) for c in joined)
             self._next_join_try = time.monotonic() + 5
             env = self._child_env(url)
-            planned = self._plan_parts(url)
+            planned = self._plan_parts(url) + [Part(name, argv, order=2)
+                                               for name, argv in self.extra_parts]
             # the parts' interpreters start and import (the longest part of a start) while
             # the streams and the config are applied; the edge's /readiness says "starting"
             # until parts.json is written, after that

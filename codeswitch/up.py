@@ -72,6 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     from codeswitch.supervisor import Supervisor
 
     config = spec.get("config")
+    demo_port: int | None = None
+    extra: list[tuple[str, list[str]]] = []
+    if spec.get("demo"):  # the demo provider: one more supervised process (codeswitch/demo.py)
+        from runtime.process import free_port
+
+        demo_port = free_port()
+        extra.append(("demo", [sys.executable, "-m", "codeswitch.demo", "--port",
+                               str(demo_port)]))
 
     async def apply(url: str) -> list[str]:
         import msgspec
@@ -84,14 +92,13 @@ def main(argv: list[str] | None = None) -> int:
             merge_legacy,
             read_legacy_app_json,
         )
+        from codeswitch.firstrun import first_run
         from runtime import bus, secrets
 
         file_cfg = load_config(config) if config else FileConfig()  # checked before the exec
         app_json = home / "app.json"  # the original Code Switch's settings, same data directory
         legacy = read_legacy_app_json(app_json)
         taken = merge_legacy(file_cfg, legacy, app_json)
-        if config is None and not taken:
-            return []
         # literal keys go to KV encrypted with <home>/secret.key (created 0600 on first use)
         key = secrets.load_key(home, create=True)
         nc = await bus.connect(url, name="codeswitch-up-config")
@@ -110,12 +117,21 @@ def main(argv: list[str] | None = None) -> int:
                                                   (await get_routes(nc)).rules), providers)
                 except RouteError as exc:
                     raise file_cfg.route_error(exc) from None
-                changes = await apply_file_config(
+                taken += await apply_file_config(
                     nc, file_cfg.providers, file_cfg.settings, file_cfg.routing,
                     file_cfg.unified, secret_key=key, users=file_cfg.users,
                     keys=file_cfg.keys, audit=audit)
-                return taken + changes + await apply_file_routes(
-                    nc, file_cfg.routes, providers, audit)
+                taken += await apply_file_routes(nc, file_cfg.routes, providers, audit)
+            # providers from the environment (no config, no provider of the user's yet), the
+            # demo provider (--demo) or its removal: codeswitch/firstrun.py
+            taken += await first_run(nc, os.environ, audit=audit, config_file=config is not None,
+                                     demo_port=demo_port)
+            from codeswitch.service import auto_start_once
+
+            started = auto_start_once(home, spec["port"], Path(config) if config else None)
+            taken += [started] if started else []
+            if config is not None:
+                return taken
             # only app.json: its two settings, on top of what KV already holds
             if legacy.unified is not None:
                 before = await get_setting(nc, "unified")
@@ -137,21 +153,30 @@ def main(argv: list[str] | None = None) -> int:
 
     def ready(info: dict[str, Any]) -> None:
         print("\n".join(banner(info, config)), flush=True)
-        if spec.get("connect"):
-            from codeswitch.clients.connect import connect_all
+        none = any(c.startswith("NO PROVIDER") for c in info.get("changes", []))
+        if not none and not os.environ.get("CODESWITCH_NO_PROVIDER_CHECK"):
+            # each enabled provider checked now (codeswitch/probe.py), so a wrong key or base
+            # URL shows here, not as a failed CLI turn; its own short-lived process: the
+            # supervisor stays without an HTTP client
+            import subprocess
 
-            try:
-                for line in connect_all(info["edge_url"], None, home=home):
-                    print(f"  connected: {line}", flush=True)
-            except Exception as exc:
-                print(f"connect failed: {exc}", file=sys.stderr, flush=True)
+            subprocess.Popen([sys.executable, "-m", "codeswitch.probe", "--home", str(home)],
+                             stdin=subprocess.DEVNULL)
+        if spec.get("connect"):
+            # `codeswitch connect all` in a process of its own (the supervisor stays without
+            # the CLI): it reads this gateway's run.json, and when the gateway has users it
+            # makes the person's own key or says what to do (codeswitch/clients/target.py)
+            import subprocess
+
+            subprocess.Popen([sys.executable, "-m", "codeswitch", "connect", "all", "--home",
+                              str(home)], stdin=subprocess.DEVNULL)
 
     sup = Supervisor(home=home, host=spec["host"], port=spec["port"],
                      nats_url=spec.get("nats_url"), routers=spec.get("routers", 1),
                      single_process=spec.get("single_process", False),
                      grace=spec.get("grace", 30.0), on_ready=ready, apply=apply,
                      nats_creds=spec.get("nats_creds"),
-                     join=os.environ.get("CODESWITCH_JOIN") or None)
+                     join=os.environ.get("CODESWITCH_JOIN") or None, extra_parts=extra)
     try:
         code = sup.run()
     except Exception as exc:

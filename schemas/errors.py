@@ -36,6 +36,8 @@ __all__ = [
     "GatewayError",
     "anthropic_type",
     "error_body",
+    "final_error",
+    "final_status",
     "gemini_status",
     "openai_type",
     "stream_error",
@@ -175,12 +177,17 @@ def gemini_status(status: int) -> str:
 # -- the envelopes ------------------------------------------------------------------------------
 
 def error_body(dialect: str, status: int, message: str, *, code: str | None = None,
-               request_id: str | None = None) -> bytes:
-    """The non-streaming error body a client of ``dialect`` expects for ``status``."""
+               request_id: str | None = None, final: bool = False) -> bytes:
+    """The non-streaming error body a client of ``dialect`` expects for ``status``.
+    ``final``: an error the client must not retry (``final_error``): never Anthropic's
+    ``overloaded_error``, which Claude Code retries whatever ``x-should-retry`` says."""
     if dialect == "anthropic":
+        kind = anthropic_type(status)
+        if final and kind == "overloaded_error":
+            kind = "api_error"
         doc: dict[str, object] = {
             "type": "error",
-            "error": {"type": anthropic_type(status), "message": message},
+            "error": {"type": kind, "message": message},
         }
         if request_id:
             doc["request_id"] = request_id
@@ -221,3 +228,45 @@ def stream_error(dialect: str, status: int, message: str, *, code: str | None = 
         return (b"event: error\ndata: " + _json.encode(err) + b"\n\n"
                 + b"event: response.failed\ndata: " + _json.encode(failed) + b"\n\n")
     return b"data: " + error_body(dialect, status, message, code=code) + b"\n\n"
+
+
+# -- final errors: the ones no client should retry ----------------------------------------------
+
+# The status a client family gets for a final error (no provider for the request, every
+# provider failed, a refusal) when the honest one would be retried or misread. Checked in each
+# CLI's bundled source and with bench/real_clients/ (docs/clients.md):
+# - the Anthropic and OpenAI SDKs stop at ``x-should-retry: false`` for any status: they keep
+#   the honest status;
+# - Claude Code reads the header too, but retries a body of type ``overloaded_error`` (and,
+#   with its retry watchdog, a 529) before it reads it, and prints "This is a server-side
+#   issue, usually temporary — try again" after a 5xx: a 429 or 5xx becomes 424, which it
+#   shows as it is (as the gateway's "maybe executed" 424);
+# - Codex CLI retries every status but 400, 401 and 429 and does not read the header; 400 is
+#   the one it neither retries nor hides the body of (edge/auth.py, edge/app.py do the same);
+# - Gemini CLI retries 429, 499 and every 5xx (``isRetryableError``) and does not read the
+#   header: 424 too.
+_FINAL_STATUS = {"codex": 400}
+_FINAL_4XX = frozenset({"claude-code", "gemini-cli"})
+
+
+def final_status(status: int, client: str | None) -> int:
+    """The status ``client`` (a family, ``edge.identity.client_family``) stops at for a final
+    error whose honest status is ``status``."""
+    fixed = _FINAL_STATUS.get(client or "")
+    if fixed is not None:
+        return fixed
+    if client in _FINAL_4XX and (status in (429, 499) or status >= 500):
+        return 424
+    if status == 529:
+        return 503
+    return status
+
+
+def final_error(dialect: str, status: int, message: str, *, client: str | None,
+                code: str | None = None, request_id: str | None = None
+                ) -> tuple[int, bytes, dict[str, str]]:
+    """(status, body, headers) of an error the client must not retry: its dialect's shape,
+    the status that client stops at, ``x-should-retry: false`` for those that read it."""
+    status = final_status(status, client)
+    body = error_body(dialect, status, message, code=code, request_id=request_id, final=True)
+    return status, body, {"x-should-retry": "false"}

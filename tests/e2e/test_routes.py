@@ -128,14 +128,16 @@ def test_fallback_on_and_off_when_the_rule_provider_fails(world: World) -> None:
     cheap.push(Behavior(status=503))
     served = len(main.requests)
     r = post(gw, HAIKU)
-    # the chat provider's 503, in the client's dialect (Anthropic's overloaded 529)
-    assert r.status_code == 529 and r.json()["error"]["type"] == "overloaded_error"
+    # every provider the rule allows failed: a final error naming it (Claude Code gets 424, a
+    # status it does not retry, with x-should-retry: false; schemas.errors.final_error)
+    assert r.status_code == 424 and r.headers["x-should-retry"] == "false"
+    assert "provider cheap failed" in r.json()["error"]["message"]
     assert r.headers["x-codeswitch-route"] == "background"
     assert len(main.requests) == served  # no fallback
-    # a rule whose providers are all gone, without fallback: a clear 503
+    # a rule whose providers are all gone, without fallback: a clear, final error
     gw.remove_provider("cheap")
     r = post(gw, HAIKU)
-    assert r.status_code == 503
+    assert r.status_code == 424 and r.headers["x-should-retry"] == "false"
     assert "route rule 'background': none of its providers (cheap)" in r.json()["error"][
         "message"]
 

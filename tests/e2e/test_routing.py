@@ -139,13 +139,21 @@ def test_client_errors_do_not_fail_over_unless_configured(
     assert r.status_code == 200 and r.headers["x-codeswitch-provider"] == "b"
 
 
-def test_all_fail_client_gets_last_error_in_its_dialect(
+def test_all_fail_client_gets_a_final_error_in_its_dialect(
         trio: tuple[Gateway, list[FakeUpstream]]) -> None:
+    """Every provider failed: the client's dialect, told not to retry (x-should-retry: false,
+    never Anthropic's overloaded_error, which Claude Code retries regardless), naming each
+    provider tried."""
     gw, fakes = trio
     for f in fakes:
         f.push(Behavior(status=529))
     r = _post(gw)
-    assert r.status_code == 529 and r.json()["error"]["type"] == "overloaded_error"
+    # no client family: the honest status (the SDKs read x-should-retry)
+    assert r.status_code == 503 and r.json()["error"]["type"] == "api_error"
+    assert r.headers["x-should-retry"] == "false"
+    message = r.json()["error"]["message"]
+    assert "every provider failed" in message and "not retried" in message
+    assert all(f"{name}: 529" in message for name in ("a", "b", "c"))
     assert [x[1] for x in _attempts(gw, 4)] == ["fallback", "fallback", "failed"]
 
 

@@ -28,6 +28,9 @@ Per-request behaviours without a FIFO (concurrent load): set ``fake.chooser`` to
 the ``Received`` request returning a ``Behavior`` (or None for the queue/default); the chaos
 harness keys it on a tag in the prompt text.
 
+A wrong key: with ``fake.require_key`` set, every request (the model list included) carrying
+another key gets the dialect's 401.
+
 Secret echo (for leak tests): ``Behavior(echo_key=True)`` sends the provider key the fake received
 (``Received.api_key``: x-api-key, ``Authorization: Bearer``, x-goog-api-key or ``?key=``) back in
 response headers (``x-echo-api-key`` and inside the dialect's request-id header), in the message
@@ -458,6 +461,9 @@ class FakeUpstream:
         self.port = 0
         # per-request behaviour (checked before the queue): None = use the queue/default
         self.chooser: Callable[[Received], Behavior | None] | None = None
+        # when set, a request (the model list too) with another key gets the dialect's 401,
+        # as a real provider answers a wrong key
+        self.require_key: str | None = None
 
     # ---- lifecycle
 
@@ -611,6 +617,9 @@ class FakeUpstream:
             await self._send_plan(conn, plan, Behavior())
             return
         kind, model = route
+        if self.require_key is not None and rec.api_key != self.require_key:
+            await self._send_plan(conn, self._error_plan(401, "invalid x-api-key"), Behavior())
+            return
         if kind == "models":
             await self._send_plan(conn, _Plan(body=self._models_body()), Behavior())
             return

@@ -155,3 +155,26 @@ def test_parse_time() -> None:
     with pytest.raises(typer.BadParameter):
         parse_time("last tuesday")
     assert abs(parse_time("now") - time.time()) < 5  # type: ignore[operator]
+
+
+def test_log_and_stats_fit_80_columns(running: tuple[str, Path]) -> None:
+    """In an 80-column terminal every line fits and every column keeps its whole header
+    (rich reads COLUMNS, as a real terminal's width)."""
+    url, home = running
+    common = ["--home", str(home), "--nats-url", url]
+    out = runner.invoke(_app(), ["log", *common], env={"COLUMNS": "80"})
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert lines[0].split()[:4] == ["time", "provider", "model", "status"]
+    assert "req-5" not in out.output  # the request id gives way at 80 columns ...
+    assert all(p in out.output for p in ("anthropic-main", "openai", "gemini"))
+    out = runner.invoke(_app(), ["log", *common], env={"COLUMNS": "200"})
+    assert "req-5" in out.output  # ... whole when there is room
+    out = runner.invoke(_app(), ["stats", "--by", "model", *common], env={"COLUMNS": "80"})
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "gemini-2.5-pro" in out.output
+    head = next(line for line in lines if line.startswith("model"))
+    assert head.split() == ["model", "reqs", "errors", "tok", "in", "out", "cost", "p50"]

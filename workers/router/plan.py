@@ -65,12 +65,26 @@ FAILOVER_STATUSES = frozenset(DEFAULT_FAILOVER_STATUSES)
 
 
 class NoProviderError(GatewayError):
-    """No provider can take the request: 404 (none serves the model), 503 (all disabled)."""
+    """No provider can take the request: 404 (none serves the model), 503 (all disabled).
+    Final: the client is told not to retry (``schemas.errors.final_error``)."""
 
     code = "no_provider"
 
     def __init__(self, message: str, status: int = 404) -> None:
-        super().__init__(message, status=status)
+        super().__init__(message, status=status, retryable=False)
+
+
+NO_PROVIDER_HINT = ("set ANTHROPIC_API_KEY, OPENAI_API_KEY or GEMINI_API_KEY and restart "
+                    "`codeswitch up`, add one with `codeswitch provider add`, or try "
+                    "`codeswitch up --demo`")
+
+
+def _served(providers: list[ProviderConfig]) -> str:
+    """"a (claude-*), b (gpt-*, o*)": who serves what, for a no-provider message."""
+    shown = [f"{p.name} ({', '.join(p.models[:3]) + (', …' if len(p.models) > 3 else '') or '*'})"
+             for p in providers if p.enabled][:4]
+    more = sum(1 for p in providers if p.enabled) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
 
 class Candidate(NamedTuple):
@@ -236,9 +250,12 @@ def _planned(providers: list[ProviderConfig], *, dialect: str, model: str,
         if any(p.serves(model) for p in providers):
             raise NoProviderError(f"every provider serving model {model!r} is disabled", 503)
         if not any(p.enabled for p in providers):
-            raise NoProviderError("no provider is configured and enabled: add one with "
-                                  "`codeswitch provider add` or a config file", 503)
-        raise NoProviderError(f"no provider serves model {model!r}")
+            raise NoProviderError("no provider is configured and enabled: "
+                                  + NO_PROVIDER_HINT, 503)
+        raise NoProviderError(
+            f"no provider serves model {model!r}; configured: {_served(providers)}. Ask "
+            "for a model they serve, or add it to a provider's models (`codeswitch provider "
+            "add NAME ... --model GLOB`)")
 
     levels: dict[int, list[ProviderConfig]] = {}
     for p in usable:

@@ -27,7 +27,7 @@ from runtime import bus, names
 from runtime.facts import FactPublisher
 from runtime.presence import Heartbeat, device_name
 from schemas.envelope import ENV_HEADER, KIND_ACCEPTED, ReplyStart, RequestEnvelope
-from schemas.errors import error_body
+from schemas.errors import error_body, final_error, final_status
 from schemas.events import AttemptFinished, RequestCompleted, Usage, new_id
 from schemas.routes import RouteRule
 from schemas.subjects import (
@@ -395,7 +395,8 @@ class Router:
                 candidates = self._plan(env, rule)
             except NoProviderError as exc:
                 status, error_class, error_message = exc.status, "no_provider", exc.message
-                await self._reply_error(env, reply, exc.status, exc.message, "no_provider")
+                await self._reply_error(env, reply, exc.status, exc.message, "no_provider",
+                                        final=True)
                 candidates = []
             for number, cand in enumerate(candidates, 1):
                 has_next = number < len(candidates)
@@ -423,9 +424,9 @@ class Router:
             if final is None and attempts:
                 final = attempts[-1]
                 final.outcome = "failed"
-                await self._relay_failure(env, final, reply)
+                await self._relay_failure(env, final, reply, attempts)
             elif final is not None and not final.committed:
-                await self._relay_failure(env, final, reply)
+                await self._relay_failure(env, final, reply, attempts)
             if final is not None:
                 status = final.status if final.committed or final.status else 502
                 if not final.committed and not final.status:
@@ -514,30 +515,45 @@ class Router:
             await self.affinities.served(env.session, env.model, provider,
                                          routing.affinity_ttl_s)
 
-    async def _relay_failure(self, env: RequestEnvelope, att: Attempt, reply: Reply) -> None:
-        """Nothing was sent yet: send the final attempt's error in the client's dialect."""
+    async def _relay_failure(self, env: RequestEnvelope, att: Attempt, reply: Reply,
+                             attempts: list[Attempt] | None = None) -> None:
+        """Nothing was sent yet: send the final attempt's error in the client's dialect. It is
+        final (``schemas.errors.final_error``): when the providers failed (nothing answered,
+        a timeout, a failover status) the gateway says which it tried and that retrying is
+        pointless now; the request's own error (a 400, a rejected key) is relayed as the
+        provider sent it, told not to be retried."""
         p = att.candidate.provider
-        if att.status >= 400:
+        tried = attempts or [att]
+        if att.status == 0 or att.status in self.settings.routing.failover_statuses \
+                or att.error_class == "stream_error":
+            status = att.status if att.status >= 400 else (
+                504 if att.error_class in ("timeout", "connect_timeout") else 502)
+            status, data, headers = final_error(
+                env.dialect, status, _all_failed(env.model, tried), client=env.client,
+                code=att.error_class, request_id=env.request_id)
+            if "retry-after" in att.headers:
+                headers["retry-after"] = att.headers["retry-after"]
+        else:
             status, data = att.status, att.body
             if att.body_dialect != env.dialect and p.dialect != env.dialect:
                 status, data = translator.translate_error(p.dialect, env.dialect, status, data)
             elif not data.strip():
                 data = error_body(env.dialect, status, att.error_message or "upstream error")
             headers = {k: v for k, v in att.headers.items() if k == "retry-after"}
-        else:
-            status = 504 if att.error_class in ("timeout", "connect_timeout") else 502
-            if att.error_class == "stream_error":
-                status = 502
-            data = error_body(env.dialect, status,
-                              f"upstream {p.name} failed: {att.error_message}",
-                              code=att.error_class)
-            headers = {}
+            headers["x-should-retry"] = "false"
+            status = final_status(status, env.client)
         await reply.full(ReplyStart(status=status, provider=p.name,
                                     upstream_model=att.candidate.upstream_model,
                                     headers=headers), data)
 
     async def _reply_error(self, env: RequestEnvelope, reply: Reply, status: int, message: str,
-                           code: str) -> None:
+                           code: str, *, final: bool = False) -> None:
+        if final:  # no provider for the request: the client must not retry it
+            status, data, headers = final_error(env.dialect, status, message,
+                                                client=env.client, code=code,
+                                                request_id=env.request_id)
+            await reply.full(ReplyStart(status=status, headers=headers), data)
+            return
         await reply.full(ReplyStart(status=status),
                          error_body(env.dialect, status, message, code=code,
                                     request_id=env.request_id))
@@ -611,6 +627,37 @@ class Router:
             delivered=delivered, client_request_id=env.client_request_id,
             user_id=env.user_id, key_id=env.key_id, device=device_name(), route=route,
         ), resolves=env.request_id)
+
+def _upstream_words(text: str) -> str:
+    """The provider's own message out of its error body (any dialect's shape), one line."""
+    try:
+        doc = msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        doc = None
+    err = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(err, dict) and isinstance(err.get("message"), str):
+        text = err["message"]
+    elif isinstance(doc, dict) and isinstance(doc.get("message"), str):
+        text = doc["message"]
+    return " ".join(text.split())
+
+
+def _all_failed(model: str, attempts: list[Attempt]) -> str:
+    """"every provider failed for model 'x' (tried a: 503 ..., b: ...)": the client's message
+    once the router has tried every candidate."""
+    parts = []
+    for a in attempts:
+        what = _upstream_words(a.error_message or a.error_class or "failed")
+        if len(what) > 120:
+            what = what[:117] + "..."
+        parts.append(f"{a.candidate.provider.name}: "
+                     + (f"{a.status} {what}" if a.status else what))
+    who = "every provider" if len(attempts) > 1 else f"provider {parts[0].split(':')[0]}"
+    return (f"{who} failed for model {model!r} (tried {'; '.join(parts)}). The gateway "
+            "already tried " + ("each of them" if len(attempts) > 1 else "it")
+            + ", so this is not retried automatically: see `codeswitch provider status`, "
+            "check a provider with `codeswitch provider test NAME`, or try again later")
+
 
 async def run(nats_url: str, home: Any = None, stop: asyncio.Event | None = None,
               **kwargs: Any) -> None:

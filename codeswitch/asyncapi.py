@@ -272,6 +272,9 @@ ALERTS_READS = (f"The alerts worker's durable pull consumer `{names.ALERTS_EVAL_
 NOTIFY_READS = (f"The alerts worker's durable pull consumer `{names.ALERTS_NOTIFY_DURABLE}` "
                 "sends it to the rule's webhooks (an outbox: redelivered until delivered).")
 TAIL_READS = "`codeswitch tail` prints each one (a core NATS subscription)."
+QUOTA_READS = (f"The quota worker's durable pull consumer `{names.QUOTA_DURABLE}` (no acks, "
+               "positioned from its state file) folds it into the spend per user and key "
+               f"(KV `{names.QUOTA_BUCKET}`, workers/quota).")
 
 _request = f"{s.REQUEST_PREFIX}.{{dialect}}"
 _reply = f"{s.REPLY_PREFIX}.{{edge}}.{{request_id}}"
@@ -443,6 +446,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "llm.response", _response, "alerts", "receive", _struct(RequestCompleted),
         ALERTS_READS, stream=EVENTS, headers=FACT_HEADERS, correlation=BY_REQUEST),
     Endpoint(
+        "llm.response", _response, "quota", "receive", _struct(RequestCompleted),
+        f"{QUOTA_READS} One count per request id.", stream=EVENTS, headers=FACT_HEADERS,
+        correlation=BY_REQUEST),
+    Endpoint(
         "llm.response", _response, "cli", "receive", _struct(RequestCompleted),
         TAIL_READS, headers=FACT_HEADERS, correlation=BY_REQUEST),
     Endpoint(
@@ -500,8 +507,14 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "receive", _struct(AlertNotificationFailed), LEDGER_READS, stream=EVENTS,
         headers=FACT_HEADERS),
     Endpoint(
+        "user.quota", _quota, "quota", "send", _struct(QuotaUsed),
+        "A user's (or, with `key`, one of its keys') spend against its budget in the current "
+        "period, on each change (per batch of folded facts); `crossed` marks the change that "
+        f"reached the soft threshold or the limit, once per period. {FACTS}", stream=EVENTS,
+        headers=FACT_HEADERS),
+    Endpoint(
         "user.quota", _quota, "alerts", "receive", _struct(QuotaUsed),
-        f"A user's quota level, the latest per user (no part publishes it yet). {ALERTS_READS} "
+        f"A user's quota level, the latest per user and key. {ALERTS_READS} "
         "At start the latest level of each user is read back.", stream=EVENTS,
         headers=FACT_HEADERS),
     Endpoint(
@@ -545,6 +558,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         f"{LEDGER_READS} Drops what is left of the session (rows before the tombstone, by "
         "`sha256(session)`) and adds its bill's rows, live and in a replay alike.",
         stream=EVENTS, headers=FACT_HEADERS),
+    Endpoint(
+        "session.deleted", s.SESSION_DELETED, "quota", "receive", _struct(SessionDeleted),
+        f"{QUOTA_READS} Takes back what the session's requests counted and counts its bill.",
+        stream=EVENTS, headers=FACT_HEADERS),
 )
 
 # Structs carried inside a header or a framed reply, not as a whole payload.
@@ -581,6 +598,9 @@ _STORES: tuple[tuple[str, str], ...] = (
      f"on `{names.EVENTS_STREAM}`: pull, responses, circuits, quotas"),
     (f"consumer `{names.ALERTS_NOTIFY_DURABLE}`",
      f"on `{names.EVENTS_STREAM}`: pull, fired and resolved alerts"),
+    (f"consumer `{names.QUOTA_DURABLE}`",
+     f"(`{names.QUOTA_DURABLE}-<hash of host and data directory>`, one per quota worker) on "
+     f"`{names.EVENTS_STREAM}`: pull, no acks, responses and session tombstones"),
     *((f"KV `{bucket}`", str(spec["description"])) for bucket, spec in names.KV_BUCKETS.items()),
     (f"object store `{names.BODIES_BUCKET}`",
      "request bodies too large for one message (TTL 10 min)"),

@@ -219,6 +219,13 @@ def worker_ledger(nats_url: NatsOpt = None, home: HomeOpt = None,
     _launch(["ledger"], home, nats_url, nats_creds)
 
 
+@worker_app.command("quota")
+def worker_quota(nats_url: NatsOpt = None, home: HomeOpt = None,
+                 nats_creds: NatsCredsOpt = None) -> None:
+    """Run the quota worker (spend per user and key -> KV cs_quota, QuotaUsed facts)."""
+    _launch(["quota"], home, nats_url, nats_creds)
+
+
 @worker_app.command("alerts")
 def worker_alerts(nats_url: NatsOpt = None, home: HomeOpt = None,
                   nats_creds: NatsCredsOpt = None) -> None:
@@ -702,6 +709,7 @@ PLUGINS: dict[str, tuple[str, ...]] = {
     "codeswitch.cli_routes": ("route",),
     "codeswitch.cli_sync": ("hub", "sync"),
     "codeswitch.cli_firsthour": ("init", "doctor", "service"),
+    "codeswitch.cli_quota": ("quota",),
 }
 
 

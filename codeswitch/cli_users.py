@@ -50,10 +50,6 @@ user_app = typer.Typer(no_args_is_help=True, help="Gateway users (KV cs_users). 
 key_app = typer.Typer(no_args_is_help=True, help="Users' API keys (KV cs_keys; only a hash is "
                       "stored, the secret is shown once).")
 
-_NOT_ENFORCED = ("[yellow]note:[/] budgets, the soft threshold, RPM/TPM and concurrency are "
-                 "recorded but not enforced yet (issue 12, phase 2)")
-
-
 def _run(home: Path | None, nats_url: str | None,
          fn: Callable[[Any, Any], Awaitable[T]]) -> T:
     """Connect, run ``fn(nc, audit)``, close. A UserError is one red line, exit status 1."""
@@ -136,8 +132,6 @@ def user_add(
         return
     out.print(f"user [bold]{escape(user.name)}[/] added ({user.id}, {user.role})"
               + (f"; limits {user.limits.label()}" if not user.limits.empty() else ""))
-    if given:
-        out.print(_NOT_ENFORCED)
     if count == 1:
         out.print(f"[yellow]{escape(user.name)} is the first user: from now on every request "
                   "needs a user's key.[/] Create one: codeswitch key create --user "
@@ -194,8 +188,6 @@ def user_update(
     user, changed = _run(home, nats_url, go)
     out.print(f"user [bold]{escape(user.name)}[/]: "
               + (f"{', '.join(changed)} changed" if changed else "nothing to change"))
-    if given:
-        out.print(_NOT_ENFORCED)
 
 
 def _flag(name: str, done: str, already: str,
@@ -320,8 +312,6 @@ def key_create(
               + (f", expires {_when(key.expires)}" if key.expires else "")
               + "). The secret, shown this once:")
     sys.stdout.write(secret + "\n")
-    if given:
-        err.print(_NOT_ENFORCED)
 
 
 @key_app.command("list")
@@ -393,8 +383,6 @@ def key_update(
     new, changed, label = _run(home, nats_url, go)
     out.print(f"key [bold]{escape(label)}[/] ({new.id}): "
               + (f"{', '.join(changed)} changed" if changed else "nothing to change"))
-    if given:
-        out.print(_NOT_ENFORCED)
 
 
 @key_app.command("revoke")

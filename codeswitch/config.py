@@ -83,7 +83,8 @@ class FileConfig:
                            if exc.index is not None else "routes")
 
 
-_GATEWAY_KEYS = {"host", "port", "api_keys", "max_body_mb", "pickup_timeout", "body_log"}
+_GATEWAY_KEYS = {"host", "port", "api_keys", "max_body_mb", "pickup_timeout", "body_log",
+                 "timezone"}
 
 
 def _line_of(text: str, table_index: int | None, key: str | None,
@@ -169,6 +170,7 @@ def load_config(path: str | Path) -> FileConfig:
             max_body_bytes=int(float(gw.get("max_body_mb", 32)) * 1024 * 1024),
             pickup_timeout=float(gw.get("pickup_timeout", 5.0)),
             body_log=bool(gw.get("body_log", False)),
+            timezone=_timezone(gw.get("timezone", "")),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(path, str(exc), _line_of(text, None, None, "gateway"),
@@ -232,6 +234,17 @@ def _load_routes(cfg: FileConfig, raw: dict[str, Any], path: Path, text: str) ->
         check_rules(cfg.routes, None)
     except RouteError as exc:
         raise cfg.route_error(exc) from None
+
+
+def _timezone(value: Any) -> str:
+    """[gateway] timezone: an IANA zone name zoneinfo knows ("" = the machine's zone)."""
+    if not isinstance(value, str):
+        raise ValueError("timezone must be a string such as \"Europe/Berlin\"")
+    if value:
+        from schemas.quota import resolve_zone
+
+        resolve_zone(value)  # ValueError for an unknown name
+    return value
 
 
 _LIMIT_KEYS = {"budget", "soft", "rpm", "tpm", "concurrency"}

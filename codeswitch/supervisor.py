@@ -453,8 +453,8 @@ class Supervisor:
         edge = ["--host", self.host, "--port", str(self.port), "--grace", str(self.grace)]
         sync = ",sync" if self.join and self.nats is not None else ""
         if self.single_process:
-            return [Part("gateway", [*exe, f"edge,router,ledger,alerts{sync}", *edge, *nats,
-                                     *home], order=0)]
+            return [Part("gateway", [*exe, f"edge,router,ledger,quota,alerts{sync}", *edge,
+                                     *nats, *home], order=0)]
         parts = [Part("edge", [*exe, "edge", *edge, *nats, *home], order=0)]
         for i in range(self.routers):
             parts.append(Part(f"router-{i + 1}" if self.routers > 1 else "router",
@@ -463,7 +463,7 @@ class Supervisor:
         # pace and answer no client; apart they cost one more interpreter (~30 MB)
         # nice 10: under CPU contention the edge and the routers (the clients' requests, and
         # at start the readiness they wait for) go first; the ledger catches up when they idle
-        parts.append(Part("workers", [*exe, f"ledger,alerts{sync}", *nats, *home], order=2,
+        parts.append(Part("workers", [*exe, f"ledger,quota,alerts{sync}", *nats, *home], order=2,
                           nice=WORKERS_NICE))
         return parts
 

@@ -25,6 +25,7 @@ from edge.identity import identify, peek_body
 from edge.metrics import EdgeMetrics
 from edge.model_list import allowed_models
 from edge.ratelimit_bus import RateLimits
+from edge.quota import SpendView
 from edge.relay import DISCONNECTED, PICKUP_TIMEOUT, ROUTER_LOST, Dispatcher
 from edge.routes import Route, match_route
 from edge.server import ClientGone, body_timeout, read_body
@@ -125,8 +126,9 @@ class EdgeApp:
 
     def __init__(self, nats_url: str, *, edge_id: str | None = None,
                  settings: GatewaySettings | None = None, ensure_streams: bool = True,
-                 home: Path | None = None) -> None:
+                 home: Path | None = None, clock: Callable[[], float] = time.time) -> None:
         self.nats_url = nats_url
+        self.clock = clock  # a request's arrival time (its budget period); tests inject one
         # write-ahead facts (runtime.facts) in <home>/outbox when run by `codeswitch up`
         self.outbox = Path(home) / "outbox" if home is not None else None
         self.home = Path(home) if home is not None else None
@@ -146,6 +148,7 @@ class EdgeApp:
         self._watch_task: asyncio.Task[None] | None = None
         # users and keys (KV cs_users, cs_keys), watched: empty = no users, today's behaviour
         self.directory = Directory()
+        self.spend = SpendView()  # KV cs_quota: spend per user and key (edge/quota.py)
         self._directory_tasks: list[asyncio.Task[None]] = []
         # RPM/TPM/concurrency of users and keys, counted across edges (edge/ratelimit*.py)
         self.ratelimits = RateLimits(self.directory)
@@ -187,7 +190,8 @@ class EdgeApp:
         watched: list[tuple[str, Callable[[str, bytes | None, int], None]]] = [
                    (names.SETTINGS_BUCKET, self._apply_settings),
                    (names.USERS_BUCKET, self.directory.apply_user),
-                   (names.KEYS_BUCKET, self.directory.apply_key)]
+                   (names.KEYS_BUCKET, self.directory.apply_key),
+                   (names.QUOTA_BUCKET, self.spend.apply)]
         tasks = await asyncio.gather(*(follow(b, a) for b, a in watched))
         self._watch_task = tasks[0]
         tasks = tasks[1:]
@@ -351,7 +355,7 @@ class EdgeApp:
     # -- the request path -------------------------------------------------------------------
     async def _llm(self, scope: Scope, receive: Receive, send: Send, route: Route,
                    headers: dict[str, str]) -> None:
-        t0 = time.time()
+        t0 = self.clock()
         started = time.perf_counter()
         request_id = new_id()
         dialect = route.dialect
@@ -370,6 +374,7 @@ class EdgeApp:
                                 "applied); try again in a moment", "starting")
             principal = authenticate(headers, query, self.settings, self.directory)
             state["user_id"], state["key_id"] = principal.user_id, principal.key_id
+            self.spend.check(principal, self.directory, t0)  # budgets (edge/quota.py)
             body = await read_body(receive, self.settings.max_body_bytes, body_timeout(scope))
             peek = peek_body(body)
             if dialect == "gemini":

@@ -31,6 +31,9 @@ __all__ = [
     "PEER_BODIES_BUCKET",
     "PRESENCE_BUCKET",
     "PROVIDERS_BUCKET",
+    "QUOTA_BUCKET",
+    "QUOTA_DURABLE",
+    "quota_durable",
     "REQUESTS_STREAM",
     "ROUTER_DELIVER",
     "ROUTER_DURABLE",
@@ -56,6 +59,9 @@ ROUTER_DELIVER: Final = "cs.work.routers"
 LEDGER_DURABLE: Final = "ledger"
 ALERTS_EVAL_DURABLE: Final = "alerts"  # on CS_EVENTS: rule evaluation
 ALERTS_NOTIFY_DURABLE: Final = "alerts-notify"  # on CS_EVENTS: alert.fired/resolved -> webhooks
+# on CS_EVENTS (llm.response.>, session.deleted): spend per user and key (workers/quota),
+# positioned from the quota worker's own state file, no acks
+QUOTA_DURABLE: Final = "quota"
 
 # -- KV buckets and object stores ------------------------------------------------------------
 PROVIDERS_BUCKET: Final = "cs_providers"
@@ -70,6 +76,9 @@ KEYS_BUCKET: Final = "cs_keys"
 # the names of users and of each user's live keys -> their ids: a KV create claims a name, so
 # two concurrent `user add` (or `key create`) of one name cannot both succeed
 NAMES_BUCKET: Final = "cs_names"
+# spend per user and key in the current periods (schemas/quota.py), written by the quota
+# worker, watched by every edge: one key per scope, user.<id> / key.<id>
+QUOTA_BUCKET: Final = "cs_quota"
 # session affinity (workers/router/affinity.py): hash of session+model -> the provider that
 # served it last; memory storage (nothing of a session on disk), per-message TTL
 AFFINITY_BUCKET: Final = "cs_affinity"
@@ -103,6 +112,8 @@ KV_BUCKETS: Final[dict[str, dict[str, Any]]] = {
                   "(one key per key id; never the secret)"},
     NAMES_BUCKET: {"history": 1, "description": "names of users and of their live keys -> "
                    "ids, claimed with a KV create (the CLI)"},
+    QUOTA_BUCKET: {"history": 1, "description": "spend per user and key in the current "
+                   "budget periods (quota worker -> edges)"},
 }
 
 
@@ -114,6 +125,15 @@ def ledger_durable(device: str, data_dir: str) -> str:
 
     digest = hashlib.blake2b(f"{device}\0{data_dir}".encode(), digest_size=5).hexdigest()
     return f"{LEDGER_DURABLE}-{digest}"
+
+
+def quota_durable(device: str, data_dir: str) -> str:
+    """The quota worker's durable consumer for its state file in ``data_dir`` on ``device``:
+    ``quota-`` and 10 hex digits (several quota workers on a cluster never share one)."""
+    import hashlib
+
+    digest = hashlib.blake2b(f"{device}\0{data_dir}".encode(), digest_size=5).hexdigest()
+    return f"{QUOTA_DURABLE}-{digest}"
 
 
 def is_ledger_durable(name: str) -> bool:

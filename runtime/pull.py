@@ -29,8 +29,13 @@ class BatchPuller:
     """Pull batches of messages from ``stream``/``consumer`` in delivery order."""
 
     def __init__(self, nc: NATS, stream: str, consumer: str, *, batch: int = 1000,
-                 expires: float = 1.0, high_water: int | None = None) -> None:
+                 expires: float = 1.0, high_water: int | None = None,
+                 eager: bool = False) -> None:
         self.nc = nc
+        # eager: ``fetch`` returns as soon as a message is buffered instead of when the pull
+        # request completes (a consumer that acts on each fact at once: the quota worker)
+        self.eager = eager
+        self._arrived = asyncio.Event()
         self.batch = batch
         self.expires = expires
         self.high_water = high_water or 2 * batch
@@ -54,6 +59,8 @@ class BatchPuller:
     async def _on_msg(self, msg: Msg) -> None:
         if msg.reply:  # a stream message ($JS.ACK.... reply subject)
             self._buf.append(msg)
+            if self.eager:
+                self._arrived.set()
             if self._left is not None:
                 self._left -= 1
                 if self._left <= 0:
@@ -87,8 +94,20 @@ class BatchPuller:
             await self._request()
         if not self._buf:
             self._done.clear()
+            self._arrived.clear()
             try:
-                await asyncio.wait_for(self._done.wait(), timeout or self.expires + 2.0)
+                if self.eager:
+                    waits = [asyncio.ensure_future(self._done.wait()),
+                             asyncio.ensure_future(self._arrived.wait())]
+                    done, pending = await asyncio.wait(
+                        waits, timeout=timeout or self.expires + 2.0,
+                        return_when=asyncio.FIRST_COMPLETED)
+                    for w in pending:
+                        w.cancel()
+                    if not done:
+                        raise TimeoutError
+                else:
+                    await asyncio.wait_for(self._done.wait(), timeout or self.expires + 2.0)
             except TimeoutError:
                 self._left = None  # a lost request (reconnect, restart): ask again next time
         if self._error:

@@ -110,6 +110,8 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     max_body_bytes: int = 32 * 1024 * 1024
     pickup_timeout: float = 5.0  # seconds for a router to take a request before a 503
     body_log: bool = False
+    # the time zone of budget periods (day, week, month): an IANA name; "" = the machine's
+    timezone: str = ""
 
 
 class BreakerPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

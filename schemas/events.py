@@ -198,6 +198,16 @@ class QuotaUsed(EventBase, frozen=True, kw_only=True):
     limit: Annotated[float, msgspec.Meta(gt=0)]  # the period's quota, in ``unit``
     unit: str = "usd"  # "usd" | "tokens" | ...
     period: str = "month"  # "day" | "month" | ...
+    # published by the quota worker (workers/quota): a key's budget is on its owner's subject
+    # with ``key`` set; ``crossed`` marks the one fact per period that crossed the soft
+    # threshold ("soft") or the limit ("hard")
+    key: str | None = None  # the key id when this is a key's budget
+    name: str | None = None  # the user's name (``user`` is its id)
+    key_name: str | None = None
+    crossed: str | None = None  # "soft" | "hard" | None
+    soft_pct: float | None = None
+    period_start: float | None = None
+    resets_at: float | None = None  # None: never (total)
 
 
 class PartChanged(EventBase, frozen=True, kw_only=True):

@@ -10,7 +10,8 @@ deliberately slow hash would cost milliseconds per request and need a scan). Sec
 config file (``env:NAME``) must be long enough for the same argument (``MIN_SECRET_CHARS``).
 
 ``Limits`` are recorded on users and keys; RPM/TPM and concurrency are enforced by the edges
-(``edge/ratelimit.py``), budgets in a later phase (issue 12). Records are decoded leniently
+(``edge/ratelimit.py``), budgets by the edges from the quota worker's spend (``edge/quota.py``,
+``workers/quota``). Records are decoded leniently
 (unknown fields ignored) so that an edge of an older version keeps reading records a newer CLI
 wrote.
 

@@ -198,7 +198,7 @@ def test_killed_parts_come_back(tmp_path: Path, fake: FakeUpstream,
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             assert auth["password"].encode() not in cmdline
             titles = {"edge": b"codeswitch edge", "router": b"codeswitch worker router",
-                      "workers": b"codeswitch worker ledger+alerts"}
+                      "workers": b"codeswitch worker ledger+quota+alerts"}
             if name != "nats-server":
                 assert cmdline.replace(b"\0", b" ").rstrip() == titles[name], cmdline
 

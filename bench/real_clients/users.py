@@ -1,7 +1,8 @@
 """The real Claude Code, Codex CLI and Gemini CLI against a gateway with users: what each does
 with a key the gateway refuses (unknown: 401; revoked, expired, user disabled, model not
-allowed: 403). For each CLI and case: the exit status, how many requests reached the edge (a
-CLI that retries shows more than 1), the time, and whether the gateway's message is shown.
+allowed, budget exhausted: 403). For each CLI and case: the exit status, how many requests
+reached the edge (a CLI that retries shows more than 1), the time, and whether the gateway's
+message is shown.
 
     .venv/bin/python bench/real_clients/users.py            # all three CLIs
     .venv/bin/python bench/real_clients/users.py claude     # or codex, gemini
@@ -49,7 +50,8 @@ MODELS = {"claude": "claude-sonnet-4-5", "codex": "gpt-5.5", "gemini": "gemini-2
 DIALECT = {"claude": "anthropic", "codex": "openai-responses", "gemini": "gemini"}
 # case -> what the message must say
 CASES = {"unknown": "invalid API key", "revoked": "was revoked", "expired": "expired at",
-         "disabled": "is disabled", "model": "may not use model"}
+         "disabled": "is disabled", "model": "may not use model",
+         "budget": "budget exhausted"}
 
 
 def free_port() -> int:
@@ -71,7 +73,8 @@ class World:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.secrets = {name: "cs-" + os.urandom(24).hex() for name in
-                        ("ok", "revoked", "expired", "disabled", "model", "rate")}
+                        ("ok", "revoked", "expired", "disabled", "model", "rate",
+                         "budget")}
         self.gw: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
@@ -94,7 +97,8 @@ class World:
         keys = {"ok": ("alice", ""), "revoked": ("alice", ""),
                 "expired": ("alice", "expires = 2020-01-01\n"),
                 "disabled": ("carol", ""), "model": ("alice", 'models = ["none-*"]\n'),
-                "rate": ("alice", "rpm = 2\n")}
+                "rate": ("alice", "rpm = 2\n"),
+                "budget": ("alice", 'budget = "50tokens/day"\n')}
         for name, (user, extra) in keys.items():
             cfg.append(f'[[keys]]\nname = "{name}"\nuser = "{user}"\n'
                        f'secret = "env:KEY_{name.upper()}"\n{extra}')
@@ -115,6 +119,7 @@ class World:
                                      (self.tmp / "gateway.log").read_text()[-2000:]) from None
                 time.sleep(0.25)
         self.cs("key", "revoke", "alice/revoked")
+        self.spend_budget()
         time.sleep(0.2)
         for client in ("codex", "gemini"):
             self.cs("connect", client, "--base-url", self.url, "--key", self.secrets["ok"])
@@ -128,6 +133,26 @@ class World:
         s.setdefault("general", {}).update(enableAutoUpdate=False,
                                             enableAutoUpdateNotification=False)
         gemini.write_text(json.dumps(s))
+
+    def spend_budget(self) -> None:
+        """One request with the key "budget" (50 tokens a day): the fake's answer uses more,
+        so the key's day is spent once the quota worker has folded it."""
+        req = urllib.request.Request(
+            self.url + "/v1/messages", method="POST", data=json.dumps(
+                {"model": MODELS["claude"], "max_tokens": 16,
+                 "messages": [{"role": "user", "content": "hi"}]}).encode(),
+            headers={"x-api-key": self.secrets["budget"], "anthropic-version": "2023-06-01",
+                     "content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert r.status == 200
+        deadline = time.monotonic() + 10
+        while True:
+            rows = json.loads(self.cs("quota", "show", "--user", "alice", "--json"))
+            if any(r["key"] == "budget" and r["exhausted"] for r in rows):
+                return
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the budget key was never spent: {rows}")
+            time.sleep(0.1)
 
     def cs(self, *args: str) -> str:
         r = subprocess.run([str(VENV / "codeswitch"), *args], env=self.env(),

@@ -66,9 +66,10 @@ class RouterThread:
 
 class EdgeThread:
     def __init__(self, nats_url: str, settings: GatewaySettings | None = None, *,
-                 limits: Limits | None = None, grace: float = 5) -> None:
+                 limits: Limits | None = None, grace: float = 5,
+                 clock: Callable[[], float] = time.time) -> None:
         self.port = free_port()
-        self.app = EdgeApp(nats_url, settings=settings)
+        self.app = EdgeApp(nats_url, settings=settings, clock=clock)
         # the edge's real server: uvicorn with the connection limits of edge/server.py
         extra = {"limits": limits} if limits is not None else {}
         self.server = uvicorn.Server(make_config(self.app, "127.0.0.1", self.port, grace=grace,

@@ -375,7 +375,9 @@ class Engine:
         self._circuits: dict[tuple[str, str], str] = {}
         self._circuit_rules: list[_Bound] = []
         self._silence_rules: list[_Bound] = []
-        self._quota: dict[str, float] = {}  # user -> latest used / limit * 100
+        # (user id, key id or None) -> (latest used / limit * 100, user name, key name): a
+        # user's own budget and each of its keys' are levels of their own
+        self._quota: dict[tuple[str, str | None], tuple[float, str | None, str | None]] = {}
         self._quota_rules: list[_Bound] = []
 
     @property
@@ -553,12 +555,12 @@ class Engine:
     def _observe_quota(self, ev: QuotaUsed, evaluate: bool) -> list[Transition]:
         if ev.ts > self.clock:
             self.clock = ev.ts
-        # the latest fact per user is the level; the schema guarantees limit > 0
-        self._quota[ev.user] = ev.used / ev.limit * 100.0
+        # the latest fact per user (and key) is the level; the schema guarantees limit > 0
+        self._quota[(ev.user, ev.key)] = (ev.used / ev.limit * 100.0, ev.name, ev.key_name)
         out: list[Transition] = []
         if evaluate:
             for bound in self._quota_rules:
-                if bound.scope.matches_value(ev.user):
+                if bound.scope.matches_value(ev.user) or bound.scope.matches_value(ev.name):
                     t = self._evaluate(bound, self.clock)
                     if t is not None:
                         out.append(t)
@@ -609,11 +611,14 @@ class Engine:
         return sum(1 for key in self._circuits if scope.matches_circuit(*key))
 
     def _quota_top(self, scope: _Scope) -> tuple[str, float] | None:
-        """The user in scope with the highest quota used % and that %, None if none reported."""
+        """The user (or user's key) in scope with the highest quota used % and that %, None if
+        none reported. A scope ``user:X`` matches the user's id or name."""
         top: tuple[str, float] | None = None
-        for user, pct in self._quota.items():
-            if (top is None or pct > top[1]) and scope.matches_value(user):
-                top = (user, pct)
+        for (user, key), (pct, name, key_name) in self._quota.items():
+            if (top is None or pct > top[1]) and (scope.matches_value(user)
+                                                  or scope.matches_value(name)):
+                label = name or user
+                top = (label if key is None else f"{label}, key {key_name or key}", pct)
         return top
 
     def _evaluate(self, bound: _Bound, now: float) -> Transition | None:

@@ -24,8 +24,8 @@ from edge.errors import EdgeError, render
 from edge.identity import identify, peek_body
 from edge.metrics import EdgeMetrics
 from edge.model_list import allowed_models
-from edge.ratelimit_bus import RateLimits
 from edge.quota import SpendView
+from edge.ratelimit_bus import RateLimits
 from edge.relay import DISCONNECTED, PICKUP_TIMEOUT, ROUTER_LOST, Dispatcher
 from edge.routes import Route, match_route
 from edge.server import ClientGone, body_timeout, read_body

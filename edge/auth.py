@@ -10,8 +10,8 @@ users and keys). A key that is unknown or missing is a 401; a known key that may
 request (revoked, expired, disabled, its user disabled, a model outside its allow-list) is a
 403 whose message says why: both are final for every SDK and CLI (none retries them).
 
-:func:`authenticate` is the only caller-facing gate; quotas go here too (rate limits are
-``edge/ratelimit.py``, checked after it).
+:func:`authenticate` is the only caller-facing gate; budgets (``edge/quota.py``) and rate
+limits (``edge/ratelimit.py``) are checked after it.
 """
 
 from __future__ import annotations

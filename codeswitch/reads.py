@@ -4,6 +4,7 @@ requests, the gateways alive (KV ``cs_presence``) and the names of user and key 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -16,7 +17,7 @@ from schemas.subjects import ledger_query_subject
 from workers.ledger.wire import decode_reply
 
 __all__ = ["NOT_RUNNING", "LedgerError", "LedgerUnavailableError", "body_entries", "gateways",
-           "id_labels", "ledger"]
+           "id_labels", "ledger", "quota", "quota_records", "quota_rows"]
 
 NOT_RUNNING = "ledger not running: start the gateway with `codeswitch up`"
 
@@ -101,3 +102,92 @@ async def id_labels(nc: NATS) -> dict[str, str]:
     labels = {u.id: u.name for u in d.users.values()}
     labels.update({k.id: d.label(k) for k in d.keys.values()})
     return labels
+
+
+def quota_rows(users: dict[str, Any], keys: dict[str, Any], spend: dict[str, Any],
+               zone: dt.tzinfo, now: float, only_user: str | None = None
+               ) -> list[dict[str, Any]]:
+    """One row per user, then one per key of that user: spent, limit, period, resets at.
+    Pure (records in, rows out). ``spend``: KV key (``user.<id>``/``key.<id>``) -> Spend."""
+    from schemas.quota import PERIODS, period_bounds, spent, zone_name
+
+    def row(kind: str, user: Any, key: Any | None) -> dict[str, Any]:
+        record = spend.get(f"key.{key.id}" if key else f"user.{user.id}")
+        budget = (key or user).limits.budget
+        periods = {}
+        for name in PERIODS:
+            p = record.period(name) if record is not None else None
+            live = p is not None and p.start <= now and (p.end is None or now < p.end)
+            periods[name] = {"tokens": p.tokens if live and p else 0,
+                             "usd": round(p.usd, 9) if live and p else 0.0}
+        base: dict[str, Any] = {
+            "scope": kind, "user": user.name, "user_id": user.id,
+            "key": key.name if key else None, "key_id": key.id if key else None,
+            "spend": periods, "budget": None, "period": None, "unit": None, "spent": None,
+            "limit": None, "used_pct": None, "period_start": None, "resets_at": None,
+            "resets_at_local": None, "exhausted": False, "soft_pct": (key or user).limits.soft_pct,
+            "zone": zone_name(zone)}
+        if budget is None:
+            return base
+        used, _ = spent(record, budget, now)
+        start, end = period_bounds(budget.period, now, zone)
+        base.update({
+            "budget": budget.label(), "period": budget.period, "unit": budget.unit,
+            "spent": used, "limit": budget.amount,
+            "used_pct": round(used / budget.amount * 100, 2),
+            "period_start": start if budget.period != "total" else None, "resets_at": end,
+            "resets_at_local": (dt.datetime.fromtimestamp(end, zone).isoformat()
+                                if end is not None else None),
+            "exhausted": used >= budget.amount})
+        return base
+
+    rows = []
+    for user in sorted(users.values(), key=lambda u: u.name):
+        if only_user is not None and only_user not in (user.name, user.id):
+            continue
+        rows.append(row("user", user, None))
+        for key in sorted((k for k in keys.values() if k.user == user.id),
+                          key=lambda k: (k.created, k.id)):
+            if key.revoked is None:
+                rows.append(row("key", user, key))
+    return rows
+
+
+async def quota_records(nc: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], str]:
+    from codeswitch import users as u
+    from runtime import bus, names
+    from schemas.config import GatewaySettings
+    from schemas.quota import Spend
+
+    directory = await u.load(nc)
+    js = nc.jetstream()
+    decoder = msgspec.json.Decoder(Spend)
+    spend = {}
+    for key, (value, _) in (await bus.read_bucket(await js.key_value(names.QUOTA_BUCKET))
+                            ).items():
+        try:
+            spend[key] = decoder.decode(value)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            continue
+    zone = ""
+    try:
+        entry = await (await js.key_value(names.SETTINGS_BUCKET)).get("gateway")
+        if entry.value:
+            zone = msgspec.json.decode(entry.value, type=GatewaySettings).timezone
+    except Exception:  # no gateway settings written: the machine's zone
+        pass
+    return directory.users, directory.keys, spend, zone
+
+
+async def quota(nc: NATS, only_user: str | None = None) -> list[dict[str, Any]]:
+    """``quota_rows`` now, in the gateway's time zone (``quota show``, the console's bars)."""
+    import time
+
+    from schemas.quota import resolve_zone
+
+    users, keys, spend, setting = await quota_records(nc)
+    try:
+        zone = resolve_zone(setting)
+    except ValueError:
+        zone = resolve_zone(None)
+    return quota_rows(users, keys, spend, zone, time.time(), only_user)

@@ -146,7 +146,6 @@ def _user_view(u: Any, keys: list[Any], now: float) -> dict[str, Any]:
     return {"id": u.id, "name": u.name, "display_name": u.display_name, "role": u.role,
             "enabled": u.enabled, "created": u.created, "source": u.source,
             "limits": msgspec.to_builtins(u.limits), "password": bool(u.password),
-            # budgets' usage bars plug in here (issue 12's `quota show`): "usage": {...}
             "keys": [_key_view(k, now) for k in keys]}
 
 
@@ -535,6 +534,16 @@ async def my_keys(c: Call) -> Any:
     uid = c.p.user_id
     return {"keys": [_key_view(k, now) for k in sorted(d.keys.values(), key=lambda k: k.created)
                      if uid is not None and k.user == uid]}
+
+
+@endpoint("GET", "/quota", access="user")
+async def quota(c: Call) -> Any:
+    """Budgets: what each user and key has spent in the current period, its limit and when it
+    resets (``codeswitch quota show``; a non-admin sees their own)."""
+    from codeswitch.reads import quota as quota_rows
+
+    own = c.only_own()
+    return {"quota": await quota_rows(c.nc, own)}
 
 
 # -- sessions --------------------------------------------------------------------------------

@@ -311,8 +311,22 @@ function providerForm(p) {
   return f;
 }
 
+// a budget's usage: a bar (red when spent, amber past the soft threshold) and its words
+function budgetBar(r) {
+  if (!r || !r.budget) return null;
+  const pct = Math.max(0, r.used_pct || 0);
+  const cls = r.exhausted ? "bad" : (r.soft_pct && pct >= r.soft_pct ? "warn" : "ok");
+  const amount = (v) => (r.unit === "usd" ? "$" + Number(v).toFixed(2) : fmt.n(v) + " tokens");
+  const resets = r.resets_at_local ? `resets ${r.resets_at_local.replace("T", " ").slice(0, 16)}` : "never resets";
+  return h("div", { class: "budget", "data-budget": r.key || r.user },
+    h("progress", { class: cls, max: 100, value: Math.min(100, pct), "aria-label": `${r.key ? "key " + r.key : "user " + r.user} budget used` }),
+    h("span", { class: "muted" }, ` ${amount(r.spent)} of ${amount(r.limit)} per ${r.period} (${pct.toFixed(1)}%), ${resets}`));
+}
+
 RENDER.users = async (view) => {
-  const d = await api("GET", "/users");
+  const [d, q] = await Promise.all([api("GET", "/users"), api("GET", "/quota").catch(() => ({ quota: [] }))]);
+  const usage = {};
+  for (const r of q.quota) usage[r.key_id || r.user_id] = r;
   const secretBox = h("div", { id: "secret" });
   const add = h("form", { class: "card form", id: "user-form" },
     h("label", {}, "Name", h("input", { name: "name", required: true })),
@@ -330,9 +344,9 @@ RENDER.users = async (view) => {
     rows.push(h("tr", { "data-user": u.name },
       h("td", {}, h("strong", {}, u.name), u.display_name ? h("div", { class: "muted" }, u.display_name) : null),
       h("td", {}, chip(u.role, u.role === "admin" ? "warn" : "")), h("td", {}, chip(u.enabled ? "enabled" : "disabled", u.enabled ? "ok" : "bad")),
-      h("td", {}, u.keys.length ? h("ul", { class: "plain" }, u.keys.map((k) => h("li", { "data-key": k.name }, h("span", { class: "mono" }, k.prefix + "…"), " ", k.name, " ", chip(k.state, k.state === "active" ? "ok" : "bad"),
+      h("td", {}, u.keys.length ? h("ul", { class: "plain" }, u.keys.map((k) => h("li", { "data-key": k.name }, h("span", { class: "mono" }, k.prefix + "…"), " ", k.name, " ", chip(k.state, k.state === "active" ? "ok" : "bad"), budgetBar(usage[k.id]),
         k.state === "active" || k.state === "disabled" ? [" ", h("button", { class: "danger", type: "button", onclick: (ev) => confirm(`Revoke key ${u.name}/${k.name} for good?`) && act(ev.target, () => api("POST", `/keys/${k.id}/revoke`), "key revoked").then(route) }, "Revoke")] : null))) : h("span", { class: "muted" }, "no keys")),
-      h("td", { class: "muted" }, Object.keys(u.limits || {}).length ? JSON.stringify(u.limits) : "–"),
+      h("td", { class: "muted" }, budgetBar(usage[u.id]) || (Object.keys(u.limits || {}).length ? JSON.stringify(u.limits) : "–")),
       h("td", {}, h("div", { class: "actions" },
         h("button", { class: "ghost", type: "button", onclick: (ev) => act(ev.target, () => api("POST", `${path}/${u.enabled ? "disable" : "enable"}`), `${u.name} ${u.enabled ? "disabled" : "enabled"}`).then(route) }, u.enabled ? "Disable" : "Enable"),
         h("button", { class: "ghost", type: "button", onclick: (ev) => act(ev.target, () => api("POST", `${path}/${u.role === "admin" ? "demote" : "promote"}`), `${u.name} is now ${u.role === "admin" ? "a user" : "an admin"}`).then(route) }, u.role === "admin" ? "Demote" : "Promote"),
@@ -342,13 +356,13 @@ RENDER.users = async (view) => {
         } }, "New key"),
         h("button", { class: "danger", type: "button", onclick: (ev) => confirm(`Remove user ${u.name} and their keys?`) && act(ev.target, () => api("DELETE", path), `${u.name} removed`).then(route) }, "Remove")))));
   }
-  const tableEl = table(["user", "role", "state", "keys", "limits", ""], [], () => null);
+  const tableEl = table(["user", "role", "state", "keys", "budget / limits", ""], [], () => null);
   tableEl.querySelector("tbody").replaceChildren(...(rows.length ? rows : [h("tr", {}, h("td", { colspan: 6, class: "muted" }, "no users: the gateway is open to loopback clients"))]));
   view.replaceChildren(h("h1", {}, "Users and keys"), secretBox, tableEl, h("h2", { style: "margin-top:16px" }, "Create a user"), add,
-    h("p", { class: "muted" }, "Budgets' usage bars appear here once budgets are enforced (issue 12)."));
+    h("p", { class: "muted" }, "Budgets and limits: codeswitch user update / key create --budget 5usd/day --rpm N (the bars show the current period's spend)."));
   // a refresh that fails (signed out meanwhile: the sign-in form is up) leaves the page as it is
   RENDER.users.refresh = async () => { const keep = secretBox.firstChild; try { await RENDER.users(view); } catch (e) { return; } if (keep) $("#secret", view).replaceChildren(keep); };
-  on(view, (kind, e) => { if (kind === "admin" && /^(user|key)\./.test(e.action)) RENDER.users.refresh(); });
+  on(view, (kind, e) => { if (kind === "admin" && /^(user|key|limit)\./.test(e.action)) RENDER.users.refresh(); });
 };
 
 RENDER.keys = async (view) => {

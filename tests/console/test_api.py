@@ -207,3 +207,36 @@ def test_sign_in_csrf_roles_and_audit(world: World) -> None:
         assert s.post(f"{API}/users/{bob_id}/demote").status_code == 200
     with w.client(headers={"authorization": f"Bearer {bob_key}"}) as s:
         assert s.get(f"{API}/users").status_code == 403
+
+
+def test_quota_bars_data_for_admins_and_for_each_user(world: World) -> None:
+    """``GET /admin/api/quota``: what the Users page draws its budget bars from (the rows of
+    `codeswitch quota show`); an admin sees every user and key, a user only their own."""
+    from schemas.users import Limits, parse_budget
+
+    async def setup(nc: Any) -> tuple[str, str]:
+        audit = AdminLog(nc, actor="test")
+        user = await u.add_user(nc, audit, f"budgeted{time.monotonic_ns() % 10**6}",
+                                limits=Limits(budget=parse_budget("1000tokens/day"),
+                                              soft_pct=80))
+        _, secret = await u.create_key(nc, audit, user.id, name="bars")
+        return user.id, secret
+
+    uid, secret = world.on_nats(setup)
+    _, admin_key = _key_for(world, "quota-admin", "admin")
+    with httpx.Client(base_url=world.url, timeout=10) as c:
+        def rows_for(key: str) -> list[dict[str, Any]]:
+            r = c.get(f"{API}/quota", headers={"authorization": f"Bearer {key}"})
+            assert r.status_code == 200, r.text
+            return list(r.json()["quota"])
+
+        every = wait_for(lambda: rows_for(admin_key) if any(
+            x["user_id"] == uid for x in rows_for(admin_key)) else None, what="quota rows")
+        mine = next(x for x in every if x["user_id"] == uid and x["scope"] == "user")
+        assert (mine["budget"], mine["limit"], mine["period"], mine["unit"]) == (
+            "1000tokens/day", 1000, "day", "tokens")
+        assert mine["spent"] == 0 and mine["used_pct"] == 0 and mine["resets_at"] > time.time()
+        assert mine["soft_pct"] == 80 and not mine["exhausted"]
+        assert {x["user_id"] for x in every} > {uid}  # the admin sees the others too
+        own = rows_for(secret)
+        assert own and {x["user_id"] for x in own} == {uid}  # a user: their own only

@@ -181,6 +181,15 @@ def test_console_in_chromium(world: World, browser: Browser) -> None:
     # a new key from the page: shown once
     page.click("tr[data-user=bob] >> text=New key")
     expect(page.locator("#new-secret")).to_contain_text("cs-")
+    # a budget on bob (`codeswitch user update bob --budget 200000tokens/month`): its bar
+    from codeswitch.users import limits_from
+
+    w.on_nats(lambda nc: u.update_user(nc, AdminLog(nc, actor="test"), "bob",
+                                       limits=limits_from(budget="200000tokens/month")))
+    _goto(page, w, "users")
+    bar = page.locator("tr[data-user=bob] .budget progress")
+    expect(bar).to_be_visible()
+    expect(page.locator("tr[data-user=bob] .budget")).to_contain_text("200,000 tokens per month")
 
     # -- the request log, then delete a session --------------------------------------------
     _goto(page, w, "requests")

@@ -244,3 +244,45 @@ async def test_a_recreated_stream_sets_the_old_projection_aside(
         status = await wait_caught_up(nc, 4)
         assert status["tables"]["requests"] == 1 and status["state"]["last_seq"] == 4
     assert len(list(home.glob("ledger.duckdb.orphaned-*"))) == 1
+
+
+async def test_a_delivery_lost_in_transit_is_read_again(nc: NATS, nats_server: EmbeddedNats,
+                                                        tmp_path: Path) -> None:
+    """A delivery the ledger never receives (lost while NATS reconnects, or with a cluster
+    node) must not be acked by the acks of what follows (AckPolicy ALL): the ledger sees the
+    gap in the consumer's sequence and reads again from its own position. Here the delivery
+    is taken from its consumer by another subscriber, which never acks it."""
+    from runtime import names
+
+    home = tmp_path / "home"
+    first = synthetic(20, seed=5)
+    await publish(nc, first)
+    js = nc.jetstream()
+    async with ledger(nats_server.url, home):
+        await wait_caught_up(nc, (await js.stream_info(names.EVENTS_STREAM)).state.last_seq)
+        durable = (home / service.DURABLE_FILE).read_text().strip()
+        thief = await js.pull_subscribe_bind(durable, names.EVENTS_STREAM)
+        # only the requests' facts: whichever is taken, the request count says if it is lost
+        second = [e for e in synthetic(20, seed=6) if e[0].startswith("llm.response.")]
+        assert len(second) == 20
+        stolen = []
+        for _ in range(5):
+            # the thief's pull request waits behind the ledger's; when that one expires
+            # (0.5 s) the thief's is first in line for the next message
+            theft = asyncio.ensure_future(thief.fetch(1, timeout=3))
+            await asyncio.sleep(0.8)
+            await publish(nc, second[:1])
+            with contextlib.suppress(Exception):
+                stolen = await theft
+            if stolen:
+                break
+            second = second[1:]  # the ledger had this one
+        assert stolen, "the thief got no delivery"
+        assert stolen[0].subject.startswith("llm.response.")
+        await publish(nc, second[1:])
+        total = (await js.stream_info(names.EVENTS_STREAM)).state.last_seq
+        status = await wait_caught_up(nc, total)
+        assert status["state"]["last_seq"] >= total
+        await asyncio.sleep(1.0)  # any late fold
+        assert (await ask(nc, "overview"))["requests"] == 40  # none missing
+        await thief.unsubscribe()

@@ -116,6 +116,7 @@ class LedgerService:
         self._submitted = 0  # highest seq handed to the DB thread
         self._since_reopen = 0  # events handed to the DB thread since the store was opened
         self._last_msg_at = 0.0  # loop time of the last message fetched
+        self._cseq = 0  # the consumer sequence of the last delivery taken (0: none yet)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -239,6 +240,7 @@ class LedgerService:
         assert self.nc is not None
         self.puller = await BatchPuller(self.nc, names.EVENTS_STREAM, self.durable,
                                         batch=self.batch, expires=0.5).start()
+        self._cseq = 0  # a new consumer counts its deliveries from 1
 
     async def _consume_once(self) -> None:
         """Fetch, project, and hand the batch to the DB thread; the previous batch commits
@@ -261,8 +263,20 @@ class LedgerService:
             wm = max(store.state.last_seq, self._submitted)
             rows = Rows()
             prices = self.prices
-            for m in msgs:
-                seq = parse_reply(m.reply)[0]
+            taken = len(msgs)
+            for i, m in enumerate(msgs):
+                seq, cseq, _ = parse_reply(m.reply)
+                if self._cseq and cseq > self._cseq + 1:
+                    # a delivery that never arrived (lost in transit while NATS reconnected
+                    # or a cluster node died): with AckPolicy ALL, acking what follows would
+                    # ack it too, and it would never come again. Stop before it, read again
+                    # from this ledger's position (below).
+                    log.warning("ledger: delivery %d of consumer %s was lost in transit; "
+                                "reading again from seq %d", self._cseq + 1, self.durable,
+                                max(wm, rows.last_seq or 0) + 1)
+                    taken = i
+                    break
+                self._cseq = cseq
                 if seq > wm:
                     rows.add(project(seq, m.subject, m.data, prices))
                     if m.subject.endswith(SESSION_DELETED) and peer_domain(m.subject):
@@ -272,9 +286,12 @@ class LedgerService:
                 self._submitted = rows.last_seq
                 self._since_reopen += rows.count
                 self._inflight = (asyncio.get_running_loop().run_in_executor(
-                    self._exec, store.apply, rows), msgs[-1])
-            else:
-                await msgs[-1].ack()  # all redeliveries: ack them again
+                    self._exec, store.apply, rows), msgs[taken - 1])
+            elif taken:
+                await msgs[taken - 1].ack()  # all redeliveries: ack them again
+            if taken < len(msgs):
+                await self._settle()
+                await self._position_consumer()  # from the committed position + 1
 
     async def _settle(self) -> None:
         """Wait for the batch in flight to commit, then ack it (AckPolicy ALL: the last

@@ -541,9 +541,10 @@ class EdgeApp:
                 failure: Exception = exc
             except Exception as exc:
                 failure = exc
-            if timer is not None:  # no pickup timeout while it is not stored
+            # no pickup timeout while it is not stored; the caller re-arms it
+            state["resent"] = True
+            if timer is not None:
                 timer.cancel()
-                state["resent"] = True
             if not queue.empty():
                 return env  # a router took it: the first copy was stored
             if time.time() + 0.25 >= last:
@@ -559,7 +560,6 @@ class EdgeApp:
             env = msgspec.structs.replace(
                 env, deadline=time.time() + self.settings.pickup_timeout)
             headers[ENV_HEADER] = _env_encoder.encode(env).decode()
-            state["resent"] = True
         state["seq"] = ack.seq
         return env
 

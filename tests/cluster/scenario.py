@@ -57,21 +57,34 @@ def _rows(home: Path) -> list[dict[str, Any]]:
         con.close()
 
 
-async def _leader(urls: str, stream: str) -> str:
+async def _read_until(urls: str, read: Any, what: str, timeout: float = 20.0) -> Any:
+    """``await read(js)`` until it gives a value: an election in progress (the previous
+    round's may still be settling) or a catching-up replica (direct get) answers with an
+    error or nothing for a moment."""
     nc = await bus.connect(urls, name="test", once=True)
     try:
-        deadline = time.monotonic() + 20
-        while True:  # the previous round's election may still be settling
+        deadline = time.monotonic() + timeout
+        while True:
             try:
-                info = await nc.jetstream().stream_info(stream)
-                if info.cluster is not None and info.cluster.leader:
-                    return info.cluster.leader
+                value = await read(nc.jetstream())
+                if value:
+                    return value
             except Exception:
                 if time.monotonic() > deadline:
                     raise
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {what} within {timeout} s")
             await asyncio.sleep(0.2)
     finally:
         await nc.close()
+
+
+async def _leader(urls: str, stream: str) -> str:
+    async def read(js: Any) -> str | None:
+        info = await js.stream_info(stream)
+        return info.cluster.leader if info.cluster is not None else None
+
+    return str(await _read_until(urls, read, f"leader of {stream}"))
 
 
 async def _active_alerts(urls: str, parts: Parts) -> str:
@@ -80,20 +93,11 @@ async def _active_alerts(urls: str, parts: Parts) -> str:
 
     from workers.alerts.service import LEASE_KEY
 
-    nc = await bus.connect(urls, name="test", once=True)
-    try:
-        deadline = time.monotonic() + 20
-        while True:  # an election in progress, or a catching-up replica (direct get)
-            try:
-                kv = await nc.jetstream().key_value(names.ALERT_STATE_BUCKET)
-                holder = json.loads((await kv.get(LEASE_KEY)).value or b"{}")["holder"]
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.2)
-    finally:
-        await nc.close()
+    async def read(js: Any) -> str:
+        kv = await js.key_value(names.ALERT_STATE_BUCKET)
+        return str(json.loads((await kv.get(LEASE_KEY)).value or b"{}")["holder"])
+
+    holder = await _read_until(urls, read, "alerts lease holder")
     pid = int(holder.rpartition(":")[2])
     return next(n for n, p in parts.procs.items() if p.pid == pid and n.startswith("alerts"))
 

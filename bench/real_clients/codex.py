@@ -712,12 +712,14 @@ def main(filters: list[str]) -> int:
             check(name, ok, f"rc={rc} {dt:.1f}s upstream_reqs={n} codex_errors="
                   f"{[m[:200] for m in msgs][-3:]} stderr_tail={err.strip()[-200:]!r}")
 
-        # Codex 0.171 does not retry a 429 without Retry-After (same when pointed at the fake
-        # directly), and retries one with Retry-After: the gateway must pass Retry-After on.
+        # Every provider failed (here the only one): the gateway already tried it, so the
+        # error is final (issue 17; Codex gets it as a 400 with x-should-retry: false): one
+        # upstream call, the message shown. (Codex 0.171 itself retries a 429 with
+        # Retry-After and a 503, which it did before the gateway made these final.)
         err_case("error-429", Behavior(status=429), False)
         err_case("error-429-retry-after", Behavior(status=429, headers={"retry-after": "1"}),
-                 True)
-        err_case("error-503", Behavior(status=503), True)
+                 False)
+        err_case("error-503", Behavior(status=503), False)
         err_case("error-400", Behavior(status=400), False)
 
         if want("fallback-429"):

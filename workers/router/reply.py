@@ -16,6 +16,7 @@ from schemas.envelope import KIND_ACCEPTED, KIND_DATA, KIND_END, KIND_FULL, KIND
 __all__ = ["ACK_PREFIX", "Reply"]
 
 ACK_PREFIX = "_INBOX.csack"
+ASK_EDGE_AFTER_S = 1.0  # no word from the edge this long after the final message: is it there?
 _enc = msgspec.json.Encoder()
 _A = bytes([KIND_ACCEPTED])
 _D = bytes([KIND_DATA])
@@ -88,42 +89,57 @@ class Reply:
         """True: the edge took the answer; False: the edge is gone or no longer waits for it;
         None: no final message was sent, or no word within ``timeout`` (NATS away).
 
-        Core NATS drops what is in flight when a server restarts: with no word in time, the
-        final message is sent again (``resends`` times; the edge gives a repeated final
-        message of a request the word it gave the first, ``edge/relay.py``), so a client whose
-        answer's last message was lost gets it instead of waiting for the edge's 15 s rule."""
-        word = await self._wait(timeout)
-        while word is None and resends > 0 and self._last and self._acks is not None:
-            resends -= 1
-            # is the edge there at all? (its reply subscription answers "<prefix>.ping")
-            ping = self.subject.rsplit(".", 1)[0] + ".ping"
-            try:
-                await self.nc.request(ping, b"", timeout=1.0)
-            except NoRespondersError:
-                return False  # the edge is gone: the answer did not reach its client
-            except Exception:
-                pass  # no word (NATS still away): send it again anyway
-            try:
-                await self.nc.publish(self.subject, self._last, reply=self._expect_ack())
-            except Exception:
-                return None
-            word = await self._wait(timeout)
-        return word
-
-    async def _wait(self, timeout: float) -> bool | None:
-        fut = self._final
-        if fut is None:
+        The word usually comes within milliseconds; without it after ``ASK_EDGE_AFTER_S`` the
+        edge is asked whether it is there at all (an edge killed after taking the final message
+        never answers: its request is recorded as not delivered within about a second, not
+        after the whole ``timeout``). Core NATS drops what is in flight when a server restarts:
+        with no word in time, the final message is sent again (``resends`` times; the edge
+        gives a repeated final message of a request the word it gave the first,
+        ``edge/relay.py``), so a client whose answer's last message was lost gets it instead
+        of waiting for the edge's 15 s rule."""
+        if self._final is None:
             return None
-        # a timer, not wait_for: no extra task per request
-        timer = asyncio.get_running_loop().call_later(timeout, _no_word, fut)
         try:
-            return await fut
+            first = min(ASK_EDGE_AFTER_S, timeout)
+            word = await self._wait(first)
+            if word is None:
+                if not await self._edge_there():
+                    return False
+                word = await self._wait(timeout - first)
+            while word is None and resends > 0 and self._last and self._acks is not None:
+                resends -= 1
+                if not await self._edge_there():
+                    return False  # the edge is gone: the answer did not reach its client
+                try:
+                    await self.nc.publish(self.subject, self._last, reply=self._expect_ack())
+                except Exception:
+                    return None
+                word = await self._wait(timeout)
+            return word
         finally:
-            timer.cancel()
             if self._acks is not None:
                 self._acks.pop(self.rid, None)
 
+    async def _edge_there(self) -> bool:
+        """False only when NATS says nobody serves the edge's reply subjects; an unanswered
+        ping (NATS away, a busy edge) is no verdict."""
+        ping = self.subject.rsplit(".", 1)[0] + ".ping"  # the edge's reply subscription answers
+        try:
+            await self.nc.request(ping, b"", timeout=1.0)
+        except NoRespondersError:
+            return False
+        except Exception:
+            pass
+        return True
 
-def _no_word(fut: asyncio.Future[bool | None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+    async def _wait(self, timeout: float) -> bool | None:
+        """The edge's word, or None after ``timeout`` (the future stays open for a later word;
+        ``asyncio.wait`` on a future starts no task)."""
+        fut = self._final
+        if fut is None:
+            return None
+        if not fut.done() and timeout > 0:
+            await asyncio.wait((fut,), timeout=timeout)
+        return fut.result() if fut.done() else None
+
+

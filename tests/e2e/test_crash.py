@@ -194,3 +194,47 @@ def test_killed_edge_cancels_the_upstream_call(nats_server: EmbeddedNats,
         edge.kill()
         edge.wait()
         router.stop()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_router_lost_after_the_final_message_leaves_what_was_served(
+        nats_server: EmbeddedNats, anthropic: FakeUpstream, tmp_path: Path,
+        stream: bool) -> None:
+    """The window between the answer's last message and the router's fact (a kill there left
+    a "router_lost" estimate for an answer the client had whole): just before the final
+    message the router's outbox intent becomes what was served, with the real usage. The
+    router's own fact is suppressed here, as a kill at that instant would; what a restarted
+    router would publish from the outbox is then read from the file."""
+    from runtime.facts import read_segments
+    from tests.e2e.gateway import RouterThread
+
+    url = nats_server.url
+    run_nats(url, lambda nc: admin.put_provider(nc, provider_for(anthropic, name="main")))
+    home = tmp_path / "home"
+    router = RouterThread(url, home=home)
+    router.router._record = lambda *a, **k: None  # type: ignore[method-assign]
+    edge = EdgeThread(url)
+    try:
+        with httpx.Client(base_url=edge.url, timeout=30) as c:
+            r = c.post("/v1/messages", json={**BODY, "stream": stream})
+        assert r.status_code == 200, r.text
+        assert ("message_stop" in r.text) if stream else r.json()["type"] == "message"
+        rid = r.headers["x-codeswitch-request-id"]
+    finally:
+        edge.stop()
+        router.stop()
+    _, orphaned = read_segments(sorted((home / "outbox").glob("router*.wal")))
+    facts = [msgspec_decode(data) for _, _, data in orphaned]
+    mine = [f for f in facts if f.request_id == rid]
+    assert len(mine) == 1, facts
+    fact = mine[0]
+    assert fact.status == 200 and fact.error_class is None and fact.delivered
+    assert not fact.usage_estimated and fact.usage is not None
+    assert fact.usage.output_tokens > 0 and fact.source == "recovered"
+    row = fold_requests([project_event(1, fact, PriceBook())])  # type: ignore[list-item]
+    assert row.ok and row.provider == "main"
+
+
+def msgspec_decode(data: bytes) -> RequestCompleted:
+    import msgspec
+    return msgspec.json.decode(data, type=RequestCompleted)

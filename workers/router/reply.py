@@ -6,6 +6,7 @@ so the edge can say whether the answer reached it; ``delivered()`` waits for tha
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -26,7 +27,8 @@ _S = bytes([KIND_START])
 
 
 class Reply:
-    __slots__ = ("_acks", "_final", "_last", "nc", "rid", "route", "router", "seq", "subject")
+    __slots__ = ("_acks", "_final", "_last", "before_final", "nc", "rid", "route", "router",
+                 "seq", "subject")
 
     def __init__(self, nc: NATS, subject: str, *, router: str | None = None, rid: str = "",
                  acks: dict[str, asyncio.Future[bool | None]] | None = None) -> None:
@@ -39,6 +41,9 @@ class Reply:
         self._acks = acks
         self._final: asyncio.Future[bool | None] | None = None
         self._last = b""  # the final message, for a resend when the edge's word is lost
+        # called just before the final message leaves (the router writes what was served to
+        # its outbox, so a kill between the answer and its fact still records it as served)
+        self.before_final: Callable[[], None] | None = None
 
     async def accepted(self) -> None:
         await self.nc.publish(self.subject, _A + (self.router or "").encode())
@@ -52,6 +57,8 @@ class Reply:
         await self.nc.publish(self.subject, _D + self.seq.to_bytes(4, "big") + data)
 
     async def end(self) -> None:
+        if self.before_final is not None:
+            self.before_final()
         self.seq += 1
         self._last = _E + self.seq.to_bytes(4, "big")
         await self.nc.publish(self.subject, self._last, reply=self._expect_ack())
@@ -64,6 +71,8 @@ class Reply:
             start = msgspec.structs.replace(start, route=self.route)
         head = _enc.encode(start)
         if len(data) + len(head) + 64 < self.nc.max_payload:
+            if self.before_final is not None:
+                self.before_final()
             self._last = _F + head + b"\n" + data
             await self.nc.publish(self.subject, self._last, reply=self._expect_ack())
             return

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -408,10 +409,12 @@ class Router:
                 self.load[name] = self.load.get(name, 0) + 1
                 # if this router dies now, the call is still recorded
                 self._intend(env, att, reply.route)
+                reply.before_final = partial(self._intend, env, att, reply.route, True)
                 try:
                     await self.caller.run(env, request, att, reply, has_next,
                                           routing.failover_statuses)
                 finally:
+                    reply.before_final = None
                     self.load[name] -= 1
                 self.breakers.judge(att)
                 if att.committed or att.outcome != "fallback":
@@ -559,25 +562,45 @@ class Router:
                                     request_id=env.request_id))
 
     # -- facts -------------------------------------------------------------------------------
-    def _intend(self, env: RequestEnvelope, att: Attempt, route: str | None = None) -> None:
-        """Before an upstream call: the fact to publish if this router dies during it (the
-        call may be billed; nobody else would record it). Usage is an estimate: the prompt at
-        ~4 bytes per token, nothing generated."""
+    def _intend(self, env: RequestEnvelope, att: Attempt, route: str | None = None,
+                served: bool = False) -> None:
+        """The fact to publish if this router dies before the request's own fact (written to
+        the outbox, published only then; the real fact resolves it). Before the upstream call
+        (``served`` false): the call may be billed and nobody else would record it; usage is
+        an estimate, the prompt at ~4 bytes per token, nothing generated. Just before the
+        answer's final message (``served``, ``Reply.before_final``): what was served, with its
+        real usage, so a router killed between the answer's last bytes and its fact leaves the
+        row the client's experience deserves, not a "router_lost" estimate."""
         facts = self.facts
         if facts is None or facts.wal is None or env.operation != "generate":
             return  # token counts are not billed
         c = att.candidate
+        status = 502
+        error_class: str | None = "router_lost"
+        error_message: str | None = "the router stopped during the upstream call"
+        usage: Usage | None = Usage(input_tokens=env.body_size // 4)
+        estimated = True
+        if served:
+            status = att.status or 200
+            error_class = att.error_class
+            if error_class is None and att.tracker is not None and att.tracker.error:
+                error_class = "stream_error"
+            error_message = att.error_message if error_class else None
+            if att.usage is not None:
+                usage, estimated = att.usage, False
         facts.intent(env.request_id, [(
             response_subject(env.dialect, c.provider.name), RequestCompleted(
                 id=new_id(), ts=time.time(), request_id=env.request_id, dialect=env.dialect,
                 operation=env.operation, model=env.model, provider=c.provider.name,
                 provider_dialect=c.provider.dialect, upstream_model=c.upstream_model,
-                stream=env.stream, status=502, error_class="router_lost",
-                error_message="the router stopped during the upstream call",
-                received_at=env.received_at, usage=Usage(input_tokens=env.body_size // 4),
-                usage_estimated=True, attempts=att.number, translated=c.translated,
+                stream=env.stream, status=status, error_class=error_class,
+                error_message=error_message, received_at=env.received_at,
+                ttfb_ms=att.ttfb_ms if served else None, usage=usage,
+                usage_estimated=estimated, attempts=att.number, translated=c.translated,
+                finish_reason=att.finish_reason if served else None,
                 user=env.user, session=env.session, client=env.client, edge=env.edge,
-                router=self.router_id, bytes_in=env.body_size, delivered=False,
+                router=self.router_id, bytes_in=env.body_size,
+                bytes_out=att.bytes_out if served else 0, delivered=served,
                 source="recovered", client_request_id=env.client_request_id,
                 user_id=env.user_id, key_id=env.key_id, device=device_name(), route=route,
             ))])

@@ -18,7 +18,34 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-__all__ = ["BatchPuller", "ConsumerGoneError"]
+__all__ = ["BatchPuller", "ConsumerGoneError", "before_gap", "parse_reply"]
+
+
+def parse_reply(reply: str) -> tuple[int, int, int]:
+    """(stream seq, consumer seq, pending) from a JetStream ack subject (v1 or v2 tokens)."""
+    t = reply.split(".")
+    if len(t) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+        return int(t[5]), int(t[6]), int(t[8])
+    # v2: $JS.ACK.<domain>.<acc>.<stream>.<cons>.<delivered>.<sseq>.<cseq>.<ts>.<pending>...
+    return int(t[7]), int(t[8]), int(t[10])
+
+
+def before_gap(msgs: list[Msg], last_cseq: int | None) -> tuple[int, int | None]:
+    """How many of ``msgs`` come before a delivery that never arrived, and the consumer
+    sequence of the last of those. ``last_cseq``: that of the delivery before ``msgs``; 0 for
+    a consumer just created (its first delivery is 1), None when unknown (a durable bound
+    again after a restart: its first delivery here is not checked). A delivery lost in
+    transit (NATS reconnecting, a cluster node lost) shows as a jump in the consumer
+    sequence; with AckPolicy ALL, acking what follows it would ack it too, and it would never
+    come again: the caller acks only what precedes the gap and reads again from there.
+    (Redeliveries keep their first consumer sequence: never a jump.)"""
+    for i, m in enumerate(msgs):
+        cseq = parse_reply(m.reply)[1]
+        if last_cseq is not None and cseq > last_cseq + 1:
+            return i, last_cseq
+        if last_cseq is None or cseq > last_cseq:
+            last_cseq = cseq
+    return len(msgs), last_cseq
 
 
 class ConsumerGoneError(RuntimeError):

@@ -54,3 +54,20 @@ async def test_closing_without_drain_leaves_a_batch_in_flight(nc: NATS) -> None:
     info = await nc.jetstream().consumer_info("PULLT", "c")
     # prefetched up to high_water (2 batches), all of it sent to an inbox nobody reads now
     assert info.num_ack_pending == 2000 and info.num_pending == 0
+
+
+def test_before_gap_stops_at_a_lost_delivery_and_ignores_redeliveries() -> None:
+    from types import SimpleNamespace
+    from typing import Any
+
+    from runtime.pull import before_gap
+
+    def msgs(*cseqs: int) -> Any:
+        return [SimpleNamespace(reply=f"$JS.ACK.CS_EVENTS.c.1.{100 + c}.{c}.0.0") for c in cseqs]
+
+    assert before_gap(msgs(1, 2, 3), 0) == (3, 3)  # a new consumer: 1 first
+    assert before_gap(msgs(2, 3), 0) == (0, 0)  # its first delivery lost
+    assert before_gap(msgs(7, 8), None) == (2, 8)  # bound again: the first is not judged
+    assert before_gap(msgs(4, 5, 7, 8), 3) == (2, 5)  # 6 never came
+    assert before_gap(msgs(4, 2, 5), 3) == (3, 5)  # 2 is a redelivery, not a jump
+    assert before_gap([], 3) == (0, 3)

@@ -350,3 +350,52 @@ async def test_cost_uses_the_users_price_overrides_from_the_file_and_kv(
     assert isinstance(inhouse, AlertFired) and inhouse.rule == "inhouse"
     # fired on the first request priced with it; the earlier ones had cost 0
     assert inhouse.value == pytest.approx(150_000 * 1.0 / 1e6)
+
+
+async def test_a_delivery_lost_in_transit_is_judged_all_the_same(
+    nats_server: EmbeddedNats, nc: NATS, receiver: Receiver, tmp_path: Path
+) -> None:
+    """A delivery the worker never receives (lost while NATS reconnects, or with a cluster
+    node) must not be acked by the acks of what follows (AckPolicy ALL): the worker sees the
+    gap in the consumer's sequence and reads again from after the last fact it judged. Here
+    the delivery is taken by another subscriber that never acks it; the rule fires only when
+    every request's tokens are counted (20 x 10 >= 200)."""
+    rule = msgspec.convert({
+        "name": "all-tokens", "metric": "tokens", "threshold": 200.0, "comparison": ">=",
+        "window_s": 600.0, "cooldown_s": 3600.0,
+        "channels": [{"url": receiver.url("/hook"), "retries": 1}]}, Rule)
+    await put_rule(nc, rule)
+    worker = Worker(nats_server.url, tmp_path)
+    await worker.start(nc)
+    js = nc.jetstream()
+    thief = await js.pull_subscribe_bind(names.ALERTS_EVAL_DURABLE, names.EVENTS_STREAM)
+    now = time.time()
+    events = [RequestCompleted(
+        id=f"tok-{i:02d}", ts=now, request_id=f"tok-{i:02d}", dialect="anthropic",
+        operation="generate", model="m", provider="main", stream=False, status=200,
+        received_at=now, usage=Usage(input_tokens=5, output_tokens=5)) for i in range(20)]
+    stolen: list[Msg] = []
+    await publish(nc, events[:3])  # taken by the worker
+    sent = 3
+    try:
+        for _ in range(5):
+            # the thief's pull request waits behind the worker's; when that one expires
+            # (tick_s, 0.2 s) the thief's is first in line for the next message
+            theft = asyncio.ensure_future(thief.fetch(1, timeout=3))
+            await asyncio.sleep(0.5)
+            await publish(nc, events[sent:sent + 1])
+            sent += 1
+            try:
+                stolen = await theft
+            except Exception:
+                stolen = []
+            if stolen:
+                break
+        assert stolen, "the thief got no delivery"
+        await publish(nc, events[sent:])
+        await until(lambda: len(receiver.bodies()) == 1, timeout=15)
+        fired = receiver.bodies()[0]
+        assert (fired["kind"], fired["rule"], fired["value"]) == ("fired", "all-tokens", 200.0)
+    finally:
+        await thief.unsubscribe()
+        await worker.halt()

@@ -46,7 +46,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from runtime import bus, names
 from runtime.lease import Lease
 from runtime.prices import LivePrices
-from runtime.pull import BatchPuller, ConsumerGoneError
+from runtime.pull import BatchPuller, ConsumerGoneError, before_gap, parse_reply
 from schemas.events import (
     AlertFired,
     AlertNotificationFailed,
@@ -194,6 +194,21 @@ class AlertsService:
                 floor = max(acked, (info.config.opt_start_seq or 1) - 1)
         return floor
 
+    async def _eval_floor(self) -> int:
+        info = await self.js.consumer_info(names.EVENTS_STREAM, names.ALERTS_EVAL_DURABLE)
+        return info.ack_floor.stream_seq if info.ack_floor else 0
+
+    async def _reposition_eval(self, start_seq: int) -> None:
+        """The evaluation consumer again, delivering from ``start_seq`` (its config kept)."""
+        info = await self.js.consumer_info(names.EVENTS_STREAM, names.ALERTS_EVAL_DURABLE)
+        config = info.config
+        with contextlib.suppress(NotFoundError):
+            await self.js.delete_consumer(names.EVENTS_STREAM, names.ALERTS_EVAL_DURABLE)
+        config.deliver_policy = js_api.DeliverPolicy.BY_START_SEQUENCE
+        config.opt_start_seq = start_seq
+        config.opt_start_time = None
+        await self.js.add_consumer(names.EVENTS_STREAM, config)
+
     async def _warm_up(self, floor: int) -> None:
         """Feed the recent stream up to ``floor`` into the windows without evaluating."""
         if floor <= 0:
@@ -255,6 +270,9 @@ class AlertsService:
                                    batch=self.batch, expires=self.tick_s).start()
         last_tick = 0.0
         engine = self.engine
+        # the consumer sequence of the last delivery judged (None: not known for a durable
+        # bound again after a restart; 0: a consumer just created)
+        cseq: int | None = None
         try:
             while True:
                 draining = stop.is_set()
@@ -270,17 +288,33 @@ class AlertsService:
                         batch=self.batch, expires=self.tick_s).start()
                     continue
                 caught_up = True
-                if msgs:
+                taken, cseq = before_gap(msgs, cseq)
+                if taken:
+                    judged = msgs[:taken]
                     async with self._lock:
-                        for msg in msgs:
+                        for msg in judged:
                             event = _decode(msg)
                             if event is not None:
                                 found = engine.observe(event)
                                 if found:
                                     await self._emit(found)
                         await self._persist()
-                    await msgs[-1].ack()  # AckPolicy.ALL: acks the whole batch
-                    caught_up = msgs[-1].metadata.num_pending == 0
+                    await judged[-1].ack()  # AckPolicy.ALL: acks the whole batch
+                    caught_up = judged[-1].metadata.num_pending == 0
+                if taken < len(msgs):
+                    # a delivery lost in transit: acking what follows would ack it for good
+                    # (AckPolicy ALL); read again from after the last fact judged
+                    resume = (parse_reply(msgs[taken - 1].reply)[0] + 1 if taken
+                              else await self._eval_floor() + 1)
+                    log.warning("alerts: a delivery of %s was lost in transit; reading again "
+                                "from seq %d", names.ALERTS_EVAL_DURABLE, resume)
+                    await puller.close()
+                    await self._reposition_eval(resume)
+                    puller = await BatchPuller(
+                        self.nc, names.EVENTS_STREAM, names.ALERTS_EVAL_DURABLE,
+                        batch=self.batch, expires=self.tick_s).start()
+                    cseq = 0  # a new consumer counts its deliveries from 1
+                    continue
                 if draining:
                     break
                 if stop.is_set():

@@ -23,12 +23,12 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 
 from runtime.names import EVENTS_STREAM
-from runtime.pull import BatchPuller
+from runtime.pull import BatchPuller, parse_reply
 from schemas.prices import PriceBook
 from workers.ledger.projection import Rows, project
 from workers.ledger.store import Store
 
-__all__ = ["StreamBounds", "fold", "parse_reply", "read_stream", "stream_bounds"]
+__all__ = ["StreamBounds", "fold", "read_stream", "stream_bounds"]
 
 log = logging.getLogger("codeswitch.ledger.replay")
 
@@ -54,15 +54,6 @@ async def stream_bounds(js: JetStreamContext, stream: str = EVENTS_STREAM) -> St
         except Exception:  # a raced purge: the bound is only informative
             first_ts = None
     return StreamBounds(st.first_seq, st.last_seq, first_ts, st.messages)
-
-
-def parse_reply(reply: str) -> tuple[int, int, int]:
-    """(stream seq, consumer seq, pending) from a JetStream ack subject (v1 or v2 tokens)."""
-    t = reply.split(".")
-    if len(t) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
-        return int(t[5]), int(t[6]), int(t[8])
-    # v2: $JS.ACK.<domain>.<acc>.<stream>.<cons>.<delivered>.<sseq>.<cseq>.<ts>.<pending>...
-    return int(t[7]), int(t[8]), int(t[10])
 
 
 async def _consumer(nc: NATS, js: JetStreamContext, stream: str, *, start_seq: int | None,

@@ -42,7 +42,7 @@ from nats.js.errors import NotFoundError
 
 from runtime import bus, memory, names
 from runtime.prices import LivePrices
-from runtime.pull import BatchPuller, ConsumerGoneError
+from runtime.pull import BatchPuller, ConsumerGoneError, parse_reply
 from runtime.sync import erase_bodies, erase_facts, peer_domain
 from schemas.prices import PriceBook, PriceError
 from schemas.subjects import LEDGER_QUERY_PREFIX, SESSION_DELETED
@@ -51,7 +51,7 @@ from workers.ledger.deletion import SessionDeleter
 from workers.ledger.projection import TABLES, Rows, project
 from workers.ledger.queries import QUERIES, Filter, QueryError, table_counts
 from workers.ledger.rebuild import Rebuilder, remove_db
-from workers.ledger.replay import parse_reply, stream_bounds
+from workers.ledger.replay import stream_bounds
 from workers.ledger.store import Store, StoreError
 from workers.ledger.wire import encode_reply
 
@@ -266,7 +266,7 @@ class LedgerService:
             taken = len(msgs)
             for i, m in enumerate(msgs):
                 seq, cseq, _ = parse_reply(m.reply)
-                if self._cseq and cseq > self._cseq + 1:
+                if cseq > self._cseq + 1:  # (its consumer is always created here: 1 first)
                     # a delivery that never arrived (lost in transit while NATS reconnected
                     # or a cluster node died): with AckPolicy ALL, acking what follows would
                     # ack it too, and it would never come again. Stop before it, read again
@@ -276,7 +276,8 @@ class LedgerService:
                                 max(wm, rows.last_seq or 0) + 1)
                     taken = i
                     break
-                self._cseq = cseq
+                if cseq > self._cseq:  # a redelivery keeps its first consumer sequence
+                    self._cseq = cseq
                 if seq > wm:
                     rows.add(project(seq, m.subject, m.data, prices))
                     if m.subject.endswith(SESSION_DELETED) and peer_domain(m.subject):

@@ -758,7 +758,7 @@ def main() -> None:
     from runtime.process import private_umask
 
     private_umask()
-    from runtime.sync import HubUnavailableError
+    from runtime.bus import HubUnavailableError
 
     try:
         app()

@@ -69,7 +69,7 @@ def parse_time(value: str | None, *, now: float | None = None) -> float | None:
 
 async def _id_labels(nc: NATS) -> dict[str, str]:
     """Gateway user and key ids -> names (empty when the buckets cannot be read)."""
-    from codeswitch.cli_users import id_labels
+    from codeswitch.reads import id_labels
 
     try:
         return await id_labels(nc)

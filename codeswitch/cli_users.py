@@ -20,7 +20,7 @@ from rich.table import Table
 
 from runtime.home import home_dir, nats_url_for
 
-__all__ = ["id_labels", "register"]
+__all__ = ["register"]
 
 T = TypeVar("T")
 out = Console(highlight=False)
@@ -397,13 +397,6 @@ def key_revoke(key: Annotated[str, typer.Argument(help="Key id (k_…) or USER/N
 
     revoked, label = _run(home, nats_url, go)
     out.print(f"key [bold]{escape(label)}[/] ({revoked.id}) revoked")
-
-
-async def id_labels(nc: Any) -> dict[str, str]:
-    """User ids -> names and key ids -> USER/NAME, for `stats` and `log` (ids are recorded)."""
-    from codeswitch.reads import id_labels as labels
-
-    return await labels(nc)
 
 
 # -- audit -----------------------------------------------------------------------------------

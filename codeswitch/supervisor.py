@@ -575,7 +575,7 @@ class Supervisor:
             await bus.ensure_all(nc.jetstream())
             key = secrets.load_key(self.home, create=True)
             assert key is not None
-            from runtime.sync import HubUnavailableError
+            from runtime.bus import HubUnavailableError
 
             try:
                 changes = await seal_stored_secrets(nc, key)

@@ -50,6 +50,7 @@ from runtime.names import (
 from schemas.subjects import FACT_SUBJECTS, REQUEST_PREFIX
 
 __all__ = [
+    "HubUnavailableError",
     "StreamLimits",
     "explain",
     "replicas_from_env",
@@ -65,6 +66,17 @@ __all__ = [
 
 log = logging.getLogger("codeswitch.bus")
 _background: set[asyncio.Future[None]] = set()
+
+
+class HubUnavailableError(ConnectionError):
+    """A write to a bucket shared through the hub while the hub does not answer."""
+
+    def __init__(self, bucket: str) -> None:
+        super().__init__(
+            f"the hub does not answer: {bucket} is shared by the devices joined to it and "
+            "changes only through the hub, so this change was not made. Requests are served "
+            "as before with the settings this device has; try again when the hub is back "
+            "(`codeswitch sync` says when)")
 
 
 @dataclass(frozen=True)
@@ -348,7 +360,6 @@ class _WriteThrough:
         try:
             return await self._js.publish(f"{self._api}.{subject}", *args, **kwargs)
         except (NoStreamResponseError, nats.errors.TimeoutError) as exc:
-            from runtime.sync import HubUnavailableError
 
             raise HubUnavailableError(subject.split(".")[1]) from exc
 

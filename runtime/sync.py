@@ -219,17 +219,6 @@ class HubError(RuntimeError):
     """The hub did not answer, or answered with an error (its text)."""
 
 
-class HubUnavailableError(ConnectionError):
-    """A write to a bucket shared through the hub while the hub does not answer."""
-
-    def __init__(self, bucket: str) -> None:
-        super().__init__(
-            f"the hub does not answer: {bucket} is shared by the devices joined to it and "
-            "changes only through the hub, so this change was not made. Requests are served "
-            "as before with the settings this device has; try again when the hub is back "
-            "(`codeswitch sync` says when)")
-
-
 class DivergedError(HubError):
     """The hub's event history is not the one this device synced with."""
 

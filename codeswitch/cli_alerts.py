@@ -11,8 +11,6 @@ output says which source was used.
 from __future__ import annotations
 
 import asyncio
-import math
-import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -28,13 +26,12 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
 from rich.console import Console
 from rich.table import Table
 
+from codeswitch import alert_rules
 from runtime import bus, names
 from runtime.home import home_dir, masked_url, nats_url_for
 from schemas.events import AlertFired, AlertNotificationFailed, AlertResolved, decode_event
 from schemas.subjects import ledger_query_subject
-from workers.alerts.notify import Notifier, probe_notification
 from workers.alerts.rules import (
-    CHANNEL_FORMATS,
     METRICS,
     PERCENT_METRICS,
     AlertState,
@@ -51,15 +48,14 @@ console = Console()
 T = TypeVar("T")
 HomeOpt = Annotated[Path | None, typer.Option("--home", help="data directory")]
 UrlOpt = Annotated[str | None, typer.Option("--nats-url", help="NATS URL of the gateway")]
-_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_duration(text: str) -> float:
     """"90", "90s", "5m", "1.5h", "2d" -> seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text.lower())
-    if not m:
-        raise typer.BadParameter(f"{text!r} is not a duration like 90s, 5m, 1h, 2d")
-    return float(m.group(1)) * _UNITS[m.group(2)]
+    try:
+        return alert_rules.parse_duration(text)
+    except alert_rules.RuleError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def parse_time(text: str, now: float | None = None) -> float:
@@ -83,47 +79,19 @@ def parse_time(text: str, now: float | None = None) -> float:
 
 
 def parse_threshold(metric: str, text: str) -> float:
-    """``--threshold`` in the metric's unit. A percentage metric (``PERCENT_METRICS``) takes
-    ``20%``, ``20 %`` or a bare number above 1 (``20``: 20 %); a bare number in (0, 1] is refused,
-    since ``0.2`` may mean 20 % or 0.2 %. Other metrics take plain numbers only (no ``%``)."""
-    raw = text.strip()
-    number, percent = raw, raw.endswith("%")
-    if percent:
-        number = raw[:-1].rstrip()
+    """``--threshold`` in the metric's unit (``codeswitch.alert_rules.parse_threshold``)."""
     try:
-        value = float(number)
-    except ValueError:
-        raise typer.BadParameter(f"threshold {text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise typer.BadParameter(f"threshold {text!r} is not a finite number")
-    if metric not in PERCENT_METRICS:
-        if percent:
-            unit = METRICS.get(metric, "a plain number")
-            raise typer.BadParameter(
-                f"{metric} is not a percentage ({unit}): write a plain number, "
-                f"e.g. --threshold {value:g}")
-        return value
-    if value < 0:
-        raise typer.BadParameter(f"{metric} is a percentage: {text!r} is below 0 %")
-    if not percent and 0 < value <= 1:
-        raise typer.BadParameter(
-            f"{metric} is a percentage: did you mean {value * 100:g}%? Write --threshold "
-            f"{value * 100:g}% (or --threshold {value:g}% for {value:g} %); a bare {raw} is "
-            "refused because it could mean either")
-    return value
+        return alert_rules.parse_threshold(metric, text)
+    except alert_rules.RuleError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def parse_channel(spec: str) -> Channel:
     """``[FORMAT=]URL`` or a JSON object with the Channel fields."""
     try:
-        if spec.lstrip().startswith("{"):
-            return msgspec.json.decode(spec.encode(), type=Channel)
-        fmt, sep, url = spec.partition("=")
-        if sep and fmt in CHANNEL_FORMATS:
-            return Channel(url=url, format=fmt)
-        return Channel(url=spec)
-    except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
-        raise typer.BadParameter(f"channel {spec!r}: {exc}") from None
+        return alert_rules.parse_channel(spec)
+    except alert_rules.RuleError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _run(home: Path | None, url: str | None, fn: Callable[[NATS], Awaitable[T]]) -> T:
@@ -219,41 +187,19 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Add (or with --replace, change) a rule. Running workers pick it up at once."""
         try:
-            limit = parse_threshold(metric, threshold) if metric in METRICS else 0.0
-        except typer.BadParameter as exc:
-            raise _fail(f"invalid --threshold: {exc}", 2) from None
-        try:
-            rule = Rule(
-                name=name, metric=metric, threshold=limit, comparison=comparison, scope=scope,
-                window_s=parse_duration(window), severity=severity, enabled=enabled,
-                cooldown_s=parse_duration(cooldown), remind=remind,
-                channels=[parse_channel(c) for c in channel or []], minutes=minutes,
-                min_samples=min_samples, description=description,
-            )
-        except ValueError as exc:
-            raise _fail(f"invalid rule: {exc}", 2) from None
+            rule = alert_rules.build_rule(
+                name, metric, threshold=threshold, comparison=comparison, scope=scope,
+                window=window, severity=severity, enabled=enabled, cooldown=cooldown,
+                remind=remind, channels=channel, minutes=minutes, min_samples=min_samples,
+                description=description)
+        except alert_rules.RuleError as exc:
+            raise _fail(str(exc), 2) from None
 
         async def put(nc: NATS) -> None:
-            kv = await _kv(nc, names.RULES_BUCKET)
-            data = msgspec.json.encode(rule)
-            action = "rule.added"
-            if replace:
-                try:
-                    existed = bool((await kv.get(name)).value)
-                except KeyNotFoundError:
-                    existed = False
-                await kv.put(name, data)
-                action = "rule.updated" if existed else action
-            else:
-                try:
-                    await kv.create(name, data)
-                except nats.js.errors.KeyWrongLastSequenceError:
-                    raise _fail(f"rule {name} exists (use --replace to change it)") from None
-            # the channels' URLs can hold tokens: only how many there are
-            await _admin_log(nc, home).record(
-                action, f"rule:{name}", metric=rule.metric, threshold=rule.threshold,
-                comparison=rule.comparison, scope=rule.scope, window_s=rule.window_s,
-                severity=rule.severity, enabled=rule.enabled, channels=len(rule.channels))
+            try:
+                await alert_rules.put_rule(nc, _admin_log(nc, home), rule, replace=replace)
+            except alert_rules.RuleExistsError as exc:
+                raise _fail(str(exc)) from None
 
         _run(home, nats_url, put)
         console.print(f"rule [bold]{name}[/bold]: {_condition(rule)} ({rule.scope}), "
@@ -292,14 +238,7 @@ def register(app: typer.Typer) -> None:
         """Remove a rule (a firing alert of it resolves)."""
 
         async def delete(nc: NATS) -> bool:
-            kv = await _kv(nc, names.RULES_BUCKET)
-            try:
-                await kv.get(name)
-            except KeyNotFoundError:
-                return False
-            await kv.delete(name)
-            await _admin_log(nc, home).record("rule.removed", f"rule:{name}")
-            return True
+            return await alert_rules.remove_rule(nc, _admin_log(nc, home), name)
 
         if not _run(home, nats_url, delete):
             raise _fail(f"no rule named {name}")
@@ -310,19 +249,10 @@ def register(app: typer.Typer) -> None:
         """Send a test notification through the rule's channels."""
 
         async def send(nc: NATS) -> list[tuple[str, bool, str]]:
-            rule = next((r for r in await _load_rules(nc) if r.name == name), None)
-            if rule is None:
-                raise _fail(f"no rule named {name}")
-            if not rule.channels:
-                raise _fail(f"rule {name} has no channels")
-            notifier = Notifier(backoff_base=0.5)
             try:
-                note = probe_notification(rule)
-                results = await asyncio.gather(*(notifier.deliver(c, note) for c in rule.channels))
-            finally:
-                await notifier.aclose()
-            return [(c.label, r.ok, r.error or f"HTTP {r.status}, {r.attempts} attempt(s)")
-                    for c, r in zip(rule.channels, results, strict=True)]
+                return await alert_rules.test_rule(nc, _admin_log(nc, home), name)
+            except alert_rules.RuleError as exc:
+                raise _fail(str(exc)) from None
 
         results = _run(home, nats_url, send)
         for label, ok, detail in results:

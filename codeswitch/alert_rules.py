@@ -21,13 +21,25 @@ from workers.alerts.rules import CHANNEL_FORMATS, METRICS, PERCENT_METRICS, Chan
 
 __all__ = ["RuleError", "RuleExistsError", "build_rule", "get_rule", "parse_channel",
            "parse_duration", "parse_threshold", "put_rule", "remove_rule", "rules_kv",
-           "test_rule"]
+           "send_test"]
 
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 class RuleError(ValueError):
-    """Bad input for a rule, or no such rule: the message says what is wrong."""
+    """Bad input for a rule, or no such rule: the message says what is wrong, ``field`` which
+    of the rule's fields (``threshold``, ``window``, ``channels``...; None: not one)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+# Rule's own checks (workers/alerts/rules.py) start with the field they refuse
+_FIELD_OF = (("rule name", "name"), ("metric", "metric"), ("comparison", "comparison"),
+             ("scope", "scope"), ("quota_used_pct scope", "scope"), ("severity", "severity"),
+             ("window_s", "window"), ("no_traffic", "minutes"), ("cooldown_s", "cooldown"),
+             ("threshold", "threshold"))
 
 
 class RuleExistsError(RuleError):
@@ -42,10 +54,11 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def parse_threshold(metric: str, text: str) -> float:
+def parse_threshold(metric: str, text: str, flag: str = "--threshold ") -> float:
     """A threshold in the metric's unit. A percentage metric (``PERCENT_METRICS``) takes
     ``20%``, ``20 %`` or a bare number above 1 (``20``: 20 %); a bare number in (0, 1] is
-    refused, since ``0.2`` may mean 20 % or 0.2 %. Other metrics take plain numbers only."""
+    refused, since ``0.2`` may mean 20 % or 0.2 %. Other metrics take plain numbers only.
+    ``flag`` is how the messages name the option (the console's form: none)."""
     raw = text.strip()
     number, percent = raw, raw.endswith("%")
     if percent:
@@ -60,14 +73,14 @@ def parse_threshold(metric: str, text: str) -> float:
         if percent:
             unit = METRICS.get(metric, "a plain number")
             raise RuleError(f"{metric} is not a percentage ({unit}): write a plain number, "
-                            f"e.g. --threshold {value:g}")
+                            f"e.g. {flag}{value:g}")
         return value
     if value < 0:
         raise RuleError(f"{metric} is a percentage: {text!r} is below 0 %")
     if not percent and 0 < value <= 1:
         raise RuleError(
-            f"{metric} is a percentage: did you mean {value * 100:g}%? Write --threshold "
-            f"{value * 100:g}% (or --threshold {value:g}% for {value:g} %); a bare {raw} is "
+            f"{metric} is a percentage: did you mean {value * 100:g}%? Write {flag}"
+            f"{value * 100:g}% (or {flag}{value:g}% for {value:g} %); a bare {raw} is "
             "refused because it could mean either")
     return value
 
@@ -89,22 +102,31 @@ def build_rule(name: str, metric: str, *, threshold: str = "0", comparison: str 
                scope: str = "all", window: str = "5m", severity: str = "warning",
                enabled: bool = True, cooldown: str = "10m", remind: bool = True,
                channels: list[str] | None = None, minutes: float = 0.0, min_samples: int = 1,
-               description: str = "") -> Rule:
-    """A rule from what a person typed (``alerts add``'s options, the console's form)."""
+               description: str = "", flag: str = "--threshold ") -> Rule:
+    """A rule from what a person typed (``alerts add``'s options, the console's form). A
+    ``RuleError`` names the field it refuses."""
+    def part(field: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except RuleError as exc:
+            raise RuleError(str(exc), field) from None
+
     try:
-        limit = parse_threshold(metric, threshold) if metric in METRICS else 0.0
+        limit = parse_threshold(metric, threshold, flag) if metric in METRICS else 0.0
     except RuleError as exc:
-        raise RuleError(f"invalid --threshold: {exc}") from None
+        raise RuleError(f"invalid {flag.strip() or 'threshold'}: {exc}", "threshold") from None
+    window_s = part("window", parse_duration, window)
+    cooldown_s = part("cooldown", parse_duration, cooldown)
+    parsed = [part("channels", parse_channel, c) for c in channels or []]
     try:
         return Rule(name=name, metric=metric, threshold=limit, comparison=comparison,
-                    scope=scope, window_s=parse_duration(window), severity=severity,
-                    enabled=enabled, cooldown_s=parse_duration(cooldown), remind=remind,
-                    channels=[parse_channel(c) for c in channels or []], minutes=minutes,
+                    scope=scope, window_s=window_s, severity=severity, enabled=enabled,
+                    cooldown_s=cooldown_s, remind=remind, channels=parsed, minutes=minutes,
                     min_samples=min_samples, description=description)
-    except RuleError:
-        raise
     except ValueError as exc:
-        raise RuleError(f"invalid rule: {exc}") from None
+        text = str(exc)
+        field = next((f for start, f in _FIELD_OF if text.startswith(start)), None)
+        raise RuleError(f"invalid rule: {text}", field) from None
 
 
 async def rules_kv(nc: NATS) -> Any:
@@ -169,7 +191,7 @@ async def remove_rule(nc: NATS, audit: Any, name: str) -> bool:
     return True
 
 
-async def test_rule(nc: NATS, audit: Any, name: str) -> list[tuple[str, bool, str]]:
+async def send_test(nc: NATS, audit: Any, name: str) -> list[tuple[str, bool, str]]:
     """Send the rule's test notification through each of its channels: (label, sent, detail)
     per channel. Records ``rule.tested`` (how many channels, how many took it)."""
     from workers.alerts.notify import Notifier, probe_notification

@@ -250,7 +250,7 @@ def register(app: typer.Typer) -> None:
 
         async def send(nc: NATS) -> list[tuple[str, bool, str]]:
             try:
-                return await alert_rules.test_rule(nc, _admin_log(nc, home), name)
+                return await alert_rules.send_test(nc, _admin_log(nc, home), name)
             except alert_rules.RuleError as exc:
                 raise _fail(str(exc)) from None
 

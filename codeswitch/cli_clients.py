@@ -17,8 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from codeswitch.clients import connect as conn
-from codeswitch.clients._errors import ClientsError, FileChangedError, McpError
-from codeswitch.clients.mcp import McpServer, parse_pairs
+from codeswitch.clients import mcp_writes
+from codeswitch.clients._errors import ClientsError, FileChangedError
+from codeswitch.clients.mcp import McpServer
 from codeswitch.clients.mcp_files import apply_sync, file_servers, plan_sync, sync_diff
 from codeswitch.clients.mcp_store import McpStore, open_store
 from codeswitch.clients.paths import ClientPaths
@@ -300,27 +301,11 @@ def mcp_add(
     nats_url: str | None = NATS_OPT,
 ) -> None:
     """Add a server: `mcp add docs -- npx -y docs-mcp` or `mcp add api --url https://...`."""
-    kind = transport or ("http" if url else "stdio")
-    if kind not in ("stdio", "http", "sse"):
-        raise McpError(f"unknown transport {kind!r}: use stdio, http or sse")
-    args = list(command or [])
-    server = McpServer(
-        name=name, transport=kind,  # type: ignore[arg-type]
-        command=args[0] if args else None, args=args[1:],
-        env=parse_pairs(env, "--env"), url=url, headers=parse_pairs(header, "--header"),
-        enabled=not disabled,
-    ).check()
+    server = mcp_writes.build_server(name, command=command, url=url, transport=transport,
+                                     env=env, headers=header, enabled=not disabled)
 
     async def add(store: McpStore) -> list[McpServer]:
-        existed = await store.get(name) is not None
-        if not replace and existed:
-            raise McpError(f"a server named {name!r} exists (use --replace)")
-        await store.put(server)
-        # env values and headers can hold tokens: only their names
-        await _admin_log(store, home).record(
-            "mcp.updated" if existed else "mcp.added", f"mcp:{name}", transport=kind,
-            command=server.command, url=server.url, env=sorted(server.env) or None,
-            headers=sorted(server.headers) or None, enabled=server.enabled)
+        await mcp_writes.add_server(store, _admin_log(store, home), server, replace=replace)
         return await store.list()
 
     servers = _with_store(home, nats_url, add)
@@ -332,13 +317,7 @@ def mcp_add(
 def _set_enabled(name: str, enabled: bool, home: Path | None, nats_url: str | None,
                  no_sync: bool) -> None:
     async def change(store: McpStore) -> list[McpServer]:
-        server = await store.get(name)
-        if server is None:
-            raise McpError(f"no server named {name!r} in codeswitch's list")
-        await store.put(McpServer(**{**{f: getattr(server, f) for f in server.__struct_fields__},
-                                     "enabled": enabled}))
-        await _admin_log(store, home).record("mcp.enabled" if enabled else "mcp.disabled",
-                                             f"mcp:{name}")
+        await mcp_writes.set_enabled(store, _admin_log(store, home), name, enabled)
         return await store.list()
 
     servers = _with_store(home, nats_url, change)
@@ -372,10 +351,7 @@ def mcp_remove(name: str, no_sync: bool = NO_SYNC_OPT, home: Path | None = HOME_
                nats_url: str | None = NATS_OPT) -> None:
     """Remove one of codeswitch's servers (servers added by hand are never removed)."""
     async def remove(store: McpStore) -> list[McpServer]:
-        if not await store.delete(name):
-            raise McpError(f"no server named {name!r} in codeswitch's list "
-                           "(servers added by hand are left to you)")
-        await _admin_log(store, home).record("mcp.removed", f"mcp:{name}")
+        await mcp_writes.remove_server(store, _admin_log(store, home), name)
         return await store.list()
 
     servers = _with_store(home, nats_url, remove)

@@ -648,38 +648,393 @@ async def audit(c: Call) -> Any:
 
 @endpoint("GET", "/alerts")
 async def alerts(c: Call) -> Any:
-    """Alert rules (channels by kind only: webhook URLs are secrets), their states, history."""
+    """Alert rules (channels by label only: webhook URLs are secrets), their states, history,
+    and the choices a rule's form offers (metrics with their units...)."""
     from runtime import bus, names
-    from workers.alerts.rules import Rule
+    from workers.alerts import rules as r
 
     kv = await c.nc.jetstream().key_value(names.RULES_BUCKET)
-    rules = []
+    found = []
     for raw, _ in (await bus.read_bucket(kv)).values():
         try:
-            r = msgspec.to_builtins(msgspec.json.decode(raw, type=Rule))
-        except (msgspec.DecodeError, msgspec.ValidationError):
+            found.append(_rule_view(msgspec.json.decode(raw, type=r.Rule)))
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
             continue
-        r["channels"] = [ch.get("name") or ch.get("format", "json")
-                         for ch in r.get("channels", [])]
-        rules.append(r)
     states, history = await asyncio.gather(_alert_states(c), _ledger(c, "alerts",
                                                                      {"limit": 100}))
-    return {"rules": sorted(rules, key=lambda r: r["name"]), "states": states,
-            "history": history}
+    return {"rules": sorted(found, key=lambda x: x["name"]), "states": states,
+            "history": history,
+            "choices": {"metrics": r.METRICS, "percent": sorted(r.PERCENT_METRICS),
+                        "comparisons": list(r.COMPARISONS), "severities": list(r.SEVERITIES),
+                        "scope_kinds": list(r.SCOPE_KINDS),
+                        "channel_formats": list(r.CHANNEL_FORMATS)}}
+
+
+class RuleIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An alert rule as `codeswitch alerts add` takes it: durations as text (`90s`, `5m`,
+    `1h`), the threshold in the metric's unit (percentages as `20%`), each channel as
+    `[json|slack|feishu|dingtalk=]URL` or a JSON object (`{"url", "format", "secret", ...}`;
+    URL may be `env:NAME`). On an edit, `channels` null keeps the stored channels (their URLs
+    are secrets: never sent back)."""
+
+    name: str
+    metric: str
+    threshold: str | float = "0"
+    comparison: str = ">"
+    scope: str = "all"
+    window: str = "5m"
+    severity: str = "warning"
+    enabled: bool = True
+    cooldown: str = "10m"
+    remind: bool = True
+    channels: list[str] | None = None
+    minutes: float = 0.0
+    min_samples: int = 1
+    description: str = ""
+
+
+def _rule_from(body: RuleIn, keep: Any = None) -> Any:
+    """The rule, built by the CLI's own ``build_rule``; a refusal names the field."""
+    from codeswitch.alert_rules import RuleError, build_rule
+
+    threshold = body.threshold if isinstance(body.threshold, str) else f"{body.threshold!r}"
+    try:
+        rule = build_rule(
+            body.name, body.metric, threshold=threshold, comparison=body.comparison,
+            scope=body.scope, window=body.window, severity=body.severity, enabled=body.enabled,
+            cooldown=body.cooldown, remind=body.remind, channels=body.channels or [],
+            minutes=body.minutes, min_samples=body.min_samples, description=body.description,
+            flag="")
+    except RuleError as exc:
+        raise HttpError(400, str(exc), "invalid_rule", exc.field) from None
+    if body.channels is None and keep is not None:
+        rule = msgspec.structs.replace(rule, channels=keep.channels)
+    return rule
+
+
+def _rule_view(rule: Any) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.to_builtins(rule)
+    # webhook URLs and secrets can hold tokens: a channel by its label only
+    out["channels"] = [ch.label for ch in rule.channels]
+    return out
+
+
+@endpoint("POST", "/alerts/rules", body=RuleIn)
+async def add_rule(c: Call) -> Any:
+    """Add an alert rule (`codeswitch alerts add`); running alert workers pick it up at once."""
+    from codeswitch.alert_rules import RuleExistsError, put_rule
+
+    rule = _rule_from(c.body)
+    try:
+        action = await put_rule(c.nc, c.audit(), rule, replace=False)
+    except RuleExistsError:
+        raise HttpError(409, f"a rule named {rule.name!r} exists: edit it", "conflict",
+                        "name") from None
+    return {"rule": _rule_view(rule), "action": action}
+
+
+@endpoint("PUT", "/alerts/rules/{name}", body=RuleIn)
+async def edit_rule(c: Call) -> Any:
+    """Change an alert rule (`codeswitch alerts add --replace`; its name stays)."""
+    from codeswitch.alert_rules import get_rule, put_rule
+
+    name = c.params["name"]
+    existing = await get_rule(c.nc, name)
+    if existing is None:
+        raise HttpError(404, f"no rule named {name!r} (removed meanwhile?)")
+    if c.body.name != name:
+        raise HttpError(400, "a rule's name cannot change: add a new one", field="name")
+    rule = _rule_from(c.body, keep=existing)
+    action = await put_rule(c.nc, c.audit(), rule, replace=True)
+    return {"rule": _rule_view(rule), "action": action}
+
+
+@endpoint("DELETE", "/alerts/rules/{name}")
+async def remove_rule(c: Call) -> Any:
+    """Remove an alert rule (`codeswitch alerts remove`; a firing alert of it resolves)."""
+    from codeswitch.alert_rules import remove_rule as remove
+
+    name = c.params["name"]
+    if not await remove(c.nc, c.audit(), name):
+        raise HttpError(404, f"no rule named {name!r} (removed meanwhile?)")
+    return {"removed": name}
+
+
+@endpoint("POST", "/alerts/rules/{name}/test")
+async def rule_test(c: Call) -> Any:
+    """Send the rule's test notification through each of its channels (`codeswitch alerts
+    test`): what each channel answered."""
+    from codeswitch.alert_rules import RuleError, send_test
+
+    name = c.params["name"]
+    try:
+        results = await send_test(c.nc, c.audit(), name)
+    except RuleError as exc:
+        raise HttpError(404 if str(exc).startswith("no rule") else 400, str(exc)) from None
+    return {"rule": name, "ok": all(ok for _, ok, _ in results),
+            "channels": [{"channel": label, "sent": ok, "detail": detail}
+                         for label, ok, detail in results]}
+
+
+class McpIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An MCP server as `codeswitch mcp add` takes it: a stdio server's command line (split as
+    a shell would, no shell runs it) with `env` items `KEY=VALUE`, or an http/sse server's
+    `url` with `headers` items `Name: value`. Values may hold tokens: they are stored, never
+    shown or recorded (only their names)."""
+
+    name: str
+    transport: Literal["stdio", "http", "sse"] | None = None
+    command: str = ""
+    url: str | None = None
+    env: list[str] = []
+    headers: list[str] = []
+    enabled: bool = True
+    replace: bool = False
+
+
+async def _mcp_store(c: Call) -> Any:
+    from codeswitch.clients.mcp_store import McpStore
+    from runtime import names
+
+    return McpStore(await c.nc.jetstream().key_value(names.MCP_BUCKET), c.nc)
+
+
+def _mcp_view(m: Any) -> dict[str, Any]:
+    return {"name": m.name, "transport": m.transport, "url": m.url, "command": m.command,
+            "args": m.args, "enabled": m.enabled, "headers": sorted(m.headers),
+            "env": sorted(m.env)}
+
+
+async def _mcp_op(fn: Any) -> Any:
+    from codeswitch.clients._errors import McpError
+    from codeswitch.clients.mcp_writes import McpNotFoundError
+
+    try:
+        return await fn
+    except McpNotFoundError as exc:
+        raise HttpError(404, str(exc)) from None
+    except McpError as exc:
+        text = str(exc)
+        status = 409 if "exists" in text else 400
+        field = next((f for f, words in (("name", ("name", "exists")),
+                                         ("command", ("command", "args")),
+                                         ("url", ("url",)), ("env", ("--env", "env")),
+                                         ("headers", ("--header", "headers")),
+                                         ("transport", ("transport",)))
+                      if any(w in text for w in words)), None)
+        raise HttpError(status, text.replace("--header", "headers").replace("--env", "env")
+                        .replace(" (use --replace)", ": tick replace to overwrite it"),
+                        "conflict" if status == 409 else "invalid_server", field) from None
 
 
 @endpoint("GET", "/mcp")
 async def mcp(c: Call) -> Any:
     """MCP servers in KV (``cs_mcp``): header and environment names only, never their
-    values. Skills live in each machine's client directories, not in NATS: not here."""
-    from codeswitch.clients.mcp_store import McpStore
-    from runtime import names
+    values. Each machine writes the list into its clients with `codeswitch mcp sync`."""
+    store = await _mcp_store(c)
+    return {"servers": [_mcp_view(m) for m in await store.list()]}
 
-    store = McpStore(await c.nc.jetstream().key_value(names.MCP_BUCKET), c.nc)
-    return {"servers": [{"name": m.name, "transport": m.transport, "url": m.url,
-                         "command": m.command, "args": m.args, "enabled": m.enabled,
-                         "headers": sorted(m.headers), "env": sorted(m.env)}
-                        for m in await store.list()]}
+
+@endpoint("POST", "/mcp/servers", body=McpIn)
+async def add_mcp(c: Call) -> Any:
+    """Add an MCP server to the list (`codeswitch mcp add`; `replace` overwrites one)."""
+    import shlex
+
+    from codeswitch.clients.mcp_writes import add_server, build_server
+
+    b: McpIn = c.body
+    try:
+        command = shlex.split(b.command) if b.command.strip() else None
+    except ValueError as exc:
+        raise HttpError(400, f"command: {exc}", "invalid_server", "command") from None
+
+    async def go() -> Any:
+        server = build_server(b.name, command=command, url=b.url, transport=b.transport,
+                              env=b.env, headers=b.headers, enabled=b.enabled)
+        action = await add_server(await _mcp_store(c), c.audit(), server, replace=b.replace)
+        return {"server": _mcp_view(server), "action": action}
+    return await _mcp_op(go())
+
+
+def _mcp_switch(verb: str, doc: str) -> None:
+    async def action(c: Call) -> Any:
+        from codeswitch.clients.mcp_writes import set_enabled
+
+        server = await _mcp_op(set_enabled(await _mcp_store(c), c.audit(), c.params["name"],
+                                           verb == "enable"))
+        return {"server": _mcp_view(server)}
+
+    action.__name__ = f"{verb}_mcp"
+    action.__doc__ = doc
+    endpoint("POST", f"/mcp/servers/{{name}}/{verb}")(action)
+
+
+_mcp_switch("enable", "Switch an MCP server on (`codeswitch mcp enable`).")
+_mcp_switch("disable", "Switch an MCP server off (`codeswitch mcp disable`).")
+
+
+@endpoint("DELETE", "/mcp/servers/{name}")
+async def remove_mcp(c: Call) -> Any:
+    """Remove an MCP server from the list (`codeswitch mcp remove`)."""
+    from codeswitch.clients.mcp_writes import remove_server
+
+    name = c.params["name"]
+    await _mcp_op(remove_server(await _mcp_store(c), c.audit(), name))
+    return {"removed": name}
+
+
+# -- skills (on the gateway's machine: ~/.claude/skills, <home>/skills.json) ----------------
+
+class SkillInstallIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Install the skill `name` (`codeswitch skills install`) from the repository `repo`, or
+    from `source` (an archive URL, a GitHub owner/repo, or an archive or directory on the
+    gateway's machine), which is added as the repository `repo` first (`codeswitch skills
+    repos add`; removed again when the install fails). `force` replaces a folder of that name
+    that codeswitch did not install."""
+
+    name: str
+    repo: str | None = None
+    source: str | None = None
+    subdir: str = ""
+    force: bool = False
+
+
+class SkillRepoIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    source: str
+    subdir: str = ""
+    ref: str | None = None
+
+
+def _skills(c: Call) -> Any:
+    from codeswitch.clients.paths import ClientPaths
+    from codeswitch.clients.skills import SkillsManager
+
+    home = c.app.host.home
+    if home is None:
+        raise HttpError(400, "skills are kept in the gateway's data directory, and this "
+                        "gateway runs without one")
+    return SkillsManager(home, ClientPaths.discover().claude_skills)
+
+
+async def _skill_op(fn: Any, *args: Any, **kw: Any) -> Any:
+    """A SkillsManager call (file and network I/O) in a thread; its errors as 400/404/409."""
+    from codeswitch.clients._errors import ClientsError
+
+    try:
+        return await asyncio.get_running_loop().run_in_executor(None, lambda: fn(*args, **kw))
+    except ClientsError as exc:
+        text = str(exc)
+        status = (404 if text.startswith(("no skill", "no repository")) else
+                  409 if "already installed" in text or " exists " in text else
+                  502 if text.startswith("download failed") else 400)
+        raise HttpError(status, text, getattr(exc, "code", "skill_error")) from None
+    except OSError as exc:
+        raise HttpError(400, f"{type(exc).__name__}: {exc}") from None
+
+
+@endpoint("GET", "/skills")
+async def skills(c: Call) -> Any:
+    """Skills installed by codeswitch on the gateway's machine (with the repository and source
+    each came from) and the skill repositories (two built in)."""
+    mgr = _skills(c)
+
+    def read() -> dict[str, Any]:
+        installed = [{"name": name, **info, "present": (mgr.skills_dir / name).is_dir()}
+                     for name, info in sorted(mgr.installed().items())]
+        repos = [{"name": r.name, "source": r.source, "subdir": r.subdir,
+                  "builtin": r.builtin} for r in mgr.repos().values()]
+        return {"installed": installed, "repos": repos, "skills_dir": str(mgr.skills_dir)}
+    return await _skill_op(read)
+
+
+@endpoint("GET", "/skills/repos/{name}")
+async def skill_repo(c: Call) -> Any:
+    """The skills a repository offers (`codeswitch skills list --repo NAME`); a repository
+    on the network is downloaded once and cached."""
+    mgr = _skills(c)
+    name = c.params["name"]
+
+    def scan() -> dict[str, Any]:
+        from codeswitch.clients._errors import SkillError
+
+        repos = mgr.repos()
+        if name not in repos:
+            raise SkillError(f"no repository named {name!r}")
+        installed = mgr.installed()
+        return {"repo": name, "skills": [
+            {"name": s.name, "description": s.description, "error": s.error,
+             "folder": str(s.folder), "installed": s.name in installed}
+            for s in mgr.scan(repos[name])]}
+    return await _skill_op(scan)
+
+
+@endpoint("POST", "/skills/repos", body=SkillRepoIn)
+async def add_skill_repo(c: Call) -> Any:
+    """Add a skill repository (`codeswitch skills repos add`)."""
+    b: SkillRepoIn = c.body
+    mgr = _skills(c)
+    if b.name in mgr.repos():
+        raise HttpError(409, f"a repository named {b.name!r} exists", "conflict", "name")
+    repo = await _skill_op(mgr.add_repo, b.name, b.source.strip(), subdir=b.subdir,
+                           ref=b.ref or None)
+    await c.audit().record("skill_repo.added", f"skill_repo:{repo.name}", source=repo.source,
+                           subdir=repo.subdir or None, ref=b.ref or None)
+    return {"repo": {"name": repo.name, "source": repo.source, "subdir": repo.subdir,
+                     "builtin": False}}
+
+
+@endpoint("DELETE", "/skills/repos/{name}")
+async def remove_skill_repo(c: Call) -> Any:
+    """Remove an added skill repository (`codeswitch skills repos remove`; its installed
+    skills stay)."""
+    name = c.params["name"]
+    await _skill_op(_skills(c).remove_repo, name)
+    await c.audit().record("skill_repo.removed", f"skill_repo:{name}")
+    return {"removed": name}
+
+
+@endpoint("POST", "/skills", body=SkillInstallIn)
+async def install_skill(c: Call) -> Any:
+    """Install a skill into the gateway machine's ~/.claude/skills/NAME/ (`codeswitch skills
+    install`), from a repository or from a URL or directory added as one."""
+    from codeswitch.clients.skills import REPO_NAME_RE
+
+    b: SkillInstallIn = c.body
+    mgr = _skills(c)
+    if not b.name.strip():
+        raise HttpError(400, "give the skill's name (its folder, as in SKILL.md)", field="name")
+    added = None
+    if b.source and b.source.strip():
+        if not b.repo or not REPO_NAME_RE.match(b.repo):
+            raise HttpError(400, "name the repository this source is added as (letters, "
+                            "digits, '.', '_' or '-')", field="repo")
+        if b.repo in mgr.repos():
+            raise HttpError(409, f"a repository named {b.repo!r} exists: pick it instead",
+                            "conflict", "repo")
+        added = await _skill_op(mgr.add_repo, b.repo, b.source.strip(), subdir=b.subdir)
+    try:
+        info = await _skill_op(mgr.install, b.name.strip(), repo=b.repo or None, force=b.force)
+    except HttpError:
+        if added is not None:  # the source gave nothing: it is not kept as a repository
+            await _skill_op(mgr.remove_repo, added.name)
+        raise
+    audit = c.audit()
+    if added is not None:
+        await audit.record("skill_repo.added", f"skill_repo:{added.name}", source=added.source,
+                           subdir=added.subdir or None)
+    await audit.record("skill.installed", f"skill:{info.name}", repo=info.repo)
+    return {"installed": info.name, "repo": info.repo,
+            "path": str(mgr.skills_dir / info.name)}
+
+
+@endpoint("DELETE", "/skills/{name}")
+async def remove_skill(c: Call) -> Any:
+    """Remove a skill codeswitch installed (`codeswitch skills remove`)."""
+    name = c.params["name"]
+    await _skill_op(_skills(c).remove, name)
+    await c.audit().record("skill.removed", f"skill:{name}")
+    return {"removed": name}
 
 
 @endpoint("GET", "/events", access="user")

@@ -158,7 +158,10 @@ class ConsoleApp:
             else:
                 raise HttpError(404, f"no such page: {path}")
         except HttpError as exc:
-            await self._json(send, exc.status, {"error": exc.message, "code": exc.code})
+            out = {"error": exc.message, "code": exc.code}
+            if exc.field:
+                out["field"] = exc.field
+            await self._json(send, exc.status, out)
         except Exception as exc:  # never a dropped connection: a 500 with what it was
             log.exception("console %s %s", scope.get("method"), path)
             with contextlib.suppress(Exception):

@@ -22,10 +22,12 @@ PREFIX = "/admin/api"
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, message: str, code: str = "") -> None:
+    def __init__(self, status: int, message: str, code: str = "",
+                 field: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.field = field  # the input field at fault, for a form to mark
         self.code = code or {400: "bad_request", 401: "unauthenticated", 403: "forbidden",
                              404: "not_found", 409: "conflict"}.get(status, "error")
 
@@ -100,7 +102,8 @@ def openapi(version: str) -> dict[str, Any]:
             "responses": {"200": {"description": "OK", "content": {"application/json": {
                 "schema": {"$ref": _ref(ep.result.__name__)} if isinstance(ep.result, type)
                 else {"type": "object"}}}},
-                "400": {"description": "invalid input: {error, code}"},
+                "400": {"description": "invalid input: {error, code, field} (field: the "
+                        "input at fault, when known)"},
                 "401": {"description": "not signed in"},
                 "403": {"description": "not allowed (role, CSRF token, Origin)"}},
         }

@@ -27,8 +27,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import httpx
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from codeswitch.clients import archive
 from codeswitch.clients._errors import SkillError, SkillValidationError, UnsafeArchiveError
@@ -95,11 +93,11 @@ def resolve_source(source: str, ref: str | None = None) -> str:
 
 class SkillsManager:
     def __init__(self, home: Path, skills_dir: Path, *, limits: Limits | None = None,
-                 console: Console | None = None, http: httpx.Client | None = None) -> None:
+                 console: Any = None, http: httpx.Client | None = None) -> None:
         self.home = home
         self.skills_dir = skills_dir
         self.limits = limits or archive.DEFAULT_LIMITS
-        self.console = console or Console(stderr=True)
+        self.console = console  # a rich Console for a download's progress bar (None: quiet)
         self.http = http
         self.state_path = home / "skills.json"
         self.cache_dir = home / "cache" / "skills"
@@ -160,12 +158,7 @@ class SkillsManager:
                         f"{url}: archive is {length // (1024 * 1024)} MiB, over the "
                         f"{limit // (1024 * 1024)} MiB download limit")
                 got = 0
-                columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                           TransferSpeedColumn())
-                with Progress(*columns, console=self.console, transient=True) as progress, \
-                        open(dest, "wb") as fh:
-                    task = progress.add_task(f"downloading {url.rsplit('/', 1)[-1]}",
-                                             total=length)
+                with self._progress(url, length) as advance, open(dest, "wb") as fh:
                     for chunk in resp.iter_bytes(64 * 1024):
                         got += len(chunk)
                         if got > limit:
@@ -173,12 +166,36 @@ class SkillsManager:
                                 f"{url}: archive is over the {limit // (1024 * 1024)} MiB "
                                 "download limit")
                         fh.write(chunk)
-                        progress.update(task, advance=len(chunk))
+                        advance(len(chunk))
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise SkillError(f"download failed: cannot connect to {url} ({exc}): is this "
+                             "machine offline? A local directory or archive needs no "
+                             "network") from None
         except httpx.HTTPError as exc:
             raise SkillError(f"download failed: {url}: {exc}") from None
         finally:
             if self.http is None:
                 client.close()
+
+    @contextlib.contextmanager
+    def _progress(self, url: str, length: int | None) -> Any:
+        """A progress bar on ``self.console`` (rich, imported only then), else nothing."""
+        if self.console is None:
+            yield lambda n: None
+            return
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TransferSpeedColumn,
+        )
+
+        columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                   TransferSpeedColumn())
+        with Progress(*columns, console=self.console, transient=True) as progress:
+            task = progress.add_task(f"downloading {url.rsplit('/', 1)[-1]}", total=length)
+            yield lambda n: progress.update(task, advance=n)
 
     def open_repo(self, repo: Repo, *, refresh: bool = False) -> Source:
         """A validated source for ``repo``: a directory, a local archive, or a cached download.

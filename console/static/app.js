@@ -87,7 +87,7 @@ function formErrors(form, e) {
 const PAGES = [
   ["dashboard", "Dashboard", false], ["providers", "Providers", true], ["users", "Users & keys", true],
   ["keys", "My keys", false, true], ["sessions", "Sessions", false], ["requests", "Requests", false],
-  ["stats", "Statistics", false], ["alerts", "Alerts", true], ["mcp", "MCP", true], ["audit", "Audit", true],
+  ["stats", "Statistics", false], ["alerts", "Alerts", true], ["mcp", "MCP", true], ["skills", "Skills", true], ["audit", "Audit", true],
 ];
 function showSignIn() {
   state.me = null;
@@ -476,29 +476,198 @@ function heat(days) {
   return h("div", { class: "heat", role: "img", "aria-label": `daily requests heatmap, ${days.length} days with requests` }, cells);
 }
 
+// a form's error: the API's message, and the field it names ({field}) marked and focused
+function fieldError(form, e, field) {
+  $(".error", form).textContent = e.message;
+  for (const input of form.querySelectorAll("input,select,textarea")) input.removeAttribute("aria-invalid");
+  const name = field || (e.body && e.body.field);
+  const el = name && form.elements[name];
+  if (el) { el.setAttribute("aria-invalid", "true"); el.focus(); }
+}
+const DURATION = /^\s*\d+(\.\d+)?\s*[smhd]?\s*$/i;
+// what `alerts add` refuses, said before asking (the API says the same for anything else)
+function checkRule(v, percent) {
+  if (!/^[A-Za-z0-9_-]{1,64}$/.test(v.name)) return ["name", "name must be 1-64 letters, digits, '_' or '-'"];
+  const raw = String(v.threshold).trim(), pct = raw.endsWith("%"), num = Number(pct ? raw.slice(0, -1).trim() : raw);
+  if (raw === "" || !Number.isFinite(num)) return ["threshold", `threshold ${JSON.stringify(raw)} is not a number`];
+  if (percent.includes(v.metric)) {
+    if (num < 0) return ["threshold", `${v.metric} is a percentage: ${raw} is below 0 %`];
+    if (!pct && num > 0 && num <= 1) return ["threshold", `${v.metric} is a percentage: did you mean ${+(num * 100).toFixed(6)}%? Write ${+(num * 100).toFixed(6)}% (or ${num}% for ${num} %); a bare ${raw} could mean either`];
+  } else if (pct) return ["threshold", `${v.metric} is not a percentage: write a plain number, e.g. ${num}`];
+  for (const k of ["window", "cooldown"]) if (!DURATION.test(v[k])) return [k, `${k} ${JSON.stringify(v[k])} is not a duration like 90s, 5m, 1h, 2d`];
+  if (v.metric === "no_traffic" && !(Number(v.minutes) > 0)) return ["minutes", "no_traffic needs minutes > 0"];
+  return null;
+}
+function ruleForm(d, r) {
+  const c = d.choices, edit = !!r;
+  const pct = (m) => c.percent.includes(m);
+  const opt = (values, cur) => values.map((x) => h("option", { value: x, selected: cur === x }, x));
+  const thr = r ? (pct(r.metric) ? r.threshold + "%" : String(r.threshold)) : "";
+  const f = h("form", { class: "card form", id: "rule-form", novalidate: true },
+    h("label", {}, "Name", h("input", { name: "name", required: true, value: r ? r.name : "", readonly: edit })),
+    h("label", {}, "Metric", h("select", { name: "metric" }, Object.entries(c.metrics).map(([m, unit]) => h("option", { value: m, selected: r ? r.metric === m : m === "error_rate", title: unit }, m)))),
+    h("label", {}, "Comparison", h("select", { name: "comparison" }, opt(c.comparisons, r ? r.comparison : ">"))),
+    h("label", { id: "threshold-label" }, "Threshold", h("input", { name: "threshold", value: thr, placeholder: "20%" })),
+    h("label", {}, "Scope (all, provider:X, model:X…)", h("input", { name: "scope", value: r ? r.scope : "all" })),
+    h("label", {}, "Window", h("input", { name: "window", value: r ? r.window_s + "s" : "5m" })),
+    h("label", {}, "Minutes of silence (no_traffic)", h("input", { name: "minutes", type: "number", min: 0, step: "any", value: r ? r.minutes : 0 })),
+    h("label", {}, "Min samples", h("input", { name: "min_samples", type: "number", min: 1, value: r ? r.min_samples : 1 })),
+    h("label", {}, "Severity", h("select", { name: "severity" }, opt(c.severities, r ? r.severity : "warning"))),
+    h("label", {}, "Cool-down", h("input", { name: "cooldown", value: r ? r.cooldown_s + "s" : "10m" })),
+    h("label", {}, h("span", {}, h("input", { name: "remind", type: "checkbox", checked: r ? r.remind : true }), " remind while firing")),
+    h("label", {}, h("span", {}, h("input", { name: "enabled", type: "checkbox", checked: r ? r.enabled : true }), " enabled")),
+    h("label", { style: "grid-column: 1 / -1" }, `Webhooks, one per line: [${c.channel_formats.join("|")}=]URL, env:NAME or a JSON object` + (edit ? " — empty keeps the current " + r.channels.length : ""),
+      h("textarea", { name: "channels", rows: 2, placeholder: edit ? r.channels.join("\n") : "slack=https://hooks.slack.com/services/…" })),
+    h("label", { style: "grid-column: 1 / -1" }, "Description (sent with notifications)", h("input", { name: "description", value: r ? r.description : "" })),
+    h("div", { class: "actions" }, h("button", { type: "submit" }, edit ? "Save " + r.name : "Add rule"),
+      edit ? h("button", { type: "button", class: "ghost", onclick: () => route() }, "Cancel") : null),
+    h("p", { class: "error", role: "alert" }));
+  const unit = () => { const m = f.elements.metric.value; $("#threshold-label", f).firstChild.textContent = `Threshold (${c.metrics[m]})`; f.elements.threshold.placeholder = pct(m) ? "20%" : "0"; };
+  f.elements.metric.addEventListener("change", unit); unit();
+  f.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const v = Object.fromEntries(new FormData(f));
+    const bad = checkRule(v, c.percent);
+    if (bad) return fieldError(f, { message: bad[1] }, bad[0]);
+    const lines = String(v.channels || "").split("\n").map((x) => x.trim()).filter(Boolean);
+    const body = { name: v.name, metric: v.metric, threshold: v.threshold, comparison: v.comparison, scope: v.scope.trim() || "all",
+      window: v.window, severity: v.severity, cooldown: v.cooldown, remind: f.elements.remind.checked, enabled: f.elements.enabled.checked,
+      minutes: Number(v.minutes || 0), min_samples: parseInt(v.min_samples || "1", 10), description: v.description,
+      channels: edit && !lines.length ? null : lines };
+    try {
+      const out = await api(edit ? "PUT" : "POST", edit ? `/alerts/rules/${encodeURIComponent(r.name)}` : "/alerts/rules", body);
+      toast(`rule ${out.rule.name} saved`);
+      route();
+    } catch (e) { fieldError(f, e); }
+  });
+  return f;
+}
+function condition(r, percent) {
+  if (r.metric === "no_traffic") return `no request for ${r.minutes} min`;
+  return `${r.metric} ${r.comparison} ${r.threshold}${percent.includes(r.metric) ? "%" : ""}` + (r.scope !== "all" ? ` (${r.scope})` : "");
+}
 RENDER.alerts = async (view) => {
   const d = await api("GET", "/alerts");
   const st = {};
   for (const s of d.states) st[s.rule] = s;
-  view.replaceChildren(h("h1", {}, "Alerts"),
-    h("div", { class: "card" }, h("h2", {}, "Rules"), table(["rule", "condition", "window", "severity", "channels", "state"], d.rules, (r) => h("tr", {},
-      h("td", {}, h("strong", {}, r.name), r.description ? h("div", { class: "muted" }, r.description) : null), h("td", { class: "mono" }, `${r.metric} ${r.comparison} ${r.threshold}` + (r.scope !== "all" ? ` (${r.scope})` : "")),
+  const form = ruleForm(d, null);
+  const result = h("div", { id: "rule-test-result", "aria-live": "polite" });
+  const test = async (ev, r) => {
+    const out = await act(ev.target, () => api("POST", `/alerts/rules/${encodeURIComponent(r.name)}/test`));
+    if (!out) return;
+    result.replaceChildren(h("div", { class: "card", style: "margin-bottom:12px" }, h("h2", {}, `Test of ${r.name}: ${out.ok ? "sent" : "failed"}`),
+      h("ul", { class: "plain" }, out.channels.map((x) => h("li", { "data-channel": x.channel }, chip(x.sent ? "sent" : "failed", x.sent ? "ok" : "bad"), " ", x.channel, " · ", h("span", { class: "muted" }, x.detail))))));
+  };
+  view.replaceChildren(h("h1", {}, "Alerts"), result,
+    h("div", { class: "card" }, h("h2", {}, "Rules"), table(["rule", "condition", "window", "severity", "channels", "state", ""], d.rules, (r) => h("tr", { "data-rule": r.name },
+      h("td", {}, h("strong", {}, r.name), r.description ? h("div", { class: "muted" }, r.description) : null), h("td", { class: "mono" }, condition(r, d.choices.percent)),
       h("td", {}, r.window_s + " s"), h("td", {}, r.severity), h("td", {}, r.channels.join(", ") || "–"),
-      h("td", {}, st[r.name] && st[r.name].firing ? chip("firing", "bad") : chip(r.enabled ? "ok" : "disabled", r.enabled ? "ok" : "warn"))))),
+      h("td", {}, st[r.name] && st[r.name].firing ? chip("firing", "bad") : chip(r.enabled ? "ok" : "disabled", r.enabled ? "ok" : "warn")),
+      h("td", {}, h("div", { class: "actions" },
+        h("button", { class: "ghost", type: "button", disabled: !r.channels.length, title: r.channels.length ? "send a test notification" : "no channels", onclick: (ev) => test(ev, r) }, "Test"),
+        h("button", { class: "ghost", type: "button", onclick: () => { $("#rule-form", view).replaceWith(ruleForm(d, r)); $("#rule-form [name=threshold]").focus(); } }, "Edit"),
+        h("button", { class: "danger", type: "button", onclick: (ev) => confirm(`Remove rule ${r.name}?`) && act(ev.target, () => api("DELETE", `/alerts/rules/${encodeURIComponent(r.name)}`), `rule ${r.name} removed`).then(route) }, "Remove")))))),
+    h("h2", { style: "margin-top:16px" }, "Add or edit a rule"), form,
     h("div", { class: "card", style: "margin-top:12px" }, h("h2", {}, "History"), table(["time", "rule", "kind", "severity", "value#"], d.history, (x) => h("tr", {},
-      h("td", {}, fmt.time(x.ts)), h("td", {}, x.rule), h("td", {}, x.kind), h("td", {}, x.severity || "–"), h("td", { class: "num" }, x.value === null || x.value === undefined ? "–" : Number(x.value).toFixed(3))))),
-    h("p", { class: "muted" }, "Rules are added and tested with `codeswitch alerts add|test` for now."));
-  on(view, (kind) => { if (kind === "alert") route(); });
+      h("td", {}, fmt.time(x.ts)), h("td", {}, x.rule), h("td", {}, x.kind), h("td", {}, x.severity || "–"), h("td", { class: "num" }, x.value === null || x.value === undefined ? "–" : Number(x.value).toFixed(3))))));
+  // a rule changed elsewhere shows; a form being filled in is not wiped by it
+  on(view, (kind, e) => { if (kind === "alert" || (kind === "admin" && /^rule\.(added|updated|removed)$/.test(e.action) && !$("#rule-form", view).contains(document.activeElement))) route(); });
 };
 
 RENDER.mcp = async (view) => {
   const d = await api("GET", "/mcp");
+  const f = h("form", { class: "card form", id: "mcp-form", novalidate: true },
+    h("label", {}, "Name", h("input", { name: "name", required: true })),
+    h("label", {}, "Transport", h("select", { name: "transport" }, ["stdio", "http", "sse"].map((x) => h("option", { value: x }, x)))),
+    h("label", { "data-for": "stdio" }, "Command (stdio)", h("input", { name: "command", placeholder: "npx -y @modelcontextprotocol/server-filesystem /srv" })),
+    h("label", { "data-for": "stdio" }, "Environment, KEY=VALUE per line", h("textarea", { name: "env", rows: 1 })),
+    h("label", { "data-for": "http" }, "URL (http/sse)", h("input", { name: "url", type: "url", placeholder: "https://mcp.example.com/mcp" })),
+    h("label", { "data-for": "http" }, "Headers, Name: value per line", h("textarea", { name: "headers", rows: 1 })),
+    h("label", {}, h("span", {}, h("input", { name: "enabled", type: "checkbox", checked: true }), " enabled")),
+    h("label", {}, h("span", {}, h("input", { name: "replace", type: "checkbox" }), " replace one of that name")),
+    h("div", {}, h("button", { type: "submit" }, "Add server")), h("p", { class: "error", role: "alert" }));
+  const shown = () => { const http = f.elements.transport.value !== "stdio"; for (const l of f.querySelectorAll("[data-for]")) l.hidden = (l.dataset.for === "http") !== http; };
+  f.elements.transport.addEventListener("change", shown); shown();
+  f.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const v = Object.fromEntries(new FormData(f));
+    const lines = (x) => String(x || "").split("\n").map((s) => s.trim()).filter(Boolean);
+    if (!/^[A-Za-z0-9_-]{1,64}$/.test(v.name)) return fieldError(f, { message: "name must be 1-64 letters, digits, '-' or '_'" }, "name");
+    const http = v.transport !== "stdio";
+    if (http && !/^https?:\/\//.test(v.url)) return fieldError(f, { message: `an ${v.transport} server needs an http(s) URL` }, "url");
+    if (!http && !v.command.trim()) return fieldError(f, { message: "a stdio server needs a command" }, "command");
+    const body = { name: v.name, transport: v.transport, enabled: f.elements.enabled.checked, replace: f.elements.replace.checked,
+      ...(http ? { url: v.url, headers: lines(v.headers) } : { command: v.command, env: lines(v.env) }) };
+    try { const out = await api("POST", "/mcp/servers", body); toast(`${out.server.name} ${out.action === "mcp.updated" ? "replaced" : "added"}`); route(); } catch (e) { fieldError(f, e); }
+  });
   view.replaceChildren(h("h1", {}, "MCP servers"),
-    h("div", { class: "card" }, table(["name", "transport", "endpoint", "headers / env", "state"], d.servers, (m) => h("tr", { "data-mcp": m.name },
+    h("div", { class: "card" }, table(["name", "transport", "endpoint", "headers / env", "state", ""], d.servers, (m) => h("tr", { "data-mcp": m.name },
       h("td", {}, h("strong", {}, m.name)), h("td", {}, m.transport), h("td", { class: "mono" }, m.url || [m.command, ...(m.args || [])].join(" ")),
-      h("td", { class: "muted" }, [...m.headers, ...m.env].join(", ") || "–"), h("td", {}, chip(m.enabled ? "enabled" : "disabled", m.enabled ? "ok" : "warn"))))),
-    h("p", { class: "muted" }, "Added, enabled and synced into Claude Code, Codex and Gemini CLI with `codeswitch mcp`; Skills live in each machine's client directories (`codeswitch skills`)."));
-  on(view, (kind, e) => { if (kind === "admin" && e.action.startsWith("mcp.")) route(); });
+      h("td", { class: "muted" }, [...m.headers, ...m.env].join(", ") || "–"), h("td", {}, chip(m.enabled ? "enabled" : "disabled", m.enabled ? "ok" : "warn")),
+      h("td", {}, h("div", { class: "actions" },
+        h("button", { class: "ghost", type: "button", onclick: (ev) => act(ev.target, () => api("POST", `/mcp/servers/${encodeURIComponent(m.name)}/${m.enabled ? "disable" : "enable"}`), `${m.name} ${m.enabled ? "disabled" : "enabled"}`).then(route) }, m.enabled ? "Disable" : "Enable"),
+        h("button", { class: "danger", type: "button", onclick: (ev) => confirm(`Remove MCP server ${m.name}?`) && act(ev.target, () => api("DELETE", `/mcp/servers/${encodeURIComponent(m.name)}`), `${m.name} removed`).then(route) }, "Remove")))))),
+    h("h2", { style: "margin-top:16px" }, "Add a server"), f,
+    h("p", { class: "muted" }, "One list for every machine, kept in NATS. Each machine writes it into Claude Code and Codex with `codeswitch mcp sync` (header and env values are stored, never shown)."));
+  on(view, (kind, e) => { if (kind === "admin" && e.action.startsWith("mcp.") && !f.contains(document.activeElement)) route(); });
+};
+
+RENDER.skills = async (view) => {
+  const d = await api("GET", "/skills");
+  const browse = h("div", { id: "skill-browse" });
+  const f = h("form", { class: "card form", id: "skill-form", novalidate: true },
+    h("label", {}, "Skill name", h("input", { name: "name", required: true, placeholder: "pdf" })),
+    h("label", {}, "From", h("select", { name: "from" }, d.repos.map((r) => h("option", { value: r.name }, r.name + (r.builtin ? " (built in)" : ""))), h("option", { value: "" }, "a URL or directory…"))),
+    h("label", { "data-source": true }, "URL, GitHub owner/repo, archive or directory", h("input", { name: "source", placeholder: "/srv/skills or https://…/main.zip" })),
+    h("label", { "data-source": true }, "Folder holding the skills", h("input", { name: "subdir", placeholder: "skills" })),
+    h("label", { "data-source": true }, "Keep it as repository", h("input", { name: "repo", placeholder: "my-skills" })),
+    h("label", {}, h("span", {}, h("input", { name: "force", type: "checkbox" }), " replace a folder not installed by codeswitch")),
+    h("div", {}, h("button", { type: "submit" }, "Install")), h("p", { class: "error", role: "alert" }));
+  const shown = () => { for (const l of f.querySelectorAll("[data-source]")) l.hidden = f.elements.from.value !== ""; };
+  f.elements.from.addEventListener("change", shown); shown();
+  f.elements.source.addEventListener("input", () => {
+    const base = f.elements.source.value.replace(/[\/]+$/, "").split(/[\/]/).pop().replace(/\.(zip|tar\.gz|tgz|tar)$/, "").replace(/[^A-Za-z0-9_.-]/g, "-").slice(0, 64);
+    if (!f.elements.repo.dataset.touched) f.elements.repo.value = base;
+  });
+  f.elements.repo.addEventListener("input", () => { f.elements.repo.dataset.touched = "1"; });
+  f.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const v = Object.fromEntries(new FormData(f));
+    if (!v.name.trim()) return fieldError(f, { message: "give the skill's name (its folder, as in SKILL.md)" }, "name");
+    const body = { name: v.name.trim(), force: f.elements.force.checked };
+    if (v.from) body.repo = v.from;
+    else {
+      if (!v.source.trim()) return fieldError(f, { message: "give a URL, a GitHub owner/repo, an archive or a directory" }, "source");
+      Object.assign(body, { source: v.source.trim(), subdir: v.subdir.trim(), repo: v.repo.trim() });
+    }
+    const button = $("button[type=submit]", f);
+    button.disabled = true; $(".error", f).textContent = "installing…";
+    try { const out = await api("POST", "/skills", body); toast(`${out.installed} installed from ${out.repo}`); route(); }
+    catch (e) { fieldError(f, e, e.body && e.body.field ? null : (v.from ? "from" : "source")); }
+    finally { button.disabled = false; }
+  });
+  const look = async (ev, r) => {
+    browse.replaceChildren(h("p", { class: "muted" }, `reading ${r.name}…`));
+    try {
+      const out = await api("GET", `/skills/repos/${encodeURIComponent(r.name)}`);
+      browse.replaceChildren(h("div", { class: "card", style: "margin-top:12px" }, h("h2", {}, `In ${r.name}`), table(["skill", "description", ""], out.skills, (s) => h("tr", { "data-offer": s.name },
+        h("td", {}, h("strong", {}, s.name)), h("td", { class: s.error ? "error" : "" }, s.error ? "invalid: " + s.error : s.description),
+        h("td", {}, s.installed ? chip("installed", "ok") : s.error ? null : h("button", { class: "ghost", type: "button", onclick: (e2) => act(e2.target, () => api("POST", "/skills", { name: s.name, repo: r.name }), `${s.name} installed`).then(route) }, "Install"))))));
+    } catch (e) { browse.replaceChildren(h("p", { class: "error", role: "alert" }, e.message)); }
+  };
+  view.replaceChildren(h("h1", {}, "Skills"),
+    h("p", { class: "muted" }, "Claude Code skills installed by codeswitch on the gateway's machine, in ", h("span", { class: "mono" }, d.skills_dir), "."),
+    h("div", { class: "card" }, h("h2", {}, "Installed"), table(["skill", "repository", "source", "files#", "installed", ""], d.installed, (s) => h("tr", { "data-skill": s.name },
+      h("td", {}, h("strong", {}, s.name), s.present ? null : h("div", { class: "error" }, "folder missing")), h("td", {}, s.repo), h("td", { class: "mono" }, s.source + (s.folder && s.folder !== "." ? " · " + s.folder : "")),
+      h("td", { class: "num" }, fmt.n(s.files)), h("td", {}, s.installed_at ? fmt.time(Date.parse(s.installed_at) / 1000) : "–"),
+      h("td", {}, h("button", { class: "danger", type: "button", onclick: (ev) => confirm(`Remove skill ${s.name}?`) && act(ev.target, () => api("DELETE", `/skills/${encodeURIComponent(s.name)}`), `${s.name} removed`).then(route) }, "Remove"))))),
+    h("h2", { style: "margin-top:16px" }, "Install a skill"), f,
+    h("div", { class: "card", style: "margin-top:12px" }, h("h2", {}, "Repositories"), table(["name", "source", "folder", "kind", ""], d.repos, (r) => h("tr", { "data-repo": r.name },
+      h("td", {}, h("strong", {}, r.name)), h("td", { class: "mono" }, r.source), h("td", {}, r.subdir || "/"), h("td", {}, r.builtin ? "built in" : "added"),
+      h("td", {}, h("div", { class: "actions" }, h("button", { class: "ghost", type: "button", onclick: (ev) => look(ev, r) }, "Browse"),
+        r.builtin ? null : h("button", { class: "danger", type: "button", onclick: (ev) => confirm(`Remove repository ${r.name}? Its installed skills stay.`) && act(ev.target, () => api("DELETE", `/skills/repos/${encodeURIComponent(r.name)}`), `repository ${r.name} removed`).then(route) }, "Remove")))))),
+    browse);
+  on(view, (kind, e) => { if (kind === "admin" && /^skill(_repo)?\./.test(e.action) && !f.contains(document.activeElement)) route(); });
 };
 
 RENDER.audit = async (view) => {

@@ -660,10 +660,18 @@ async def alerts(c: Call) -> Any:
             found.append(_rule_view(msgspec.json.decode(raw, type=r.Rule)))
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
             continue
-    states, history = await asyncio.gather(_alert_states(c), _ledger(c, "alerts",
-                                                                     {"limit": 100}))
+    from codeswitch.reads import LedgerError, LedgerUnavailableError
+
+    async def history() -> Any:  # the rules are in KV: shown even when the ledger is away
+        try:
+            return await _ledger(c, "alerts", {"limit": 100})
+        except (LedgerError, LedgerUnavailableError) as exc:
+            return {"error": str(exc)}
+
+    states, past = await asyncio.gather(_alert_states(c), history())
     return {"rules": sorted(found, key=lambda x: x["name"]), "states": states,
-            "history": history,
+            "history": past if isinstance(past, list) else [],
+            "history_error": None if isinstance(past, list) else past["error"],
             "choices": {"metrics": r.METRICS, "percent": sorted(r.PERCENT_METRICS),
                         "comparisons": list(r.COMPARISONS), "severities": list(r.SEVERITIES),
                         "scope_kinds": list(r.SCOPE_KINDS),

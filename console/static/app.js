@@ -568,7 +568,7 @@ RENDER.alerts = async (view) => {
         h("button", { class: "ghost", type: "button", onclick: () => { $("#rule-form", view).replaceWith(ruleForm(d, r)); $("#rule-form [name=threshold]").focus(); } }, "Edit"),
         h("button", { class: "danger", type: "button", onclick: (ev) => confirm(`Remove rule ${r.name}?`) && act(ev.target, () => api("DELETE", `/alerts/rules/${encodeURIComponent(r.name)}`), `rule ${r.name} removed`).then(route) }, "Remove")))))),
     h("h2", { style: "margin-top:16px" }, "Add or edit a rule"), form,
-    h("div", { class: "card", style: "margin-top:12px" }, h("h2", {}, "History"), table(["time", "rule", "kind", "severity", "value#"], d.history, (x) => h("tr", {},
+    h("div", { class: "card", style: "margin-top:12px" }, h("h2", {}, "History"), d.history_error ? h("p", { class: "muted" }, "not available: " + d.history_error) : null, table(["time", "rule", "kind", "severity", "value#"], d.history, (x) => h("tr", {},
       h("td", {}, fmt.time(x.ts)), h("td", {}, x.rule), h("td", {}, x.kind), h("td", {}, x.severity || "–"), h("td", { class: "num" }, x.value === null || x.value === undefined ? "–" : Number(x.value).toFixed(3))))));
   // a rule changed elsewhere shows; a form being filled in is not wiped by it
   on(view, (kind, e) => { if (kind === "alert" || (kind === "admin" && /^rule\.(added|updated|removed)$/.test(e.action) && !$("#rule-form", view).contains(document.activeElement))) route(); });

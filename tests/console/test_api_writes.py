@@ -19,6 +19,7 @@ from codeswitch.clients.mcp_store import McpStore
 from runtime import names
 from tests.alerts.conftest import Receiver
 from tests.console.conftest import World, wait_for
+from tests.console.test_api import _key_for
 
 API = "/admin/api"
 
@@ -221,3 +222,13 @@ def test_writes_are_admin_only_and_need_csrf(world: World) -> None:
     assert {"RuleIn", "McpIn", "SkillInstallIn", "SkillRepoIn"} <= set(
         doc["components"]["schemas"])
     assert doc["paths"]["/admin/api/alerts/rules"]["post"]["x-access"] == "admin"
+    # a non-admin's key reaches none of them (this ends open mode: the module's last test)
+    _, secret = _key_for(world, "bob", "user")
+    with world.client(headers={"authorization": f"Bearer {secret}"}) as c:
+        for method, path in (("GET", "/alerts"), ("POST", "/alerts/rules"),
+                             ("PUT", "/alerts/rules/x"), ("POST", "/alerts/rules/x/test"),
+                             ("GET", "/mcp"), ("POST", "/mcp/servers"),
+                             ("DELETE", "/mcp/servers/x"), ("GET", "/skills"),
+                             ("POST", "/skills"), ("DELETE", "/skills/repos/x")):
+            r = c.request(method, f"{API}{path}", json={})
+            assert r.status_code == 403 and r.json()["code"] == "admin_only", (path, r.text)

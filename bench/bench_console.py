@@ -193,10 +193,12 @@ def load(requests: int, runs: int, browser: bool, keep: Path | None = None) -> N
     since7 = time.time() - 7 * 86400
     pages = {
         "dashboard": [("/admin/api/dashboard", {"tz_offset_s": tz})],
+        # what app.js asks (statsQuery): only the metrics the page shows
         "stats": [("/admin/api/stats", {"since": since7, "bucket": "hour", "by": "provider",
-                                        "tz_offset_s": tz}),
+                                        "tz_offset_s": tz, "fields": "total_tokens,cost,"
+                                        "last_ts,p50_latency_ms,p95_ttfb_ms"}),
                   ("/admin/api/heatmap", {"since": time.time() - 365 * 86400,
-                                          "tz_offset_s": tz})],
+                                          "tz_offset_s": tz, "fields": "cost"})],
     }
     try:
         with httpx.Client(base_url=url, timeout=60) as c:
@@ -252,6 +254,14 @@ def _browser(url: str, pages: dict[str, Any], runs: int) -> None:
                     f"performance.getEntriesByName('cs-ready-{name}')[0].startTime"))
             print(f"Chromium {name:<10} median {statistics.median(times):6.0f} ms  max "
                   f"{max(times):6.0f} ms  (navigation start to the page's data drawn)")
+            # where the last run's time went: each file and API call, from the navigation
+            for e in page.evaluate("""() => [...performance.getEntriesByType('navigation'),
+                    ...performance.getEntriesByType('resource')].map(e => [
+                    e.name.replace(location.origin, '').split('?')[0].slice(0, 40),
+                    e.startTime, e.requestStart, e.responseStart, e.responseEnd,
+                    e.transferSize])"""):
+                print(f"    {e[0]:<40} start {e[1]:6.0f}  asked {e[2]:6.0f}  first byte "
+                      f"{e[3]:6.0f}  done {e[4]:6.0f} ms  {e[5]:>8,} B")
         b.close()
 
 

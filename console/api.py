@@ -108,6 +108,16 @@ class StatsQuery(msgspec.Struct, kw_only=True):
     bucket: Literal["minute", "hour", "day"] = "hour"
     by: Literal["provider", "model", "user", "key", "dialect", "client", "route"] = "provider"
     tz_offset_s: int = 0
+    # comma-separated metrics (requests and errors always come; `/stats`: latency quantiles
+    # for the totals only, first_ts/last_ts not per bucket): only those are computed and sent
+    # (the statistics page asks for what it shows); empty: every one
+    fields: str = ""
+
+
+def _fields(q: StatsQuery, drop: tuple[str, ...] = ()) -> list[str] | None:
+    if not q.fields:
+        return None
+    return [f for f in (x.strip() for x in q.fields.split(",")) if f and not f.startswith(drop)]
 
 
 class AuditQuery(msgspec.Struct, kw_only=True):
@@ -255,9 +265,9 @@ async def dashboard(c: Call) -> Any:
     jobs: dict[str, Any] = {
         # light: no latency quantiles (most of a query's time; the dashboard shows none)
         "today": _ledger(c, "overview", {**base, "since": _today(q.tz_offset_s, now),
-                                         "light": True}),
+                                         "fields": ["total_tokens", "cost"]}),
         "minutes": _ledger(c, "series", {**base, "since": (now - MINUTE_WINDOW_S) // 60 * 60,
-                                         "bucket": "minute", "light": True}),
+                                         "bucket": "minute", "fields": []}),
         "recent": _ledger(c, "log", {"user": own, "limit": 15}),
     }
     if own is None:
@@ -620,9 +630,11 @@ async def stats(c: Call) -> Any:
     base = {"since": q.since, "until": q.until, "user": c.only_own(),
             "tz_offset_s": q.tz_offset_s}
     overview, series, breakdown = await asyncio.gather(
-        _ledger(c, "overview", base),
-        _ledger(c, "series", {**base, "bucket": q.bucket, "light": True}),  # the charts
-        _ledger(c, "breakdown", {**base, "by": q.by, "limit": 20, "light": True}))
+        _ledger(c, "overview", {**base, "fields": _fields(q)}),
+        _ledger(c, "series", {**base, "bucket": q.bucket, "light": True,  # the charts
+                              "fields": _fields(q, ("p50_", "p95_", "first_ts", "last_ts"))}),
+        _ledger(c, "breakdown", {**base, "by": q.by, "limit": 20, "light": True,
+                                 "fields": _fields(q, ("p50_", "p95_"))}))
     return {"overview": overview, "series": series, "breakdown": breakdown,
             "labels": _labels(c)}
 
@@ -633,7 +645,9 @@ async def heatmap(c: Call) -> Any:
     q: StatsQuery = c.query
     return {"days": await _ledger(c, "heatmap", {
         "since": q.since, "until": q.until, "user": c.only_own(),
-        "tz_offset_s": q.tz_offset_s})}
+        "tz_offset_s": q.tz_offset_s,
+        "fields": [f for f in _fields(q) or [] if f in ("errors", "total_tokens", "cost")]
+        if q.fields else None})}
 
 
 @endpoint("GET", "/audit", query=AuditQuery)

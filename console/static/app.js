@@ -429,8 +429,9 @@ function statsQuery() {
   const since = Date.now() / 1000 - range * 86400;
   const bucket = range <= 7 ? "hour" : "day";
   return { params, range, since, bucket,
-    stats: { since, bucket, by: params.by || "provider", tz_offset_s: tz },
-    heatmap: { since: Date.now() / 1000 - 365 * 86400, tz_offset_s: tz } };
+    // only what the page shows: fewer columns to aggregate and to send (docs/console.md)
+    stats: { since, bucket, by: params.by || "provider", tz_offset_s: tz, fields: "total_tokens,cost,last_ts,p50_latency_ms,p95_ttfb_ms" },
+    heatmap: { since: Date.now() / 1000 - 365 * 86400, tz_offset_s: tz, fields: "cost" } };
 }
 RENDER.stats = async (view) => {
   const sq = statsQuery();

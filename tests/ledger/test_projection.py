@@ -95,6 +95,27 @@ def test_queries_over_the_recorded_sequence(basic: Store) -> None:
     assert [h["requests"] for h in queries.series(con, f, "hour", light=True)] == [2, 2, 1]
     light_users = {r["key"]: r for r in queries.breakdown(con, f, "user", light=True)}
     assert light_users["alice"]["requests"] == 3 and light_users["alice"]["p95_ttfb_ms"] is None
+    # fields (what a console page shows): only those, the same values as the full query
+    part = queries.overview(con, f, fields=["cost", "p50_latency_ms", "p95_ttfb_ms"])
+    assert set(part) == {"requests", "errors", "error_rate", "cost", "p50_latency_ms",
+                         "p95_ttfb_ms"}
+    assert (part["requests"], part["cost"], part["p50_latency_ms"], part["p95_ttfb_ms"]) == (
+        o["requests"], o["cost"], o["p50_latency_ms"], o["p95_ttfb_ms"])
+    hours_part = queries.series(con, f, "hour", fields=["cost"])
+    assert [(h["t"], h["requests"], h["errors"], h["cost"]) for h in hours_part] == [
+        (h["t"], h["requests"], h["errors"], h["cost"]) for h in hours]
+    assert set(hours_part[0]) == {"t", "requests", "errors", "error_rate", "cost"}
+    users_part = queries.breakdown(con, f, "user", fields=["total_tokens", "last_ts"])
+    assert [(r["key"], r["total_tokens"], r["last_ts"]) for r in users_part] == [
+        (r["key"], r["total_tokens"], r["last_ts"])
+        for r in queries.breakdown(con, f, "user")]
+    assert queries.heatmap(con, f, fields=["cost"]) == [
+        {k: d[k] for k in ("day", "weekday", "requests", "cost")} for d in heat]
+    for bad in (["nope"], "cost", [1]):
+        with pytest.raises(queries.QueryError):
+            queries.overview(con, f, fields=bad)  # type: ignore[arg-type]
+    with pytest.raises(queries.QueryError):
+        queries.heatmap(con, f, fields=["p50_latency_ms"])
     minutes = queries.series(con, f, "minute")
     assert sum(m["requests"] for m in minutes) == 5 and all(m["t"] % 60 == 0 for m in minutes)
     log = queries.request_log(con, queries.Filter(status="error"))

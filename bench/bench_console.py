@@ -254,7 +254,9 @@ def _browser(url: str, pages: dict[str, Any], runs: int) -> None:
                     f"performance.getEntriesByName('cs-ready-{name}')[0].startTime"))
             print(f"Chromium {name:<10} median {statistics.median(times):6.0f} ms  max "
                   f"{max(times):6.0f} ms  (navigation start to the page's data drawn)")
-            # where the last run's time went: each file and API call, from the navigation
+            # where the last run's time went (drawn at times[-1]): each file and API call,
+            # from the navigation
+            print(f"    last run: drawn at {times[-1]:.0f} ms")
             for e in page.evaluate("""() => [...performance.getEntriesByType('navigation'),
                     ...performance.getEntriesByType('resource')].map(e => [
                     e.name.replace(location.origin, '').split('?')[0].slice(0, 40),

@@ -3,10 +3,9 @@
 // HTML), charts by uPlot (vendored), live updates by EventSource on /admin/api/events.
 "use strict";
 
-const API = "/admin/api";
+// API, tz, statsQuery() and the early requests (EARLY) are early.js's, read first
 const state = { me: null, csrf: null, page: null, onEvent: null, es: null, charts: [] };
 const $ = (sel, root) => (root || document).querySelector(sel);
-const tz = -new Date().getTimezoneOffset() * 60;
 
 // -- DOM ---------------------------------------------------------------------------------
 function h(tag, attrs, ...kids) {
@@ -52,7 +51,7 @@ function toast(msg, bad) {
 
 // -- API ---------------------------------------------------------------------------------
 class ApiError extends Error { constructor(status, body) { super(body.error || "HTTP " + status); this.status = status; this.body = body; } }
-async function api(method, path, body, params) {
+async function api(method, path, body, params, pending) {
   const url = new URL(API + path, location.origin);
   for (const [k, v] of Object.entries(params || {})) if (v !== "" && v !== null && v !== undefined) url.searchParams.set(k, v);
   const headers = { accept: "application/json" };
@@ -60,7 +59,7 @@ async function api(method, path, body, params) {
   if (body !== undefined) headers["content-type"] = "application/json";
   let r;
   try {
-    r = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), credentials: "same-origin" });
+    r = await (pending || fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), credentials: "same-origin" }));
   } catch (e) {
     throw new ApiError(0, { error: "the gateway does not answer (restarting?)" });
   }
@@ -91,23 +90,22 @@ const PAGES = [
 ];
 function showSignIn() {
   state.me = null;
+  EARLY.clear(); // asked before signing in: refused, stale after it
   if (state.es) { state.es.close(); state.es = null; }
   $("#view").hidden = true; $("#nav").replaceChildren(); $("#signout").hidden = true; $("#me").textContent = "";
   $("#signin").hidden = false;
   setLive(false);
 }
-// The first page's data is asked for at once, beside /me (not after it): one round trip less
-// on opening the console. A render takes its answer (fetchOr) or asks itself.
-const EARLY = new Map();
-function early(path, params) { const p = api("GET", path, undefined, params); p.catch(() => {}); EARLY.set(path, p); }
+// The first page's data and /me were asked for by early.js before this file was read: a
+// render takes that answer (fetchOr) or asks itself.
 function fetchOr(path, params) {
   const p = EARLY.get(path);
-  if (p) { EARLY.delete(path); return p; }
+  if (p) { EARLY.delete(path); return api("GET", path, undefined, params, p); }
   return api("GET", path, undefined, params);
 }
 async function start() {
   try {
-    const me = await api("GET", "/me");
+    const me = await fetchOr("/me");
     state.me = me; state.csrf = me.csrf;
   } catch (e) {
     if (e.status === 401) { showSignIn(); return; }
@@ -423,16 +421,6 @@ RENDER.requests = async (view) => {
   on(view, (kind, e) => { if (kind === "request" && !filtered) { body.prepend(row(e, true)); while (body.children.length > 200) body.lastChild.remove(); } });
 };
 
-function statsQuery() {
-  const params = Object.fromEntries(new URLSearchParams(sessionStorage.getItem("cs-stats") || "range=7&by=provider"));
-  const range = Number(params.range || 7);
-  const since = Date.now() / 1000 - range * 86400;
-  const bucket = range <= 7 ? "hour" : "day";
-  return { params, range, since, bucket,
-    // only what the page shows: fewer columns to aggregate and to send (docs/console.md)
-    stats: { since, bucket, by: params.by || "provider", tz_offset_s: tz, fields: "total_tokens,cost,last_ts,p50_latency_ms,p95_ttfb_ms" },
-    heatmap: { since: Date.now() / 1000 - 365 * 86400, tz_offset_s: tz, fields: "cost" } };
-}
 RENDER.stats = async (view) => {
   const sq = statsQuery();
   const { params, range, since, bucket } = sq;
@@ -701,9 +689,4 @@ $("#theme").addEventListener("click", () => {
   if (state.page) route();
 });
 window.addEventListener("hashchange", route);
-{
-  const first = (location.hash.replace(/^#\/?/, "").split("/")[0]) || "dashboard";
-  if (first === "dashboard") early("/dashboard", { tz_offset_s: tz });
-  if (first === "stats") { const sq = statsQuery(); early("/stats", sq.stats); early("/heatmap", sq.heatmap); }
-}
 start();

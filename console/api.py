@@ -838,12 +838,13 @@ async def _mcp_op(fn: Any) -> Any:
     except McpError as exc:
         text = str(exc)
         status = 409 if "exists" in text else 400
-        field = next((f for f, words in (("name", ("name", "exists")),
-                                         ("command", ("command", "args")),
-                                         ("url", ("url",)), ("env", ("--env", "env")),
-                                         ("headers", ("--header", "headers")),
-                                         ("transport", ("transport",)))
-                      if any(w in text for w in words)), None)
+        # McpServer.check's and parse_pairs's messages, by the words after the server's name
+        field = next((f for f, words in (
+            ("name", ("invalid server name", " exists")),
+            ("env", ("--env ",)), ("headers", ("--header ",)),
+            ("command", ("needs a command", "command, args and env")),
+            ("url", ("needs an http(s) url", "url and headers")),
+            ("transport", ("unknown transport",))) if any(w in text for w in words)), None)
         raise HttpError(status, text.replace("--header", "headers").replace("--env", "env")
                         .replace(" (use --replace)", ": tick replace to overwrite it"),
                         "conflict" if status == 409 else "invalid_server", field) from None

@@ -185,6 +185,9 @@ def test_console_writes_in_chromium(world: World, browser: Browser, hooks: Recei
     expect(page.locator("tr[data-mcp=docs]")).to_contain_text("disabled")
     assert _mcp(w)["docs"].enabled is False
     _both(page, w, "mcp")
+    page.locator("tr[data-mcp=docs]").get_by_role("button", name="Enable").click()
+    expect(page.locator("tr[data-mcp=docs]")).to_contain_text("enabled")
+    wait_for(lambda: _mcp(w)["docs"].enabled, 10, "docs enabled in KV")
     page.locator("tr[data-mcp=fs]").get_by_role("button", name="Remove").click()
     expect(page.locator("tr[data-mcp=fs]")).to_have_count(0)
     assert "fs" not in _mcp(w)
@@ -223,6 +226,7 @@ def test_console_writes_in_chromium(world: World, browser: Browser, hooks: Recei
               ("rule.updated", "rule:errs"), ("rule.added", "rule:quiet"),
               ("rule.removed", "rule:quiet"), ("mcp.added", "mcp:fs"),
               ("mcp.added", "mcp:docs"), ("mcp.disabled", "mcp:docs"),
+              ("mcp.enabled", "mcp:docs"),
               ("mcp.removed", "mcp:fs"), ("skill_repo.added", "skill_repo:skills-src"),
               ("skill.installed", "skill:pdf"), ("skill.removed", "skill:pdf")]
     missing: list[tuple[str, str]] = []

@@ -10,7 +10,9 @@ generated facts, tests/ledger/eventgen.py, the same as bench_ledger.py), the led
 it, an edge with the console, then per page: the API calls the page makes (``/dashboard``;
 ``/stats`` and ``/heatmap`` for Statistics) timed over HTTP, and the whole page in Debian's
 Chromium (navigation until the page has rendered its data: ``#view[data-ready]``). Median and
-max of ``--runs``.
+max of ``--runs``; then, for the last run, each file and API call from the navigation's start
+(Resource Timing: asked, first byte, done, bytes), to see where the time went. The API calls
+are the page's own (``fields``: the metrics it shows).
 
 **hot-path**: ``EdgeApp._http`` for ``POST /v1/messages`` with ``_llm`` stubbed out (what the
 console could add to an LLM request is in that dispatch), in this tree and in ``--other``

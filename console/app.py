@@ -247,6 +247,10 @@ class ConsoleApp:
     async def _api(self, scope: Any, receive: Any, send: Any, headers: dict[str, str]) -> None:
         method = scope["method"]
         path = scope["path"].rstrip("/") or "/"
+        # a write's body is read before anything is answered: a refusal sent while its body
+        # is still arriving makes the server close the connection, and a client that sends its
+        # next request on it (keep-alive) gets no answer at all
+        data = await _read(receive) if method in auth.WRITE_METHODS else b""
         ep, params, exists = resolve(method, path)
         if ep is None:
             raise HttpError(405 if exists else 404,
@@ -280,7 +284,6 @@ class ConsoleApp:
                 raise HttpError(400, f"query: {exc}") from None
         body: Any = None
         if ep.body is not None:
-            data = await _read(receive)
             try:
                 body = msgspec.json.decode(data or b"{}", type=ep.body)
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from codeswitch import cli_alerts
 from codeswitch.cli_alerts import parse_duration, parse_threshold, parse_time, register
-from runtime import bus
+from runtime import bus, names
 from runtime.natsd import EmbeddedNats
 from schemas.events import AlertFired, AlertNotificationFailed, AlertResolved, encode_event
 from workers.alerts.service import alert_subject
@@ -157,6 +157,18 @@ def test_test_sends_through_every_channel(nats_server: EmbeddedNats, receiver: R
     code, out = cli(nats_server, "test", "err")
     assert code == 1 and "failed feishu:127.0.0.1" in out and "HTTP 404" in out
     assert cli(nats_server, "test", "nope")[0] == 1
+
+    async def last_tested() -> dict:
+        nc = await bus.connect(nats_server.url, name="t")
+        try:
+            msg = await nc.jetstream().get_last_msg(names.EVENTS_STREAM, "admin.rule.tested")
+            return json.loads(msg.data)  # type: ignore[no-any-return]
+        finally:
+            await nc.close()
+    # a test sends to the outside: an admin fact, with how many channels took it
+    fact = asyncio.run(last_tested())
+    assert (fact["action"], fact["target"]) == ("rule.tested", "rule:err")
+    assert fact["details"] == {"channels": 2, "sent": 1}
 
 
 def _publish_history(server: EmbeddedNats, now: float) -> None:

@@ -33,6 +33,7 @@ from runtime import bus, names
 from runtime.facts import FactPublisher
 from runtime.health import parts_file, parts_health, supervised_home
 from runtime.presence import Heartbeat, device_name
+from runtime.prices import LivePrices
 from schemas.config import GatewaySettings
 from schemas.envelope import (
     ENV_HEADER,
@@ -47,6 +48,7 @@ from schemas.envelope import (
 )
 from schemas.errors import GatewayError, stream_error
 from schemas.events import RequestCompleted, new_id
+from schemas.prices import PRICES_KV_KEY
 from schemas.routes import ROUTES_KEY, SECRET_HEADERS, RouteTable
 from schemas.subjects import (
     ROUTER_MODELS,
@@ -152,6 +154,11 @@ class EdgeApp:
         self._directory_tasks: list[asyncio.Task[None]] = []
         # RPM/TPM/concurrency of users and keys, counted across edges (edge/ratelimit*.py)
         self.ratelimits = RateLimits(self.directory)
+        # budgets: each fact of a user's request counted at once, before the quota worker's
+        # record (edge/quota.py, "early counts"), priced as the worker prices it
+        self.prices = LivePrices(self.home)
+        self.ratelimits.on_done = lambda done, now: self.spend.observe(
+            done, self.directory, self.prices.book)
         self._background: set[asyncio.Future[None]] = set()  # body-log writes
         self.heartbeat: Heartbeat | None = None  # cs_presence: this gateway is alive
         self.draining = False
@@ -178,6 +185,7 @@ class EdgeApp:
         # request is served (an edge that served before it knew the users exist would let any
         # key through); the three are read at the same time
         js = self.js
+        await self.prices.load(js)
         loads: list[asyncio.Event] = []
 
         async def follow(bucket: str, apply: Callable[[str, bytes | None, int], None]
@@ -227,6 +235,9 @@ class EdgeApp:
             self.route_headers = tuple(sorted(
                 {n.lower() for r in rules for n in (r.match.header or {})} - SECRET_HEADERS))
             return
+        if key == PRICES_KV_KEY:
+            self.prices.apply_kv(value)
+            return
         if key != "gateway" or self._fixed_settings:
             return
         if value is None:
@@ -236,6 +247,8 @@ class EdgeApp:
             self.settings = _settings_decoder.decode(value)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             log.error("ignoring invalid gateway settings: %s", exc)
+            return
+        self.spend.zone = self.settings.timezone  # until a record names its zone
 
     # -- ASGI -------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

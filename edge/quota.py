@@ -9,6 +9,19 @@ so a budget resets at the boundary even before the worker has folded a request o
 period. Both the user's and the key's budgets apply; when both are spent, the refusal names
 the one that resets last (the stricter).
 
+**Early counts.** The quota worker folds a fact within tens of milliseconds when it is idle,
+but it shares the ``workers`` process (nice 10, one GIL) with the ledger and the alerts, and
+lags under load. So every edge also counts each request's spend itself from the request's own
+fact (``RequestCompleted``, which every edge reads for TPM anyway, ``edge/done.py``), for users
+and keys with a budget: :meth:`SpendView.observe` keeps it per scope and request id ("pending"),
+on top of the worker's record. The worker's record lists the requests folded into it since
+its previous one (``Spend.ids``): those pending counts are dropped as the record that holds
+them arrives, and a fact that comes after the record that listed it is not counted. The
+record stays the truth: a pending count is dropped after ``PENDING_S`` whatever happens (a
+fact the worker counted differently, a record lost), and a fact this edge missed is in the
+worker's next record. The fold's rule for a request's several facts applies (real usage
+replaces an estimate, a larger one a smaller one).
+
 The refusal (:class:`BudgetExhausted`) is a 403 ``budget_exhausted`` with
 ``x-should-retry: false`` (400 for Codex, see ``edge.auth.for_client``): final for Claude
 Code, Codex and Gemini CLI (``bench/real_clients/users.py``), with a message that says which
@@ -18,19 +31,34 @@ budget, how much was spent and when it resets, in the gateway's time zone.
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from datetime import tzinfo
 from functools import lru_cache
 
 import msgspec
 
 from edge.auth import AccessDenied, Directory, Principal
-from schemas.quota import Spend, format_amount, format_reset, resolve_zone, spent
+from edge.done import Done
+from runtime.prices import nano_usd
+from schemas.prices import PriceBook
+from schemas.quota import (
+    NANO,
+    Spend,
+    format_amount,
+    format_reset,
+    period_bounds,
+    resolve_zone,
+)
 from schemas.users import Budget
 
-__all__ = ["BudgetExhausted", "SpendView"]
+__all__ = ["PENDING_S", "BudgetExhausted", "SpendView"]
 
 log = logging.getLogger("codeswitch.edge.quota")
 _spend_decoder = msgspec.json.Decoder(Spend)
+# how long an early count waits for the worker's record that holds it (then the record alone
+# is the truth again)
+PENDING_S = 10.0
 
 
 class BudgetExhausted(AccessDenied):
@@ -48,26 +76,156 @@ def _zone(name: str) -> tzinfo:
         return resolve_zone(None)
 
 
-class SpendView:
-    """The edge's copy of KV ``cs_quota``; ``apply`` is a ``bus.follow_bucket`` callback."""
+class _Early:
+    """A request's spend as this edge counted it from its fact, until the worker's record."""
 
-    def __init__(self) -> None:
+    __slots__ = ("at", "nusd", "real", "seen", "tokens")
+
+    def __init__(self, at: float, tokens: int, nusd: int, real: bool, seen: float) -> None:
+        self.at, self.tokens, self.nusd, self.real, self.seen = at, tokens, nusd, real, seen
+
+
+class SpendView:
+    """The edge's copy of KV ``cs_quota`` (``apply`` is a ``bus.follow_bucket`` callback) and
+    its early counts of the requests the worker has not folded yet (``observe``)."""
+
+    def __init__(self, zone: str = "") -> None:
         self.users: dict[str, Spend] = {}
         self.keys: dict[str, Spend] = {}
+        # scope id -> request id -> its early count (user ids and key ids apart)
+        self.early_users: dict[str, dict[str, _Early]] = {}
+        self.early_keys: dict[str, dict[str, _Early]] = {}
+        self._early_order: deque[tuple[float, str | None, str | None, str]] = deque()
+        # request id -> when a record listed it (a fact that comes later is not counted)
+        self._folded: dict[str, float] = {}
+        self.zone = zone  # the zone of the last record ([gateway] timezone)
+        self._bounds: dict[str, tuple[str, float, float | None]] = {}
 
     def apply(self, key: str, value: bytes | None, revision: int = 0) -> None:
         kind, _, ident = key.partition(".")
-        table = self.users if kind == "user" else self.keys if kind == "key" else None
-        if table is None:
+        if kind == "user":
+            table, early = self.users, self.early_users
+        elif kind == "key":
+            table, early = self.keys, self.early_keys
+        else:
             return
         if value is None:
             table.pop(ident, None)
             return
         try:
-            table[ident] = _spend_decoder.decode(value)
+            record = table[ident] = _spend_decoder.decode(value)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             log.error("quota %s: invalid record dropped: %s", key, exc)
             table.pop(ident, None)
+            return
+        if record.zone:
+            self.zone = record.zone
+        if record.ids:
+            now = time.monotonic()
+            pending = early.get(ident)
+            folded = self._folded
+            for rid in record.ids:
+                folded[rid] = now
+                if pending:
+                    pending.pop(rid, None)
+            if pending is not None and not pending:
+                del early[ident]
+            if len(folded) > 1024:
+                self._forget(now)
+
+    def observe(self, done: Done, directory: Directory, book: PriceBook | None) -> None:
+        """A request's fact: count its spend early for its user's and key's budgets."""
+        usage = done.usage
+        if usage is None or done.request_id in self._folded:
+            return
+        uid, kid = done.user_id, done.key_id
+        user = directory.users.get(uid) if uid is not None else None
+        key = directory.keys.get(kid) if kid is not None else None
+        ub = user.limits.budget if user is not None else None
+        kb = key.limits.budget if key is not None else None
+        if ub is None and kb is None:
+            return
+        tokens = usage.total_tokens
+        nusd = 0
+        if book is not None and ((ub is not None and ub.unit == "usd")
+                                 or (kb is not None and kb.unit == "usd")):
+            nusd = nano_usd(book, done.provider, done.upstream_model or done.model, usage)
+        if not tokens and not nusd:
+            return
+        now = time.monotonic()
+        real = not done.usage_estimated
+        at = done.received_at or done.ts
+        rid = done.request_id
+        for ident, budget, early in ((uid, ub, self.early_users), (kid, kb, self.early_keys)):
+            if ident is None or budget is None:
+                continue
+            pending = early.get(ident)
+            if pending is None:
+                pending = early[ident] = {}
+            old = pending.get(rid)
+            if old is None:
+                pending[rid] = _Early(at, tokens, nusd, real, now)
+            elif (real and not old.real) or (real == old.real and tokens > old.tokens):
+                old.tokens, old.nusd, old.real = tokens, nusd, real  # as the fold does
+        self._early_order.append((now, uid if ub is not None else None,
+                                  kid if kb is not None else None, rid))
+        if self._early_order[0][0] < now - PENDING_S:
+            self._forget(now)
+
+    def _forget(self, now: float) -> None:
+        """Early counts older than PENDING_S go (the record is the truth), and so does the
+        memory of the requests records listed."""
+        cutoff = now - PENDING_S
+        order = self._early_order
+        while order and order[0][0] < cutoff:
+            _, uid, kid, rid = order.popleft()
+            for ident, early in ((uid, self.early_users), (kid, self.early_keys)):
+                pending = early.get(ident) if ident is not None else None
+                if pending is not None:
+                    e = pending.get(rid)
+                    if e is not None and e.seen < cutoff:
+                        del pending[rid]
+                        if not pending:
+                            del early[ident]  # type: ignore[arg-type]
+        folded = self._folded
+        while folded:
+            rid = next(iter(folded))
+            if folded[rid] >= cutoff:
+                break
+            del folded[rid]
+
+    def spent(self, record: Spend | None, early: dict[str, _Early] | None, budget: Budget,
+              now: float) -> tuple[float, float | None]:
+        """(spent in the budget's unit, when it resets) in the period holding ``now``: the
+        record's (a period that ended is a new one with nothing spent) plus the early counts
+        of that period. Resets None: never (total), or not known (nothing spent)."""
+        p = record.period(budget.period) if record is not None else None
+        tokens = budget.unit == "tokens"
+        if p is not None and p.start <= now and (p.end is None or now < p.end):
+            start, end = p.start, p.end
+            used = float(p.tokens) if tokens else p.usd
+        elif not early:
+            return 0.0, None
+        else:
+            start, end = self._period(budget.period, now,
+                                      record.zone if record is not None else self.zone)
+            used = 0.0
+        if early:
+            cutoff = time.monotonic() - PENDING_S
+            for e in early.values():
+                if e.seen >= cutoff and start <= e.at and (end is None or e.at < end):
+                    used += e.tokens if tokens else e.nusd / NANO
+        return used, end
+
+    def _period(self, period: str, now: float, zone: str) -> tuple[float, float | None]:
+        """The bounds of the period holding ``now`` (kept until it ends)."""
+        cached = self._bounds.get(period)
+        if cached is not None and cached[0] == zone and cached[1] <= now and (
+                cached[2] is None or now < cached[2]):
+            return cached[1], cached[2]
+        start, end = period_bounds(period, now, _zone(zone))
+        self._bounds[period] = (zone, start, end)
+        return start, end
 
     def check(self, principal: Principal, directory: Directory, now: float) -> None:
         """Refuse (:class:`BudgetExhausted`) a request of a user or key whose budget for the
@@ -78,24 +236,32 @@ class SpendView:
         user = directory.users.get(uid)
         kid = principal.key_id
         key = directory.keys.get(kid) if kid is not None else None
+        ub = user.limits.budget if user is not None else None
+        kb = key.limits.budget if key is not None else None
+        if ub is None and kb is None:
+            return
         worst: tuple[float, str, Budget, float, float | None, str] | None = None
-        for budget, record, label in (
-                (user.limits.budget if user else None, self.users.get(uid),
-                 f"user {user.name if user else uid}"),
-                (key.limits.budget if key else None, self.keys.get(kid or ""),
-                 f"API key {key.name!r} ({key.prefix}…)" if key else "")):
-            if budget is None:
-                continue
-            used, resets = spent(record, budget, now)
-            if used < budget.amount:
-                continue
-            order = float("inf") if resets is None else resets
-            if worst is None or order > worst[0]:
-                worst = (order, label, budget, used, resets,
-                         record.zone if record is not None else "")
+        if ub is not None:
+            record = self.users.get(uid)
+            used, resets = self.spent(record, self.early_users.get(uid), ub, now)
+            if used >= ub.amount:
+                worst = (float("inf") if resets is None else resets, "user", ub, used, resets,
+                         record.zone if record is not None else self.zone)
+        if kb is not None and kid is not None:
+            record = self.keys.get(kid)
+            used, resets = self.spent(record, self.early_keys.get(kid), kb, now)
+            if used >= kb.amount:
+                order = float("inf") if resets is None else resets
+                if worst is None or order > worst[0]:
+                    worst = (order, "key", kb, used, resets,
+                             record.zone if record is not None else self.zone)
         if worst is None:
             return
-        _, label, budget, used, resets, zone = worst
+        _, which, budget, used, resets, zone = worst
+        if which == "user":
+            label = f"user {user.name if user else uid}"
+        else:
+            label = f"API key {key.name!r} ({key.prefix}…)" if key else ""
         period = "in total" if budget.period == "total" else f"this {budget.period}"
         when = ("this budget is prepaid and does not reset" if budget.period == "total"
                 else f"it resets at {format_reset(resets, _zone(zone))}")

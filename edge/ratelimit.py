@@ -22,6 +22,13 @@ window). A request is refused when the window is at the limit, or when the windo
 and its estimate would pass the limit (one request larger than the whole limit still passes on
 an empty window: else it could never run).
 
+**Ample room.** When every rpm/tpm window of a request has room for it plus a margin (an
+eighth of the limit, and at least ``AMPLE_REQUESTS`` more such requests), the edge counts it at
+once (:meth:`Limiter.check` with ``fast``) instead of waiting for its note to come back: other
+edges could only take that margin within one note's round trip by admitting thousands of
+requests a second on one key. Every edge counts such an admission unconditionally
+(:meth:`Limiter.force`), so they still agree. Near a limit, the order of the notes decides.
+
 **Concurrency.** Requests in flight per key and per user (:class:`InFlight`): this edge's own
 count plus the last count each other edge announced (absolute numbers, not increments: a
 lost or repeated note heals with the next one, and an edge that stops announcing is forgotten
@@ -55,6 +62,9 @@ SPAN_S = 60  # one minute, in one-second slots
 INFLIGHT_STALE_S = 3.0
 # how long a client is told to wait when its requests in flight are at the limit
 CONCURRENCY_RETRY_S = 1
+# a request is counted at once, without waiting for its note to come back, when each of its
+# windows has room for it and for this many more like it, and for an eighth of the limit
+AMPLE_REQUESTS = 16
 
 
 def estimate_tokens(body_bytes: int) -> int:
@@ -292,13 +302,15 @@ class Admission(NamedTuple):
     estimate: int
     counted: tuple[str, ...]  # rpm/tpm subjects
     held: tuple[str, ...]  # concurrency subjects
+    decided: bool = True  # counted already (False: to be decided in the notes' order)
 
 
 class Rule:
     """One subject's limits as the request path uses them: its windows held directly (made
     once per subject, never dropped), its label for the messages."""
 
-    __slots__ = ("concurrency", "label", "req", "rpm", "subject", "tok", "tpm")
+    __slots__ = ("concurrency", "label", "req", "rpm", "rpm_ample", "subject", "tok", "tpm",
+                 "tpm_margin")
 
     def __init__(self, rates: RateTable, subject: str, label: str, limits: Limits) -> None:
         self.subject = subject
@@ -306,6 +318,11 @@ class Rule:
         self.rpm = limits.rpm
         self.tpm = limits.tpm
         self.concurrency = limits.concurrency
+        # ample room (counted at once): the window at most this full (rpm), or with this much
+        # left besides the request (tpm, and AMPLE_REQUESTS requests of its size)
+        rpm = limits.rpm
+        self.rpm_ample = (rpm - 1 - max(AMPLE_REQUESTS, rpm // 8)) if rpm is not None else 0
+        self.tpm_margin = (limits.tpm or 0) // 8
         self.req = rates._window(rates.requests, subject)
         self.tok = rates._window(rates.tokens, subject)
 
@@ -327,8 +344,10 @@ class Limiter:
     def __init__(self) -> None:
         self.rates = RateTable()
         self.inflight = InFlight()
-        # what other edges must hear: admissions (request id, estimate, subjects)
+        # what other edges must hear: admissions (request id, estimate, subjects) to decide
+        # in the notes' order, and admissions counted at once (ample room)
         self.outbox: list[tuple[str, int, tuple[str, ...]]] = []
+        self.counted_out: list[tuple[str, int, tuple[str, ...]]] = []
 
     def plan(self, user: tuple[str, str, Limits] | None,
              key: tuple[str, str, Limits] | None) -> Plan | None:
@@ -354,13 +373,16 @@ class Limiter:
         return self.check(plan, request_id, body_bytes, now)
 
     def check(self, plan: Plan, request_id: str, body_bytes: int, now: float,
-              count: bool = True) -> Admission:
+              count: bool = True, fast: bool = False) -> Admission:
         """Refuse (``RateLimited``) or admit against what is counted now; concurrency is held
         at once. ``count``: the request is counted now too (one edge alone, tests); else the
-        caller has it counted in the notes' order by :meth:`decide` (the edges)."""
+        caller has it counted in the notes' order by :meth:`decide` (the edges) — unless
+        ``fast`` and every window has ample room: then it is counted now and the admission
+        says ``decided`` (the edge announces it for every edge to count, :meth:`force`)."""
         estimate = body_bytes // 4  # estimate_tokens, inlined
         sec = int(now)
         refused = False
+        ample = fast
         inflight = self.inflight
         for r in plan.rules:
             if r.rpm is not None:
@@ -369,6 +391,8 @@ class Limiter:
                     w._advance(sec)
                 if w.total >= r.rpm:
                     refused = True
+                elif w.total > r.rpm_ample:
+                    ample = False
             if r.tpm is not None:
                 w = r.tok
                 if w._head != sec:
@@ -376,31 +400,60 @@ class Limiter:
                 used = w.total
                 if used >= r.tpm or (used > 0 and used + estimate > r.tpm):
                     refused = True
+                elif r.tpm - used - estimate < max(r.tpm_margin, AMPLE_REQUESTS * estimate):
+                    ample = False
             if r.concurrency is not None and inflight.total(r.subject) >= r.concurrency:
                 refused = True
         if refused:
             raise self.refusal(plan, estimate, now)
         counted = plan.counted
-        if counted and count:
-            slot = sec % SPAN_S
-            for r in plan.rules:
-                if r.rpm is not None or r.tpm is not None:
-                    w = r.req
-                    if w._head != sec:
-                        w._advance(sec)
-                    w._slots[slot] += 1
-                    w.total += 1
-                    if estimate:
-                        w = r.tok
+        decided = True
+        if counted:
+            if count or ample:
+                slot = sec % SPAN_S
+                for r in plan.rules:
+                    if r.rpm is not None or r.tpm is not None:
+                        w = r.req
                         if w._head != sec:
                             w._advance(sec)
-                        w._slots[slot] += estimate
-                        w.total += estimate
-            self.rates.reserve(request_id, sec, estimate, counted)
-            self.outbox.append((request_id, estimate, counted))
+                        w._slots[slot] += 1
+                        w.total += 1
+                        if estimate:
+                            w = r.tok
+                            if w._head != sec:
+                                w._advance(sec)
+                            w._slots[slot] += estimate
+                            w.total += estimate
+                self.rates.reserve(request_id, sec, estimate, counted)
+                (self.outbox if count else self.counted_out).append(
+                    (request_id, estimate, counted))
+            else:
+                decided = False
         for s in plan.held:
             inflight.acquire(s)
-        return Admission(request_id, estimate, counted, plan.held)
+        return Admission(request_id, estimate, counted, plan.held, decided)
+
+    def force(self, request_id: str, estimate: int, subjects: tuple[str, ...],
+              now: float) -> None:
+        """Another edge's admission it counted at once (ample room): counted here too,
+        whatever the windows hold (it is admitted already)."""
+        rates = self.rates
+        if request_id in rates._reserved:  # counted already
+            return
+        sec = int(now)
+        slot = sec % SPAN_S
+        for s in subjects:
+            req, tok = rates.pair(s)
+            if req._head != sec:
+                req._advance(sec)
+            req._slots[slot] += 1
+            req.total += 1
+            if estimate:
+                if tok._head != sec:
+                    tok._advance(sec)
+                tok._slots[slot] += estimate
+                tok.total += estimate
+        rates.reserve(request_id, sec, estimate, subjects)
 
     def decide(self, request_id: str, estimate: int, subjects: tuple[str, ...], now: float,
                limits_of: Callable[[str], tuple[int | None, int | None] | None]) -> bool:

@@ -4,6 +4,9 @@ all edges, the way the routers count circuit-breaker failures.
 - Every edge counts what it admits in its own windows and tells the others on core NATS
   (``cs.rate.note``, fire and forget, no ack): a note carries every admission since the last
   one (request id, prompt estimate, subjects) and this edge's requests in flight that changed.
+  Admissions near a limit wait for their note to come back and are decided in the notes'
+  order (``a``); those with ample room were counted at once and every edge counts them
+  (``n``).
   A note goes out as soon as the event loop comes round (an ``asyncio.Event`` wakes the sender;
   under load one note carries many admissions). The others fold it in at their own clock
   (no timestamps travel, so clock skew between edges does not matter).
@@ -25,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -32,8 +36,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from edge.auth import Directory, Principal
+from edge.done import Done, done_decoder
 from edge.ratelimit import Admission, Limiter, Plan
-from schemas.events import Usage
 from schemas.ratelimit import RateNote
 from schemas.subjects import RATE_NOTE, RESPONSE_PREFIX
 from schemas.users import Key, Limits, User
@@ -49,16 +53,9 @@ HEARTBEAT_S = 1.0
 ECHO_TIMEOUT_S = 0.25
 
 
-class _Done(msgspec.Struct):
-    """The part of a ``RequestCompleted`` fact that settles a request's tokens."""
-
-    request_id: str = ""
-    user_id: str | None = None
-    key_id: str | None = None
-    usage: Usage | None = None
-
-
-_done_dec = msgspec.json.Decoder(_Done)
+# the fact's part read here (edge/done.py); the old names stay for the bench and the tests
+_Done = Done
+_done_dec = done_decoder
 
 
 def _rated(limits: Limits) -> bool:
@@ -84,6 +81,8 @@ class RateLimits:
         self._late: set[str] = set()
         self.notes_sent = 0
         self.notes_folded = 0
+        # also told of each fact of a user's request (the edge's budgets, edge/quota.py)
+        self.on_done: Callable[[Done, float], None] | None = None
 
     async def start(self, nc: NATS, edge_id: str) -> None:
         self.nc, self.edge_id = nc, edge_id
@@ -132,11 +131,13 @@ class RateLimits:
         if plan is None:
             return None
         core = self.core
-        adm = core.check(plan, request_id, body_bytes, time.time(), count=False)
+        adm = core.check(plan, request_id, body_bytes, time.time(), count=False, fast=True)
+        if adm.decided:  # nothing to count, or counted at once (ample room): announced
+            if adm.held or adm.counted:
+                self._wake.set()
+            return adm
         if adm.held:
             self._wake.set()
-        if not adm.counted:
-            return adm
         nc = self.nc
         try:
             if nc is None or not nc.is_connected:
@@ -211,13 +212,12 @@ class RateLimits:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            admitted = core.outbox
-            core.outbox = []
-            changed = core.inflight.take_changes()
-            if not admitted and not changed:
+            admitted, counted = core.outbox, core.counted_out
+            core.outbox, core.counted_out = [], []
+            changed = core.inflight.take_changes() if core.inflight.changed else {}
+            if not admitted and not counted and not changed:
                 continue
-            note = RateNote(e=self.edge_id, a=[(r, n, list(s)) for r, n, s in admitted],
-                            c=changed)
+            note = RateNote(e=self.edge_id, a=admitted, n=counted, c=changed)
             await self._send(note)
             if admitted:  # one timer per note: admissions whose note does not come back
                 loop.call_later(ECHO_TIMEOUT_S, self._echo_late, [a[0] for a in admitted])
@@ -259,11 +259,14 @@ class RateLimits:
         this edge's clock."""
         core = self.core
         own = note.e == self.edge_id
+        if not own:
+            for rid, estimate, subjects in note.n:
+                core.force(rid, estimate, subjects, now)
         for rid, estimate, subjects in note.a:
             if own and rid in self._late:
                 self._late.discard(rid)
                 continue
-            ok = core.decide(rid, estimate, tuple(subjects), now, self._limits_of)
+            ok = core.decide(rid, estimate, subjects, now, self._limits_of)
             if own:
                 waiting = self._pending.get(rid)
                 if waiting is not None and not waiting[0].done():
@@ -282,12 +285,21 @@ class RateLimits:
             done = _done_dec.decode(msg.data)
         except (msgspec.ValidationError, msgspec.DecodeError):
             return
-        self.settle(done, time.time())
+        now = time.time()
+        self.settle(done, now)
+        if self.on_done is not None:
+            self.on_done(done, now)
 
-    def settle(self, done: _Done, now: float) -> None:
+    def settle(self, done: Done, now: float) -> None:
         if done.key_id is None:
             return
         tokens = done.usage.total_tokens if done.usage is not None else 0
+        rates = self.core.rates
+        if done.request_id in rates._reserved:  # admitted here or noted: counted on those
+            rates.settle(done.request_id, tokens, (), now)
+            return
+        if not tokens:
+            return
         subjects: list[str] = []  # for a request this edge never saw admitted
         d = self.directory
         key, user = d.keys.get(done.key_id), d.users.get(done.user_id or "")
@@ -295,4 +307,5 @@ class RateLimits:
             subjects.append("k:" + key.id)
         if user is not None and user.limits.tpm is not None:
             subjects.append("u:" + user.id)
-        self.core.rates.settle(done.request_id, tokens, tuple(subjects), now)
+        if subjects:
+            rates.settle(done.request_id, tokens, tuple(subjects), now)

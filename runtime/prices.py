@@ -27,9 +27,10 @@ import nats.errors
 from nats.js import JetStreamContext
 
 from runtime import names
+from schemas.events import Usage
 from schemas.prices import PRICES_KV_KEY, PriceBook, PriceError, parse_overrides
 
-__all__ = ["LivePrices", "load_overrides_file"]
+__all__ = ["LivePrices", "load_overrides_file", "nano_usd"]
 
 _log = logging.getLogger("codeswitch.prices")
 
@@ -45,6 +46,19 @@ def load_overrides_file(home: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise PriceError(f"cannot read price overrides: {exc}") from exc
     return {}
+
+
+def nano_usd(book: PriceBook, provider: str | None, model: str, usage: Usage | None) -> int:
+    """What a request's usage cost, in integer nano-USD (0 when unpriced): what budgets count
+    (the quota worker, and the edges' early view of a request's spend)."""
+    if usage is None:
+        return 0
+    priced = book.lookup(provider, model)
+    if priced is None:
+        return 0
+    return round(priced.price.cost(usage.input_tokens, usage.output_tokens,
+                                   usage.cache_read_tokens, usage.cache_write_tokens,
+                                   usage.reasoning_tokens) * 1_000_000_000)
 
 
 class LivePrices:
@@ -95,6 +109,15 @@ class LivePrices:
         except PriceError as exc:
             self._log.error("KV %s: %s", PRICES_KV_KEY, exc)
             return {}
+
+    def apply_kv(self, value: bytes | None) -> None:
+        """The KV document as a watch of ``cs_settings`` hands it over (the edge's)."""
+        try:
+            self._kv = parse_overrides(value or b"{}")
+        except PriceError as exc:
+            self._log.error("KV %s: %s", PRICES_KV_KEY, exc)
+            return
+        self._rebuild()
 
     async def watch(self, js: JetStreamContext, stop: asyncio.Event) -> None:
         """Rebuild the book whenever the KV document changes, until ``stop`` is set."""

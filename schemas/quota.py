@@ -61,7 +61,7 @@ class PeriodSpend(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
 class Spend(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """KV ``cs_quota``, key ``user.<id>`` or ``key.<id>``: the scope's current periods.
     ``seq``: the last event-log sequence folded into it; ``zone``: the time zone the period
-    boundaries were computed in."""
+    boundaries were computed in; ``ids``: see below."""
 
     scope: Literal["user", "key"]
     id: str
@@ -72,6 +72,9 @@ class Spend(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     total: PeriodSpend | None = None
     seq: int = 0
     zone: str = ""
+    # the requests folded into it since the scope's previous record (at most 512): an edge
+    # that counted them early from their facts drops those counts (edge/quota.py)
+    ids: list[str] = []
 
     def period(self, period: str) -> PeriodSpend | None:
         value: PeriodSpend | None = getattr(self, period, None)

@@ -283,3 +283,54 @@ def test_a_note_that_never_comes_back_is_decided_here() -> None:
         sender.cancel()
 
     asyncio.run(main())
+
+
+def test_ample_room_is_counted_at_once_and_by_every_edge_then_the_notes_decide() -> None:
+    """rpm 160: a request is counted at once (no wait for its note) while the window has room
+    for it plus max(16, rpm/8) = 20 more; every edge counts such admissions unconditionally
+    (``n``). Past that the request waits for its note (``a``), and small limits always do."""
+    edges = {}
+    for name in ("a", "b"):
+        edges[name] = RateLimits(_directory(_limits(rpm=160)))
+        edges[name].edge_id = name
+        edges[name].nc = _Connected()  # type: ignore[assignment]
+    p = Principal("a" * 64, "u_1", "k_1")
+    a, b = edges["a"], edges["b"]
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for i in range(140):  # with 139 counted, the 140th leaves room for 20: ample
+            adm = await a.admit(p, f"r{i}", 40)
+            assert adm is not None and adm.decided
+        assert a.core.rates.requests_in("k:k_1", time.time()) == 140
+        assert [r for r, _, _ in a.core.counted_out] == [f"r{i}" for i in range(140)]
+        assert a.core.outbox == []
+        late = loop.create_task(a.admit(p, "r140", 40))  # would leave 19: waits
+        await asyncio.sleep(0)
+        assert not late.done() and [r for r, _, _ in a.core.outbox] == ["r140"]
+        note = _note_dec.decode(msgspec.json.encode(RateNote(
+            e="a", a=a.core.outbox, n=a.core.counted_out)))
+        for e in edges.values():  # b counts all of them, a counts the one it waited for
+            e.fold(note, time.time())
+        adm = await late
+        assert adm is not None
+        for e in edges.values():
+            assert e.core.rates.requests_in("k:k_1", time.time()) == 141
+        b.fold(note, time.time())  # a note seen twice: nothing counted twice
+        assert b.core.rates.requests_in("k:k_1", time.time()) == 141
+
+    asyncio.run(run())
+    small = RateLimits(_directory(_limits(rpm=100)))  # 100 - 1 - 16 = 83 ample, then waits
+    small.nc = _Connected()  # type: ignore[assignment]
+    never = RateLimits(_directory(_limits(rpm=5)))
+    never.nc = _Connected()  # type: ignore[assignment]
+
+    async def first() -> None:
+        t = asyncio.get_running_loop().create_task(never.admit(p, "x", 10))
+        await asyncio.sleep(0)
+        assert not t.done() and never.core.counted_out == []  # rpm 5: the notes decide
+        t.cancel()
+        adm = await small.admit(p, "y", 10)
+        assert adm is not None and adm.decided
+
+    asyncio.run(first())

@@ -334,7 +334,10 @@ def test_replay_gives_the_same_spend_and_soft_threshold_alerts(world: World,
         assert fold is not None
         last = max(s.seq for s in live.values())
         world.until(lambda: fold.seq >= last, "the replay did not reach the end")
-        assert {k: fold.record(k) for k in fold.scopes} == live
+        # the same spend (the live records also list the requests they folded last, for
+        # the edges' early counts; a replay lists none)
+        assert {k: fold.record(k) for k in fold.scopes} == {
+            k: msgspec.structs.replace(v, ids=[]) for k, v in live.items()}
         assert len(live) >= 2
         assert len(events(world.url, 1, subject="user.")) == facts_before  # nothing again
     finally:

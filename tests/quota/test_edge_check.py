@@ -7,6 +7,7 @@ import msgspec
 import pytest
 
 from edge.auth import Directory, Principal
+from edge.done import Done
 from edge.quota import BudgetExhausted, SpendView
 from schemas.quota import PeriodSpend, Spend
 from schemas.users import Budget, Key, Limits, User
@@ -63,3 +64,72 @@ def test_no_users_no_check() -> None:
     d, who = world(None, None)
     spend(view, "user.u1", 10**9)
     view.check(who, d, DAY_END - 1)  # no budget: never refused
+
+
+def _fact(rid: str, tokens: int, at: float = DAY_END - 100, *, estimated: bool = False,
+          user: str = "u1", key: str = "k1") -> Done:
+    from schemas.events import Usage
+
+    return Done(request_id=rid, user_id=user, key_id=key, received_at=at, ts=at + 1,
+                usage=Usage(input_tokens=tokens), usage_estimated=estimated,
+                provider="anthropic", model="claude-sonnet-4-5")
+
+
+def _record(view: SpendView, scope: str, tokens: int, ids: list[str]) -> None:
+    kind, _, ident = scope.partition(".")
+    view.apply(scope, enc.encode(Spend(
+        scope="user" if kind == "user" else "key", id=ident, user="u1", zone="Europe/Berlin",
+        day=PeriodSpend(start=DAY_END - 86400, end=DAY_END, tokens=tokens), ids=ids)))
+
+
+def test_a_fact_counts_at_once_until_the_record_that_holds_it() -> None:
+    """Early counts: the edge counts a request's fact before the quota worker's record; the
+    record that lists the request replaces the count (never both), a fact that comes after
+    its record is not counted, an estimate is replaced by the real usage (not added)."""
+    d, who = world(Budget(amount=100, unit="tokens", period="day"), None)
+    view = SpendView()
+    _record(view, "user.u1", 60, [])
+    view.check(who, d, DAY_END - 10)
+    view.observe(_fact("r1", 30, estimated=True), d, None)
+    view.observe(_fact("r1", 25), d, None)  # the real usage replaces the estimate
+    view.check(who, d, DAY_END - 10)  # 60 + 25 < 100
+    view.observe(_fact("r2", 15), d, None)
+    with pytest.raises(BudgetExhausted, match="has spent 100 tokens of its 100 tokens"):
+        view.check(who, d, DAY_END - 10)
+    # the worker folded r1 and r2: its record holds them, the early counts go
+    _record(view, "user.u1", 100, ["r1", "r2"])
+    assert "u1" not in view.early_users
+    with pytest.raises(BudgetExhausted, match="has spent 100 tokens"):  # not 140
+        view.check(who, d, DAY_END - 10)
+    view.observe(_fact("r2", 15), d, None)  # the edge's own fact of r2, after the record
+    assert "u1" not in view.early_users
+    # a request of the day before does not count today; a new day starts empty
+    view.observe(_fact("r3", 500, at=DAY_END - 86400 - 5), d, None)
+    assert view.spent(view.users["u1"], view.early_users.get("u1"),
+                      Budget(amount=100, unit="tokens", period="day"), DAY_END - 10)[0] == 100
+    view.observe(_fact("r4", 500, at=DAY_END + 5), d, None)
+    with pytest.raises(BudgetExhausted, match="has spent 500 tokens"):
+        view.check(who, d, DAY_END + 10)  # the record's day ended: only the early count
+    # no budget, no early count; no usage, nothing
+    d2, _ = world(None, None)
+    view.observe(_fact("r5", 10, user="u1"), d2, None)
+    assert view.early_users.get("u1", {}).get("r5") is None
+
+
+def test_an_early_count_the_worker_never_lists_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    import edge.quota as q
+
+    d, who = world(None, Budget(amount=2, unit="usd", period="total"))
+    from runtime.prices import LivePrices
+
+    book = LivePrices(None).book
+    clock = [1000.0]
+    monkeypatch.setattr(q.time, "monotonic", lambda: clock[0])
+    view = SpendView()
+    view.observe(_fact("r1", 1_000_000), d, book)  # $6: 1M input tokens
+    with pytest.raises(BudgetExhausted, match=r"API key 'cli' \(cs-AbCd…\) has spent \$6.00"):
+        view.check(who, d, DAY_END - 10)
+    clock[0] += q.PENDING_S + 1  # its record never came (lost): the record alone again
+    view.check(who, d, DAY_END - 10)
+    view.observe(_fact("r2", 10), d, book)  # the next fact forgets the old one
+    assert list(view.early_keys["k1"]) == ["r2"]

@@ -253,7 +253,9 @@ class QuotaFold:
         kind, _, ident = scope.partition(".")
         values = {name: p.frozen() for name, p in periods.items()}
         return Spend(scope="user" if kind == "user" else "key", id=ident, user=owner or ident,
-                     seq=self.seq, zone=zone_name(self.zone), **values)
+                     seq=self.seq, zone=zone_name(self.zone), day=values.get("day"),
+                     week=values.get("week"), month=values.get("month"),
+                     total=values.get("total"))
 
     def level(self, scope: str, budget: Budget, soft_pct: float | None) -> Level | None:
         """The scope's use of ``budget`` in its current period, and whether this change

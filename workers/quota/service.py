@@ -39,11 +39,11 @@ from runtime import bus, names
 from runtime.facts import FactPublisher
 from runtime.lease import Lease
 from runtime.presence import device_name
-from runtime.prices import LivePrices
+from runtime.prices import LivePrices, nano_usd
 from runtime.pull import BatchPuller, ConsumerGoneError
 from schemas.config import GatewaySettings
 from schemas.events import QuotaUsed, RequestCompleted, SessionDeleted, Usage, decode_event, new_id
-from schemas.quota import NANO, Spend, resolve_zone, zone_name
+from schemas.quota import Spend, resolve_zone, zone_name
 from schemas.subjects import RESPONSE_PREFIX, SESSION_DELETED, quota_subject
 from schemas.users import Key, Limits, User
 from workers.quota.fold import QuotaFold, State
@@ -57,6 +57,8 @@ SAVE_EVERY_S = 30.0  # a save of a full state (~6 MB) takes 0.1-0.2 s of the loo
 # at most one QuotaUsed per user or key this often (a crossing goes at once): the level is
 # what the alerts need, and a fact per request would add a fact per request to the event log
 FACT_EVERY_S = 1.0
+# a record lists at most this many of the requests folded into it since the scope's last one
+RECORD_IDS = 512
 _state_encoder = msgspec.msgpack.Encoder()
 _state_decoder = msgspec.msgpack.Decoder(State)
 _spend_decoder = msgspec.json.Decoder(Spend)
@@ -96,6 +98,9 @@ class QuotaService:
         self.fold: QuotaFold | None = None
         self.published_upto = 0  # facts up to here were published (before a replay)
         self._held: set[str] = set()  # scopes changed while catching up to published_upto
+        # scope -> the requests folded into it since its last record (the record lists them:
+        # an edge drops its early count of those, edge/quota.py)
+        self._ids: dict[str, list[str]] = {}
         self._saved_seq = -1
         self._saved_at = 0.0
         self._tasks: list[asyncio.Task[Any]] = []
@@ -282,14 +287,7 @@ class QuotaService:
     # -- folding ----------------------------------------------------------------------------
 
     def _nusd(self, provider: str | None, model: str, usage: Usage | None) -> int:
-        if usage is None:
-            return 0
-        priced = self.live_prices.book.lookup(provider, model)
-        if priced is None:  # unpriced: no USD spent (tokens still count)
-            return 0
-        return round(priced.price.cost(usage.input_tokens, usage.output_tokens,
-                                       usage.cache_read_tokens, usage.cache_write_tokens,
-                                       usage.reasoning_tokens) * NANO)
+        return nano_usd(self.live_prices.book, provider, model, usage)
 
     async def apply(self, msgs: list[Any]) -> None:
         """Fold a batch, then write what changed (KV) and publish the levels (facts)."""
@@ -306,8 +304,17 @@ class QuotaService:
                 fold.seq = seq
                 continue
             if isinstance(event, RequestCompleted):
-                changed |= fold.request(seq, event, self._nusd(
+                scopes = fold.request(seq, event, self._nusd(
                     event.provider, event.upstream_model or event.model, event.usage))
+                for scope in scopes:
+                    ids = self._ids.get(scope)
+                    if ids is None:
+                        self._ids[scope] = [event.request_id]
+                    else:
+                        ids.append(event.request_id)
+                        if len(ids) > 2 * RECORD_IDS:
+                            del ids[:-RECORD_IDS]
+                changed |= scopes
             elif isinstance(event, SessionDeleted):
                 changed |= fold.deleted(seq, event, [
                     self._nusd(d.provider, d.upstream_model or d.model, d.usage)
@@ -319,8 +326,10 @@ class QuotaService:
             return
         levels = self._levels(changed)
         if not self.active or fold.seq <= self.published_upto:
-            # standing by, or replaying what was published before: fold, write nothing
+            # standing by, or replaying what was published before: fold, write nothing (and
+            # list no request: the edges count only the live ones early)
             self._held |= changed
+            self._ids.clear()
             self.applied.set()
             return
         changed |= self._held
@@ -366,9 +375,12 @@ class QuotaService:
         fold, nc = self.fold, self.nc
         assert fold is not None and nc is not None
         for scope in scopes:
+            ids = self._ids.pop(scope, None)
+            record = fold.record(scope)
+            if ids:
+                record = msgspec.structs.replace(record, ids=ids[-RECORD_IDS:])
             try:
-                await nc.publish(f"$KV.{names.QUOTA_BUCKET}.{scope}",
-                                 _json.encode(fold.record(scope)))
+                await nc.publish(f"$KV.{names.QUOTA_BUCKET}.{scope}", _json.encode(record))
             except Exception as exc:
                 log.warning("quota: %s not written: %s", scope, exc)
 

@@ -12,11 +12,14 @@ spends), best and median of R rounds. Refusals (401 unknown key, 403 revoked key
 too: they raise, and the edge renders an error body after them (not included).
 
 ``--limits`` (the default) also gives every user and key an RPM, TPM and concurrency limit
-(high enough never to refuse) and times what the rate limits add per request
-(``edge/ratelimit_bus.py``): the check and count on the request path with the release at its
-end; the note that tells the other edges (one admission per note: the worst case, a note
-carries many under load); folding another edge's note (one request); settling a request's
-tokens from its ``RequestCompleted`` fact (every edge reads every fact).
+and a USD budget a day (high enough never to refuse), a spend record each (KV ``cs_quota``),
+and times what they add per request: the request path as ``EdgeApp._llm`` runs it (key,
+budget check, model, rate-limit admission; the request's life one event-loop turn, during
+which its note goes out and, when near a limit, comes back; the release), at c=1 and c=64,
+against the same harness without users; and, apart, what every edge does besides: the note
+that tells the other edges (one admission per note: the worst case, a note carries many under
+load), another edge's note folded (one request), a request's ``RequestCompleted`` fact (its
+tokens settled for TPM, its spend counted early for the budgets), a quota record arriving.
 """
 
 from __future__ import annotations
@@ -36,15 +39,20 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge.auth import Directory, authenticate
+from edge.quota import SpendView
 from edge.ratelimit_bus import RateLimits, _done_dec, _note_dec, _note_enc
 from schemas.config import GatewaySettings
 from schemas.errors import GatewayError
 from schemas.events import RequestCompleted, Usage, encode_event
+from schemas.prices import PriceBook
+from schemas.quota import PeriodSpend, Spend
 from schemas.ratelimit import RateNote
-from schemas.users import Key, Limits, User, hash_secret, new_secret
+from schemas.users import Budget, Key, Limits, User, hash_secret, new_secret
 
-# limits that never refuse (the bench times the counting, not refusals)
-BIG = Limits(rpm=10**9, tpm=10**12, concurrency=10**6)
+# limits that never refuse (the bench times the counting, not refusals): RPM, TPM,
+# concurrency and a budget (USD a day), on every user and every key
+BIG = Limits(rpm=10**9, tpm=10**12, concurrency=10**6,
+             budget=Budget(amount=10**9, unit="usd", period="day"))
 
 
 def build(users: int, keys: int, limits: Limits | None = None
@@ -141,22 +149,42 @@ def main(argv: list[str] | None = None) -> int:
     limits.nc = _Echo()  # type: ignore[assignment]
     sender = loop.create_task(limits._sender())
 
-    async def admit_release(n: int) -> None:
+    # the spend of every user and key (KV cs_quota as the edge holds it), this day
+    spend = SpendView()
+    day0 = time.time() - 3600
+    for uid in directory.users:
+        spend.apply(f"user.{uid}", msgspec.json.encode(Spend(
+            scope="user", id=uid, user=uid, day=PeriodSpend(start=day0, end=day0 + 86400,
+                                                            tokens=10**6, nusd=10**9))))
+    for kid, k in directory.keys.items():
+        spend.apply(f"key.{kid}", msgspec.json.encode(Spend(
+            scope="key", id=kid, user=k.user, day=PeriodSpend(start=day0, end=day0 + 86400,
+                                                              tokens=10**5, nusd=10**8))))
+    bare = RateLimits(empty)  # the edge without users: admit() is None at once
+
+    async def request(n: int, users: bool) -> None:
+        """What EdgeApp._llm runs for a request, the body, the relay and the facts aside:
+        the key (and without users the same calls, which do nothing); the request's life
+        is one turn of the event loop (its note goes out meanwhile)."""
         nonlocal i, seq
+        d, lim = (directory, limits) if users else (empty, bare)
         for _ in range(n):
             i = (i + 1) & 4095
             seq += 1
-            p = authenticate(headers[i], "", settings, directory)
+            p = authenticate(headers[i], "", settings, d)
+            spend.check(p, d, time.time())
             p.check_model(model)
-            limits.release(await limits.admit(p, f"r{seq}", 2400))
+            admission = await lim.admit(p, f"r{seq}", 2400)
+            await asyncio.sleep(0)
+            lim.release(admission)
 
-    def with_limits_us(n: int, rounds: int, concurrency: int = 1) -> tuple[float, float]:
-        """What EdgeApp._llm runs: auth, model, admit (its note encoded, come back, decoded
-        and decided), ... release; ``concurrency`` requests at a time."""
+    def request_us(n: int, rounds: int, concurrency: int, users: bool = True
+                   ) -> tuple[float, float]:
+        """``concurrency`` requests at a time."""
         results = []
 
         async def run() -> None:
-            await asyncio.gather(*(admit_release(n // concurrency)
+            await asyncio.gather(*(request(n // concurrency, users)
                                    for _ in range(concurrency)))
 
         for _ in range(rounds):
@@ -196,10 +224,27 @@ def main(argv: list[str] | None = None) -> int:
         usage=Usage(input_tokens=1200, output_tokens=300, cache_read_tokens=20000)))
         for n, p in enumerate(principals)]
 
-    def fact_in() -> None:  # a request's usage settled from its fact
+    book = PriceBook()
+
+    def fact_in() -> None:  # a request's fact: its tokens settled, its spend counted early
         nonlocal i
         i = (i + 1) & 4095
-        limits.settle(_done_dec.decode(facts[i]), time.time())
+        done = _done_dec.decode(facts[i])
+        limits.settle(done, time.time())
+        spend.observe(done, directory, book)
+
+    records = [msgspec.json.encode(Spend(
+        scope="user", id=p.user_id or "", user=p.user_id or "", ids=[f"o{n}"],
+        day=PeriodSpend(start=day0, end=day0 + 86400, tokens=10**6, nusd=10**9),
+        week=PeriodSpend(start=day0, end=day0 + 7 * 86400, tokens=10**6, nusd=10**9),
+        month=PeriodSpend(start=day0, end=day0 + 30 * 86400, tokens=10**6, nusd=10**9),
+        total=PeriodSpend(start=0, end=None, tokens=10**6, nusd=10**9)))
+        for n, p in enumerate(principals)]
+
+    def record_in() -> None:  # the worker's record of a scope (one of two per request)
+        nonlocal i
+        i = (i + 1) & 4095
+        spend.apply(f"user.{principals[i].user_id}", records[i])
 
     rows = {
         "no users (today)": per_call_us(without_users, args.n, args.rounds),
@@ -208,11 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.limits:
         rows.update({
-            "+ limits, c=1 (one at a time)": with_limits_us(args.n // 4, args.rounds),
-            "+ limits, c=64": with_limits_us(args.n, args.rounds, 64),
+            "+ limits, c=1 (one at a time)": request_us(args.n // 4, args.rounds, 1),
+            "+ limits, c=64": request_us(args.n, args.rounds, 64),
+            "  same harness, no users, c=1": request_us(args.n // 4, args.rounds, 1, False),
+            "  same harness, no users, c=64": request_us(args.n, args.rounds, 64, False),
             "  note out (per request, worst)": per_call_us(note_out, args.n, args.rounds),
             "  note in (another edge's req.)": per_call_us(note_in, args.n, args.rounds),
-            "  fact in (TPM settled)": per_call_us(fact_in, args.n, args.rounds),
+            "  fact in (TPM, early spend)": per_call_us(fact_in, args.n, args.rounds),
+            "  record in (KV cs_quota)": per_call_us(record_in, args.n, args.rounds),
         })
     rows |= {
         "unknown key (401)": per_call_us(refused("cs-not-a-key"), args.n // 4, args.rounds),
@@ -226,7 +274,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.n:,} calls x {args.rounds} rounds")
     print(f"{'':32} {'best µs':>9} {'median µs':>10} {'added µs':>9}")
     for name, (best, median) in rows.items():
-        added = "" if name.startswith("  ") else f"{best - base:9.2f}"  # parts: their own
+        # the limits: against the same harness without users; parts: their own
+        against = {"+ limits, c=1 (one at a time)": "  same harness, no users, c=1",
+                   "+ limits, c=64": "  same harness, no users, c=64"}.get(name)
+        ref = rows[against][0] if against else base
+        added = "" if name.startswith("  ") else f"{best - ref:9.2f}"
         print(f"{name:32} {best:9.2f} {median:10.2f} {added:>9}")
     if args.json:
         args.json.write_text(json.dumps({

@@ -6,13 +6,15 @@
 What runs, as under ``codeswitch up``: an embedded nats-server; the ``workers`` process as the
 supervisor starts it (``python -m runtime.launch ledger,quota,alerts`` at nice 10; ``--parts
 quota --nice 0`` runs the quota worker alone at the normal priority, for comparison); N
-"edge" processes, each following KV ``cs_quota`` with ``bus.follow_bucket`` and the edge's
-own ``edge.quota.SpendView.apply`` (what an edge runs, without HTTP), recording when each
-record arrived; and this process as the routers: ``RequestCompleted`` facts published through
+"edge" processes, each following KV ``cs_quota`` (and the users and keys) with
+``bus.follow_bucket`` and the edge's own ``edge.quota.SpendView`` (what an edge runs, without
+HTTP): the worker's records, and the early counts from the facts the edge subscribes to
+(``--kv-only``: the records alone, as before the early counts), recording the user's spend on
+each change; and this process as the routers: ``RequestCompleted`` facts published through
 ``runtime.facts.FactPublisher`` (the routers' publisher, its 20 ms linger included) at a fixed
 rate, spread over U users and their keys, each with a known number of tokens. A fact's
-latency on an edge is the first record of its user on that edge whose day tokens reach the
-user's total after that fact, minus the fact's ``ts`` (the moment the router wrote it, after
+latency on an edge is the first moment that edge's spend of its user reaches the user's
+total after that fact, minus the fact's ``ts`` (the moment the router wrote it, after
 the answer); "every edge" is the slowest edge per fact. All on one machine, one clock.
 """
 
@@ -46,30 +48,56 @@ WATCHER = r"""
 import asyncio, json, sys, time
 sys.path.insert(0, sys.argv[3])
 from runtime import bus, names
+from edge.auth import Directory
+from edge.done import done_decoder
 from edge.quota import SpendView
+from schemas.users import Budget
 
-async def main(url, out):
+DAY = Budget(amount=1e12, unit="tokens", period="day")
+
+async def main(url, out, early):
     nc = await bus.connect(url, name="bench-edge")
     view = SpendView()
+    directory = Directory()
     seen = []
+    def note(kind, ident):
+        if kind != "user":
+            return
+        used, _ = view.spent(view.users.get(ident), view.early_users.get(ident), DAY,
+                             time.time())
+        seen.append((time.time(), "user." + ident, used))
     def apply(key, value, revision):
         view.apply(key, value, revision)
         kind, _, ident = key.partition(".")
-        rec = (view.users if kind == "user" else view.keys).get(ident)
-        if rec is not None and rec.day is not None:
-            seen.append((time.time(), key, rec.day.tokens))
-    kv = await nc.jetstream().key_value(names.QUOTA_BUCKET)
-    ready = asyncio.Event()
-    task = asyncio.create_task(bus.follow_bucket(kv, apply, ready))
-    await ready.wait()
+        note(kind, ident)
+    async def on_fact(msg):  # what the edge runs (edge/ratelimit_bus.py _on_fact)
+        if b'"key_id"' not in msg.data:
+            return
+        done = done_decoder.decode(msg.data)
+        view.observe(done, directory, None)
+        note("user", done.user_id)
+    js = nc.jetstream()
+    tasks, loads = [], []
+    for bucket, fn in ((names.USERS_BUCKET, directory.apply_user),
+                       (names.KEYS_BUCKET, directory.apply_key),
+                       (names.QUOTA_BUCKET, apply)):
+        loaded = asyncio.Event()
+        loads.append(loaded)
+        tasks.append(asyncio.create_task(bus.follow_bucket(await js.key_value(bucket), fn,
+                                                           loaded)))
+    for e in loads:
+        await e.wait()
+    if early == "1":
+        await nc.subscribe("llm.response.>", cb=on_fact, pending_msgs_limit=1_000_000)
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    task.cancel()
+    for task in tasks:
+        task.cancel()
     with open(out, "w") as f:
         json.dump(seen, f)
     await nc.close()
 
-asyncio.run(main(sys.argv[1], sys.argv[2]))
+asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[4]))
 """
 
 
@@ -128,6 +156,17 @@ def latencies(sent: list[tuple[float, str, int]], seen: list[list[Any]]) -> list
     return out
 
 
+def over(sent: list[tuple[float, str, int]], seen: list[list[Any]]) -> int:
+    """Users whose spend on this edge ever went past their final total (double counting)."""
+    final: dict[str, int] = {}
+    for _, scope, total in sent:
+        final[scope] = total
+    peak: dict[str, float] = {}
+    for _, scope, tokens in seen:
+        peak[scope] = max(peak.get(scope, 0), tokens)
+    return sum(1 for scope, top in peak.items() if top > final.get(scope, 0))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rate", type=float, default=200.0, help="requests completed per second")
@@ -140,6 +179,9 @@ def main() -> None:
                     "`codeswitch up` starts it)")
     ap.add_argument("--nice", type=int, default=10,
                     help="the worker process's nice (the `workers` process runs at 10)")
+    ap.add_argument("--kv-only", action="store_true",
+                    help="edges that see spend only in the quota worker's KV records (no "
+                    "early counts from the facts: the edge before them)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-quota-"))
@@ -157,7 +199,8 @@ def main() -> None:
         edges = []
         for i in range(args.edges):
             p = subprocess.Popen([sys.executable, "-c", WATCHER, server.url,
-                                  str(tmp / f"edge{i}.json"), str(ROOT)], env=env, text=True,
+                                  str(tmp / f"edge{i}.json"), str(ROOT),
+                                  "0" if args.kv_only else "1"], env=env, text=True,
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
             procs.append(p)
             edges.append(p)
@@ -170,17 +213,21 @@ def main() -> None:
         time.sleep(2.0)  # the last facts
         load_after = os.getloadavg()[0]
         per_edge = []
+        overcounted = 0
         for i, p in enumerate(edges):
             assert p.stdin is not None
             p.stdin.write("\n")
             p.stdin.flush()
             p.wait(30)
-            per_edge.append(latencies(sent, json.loads((tmp / f"edge{i}.json").read_text())))
+            seen = json.loads((tmp / f"edge{i}.json").read_text())
+            per_edge.append(latencies(sent, seen))
+            overcounted += over(sent, seen)
         every = [max(values) for values in zip(*per_edge, strict=True)]
         result: dict[str, Any] = {
             "rate": args.rate, "duration_s": args.duration, "facts": len(sent),
             "users": args.users, "keys_per_user": args.keys_per_user, "edges": args.edges,
             "worker_process": args.parts, "worker_nice": args.nice,
+            "edges_count_early": not args.kv_only,
             "load_1m_before": round(load_before, 2),
             "load_1m_after": round(load_after, 2), "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -189,6 +236,8 @@ def main() -> None:
                               "max": round(max(every), 2)},
             "per_edge_p99_ms": [round(pct(v, 99), 2) for v in per_edge],
             "never_seen": sum(1 for v in every if v == float("inf")),
+            # a spend an edge saw above the user's true total at that point (counted twice)
+            "overcounted_users": overcounted,
         }
         print(json.dumps(result, indent=2))
         if args.json:

@@ -58,7 +58,7 @@ log = logging.getLogger("codeswitch.edge.quota")
 _spend_decoder = msgspec.json.Decoder(Spend)
 # how long an early count waits for the worker's record that holds it (then the record alone
 # is the truth again)
-PENDING_S = 10.0
+PENDING_S = 5.0
 
 
 class BudgetExhausted(AccessDenied):
@@ -76,13 +76,9 @@ def _zone(name: str) -> tzinfo:
         return resolve_zone(None)
 
 
-class _Early:
-    """A request's spend as this edge counted it from its fact, until the worker's record."""
-
-    __slots__ = ("at", "nusd", "real", "seen", "tokens")
-
-    def __init__(self, at: float, tokens: int, nusd: int, real: bool, seen: float) -> None:
-        self.at, self.tokens, self.nusd, self.real, self.seen = at, tokens, nusd, real, seen
+# a request's spend as this edge counted it from its fact, until the worker's record:
+# (received_at, tokens, nano-USD, real usage (not an estimate), monotonic time seen)
+_Early = tuple[float, int, int, bool, float]
 
 
 class SpendView:
@@ -163,10 +159,9 @@ class SpendView:
             if pending is None:
                 pending = early[ident] = {}
             old = pending.get(rid)
-            if old is None:
-                pending[rid] = _Early(at, tokens, nusd, real, now)
-            elif (real and not old.real) or (real == old.real and tokens > old.tokens):
-                old.tokens, old.nusd, old.real = tokens, nusd, real  # as the fold does
+            # the fold's rule: real usage replaces an estimate, a larger one a smaller one
+            if old is None or (real and not old[3]) or (real == old[3] and tokens > old[1]):
+                pending[rid] = (at, tokens, nusd, real, now if old is None else old[4])
         self._early_order.append((now, uid if ub is not None else None,
                                   kid if kb is not None else None, rid))
         if self._early_order[0][0] < now - PENDING_S:
@@ -183,7 +178,7 @@ class SpendView:
                 pending = early.get(ident) if ident is not None else None
                 if pending is not None:
                     e = pending.get(rid)
-                    if e is not None and e.seen < cutoff:
+                    if e is not None and e[4] < cutoff:
                         del pending[rid]
                         if not pending:
                             del early[ident]  # type: ignore[arg-type]
@@ -199,11 +194,13 @@ class SpendView:
         """(spent in the budget's unit, when it resets) in the period holding ``now``: the
         record's (a period that ended is a new one with nothing spent) plus the early counts
         of that period. Resets None: never (total), or not known (nothing spent)."""
-        p = record.period(budget.period) if record is not None else None
+        p = getattr(record, budget.period, None) if record is not None else None
         tokens = budget.unit == "tokens"
         if p is not None and p.start <= now and (p.end is None or now < p.end):
             start, end = p.start, p.end
-            used = float(p.tokens) if tokens else p.usd
+            used = float(p.tokens) if tokens else p.nusd / NANO
+            if not early:
+                return used, end
         elif not early:
             return 0.0, None
         else:
@@ -212,9 +209,9 @@ class SpendView:
             used = 0.0
         if early:
             cutoff = time.monotonic() - PENDING_S
-            for e in early.values():
-                if e.seen >= cutoff and start <= e.at and (end is None or e.at < end):
-                    used += e.tokens if tokens else e.nusd / NANO
+            for at, t, nusd, _, seen in early.values():
+                if seen >= cutoff and start <= at and (end is None or at < end):
+                    used += t if tokens else nusd / NANO
         return used, end
 
     def _period(self, period: str, now: float, zone: str) -> tuple[float, float | None]:

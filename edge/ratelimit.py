@@ -383,6 +383,7 @@ class Limiter:
         sec = int(now)
         refused = False
         ample = fast
+        need = AMPLE_REQUESTS * estimate
         inflight = self.inflight
         for r in plan.rules:
             if r.rpm is not None:
@@ -400,8 +401,10 @@ class Limiter:
                 used = w.total
                 if used >= r.tpm or (used > 0 and used + estimate > r.tpm):
                     refused = True
-                elif r.tpm - used - estimate < max(r.tpm_margin, AMPLE_REQUESTS * estimate):
-                    ample = False
+                else:
+                    room = r.tpm - used - estimate
+                    if room < r.tpm_margin or room < need:
+                        ample = False
             if r.concurrency is not None and inflight.total(r.subject) >= r.concurrency:
                 refused = True
         if refused:

@@ -81,11 +81,13 @@ class RateLimits:
         self._late: set[str] = set()
         self.notes_sent = 0
         self.notes_folded = 0
+        self._own = b"\x00"  # how this edge's notes start (set by start)
         # also told of each fact of a user's request (the edge's budgets, edge/quota.py)
         self.on_done: Callable[[Done, float], None] | None = None
 
     async def start(self, nc: NATS, edge_id: str) -> None:
         self.nc, self.edge_id = nc, edge_id
+        self._own = _note_enc.encode(RateNote(e=edge_id))[:-1]  # b'{"e":"<id>"'
         self._subs = [
             await nc.subscribe(RATE_NOTE, cb=self._on_note, pending_msgs_limit=1_000_000),
             await nc.subscribe(f"{RESPONSE_PREFIX}.>", cb=self._on_fact,
@@ -248,8 +250,12 @@ class RateLimits:
                          ", ".join(gone))
 
     async def _on_note(self, msg: Msg) -> None:
+        data = msg.data
+        own = self._own
+        if data.startswith(own) and not data.startswith(b',"a":', len(own)):
+            return  # this edge's own note with nothing to decide (the common case)
         try:
-            note = _note_dec.decode(msg.data)
+            note = _note_dec.decode(data)
         except (msgspec.ValidationError, msgspec.DecodeError):
             return
         self.fold(note, time.time())

@@ -326,10 +326,11 @@ class QuotaService:
             return
         levels = self._levels(changed)
         if not self.active or fold.seq <= self.published_upto:
-            # standing by, or replaying what was published before: fold, write nothing (and
-            # list no request: the edges count only the live ones early)
+            # standing by, or replaying what was published before: fold, write nothing (the
+            # requests are listed when the held scopes are written, as long as they are few)
             self._held |= changed
-            self._ids.clear()
+            if fold.seq <= self.published_upto or sum(map(len, self._ids.values())) > 20_000:
+                self._ids.clear()
             self.applied.set()
             return
         changed |= self._held

@@ -211,6 +211,7 @@ def main() -> None:
         sent = asyncio.run(publish(server.url, args.rate, args.duration, args.users,
                                    args.keys_per_user))
         time.sleep(2.0)  # the last facts
+        (tmp / "sent.json").write_text(json.dumps(sent))
         load_after = os.getloadavg()[0]
         per_edge = []
         overcounted = 0

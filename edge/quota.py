@@ -59,6 +59,9 @@ _spend_decoder = msgspec.json.Decoder(Spend)
 # how long an early count waits for the worker's record that holds it (then the record alone
 # is the truth again)
 PENDING_S = 5.0
+# how long the requests a record listed are remembered (a fact re-published after a failed
+# publish comes again seconds later: it must not be counted early once more)
+FOLDED_S = 60.0
 
 
 class BudgetExhausted(AccessDenied):
@@ -79,6 +82,18 @@ def _zone(name: str) -> tzinfo:
 # a request's spend as this edge counted it from its fact, until the worker's record:
 # (received_at, tokens, nano-USD, real usage (not an estimate), monotonic time seen)
 _Early = tuple[float, int, int, bool, float]
+
+
+def _count(early: dict[str, dict[str, _Early]], ident: str, rid: str, at: float, tokens: int,
+           nusd: int, real: bool, now: float) -> None:
+    pending = early.get(ident)
+    if pending is None:
+        early[ident] = {rid: (at, tokens, nusd, real, now)}
+        return
+    old = pending.get(rid)
+    # the fold's rule: real usage replaces an estimate, a larger one a smaller one
+    if old is None or (real and not old[3]) or (real == old[3] and tokens > old[1]):
+        pending[rid] = (at, tokens, nusd, real, now if old is None else old[4])
 
 
 class SpendView:
@@ -126,7 +141,7 @@ class SpendView:
                     pending.pop(rid, None)
             if pending is not None and not pending:
                 del early[ident]
-            if len(folded) > 1024:
+            if len(folded) > 1024 and next(iter(folded.values())) < now - FOLDED_S - 1.0:
                 self._forget(now)
 
     def observe(self, done: Done, directory: Directory, book: PriceBook | None) -> None:
@@ -134,6 +149,8 @@ class SpendView:
         usage = done.usage
         if usage is None or done.request_id in self._folded:
             return
+        if done.ts and done.ts < time.time() - PENDING_S:
+            return  # an old fact (re-published, recovered): the worker's record has it
         uid, kid = done.user_id, done.key_id
         user = directory.users.get(uid) if uid is not None else None
         key = directory.keys.get(kid) if kid is not None else None
@@ -152,19 +169,17 @@ class SpendView:
         real = not done.usage_estimated
         at = done.received_at or done.ts
         rid = done.request_id
-        for ident, budget, early in ((uid, ub, self.early_users), (kid, kb, self.early_keys)):
-            if ident is None or budget is None:
-                continue
-            pending = early.get(ident)
-            if pending is None:
-                pending = early[ident] = {}
-            old = pending.get(rid)
-            # the fold's rule: real usage replaces an estimate, a larger one a smaller one
-            if old is None or (real and not old[3]) or (real == old[3] and tokens > old[1]):
-                pending[rid] = (at, tokens, nusd, real, now if old is None else old[4])
-        self._early_order.append((now, uid if ub is not None else None,
-                                  kid if kb is not None else None, rid))
-        if self._early_order[0][0] < now - PENDING_S:
+        if ub is not None and uid is not None:
+            _count(self.early_users, uid, rid, at, tokens, nusd, real, now)
+        else:
+            uid = None
+        if kb is not None and kid is not None:
+            _count(self.early_keys, kid, rid, at, tokens, nusd, real, now)
+        else:
+            kid = None
+        order = self._early_order
+        order.append((now, uid, kid, rid))
+        if order[0][0] < now - PENDING_S - 1.0:  # once a second or so
             self._forget(now)
 
     def _forget(self, now: float) -> None:
@@ -183,9 +198,10 @@ class SpendView:
                         if not pending:
                             del early[ident]  # type: ignore[arg-type]
         folded = self._folded
+        kept = now - FOLDED_S
         while folded:
             rid = next(iter(folded))
-            if folded[rid] >= cutoff:
+            if folded[rid] >= kept and len(folded) <= 200_000:
                 break
             del folded[rid]
 

@@ -110,6 +110,14 @@ def test_a_fact_counts_at_once_until_the_record_that_holds_it() -> None:
     view.observe(_fact("r4", 500, at=DAY_END + 5), d, None)
     with pytest.raises(BudgetExhausted, match="has spent 500 tokens"):
         view.check(who, d, DAY_END + 10)  # the record's day ended: only the early count
+    # a fact written more than PENDING_S ago (re-published after a failed publish, recovered
+    # from a dead part's files) is the worker's record's business alone
+    import time
+
+    late = _fact("r6", 10**6)
+    late.ts = time.time() - 60
+    view.observe(late, d, None)
+    assert "r6" not in view.early_users.get("u1", {})
     # no budget, no early count; no usage, nothing
     d2, _ = world(None, None)
     view.observe(_fact("r5", 10, user="u1"), d2, None)
@@ -129,7 +137,7 @@ def test_an_early_count_the_worker_never_lists_expires(monkeypatch: pytest.Monke
     view.observe(_fact("r1", 1_000_000), d, book)  # $6: 1M input tokens
     with pytest.raises(BudgetExhausted, match=r"API key 'cli' \(cs-AbCd…\) has spent \$6.00"):
         view.check(who, d, DAY_END - 10)
-    clock[0] += q.PENDING_S + 1  # its record never came (lost): the record alone again
+    clock[0] += q.PENDING_S + 2  # its record never came (lost): the record alone again
     view.check(who, d, DAY_END - 10)
     view.observe(_fact("r2", 10), d, book)  # the next fact forgets the old one
     assert list(view.early_keys["k1"]) == ["r2"]

@@ -492,3 +492,46 @@ def _h(session: str) -> bytes:
     import hashlib
 
     return hashlib.sha256(session.encode()).digest()
+
+
+def test_every_edge_counts_a_request_at_once_and_the_record_replaces_the_count(
+        world: World, tmp_path: Path) -> None:
+    """Early counts: with the quota worker stopped, each edge still counts every request's
+    spend from its fact, so the budget is refused on both edges; when the worker is back its
+    records (listing those requests) replace the early counts: the spend is counted once."""
+    from schemas.users import Budget
+
+    edges = [e.url for e in world.edges]
+    user = world.admin(lambda nc, a: u.add_user(nc, a, "erin"))
+    _, secret = world.admin(lambda nc, a: u.create_key(nc, a, "erin"))
+    world.wait_directory(lambda d: user.id in d.users and any(
+        k.user == user.id for k in d.keys.values()))
+    assert call(edges[0], "anthropic", secret).status_code == 200
+    world.wait_tokens("user", user.id, 1)
+    t = world.day_tokens("user", user.id)
+    budget = Budget(amount=int(t * 2.5), unit="tokens", period="day")
+    world.admin(lambda nc, a: u.update_user(nc, a, "erin", limits=u.limits_from(
+        budget=f"{int(t * 2.5)}tokens/day")))
+    world.wait_directory(lambda d: d.users[user.id].limits.budget is not None)
+    world.quota.stop()  # no records from here on: only the edges' own counts
+
+    def spent(edge: int) -> float:
+        view = world.edges[edge].app.spend
+        return view.spent(view.users.get(user.id), view.early_users.get(user.id), budget,
+                          time.time())[0]
+
+    assert call(edges[0], "anthropic", secret).status_code == 200
+    world.until(lambda: all(spent(i) == 2 * t for i in range(2)), "early counts (2)")
+    assert call(edges[1], "anthropic", secret).status_code == 200  # 2t < 2.5t
+    world.until(lambda: all(spent(i) == 3 * t for i in range(2)), "early counts (3)")
+    assert all(world.day_tokens("user", user.id, i) == t for i in range(2))  # no record
+    for edge in edges:  # refused on both edges with the worker away
+        r = call(edge, "anthropic", secret)
+        assert r.status_code == 403, r.text
+        assert f"user erin has spent {3 * t:,} tokens" in r.json()["error"]["message"]
+    world.quota = QuotaThread(world.url, tmp_path / "workers")  # back: it folds the two
+    world.wait_tokens("user", user.id, 3 * t)
+    world.until(lambda: all(user.id not in e.app.spend.early_users for e in world.edges),
+                "the records did not replace the early counts")
+    assert all(spent(i) == 3 * t for i in range(2))  # once, not 5t
+    assert kv_spend(world.url)[f"user.{user.id}"].day.tokens == 3 * t  # type: ignore[union-attr]

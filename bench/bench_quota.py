@@ -107,10 +107,10 @@ def pct(values: list[float], p: float) -> float:
 
 
 async def publish(url: str, rate: float, duration: float, users: int,
-                  keys_per_user: int) -> list[tuple[float, str, int]]:
+                  keys_per_user: int, linger: float = 0.02) -> list[tuple[float, str, int]]:
     """The routers' facts; returns (completion ts, user scope, user's total after it)."""
     nc = await bus.connect(url, name="bench-router")
-    facts = FactPublisher(nc, name="bench")  # in memory: no write-ahead file here
+    facts = FactPublisher(nc, name="bench", linger=linger)  # in memory: no write-ahead file
     facts.start()
     rng = random.Random(1)
     totals: dict[str, int] = {}
@@ -179,6 +179,8 @@ def main() -> None:
                     "`codeswitch up` starts it)")
     ap.add_argument("--nice", type=int, default=10,
                     help="the worker process's nice (the `workers` process runs at 10)")
+    ap.add_argument("--linger", type=float, default=0.02,
+                    help="the publisher's linger (the routers': 0.02 s)")
     ap.add_argument("--kv-only", action="store_true",
                     help="edges that see spend only in the quota worker's KV records (no "
                     "early counts from the facts: the edge before them)")
@@ -209,7 +211,7 @@ def main() -> None:
         time.sleep(2.0)  # the worker: connected, consumer in place
         load_before = os.getloadavg()[0]
         sent = asyncio.run(publish(server.url, args.rate, args.duration, args.users,
-                                   args.keys_per_user))
+                                   args.keys_per_user, args.linger))
         time.sleep(2.0)  # the last facts
         (tmp / "sent.json").write_text(json.dumps(sent))
         load_after = os.getloadavg()[0]
@@ -228,7 +230,7 @@ def main() -> None:
             "rate": args.rate, "duration_s": args.duration, "facts": len(sent),
             "users": args.users, "keys_per_user": args.keys_per_user, "edges": args.edges,
             "worker_process": args.parts, "worker_nice": args.nice,
-            "edges_count_early": not args.kv_only,
+            "edges_count_early": not args.kv_only, "linger_s": args.linger,
             "load_1m_before": round(load_before, 2),
             "load_1m_after": round(load_after, 2), "cpus": os.cpu_count(),
             "python": platform.python_version(),

@@ -82,10 +82,12 @@ BENCH_USER_KEY = "cs-bench-user-key-0000000000000000000000000"
 
 def _users_toml(users: int, keys: int, limits: bool) -> list[str]:
     """``[[users]]`` and ``[[keys]]`` by hash; the load uses key 0 (of user 0). ``limits``:
-    every user and key with an RPM, TPM and concurrency limit too high to refuse."""
+    every user and key with an RPM, TPM and concurrency limit and a budget, too high to
+    refuse."""
     import hashlib
 
-    lim = ["rpm = 1000000000", "tpm = 1000000000000", "concurrency = 100000"] if limits else []
+    lim = ["rpm = 1000000000", "tpm = 1000000000000", "concurrency = 100000",
+           'budget = "1000000usd/day"'] if limits else []
     out: list[str] = []
     for i in range(users):
         out += ["[[users]]", f'name = "bench{i}"', *lim, ""]
@@ -382,7 +384,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="users in the gateway's config (0: none, the gateway as before)")
     p.add_argument("--keys", type=int, default=0, help="API keys over those users")
     p.add_argument("--limits", action="store_true",
-                   help="every user and key with RPM/TPM/concurrency limits (never reached)")
+                   help="every user and key with RPM/TPM/concurrency limits and a USD budget "
+                   "a day (never reached)")
     p.add_argument("--dialect", choices=DIALECTS, default="anthropic",
                    help="client (and pass-through provider) dialect")
     p.add_argument("--translated", action="store_true",

@@ -60,22 +60,23 @@ async def main(url, out, early):
     view = SpendView()
     directory = Directory()
     seen = []
-    def note(kind, ident):
+    def note(kind, ident, what):
         if kind != "user":
             return
         used, _ = view.spent(view.users.get(ident), view.early_users.get(ident), DAY,
                              time.time())
-        seen.append((time.time(), "user." + ident, used))
+        seen.append((time.time(), "user." + ident, used, what))
     def apply(key, value, revision):
         view.apply(key, value, revision)
         kind, _, ident = key.partition(".")
-        note(kind, ident)
+        rec = (view.users if kind == "user" else view.keys).get(ident)
+        note(kind, ident, ["record", rec.seq, rec.ids] if rec is not None else None)
     async def on_fact(msg):  # what the edge runs (edge/ratelimit_bus.py _on_fact)
         if b'"key_id"' not in msg.data:
             return
         done = done_decoder.decode(msg.data)
         view.observe(done, directory, None)
-        note("user", done.user_id)
+        note("user", done.user_id, ["fact", done.request_id])
     js = nc.jetstream()
     tasks, loads = [], []
     for bucket, fn in ((names.USERS_BUCKET, directory.apply_user),
@@ -107,14 +108,14 @@ def pct(values: list[float], p: float) -> float:
 
 
 async def publish(url: str, rate: float, duration: float, users: int,
-                  keys_per_user: int, linger: float = 0.02) -> list[tuple[float, str, int]]:
+                  keys_per_user: int, linger: float = 0.02) -> list[tuple[float, str, int, str]]:
     """The routers' facts; returns (completion ts, user scope, user's total after it)."""
     nc = await bus.connect(url, name="bench-router")
     facts = FactPublisher(nc, name="bench", linger=linger)  # in memory: no write-ahead file
     facts.start()
     rng = random.Random(1)
     totals: dict[str, int] = {}
-    sent: list[tuple[float, str, int]] = []
+    sent: list[tuple[float, str, int, str]] = []
     interval = 1.0 / rate
     start = time.perf_counter()
     n = 0
@@ -136,33 +137,33 @@ async def publish(url: str, rate: float, duration: float, users: int,
         facts.emit(response_subject("anthropic", "p"), ev)
         scope = f"user.u_{u:05d}"
         totals[scope] = totals.get(scope, 0) + tokens
-        sent.append((ts, scope, totals[scope]))
+        sent.append((ts, scope, totals[scope], ev.request_id))
         n += 1
     await facts.aclose()
     await nc.close()
     return sent
 
 
-def latencies(sent: list[tuple[float, str, int]], seen: list[list[Any]]) -> list[float]:
+def latencies(sent: list[tuple[float, str, int, str]], seen: list[list[Any]]) -> list[float]:
     """Per fact: when this edge first saw its user's total reach the fact's total."""
     by_scope: dict[str, list[tuple[float, int]]] = {}
-    for t, key, tokens in seen:
+    for t, key, tokens, _ in seen:
         by_scope.setdefault(key, []).append((t, tokens))
     out = []
-    for ts, scope, total in sent:
+    for ts, scope, total, _ in sent:
         arrivals = by_scope.get(scope, [])
         hit = next((t for t, tok in arrivals if tok >= total), None)
         out.append(float("inf") if hit is None else (hit - ts) * 1000)
     return out
 
 
-def over(sent: list[tuple[float, str, int]], seen: list[list[Any]]) -> int:
+def over(sent: list[tuple[float, str, int, str]], seen: list[list[Any]]) -> int:
     """Users whose spend on this edge ever went past their final total (double counting)."""
     final: dict[str, int] = {}
-    for _, scope, total in sent:
+    for _, scope, total, _ in sent:
         final[scope] = total
     peak: dict[str, float] = {}
-    for _, scope, tokens in seen:
+    for _, scope, tokens, _ in seen:
         peak[scope] = max(peak.get(scope, 0), tokens)
     return sum(1 for scope, top in peak.items() if top > final.get(scope, 0))
 

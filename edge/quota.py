@@ -14,8 +14,9 @@ but it shares the ``workers`` process (nice 10, one GIL) with the ledger and the
 lags under load. So every edge also counts each request's spend itself from the request's own
 fact (``RequestCompleted``, which every edge reads for TPM anyway, ``edge/done.py``), for users
 and keys with a budget: :meth:`SpendView.observe` keeps it per scope and request id ("pending"),
-on top of the worker's record. The worker's record lists the requests folded into it since
-its previous one (``Spend.ids``): those pending counts are dropped as the record that holds
+on top of the worker's record. The worker's record lists the requests folded into it in
+the last 5 s (``Spend.ids``; not only since its previous record: a lagging watch may miss a
+record the next one replaced): those pending counts are dropped as a record that holds
 them arrives, and a fact that comes after the record that listed it is not counted. The
 record stays the truth: a pending count is dropped after ``PENDING_S`` whatever happens (a
 fact the worker counted differently, a record lost), and a fact this edge missed is in the

@@ -72,8 +72,8 @@ class Spend(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     total: PeriodSpend | None = None
     seq: int = 0
     zone: str = ""
-    # the requests folded into it since the scope's previous record (at most 512): an edge
-    # that counted them early from their facts drops those counts (edge/quota.py)
+    # the requests folded into it in the last 5 s (at most 512): an edge that counted them
+    # early from their facts drops those counts (edge/quota.py)
     ids: list[str] = []
 
     def period(self, period: str) -> PeriodSpend | None:

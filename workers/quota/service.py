@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,9 @@ SAVE_EVERY_S = 30.0  # a save of a full state (~6 MB) takes 0.1-0.2 s of the loo
 # at most one QuotaUsed per user or key this often (a crossing goes at once): the level is
 # what the alerts need, and a fact per request would add a fact per request to the event log
 FACT_EVERY_S = 1.0
-# a record lists at most this many of the requests folded into it since the scope's last one
+# a record lists the requests folded into its scope in the last LIST_S seconds (the edges
+# keep an early count that long, edge/quota.py PENDING_S), at most RECORD_IDS of them
+LIST_S = 5.0
 RECORD_IDS = 512
 _state_encoder = msgspec.msgpack.Encoder()
 _state_decoder = msgspec.msgpack.Decoder(State)
@@ -98,9 +101,11 @@ class QuotaService:
         self.fold: QuotaFold | None = None
         self.published_upto = 0  # facts up to here were published (before a replay)
         self._held: set[str] = set()  # scopes changed while catching up to published_upto
-        # scope -> the requests folded into it since its last record (the record lists them:
-        # an edge drops its early count of those, edge/quota.py)
-        self._ids: dict[str, list[str]] = {}
+        # scope -> the requests folded into it in the last LIST_S seconds, oldest first: each
+        # record lists them (an edge drops its early count of those, edge/quota.py); not only
+        # those since the previous record: an edge whose watch lags may never see a record
+        # the next one replaced (the bucket keeps one per key)
+        self._ids: dict[str, deque[tuple[float, str]]] = {}
         self._saved_seq = -1
         self._saved_at = 0.0
         self._tasks: list[asyncio.Task[Any]] = []
@@ -306,14 +311,13 @@ class QuotaService:
             if isinstance(event, RequestCompleted):
                 scopes = fold.request(seq, event, self._nusd(
                     event.provider, event.upstream_model or event.model, event.usage))
-                for scope in scopes:
-                    ids = self._ids.get(scope)
-                    if ids is None:
-                        self._ids[scope] = [event.request_id]
-                    else:
-                        ids.append(event.request_id)
-                        if len(ids) > 2 * RECORD_IDS:
-                            del ids[:-RECORD_IDS]
+                if scopes:
+                    now = time.monotonic()
+                    for scope in scopes:
+                        ids = self._ids.get(scope)
+                        if ids is None:
+                            ids = self._ids[scope] = deque(maxlen=RECORD_IDS)
+                        ids.append((now, event.request_id))
                 changed |= scopes
             elif isinstance(event, SessionDeleted):
                 changed |= fold.deleted(seq, event, [
@@ -329,8 +333,12 @@ class QuotaService:
             # standing by, or replaying what was published before: fold, write nothing (the
             # requests are listed when the held scopes are written, as long as they are few)
             self._held |= changed
-            if fold.seq <= self.published_upto or sum(map(len, self._ids.values())) > 20_000:
+            if fold.seq <= self.published_upto:
                 self._ids.clear()
+            elif len(self._ids) > 1024:  # standing by: keep only what a record could list
+                cutoff = time.monotonic() - LIST_S
+                for scope in [k for k, v in self._ids.items() if v[-1][0] < cutoff]:
+                    del self._ids[scope]
             self.applied.set()
             return
         changed |= self._held
@@ -375,11 +383,17 @@ class QuotaService:
         lost while NATS is away is corrected by the scope's next change."""
         fold, nc = self.fold, self.nc
         assert fold is not None and nc is not None
+        cutoff = time.monotonic() - LIST_S
         for scope in scopes:
-            ids = self._ids.pop(scope, None)
             record = fold.record(scope)
+            ids = self._ids.get(scope)
             if ids:
-                record = msgspec.structs.replace(record, ids=ids[-RECORD_IDS:])
+                while ids and ids[0][0] < cutoff:
+                    ids.popleft()
+                if ids:
+                    record = msgspec.structs.replace(record, ids=[r for _, r in ids])
+                else:
+                    del self._ids[scope]
             try:
                 await nc.publish(f"$KV.{names.QUOTA_BUCKET}.{scope}", _json.encode(record))
             except Exception as exc:

@@ -385,6 +385,7 @@ class Limiter:
         ample = fast
         need = AMPLE_REQUESTS * estimate
         inflight = self.inflight
+        local, remote = inflight.local, inflight._remote_total
         for r in plan.rules:
             if r.rpm is not None:
                 w = r.req
@@ -405,7 +406,8 @@ class Limiter:
                     room = r.tpm - used - estimate
                     if room < r.tpm_margin or room < need:
                         ample = False
-            if r.concurrency is not None and inflight.total(r.subject) >= r.concurrency:
+            if r.concurrency is not None and (
+                    local.get(r.subject, 0) + remote.get(r.subject, 0)) >= r.concurrency:
                 refused = True
         if refused:
             raise self.refusal(plan, estimate, now)
@@ -432,9 +434,13 @@ class Limiter:
                     (request_id, estimate, counted))
             else:
                 decided = False
-        for s in plan.held:
-            inflight.acquire(s)
-        return Admission(request_id, estimate, counted, plan.held, decided)
+        held = plan.held
+        if held:
+            changed = inflight.changed
+            for s in held:  # InFlight.acquire, inlined
+                local[s] = local.get(s, 0) + 1
+                changed.add(s)
+        return Admission(request_id, estimate, counted, held, decided)
 
     def force(self, request_id: str, estimate: int, subjects: tuple[str, ...],
               now: float) -> None:
@@ -531,8 +537,15 @@ class Limiter:
 
     def release(self, admission: Admission) -> None:
         """The request ended (answered, failed, its client gone, its router lost)."""
-        for s in admission.held:
-            self.inflight.release(s)
+        inflight = self.inflight
+        local, changed = inflight.local, inflight.changed
+        for s in admission.held:  # InFlight.release, inlined
+            n = local.get(s, 0) - 1
+            if n > 0:
+                local[s] = n
+            else:
+                local.pop(s, None)
+            changed.add(s)
 
 
 _NOTHING = Admission("", 0, (), ())

@@ -8,9 +8,9 @@ generated config (``nats-server.conf``, 0600), never on a command line. Without 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -37,6 +37,12 @@ class NatsAuth:
         return f"NatsAuth(user={self.user!r}, password=***)"
 
 
+def _token(nbytes: int = 32) -> str:
+    """As ``secrets.token_urlsafe`` (which imports hashlib and OpenSSL: 4 MB in the
+    supervisor): ``nbytes`` from the OS's CSPRNG, URL-safe base64."""
+    return base64.urlsafe_b64encode(os.urandom(nbytes)).rstrip(b"=").decode("ascii")
+
+
 def load_or_create_auth(path: Path) -> NatsAuth:
     """The embedded server's credentials: read from ``path``, generated (0600) on first use.
     A restart of nats-server or of ``codeswitch up`` keeps them."""
@@ -47,7 +53,7 @@ def load_or_create_auth(path: Path) -> NatsAuth:
             return auth
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    auth = NatsAuth(user=NATS_USER, password=secrets.token_urlsafe(32))
+    auth = NatsAuth(user=NATS_USER, password=_token())
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_private(path, json.dumps({"user": auth.user, "password": auth.password}) + "\n")
     return auth

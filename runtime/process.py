@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import importlib.abc
 import importlib.machinery
 import os
@@ -17,9 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["free_port", "pdeathsig_preexec", "pid_alive", "private_umask", "set_title",
-           "write_private"]
+__all__ = ["PART_ENV", "device_name", "free_port", "pdeathsig_preexec", "pid_alive",
+           "private_umask", "set_title", "write_private"]
 
+# the supervisor's name for a part process it starts (router-2, gateway, ...): its title
+PART_ENV = "CODESWITCH_PART"
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 _libc: ctypes.CDLL | None = None
@@ -54,6 +57,14 @@ def pdeathsig_preexec(sig: int = signal.SIGTERM, *, nice: int = 0
             os.nice(nice)
 
     return _preexec
+
+
+@functools.cache
+def device_name() -> str:
+    """This machine's name as the gateway reports it (``$CODESWITCH_DEVICE``, else the host
+    name), at most 64 characters."""
+    name = os.environ.get("CODESWITCH_DEVICE") or socket.gethostname() or "localhost"
+    return name.strip()[:64] or "localhost"
 
 
 def free_port(host: str = "127.0.0.1") -> int:

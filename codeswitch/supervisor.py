@@ -42,7 +42,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -111,25 +110,29 @@ def describe_exit(code: int | None) -> str:
     return f"exited with code {code}"
 
 
-@dataclass(frozen=True)
 class RestartPolicy:
-    """When to start a dead part again, and what counts as a crash loop (pure)."""
+    """When to start a dead part again, and what counts as a crash loop (pure). Plain classes
+    here, not dataclasses: this process imports as little as it can (1.5 MB less)."""
 
-    backoff_start: float = 0.1
-    backoff_cap: float = 10.0
-    # a part that ran this long: the next backoff starts over; a crash loop is over
-    stable_after: float = 10.0
-    loop_restarts: int = 5
-    loop_window: float = 60.0
+    __slots__ = ("backoff_cap", "backoff_start", "loop_restarts", "loop_window", "stable_after")
+
+    def __init__(self, backoff_start: float = 0.1, backoff_cap: float = 10.0,
+                 stable_after: float = 10.0, loop_restarts: int = 5,
+                 loop_window: float = 60.0) -> None:
+        self.backoff_start = backoff_start
+        self.backoff_cap = backoff_cap
+        # a part that ran this long: the next backoff starts over; a crash loop is over
+        self.stable_after = stable_after
+        self.loop_restarts = loop_restarts
+        self.loop_window = loop_window
 
     @classmethod
     def from_env(cls) -> RestartPolicy:
         raw = os.environ.get("CODESWITCH_RESTART_STABLE_S")
         try:
-            stable = float(raw) if raw else cls.stable_after
+            return cls(stable_after=float(raw)) if raw else cls()
         except ValueError:
-            stable = cls.stable_after
-        return cls(stable_after=stable)
+            return cls()
 
     def next_backoff(self, previous: float, ran_for: float) -> float:
         if previous <= 0 or ran_for >= self.stable_after:
@@ -141,25 +144,26 @@ class RestartPolicy:
         return recent >= self.loop_restarts
 
 
-@dataclass
 class Part:
-    name: str
-    argv: list[str]
-    order: int  # stop order: lower stops first
-    # CPU priority below the request path (nice): the workers, which answer no client
-    nice: int = 0
-    # starts the process instead of argv (nats-server: EmbeddedNats.launch)
-    launcher: Callable[[], subprocess.Popen[bytes]] | None = None
-    proc: subprocess.Popen[bytes] | None = None
-    started_at: float = 0.0  # monotonic
-    started_wall: float = 0.0
-    restart_times: list[float] = field(default_factory=list)  # monotonic, last 10 minutes
-    restarts_total: int = 0
-    backoff: float = 0.0  # the wait before the pending (or last) restart
-    next_start: float | None = None  # monotonic, while dead
-    last_exit: int | None = None
-    last_exit_at: float | None = None
-    crash_loop: bool = False
+    def __init__(self, name: str, argv: list[str], order: int, nice: int = 0,
+                 launcher: Callable[[], subprocess.Popen[bytes]] | None = None) -> None:
+        self.name = name
+        self.argv = argv
+        self.order = order  # stop order: lower stops first
+        # CPU priority below the request path (nice): the workers, which answer no client
+        self.nice = nice
+        # starts the process instead of argv (nats-server: EmbeddedNats.launch)
+        self.launcher = launcher
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0  # monotonic
+        self.started_wall = 0.0
+        self.restart_times: list[float] = []  # monotonic, last 10 minutes
+        self.restarts_total = 0
+        self.backoff = 0.0  # the wait before the pending (or last) restart
+        self.next_start: float | None = None  # monotonic, while dead
+        self.last_exit: int | None = None
+        self.last_exit_at: float | None = None
+        self.crash_loop = False
 
     def start(self, env: dict[str, str]) -> None:
         if self.launcher is not None:

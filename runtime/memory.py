@@ -110,7 +110,10 @@ class IdleTrimmer:
         self.freeze = freeze
         self.stats = TrimStats()
         self._samples: deque[tuple[float, float]] = deque()  # (monotonic, process CPU)
-        self._cpu_at_trim = time.process_time()
+        # start-up (imports, connecting, reading the buckets) counts as the first burst: the
+        # first trim (and gc.freeze) comes once the new part is quiet, not after its first
+        # traffic; what start-up left in malloc's heaps is not kept for the gateway's life
+        self._cpu_at_trim = 0.0
 
     def due(self, now: float, cpu: float) -> bool:
         """Record a sample; True when a trim is due now."""

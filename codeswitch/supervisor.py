@@ -19,16 +19,19 @@ reconnect on their own (``bus.connect`` reconnects forever).
 
 The loop sleeps in ``select`` on a socket written by the signal wake-up fd: SIGCHLD (a part
 died), SIGINT and SIGTERM wake it at once. Signal handlers only record the signal; the main
-loop does the work. Facts are published from a background thread with its own event loop and
-NATS connection, so a NATS outage never blocks the loop (they wait in its queue).
+loop does the work.
+
+The supervisor lives as long as the gateway and imports the standard library only (and
+``runtime``'s stdlib modules): no nats-py, msgspec or asyncio. What needs NATS runs elsewhere:
+the streams, buckets and config are applied by a short-lived ``python -m codeswitch.prepare``
+started while the parts' interpreters start; its facts go to the write-ahead outbox
+(``runtime/outbox.py``), which the parts publish (so a NATS outage never blocks the loop, and
+a fact survives the supervisor's own death).
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
-import inspect
 import json
 import logging
 import os
@@ -37,10 +40,8 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +54,10 @@ from runtime.home import (
     url_has_auth,
     use_nats_credentials,
 )
-from runtime.launch import PART_ENV
 from runtime.natsd import EmbeddedNats, load_or_create_auth
-from runtime.process import free_port, pdeathsig_preexec, pid_alive, write_private
-from schemas.events import PartChanged, new_id
+from runtime.outbox import spool_event
+from runtime.process import PART_ENV, free_port, pdeathsig_preexec, pid_alive, write_private
+from schemas.ids import new_id
 from schemas.subjects import part_subject
 
 __all__ = ["Part", "RestartPolicy", "Supervisor", "SupervisorError"]
@@ -109,25 +110,29 @@ def describe_exit(code: int | None) -> str:
     return f"exited with code {code}"
 
 
-@dataclass(frozen=True)
 class RestartPolicy:
-    """When to start a dead part again, and what counts as a crash loop (pure)."""
+    """When to start a dead part again, and what counts as a crash loop (pure). Plain classes
+    here, not dataclasses: this process imports as little as it can (1.5 MB less)."""
 
-    backoff_start: float = 0.1
-    backoff_cap: float = 10.0
-    # a part that ran this long: the next backoff starts over; a crash loop is over
-    stable_after: float = 10.0
-    loop_restarts: int = 5
-    loop_window: float = 60.0
+    __slots__ = ("backoff_cap", "backoff_start", "loop_restarts", "loop_window", "stable_after")
+
+    def __init__(self, backoff_start: float = 0.1, backoff_cap: float = 10.0,
+                 stable_after: float = 10.0, loop_restarts: int = 5,
+                 loop_window: float = 60.0) -> None:
+        self.backoff_start = backoff_start
+        self.backoff_cap = backoff_cap
+        # a part that ran this long: the next backoff starts over; a crash loop is over
+        self.stable_after = stable_after
+        self.loop_restarts = loop_restarts
+        self.loop_window = loop_window
 
     @classmethod
     def from_env(cls) -> RestartPolicy:
         raw = os.environ.get("CODESWITCH_RESTART_STABLE_S")
         try:
-            stable = float(raw) if raw else cls.stable_after
+            return cls(stable_after=float(raw)) if raw else cls()
         except ValueError:
-            stable = cls.stable_after
-        return cls(stable_after=stable)
+            return cls()
 
     def next_backoff(self, previous: float, ran_for: float) -> float:
         if previous <= 0 or ran_for >= self.stable_after:
@@ -139,25 +144,26 @@ class RestartPolicy:
         return recent >= self.loop_restarts
 
 
-@dataclass
 class Part:
-    name: str
-    argv: list[str]
-    order: int  # stop order: lower stops first
-    # CPU priority below the request path (nice): the workers, which answer no client
-    nice: int = 0
-    # starts the process instead of argv (nats-server: EmbeddedNats.launch)
-    launcher: Callable[[], subprocess.Popen[bytes]] | None = None
-    proc: subprocess.Popen[bytes] | None = None
-    started_at: float = 0.0  # monotonic
-    started_wall: float = 0.0
-    restart_times: list[float] = field(default_factory=list)  # monotonic, last 10 minutes
-    restarts_total: int = 0
-    backoff: float = 0.0  # the wait before the pending (or last) restart
-    next_start: float | None = None  # monotonic, while dead
-    last_exit: int | None = None
-    last_exit_at: float | None = None
-    crash_loop: bool = False
+    def __init__(self, name: str, argv: list[str], order: int, nice: int = 0,
+                 launcher: Callable[[], subprocess.Popen[bytes]] | None = None) -> None:
+        self.name = name
+        self.argv = argv
+        self.order = order  # stop order: lower stops first
+        # CPU priority below the request path (nice): the workers, which answer no client
+        self.nice = nice
+        # starts the process instead of argv (nats-server: EmbeddedNats.launch)
+        self.launcher = launcher
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0  # monotonic
+        self.started_wall = 0.0
+        self.restart_times: list[float] = []  # monotonic, last 10 minutes
+        self.restarts_total = 0
+        self.backoff = 0.0  # the wait before the pending (or last) restart
+        self.next_start: float | None = None  # monotonic, while dead
+        self.last_exit: int | None = None
+        self.last_exit_at: float | None = None
+        self.crash_loop = False
 
     def start(self, env: dict[str, str]) -> None:
         if self.launcher is not None:
@@ -190,93 +196,19 @@ class Part:
                                   if self.next_start is not None else None)}
 
 
-def _make_publisher(nc: Any, home: Path) -> Any:
-    from runtime.facts import FactPublisher
+class OutboxFacts:
+    """The supervisor's facts (``PartChanged``, as their JSON fields), each written to
+    ``<home>/outbox`` for the parts to publish (``runtime/outbox.py``). Never blocks on NATS;
+    a fact that cannot be written is a log line."""
 
-    params = inspect.signature(FactPublisher).parameters
-    kwargs: dict[str, Any] = {}
-    if "wal" in params:  # the write-ahead outbox, where this version of facts.py has it
-        kwargs["wal"] = home / "outbox"
-        if "name" in params:
-            kwargs["name"] = "supervisor"
-    try:
-        return FactPublisher(nc, **kwargs)
-    except Exception as exc:  # the outbox cannot be used: facts in memory only
-        log.error("supervisor facts: no write-ahead outbox (%s); keeping them in memory", exc)
-        return FactPublisher(nc)
+    def __init__(self, home: Path) -> None:
+        self.dir = home / "outbox"
 
-
-class FactsThread:
-    """The supervisor's facts: a thread with its own event loop, one NATS connection
-    (reconnecting forever) and a FactPublisher. ``emit`` never blocks; facts emitted before
-    the connection is up wait in memory."""
-
-    def __init__(self, url: str, home: Path) -> None:
-        self.url = url
-        self.home = home
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._run, name="supervisor-facts", daemon=True)
-        self._publisher: Any = None
-        self._nc: Any = None
-        self._pending: list[tuple[str, PartChanged]] = []
-        self._connecting: concurrent.futures.Future[None] | None = None
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def start(self) -> None:
-        self.thread.start()
-        self._connecting = asyncio.run_coroutine_threadsafe(self._connect(), self.loop)
-
-    async def _connect(self) -> None:
-        delay = 0.1
-        while True:
-            try:
-                from runtime import bus
-
-                nc = await bus.connect(self.url, name="codeswitch-supervisor",
-                                       connect_timeout=2)
-                break
-            except Exception as exc:
-                log.debug("facts: cannot connect yet (%s)", type(exc).__name__)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        self._nc = nc
-        self._publisher = _make_publisher(nc, self.home)
-        self._publisher.start()
-        for subject, event in self._pending:
-            self._publisher.emit(subject, event)
-        self._pending.clear()
-
-    def _emit(self, subject: str, event: PartChanged) -> None:
-        if self._publisher is None:
-            self._pending.append((subject, event))
-        else:
-            self._publisher.emit(subject, event)
-
-    def emit(self, subject: str, event: PartChanged) -> None:
-        with contextlib.suppress(RuntimeError):  # loop closed: shutting down
-            self.loop.call_soon_threadsafe(self._emit, subject, event)
-
-    async def _aclose(self, timeout: float) -> None:
-        if self._connecting is not None and not self._connecting.done():
-            self._connecting.cancel()
-        if self._publisher is not None:
-            await self._publisher.aclose(timeout)
-        if self._nc is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._nc.close(), 2)
-
-    def close(self, timeout: float = 2.0) -> None:
-        """Flush what is queued (bounded by ``timeout``), then stop the thread."""
-        if not self.thread.is_alive():
-            return
-        fut = asyncio.run_coroutine_threadsafe(self._aclose(timeout), self.loop)
-        with contextlib.suppress(Exception):
-            fut.result(timeout + 3)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(3)
+    def emit(self, subject: str, event: dict[str, Any]) -> None:
+        try:
+            spool_event(self.dir, "supervisor", subject, event)
+        except (OSError, ValueError) as exc:
+            log.error("supervisor fact %s not written to %s: %s", subject, self.dir, exc)
 
 
 def _cmdline(pid: int) -> bytes:
@@ -305,7 +237,7 @@ class Supervisor:
     def __init__(self, *, home: Path, host: str, port: int, nats_url: str | None,
                  routers: int = 1, single_process: bool = False, grace: float = 30.0,
                  on_ready: Callable[[dict[str, Any]], None] | None = None,
-                 apply: Callable[[str], Awaitable[list[str]]] | None = None,
+                 apply: dict[str, Any] | None = None,
                  nats_creds: str | None = None, policy: RestartPolicy | None = None,
                  join: str | None = None,
                  extra_parts: list[tuple[str, list[str]]] | None = None) -> None:
@@ -319,19 +251,22 @@ class Supervisor:
         self.single_process = single_process
         self.grace = grace
         self.on_ready = on_ready
+        # the config to apply (codeswitch/prepare.py: {"config", "port", "demo_port"}); None:
+        # the streams and buckets only
         self.apply = apply
         self.policy = policy or RestartPolicy.from_env()
         # more supervised processes (name, argv): the demo provider of `up --demo`
         self.extra_parts = extra_parts or []
         self.nats: EmbeddedNats | None = None
         self.parts: list[Part] = []
-        self.facts: FactsThread | None = None
+        self.facts: OutboxFacts | None = None
         self.info: dict[str, Any] = {}
         self._signals: list[int] = []
         self._stopping = False
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._hostname = socket.gethostname()
+        self._nats_wait = True  # a (re)start of nats-server waits until it listens
         self._join_pending = False  # joined, but the hub has not answered here yet
         self._next_join_try = 0.0
 
@@ -402,7 +337,7 @@ class Supervisor:
         # for --grace seconds while they finish their requests (then it exits)
         domain = None
         if self.join:
-            from runtime.presence import device_name
+            from runtime.process import device_name
             from runtime.sync import device_domain
 
             domain = device_domain(device_name())
@@ -411,7 +346,9 @@ class Supervisor:
                                  join=self.join)
         use_nats_credentials(self.nats.url, auth_file=self.nats_credentials_file)
         part = Part(NATS_PART, [], order=9, launcher=self._launch_nats)
+        self._nats_wait = False  # the first start: waited for by _nats_listening
         self._start_part(part, {})
+        self._nats_wait = True
         if not part.alive:
             raise SupervisorError(f"nats-server did not start; see {self.nats.log_file}")
         self.parts.append(part)
@@ -420,11 +357,23 @@ class Supervisor:
     def _launch_nats(self) -> subprocess.Popen[bytes]:
         assert self.nats is not None
         proc = self.nats.launch()
+        if self._nats_wait:  # a restart: the parts reconnect once it listens
+            try:
+                self.nats.wait_listening(10)
+            except RuntimeError as exc:
+                log.error("%s", exc)
+        return proc
+
+    def _nats_listening(self) -> None:
+        """The first start of the embedded nats-server, waited for after the parts and the
+        prepare process were started (their interpreters load meanwhile; they connect with
+        retries): 0.1-0.3 s less to readiness."""
+        if self.nats is None:
+            return
         try:
             self.nats.wait_listening(10)
         except RuntimeError as exc:
-            log.error("%s", exc)
-        return proc
+            raise SupervisorError(f"nats-server did not start ({exc})") from None
 
     def _child_env(self, url: str) -> dict[str, str]:
         env = {**os.environ, "CODESWITCH_HOME": str(self.home), SUPERVISED_ENV: str(self.home)}
@@ -476,23 +425,27 @@ class Supervisor:
             signal.signal(sig, self.handle_signal)
         try:
             url = self._start_nats()
-            joined = asyncio.run(self._join(url)) if self.join and self.nats else []
+            env = self._child_env(url)
+            if self.join:  # the hub is asked before the parts start: NATS must be there
+                self._nats_listening()
+            joined = self._join(url, env) if self.join and self.nats else []
             self._join_pending = bool(self.join and self.nats) and not any(
                 c.startswith(("joined the hub", "syncing through")) for c in joined)
             self._next_join_try = time.monotonic() + 5
-            env = self._child_env(url)
             planned = self._plan_parts(url) + [Part(name, argv, order=2)
                                                for name, argv in self.extra_parts]
             # the parts' interpreters start and import (the longest part of a start) while
-            # the streams and the config are applied; the edge's /readiness says "starting"
-            # until parts.json is written, after that
+            # the streams and the config are applied (codeswitch/prepare.py, in a process of
+            # its own: what it imports is gone with it); the edge's /readiness says
+            # "starting" until parts.json is written, after that
+            preparing = self._start_prepare(
+                url, env, {"what": "prepare", "apply": self.apply})
             for part in planned:
                 self._start_part(part, env)
             self.parts = planned + self.parts
-            changes = joined + asyncio.run(self._prepare(url))
-            # after _prepare: the event log stream exists
-            self.facts = FactsThread(url, self.home)
-            self.facts.start()
+            self._nats_listening()
+            self.facts = OutboxFacts(self.home)
+            changes = joined + self._finish_prepare(preparing)
             for part in reversed(self.parts):  # nats-server first
                 self._fact(part, "started")
             self._write_parts()
@@ -515,35 +468,47 @@ class Supervisor:
         finally:
             self._stop_all()
 
-    async def _join(self, url: str, wait: float = 5.0) -> list[str]:
+    def _join(self, url: str, env: dict[str, str], wait: float = 5.0) -> list[str]:
         """Before the parts start: this device's shared KV buckets become mirrors of the hub's
         (the first time; the parts then read and write them as they are). A hub that does not
-        answer within ``wait`` seconds is no reason not to start."""
-        from runtime import bus, sync
+        answer within ``wait`` seconds is no reason not to start (codeswitch/prepare.py)."""
         from runtime.home import masked_url
 
-        where = masked_url(self.join or "")
-        nc = await bus.connect(url, name="codeswitch-up-join", max_reconnect_attempts=5)
-        try:
-            await bus.wait_ready(nc)
-            await bus.ensure_all(nc.jetstream())
-            deadline = time.monotonic() + wait
-            while True:
-                try:
-                    done = await sync.share_buckets(nc)
-                    if not done:  # shared before: nothing to ask the hub now
-                        return [f"syncing through the hub {where} (codeswitch sync: its state)"]
-                    return [f"joined the hub {where}", *done]
-                except sync.HubError as exc:
-                    if time.monotonic() > deadline:
-                        log.warning("hub %s: %s", where, exc)
-                        return [f"the hub {where} does not answer: serving and recording here; "
-                                "nats-server retries the connection every second and the "
-                                "event log catches up when it answers (shared settings once "
-                                "it has answered here once)"]
-                    await asyncio.sleep(0.2)
-        finally:
-            await nc.drain()
+        return self._finish_prepare(self._start_prepare(
+            url, env, {"what": "join", "where": masked_url(self.join or ""), "wait": wait}))
+
+    def _start_prepare(self, url: str, env: dict[str, str], spec: dict[str, Any]
+                       ) -> subprocess.Popen[bytes]:
+        """``python -m codeswitch.prepare`` with ``spec`` on its stdin; its answer is read by
+        ``_finish_prepare``. Its own session (a Ctrl-C at the terminal lets it finish what it
+        writes) and the parent-death signal, as the parts."""
+        spec = {**spec, "home": str(self.home),
+                "nats_url": None if url_has_auth(url) else url}  # else in env, not argv
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "codeswitch.prepare"], env=env, start_new_session=True,
+            preexec_fn=pdeathsig_preexec(), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(spec).encode())
+        proc.stdin.close()
+        return proc
+
+    def _finish_prepare(self, proc: subprocess.Popen[bytes]) -> list[str]:
+        """Wait for a ``_start_prepare`` process: the changes it made, or SupervisorError with
+        its message."""
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        code = proc.wait()
+        answer: Any = None
+        for line in reversed(out.decode(errors="replace").splitlines()):
+            with contextlib.suppress(ValueError):
+                answer = json.loads(line)
+                break
+        if not isinstance(answer, dict):
+            raise SupervisorError(f"preparing NATS (python -m codeswitch.prepare) "
+                                  f"{describe_exit(code)}; see the messages above")
+        if code != 0 or "error" in answer:
+            raise SupervisorError(str(answer.get("error") or describe_exit(code)))
+        return [str(c) for c in answer.get("changes", [])]
 
     def _retry_join(self) -> None:
         """The first join found no hub: once the sync part sees it answer, share the settings
@@ -554,7 +519,11 @@ class Supervisor:
         self._next_join_try = time.monotonic() + 5
         if not read_state(self.home).get("connected") or self.nats is None:
             return
-        changes = asyncio.run(self._join(self.nats.url, wait=0))
+        try:
+            changes = self._join(self.nats.url, self._child_env(self.nats.url), wait=0)
+        except SupervisorError as exc:  # NATS away a moment: the next try in 5 s
+            log.warning("sharing the settings with the hub: %s", exc)
+            return
         if not any(c.startswith(("joined the hub", "syncing through")) for c in changes):
             return
         self._join_pending = False
@@ -564,30 +533,6 @@ class Supervisor:
         for part in self.parts:
             if part.name != NATS_PART and part.alive and part.proc is not None:
                 part.proc.terminate()
-
-    async def _prepare(self, url: str) -> list[str]:
-        from codeswitch.admin import seal_stored_secrets
-        from runtime import bus, secrets
-
-        nc = await bus.connect(url, name="codeswitch-up", max_reconnect_attempts=5)
-        try:
-            await bus.wait_ready(nc)
-            await bus.ensure_all(nc.jetstream())
-            key = secrets.load_key(self.home, create=True)
-            assert key is not None
-            from runtime.bus import HubUnavailableError
-
-            try:
-                changes = await seal_stored_secrets(nc, key)
-                if self.apply is not None:
-                    changes += await self.apply(url)
-            except HubUnavailableError:  # joined, the hub away: start on what this device has
-                return ["the config file was not applied: the settings are shared through the "
-                        "hub, which does not answer; it is applied at the next start with the "
-                        "hub there (or change them with the CLI then)"]
-            return changes
-        finally:
-            await nc.drain()
 
     def _wait_listening(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -720,11 +665,12 @@ class Supervisor:
         if self.facts is None:
             return
         now = time.monotonic()
-        event = PartChanged(id=new_id(), ts=time.time(), part=part.name, state=state,
-                            pid=part.pid,
-                            exit_code=exit_code, restarts=part.recent_restarts(now),
-                            backoff_s=round(part.backoff, 3) if state == "exited" else 0.0,
-                            message=message, host=self._hostname)
+        # a schemas.events.PartChanged, as its JSON (tests/test_supervision.py decodes it)
+        event = {"type": "PartChanged", "id": new_id(), "ts": time.time(), "part": part.name,
+                 "state": state, "pid": part.pid, "exit_code": exit_code,
+                 "restarts": part.recent_restarts(now),
+                 "backoff_s": round(part.backoff, 3) if state == "exited" else 0.0,
+                 "message": message, "host": self._hostname}
         self.facts.emit(part_subject(part.name, state), event)
 
     def _pids(self) -> dict[str, int]:
@@ -755,8 +701,6 @@ class Supervisor:
                 except subprocess.TimeoutExpired:
                     part.proc.kill()
                     part.proc.wait()
-        if self.facts is not None:
-            self.facts.close(2.0)
         if self.nats is not None:
             self.nats.stop()
         for path in (run_file(self.home), parts_file(self.home)):

@@ -2,8 +2,9 @@
 
 ``codeswitch up`` parses its options and checks the config file with the full CLI (typer,
 rich, every command module: ~40 MB), then replaces itself (``exec``) with
-``python -m codeswitch.up SPEC``: this module, the supervisor, the config loader and
-``runtime``, ~28 MB, for as long as the gateway runs. Same pid, same terminal, same signals.
+``python -m codeswitch.up SPEC``: this module, the supervisor and ``runtime``'s standard-library
+modules, ~17 MB, for as long as the gateway runs (the config is applied by a short-lived
+``python -m codeswitch.prepare``). Same pid, same terminal, same signals.
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(spec["home"])
     set_title(f"codeswitch up --home {home}", "codeswitch-up")
 
-    # nothing that imports nats or the config code before the parts are started (the
-    # supervisor starts them first, then applies the config while their interpreters load)
+    # neither nats nor the config code, ever: the supervisor lives as long as the gateway;
+    # the config is applied by a process of its own (codeswitch/prepare.py) while the parts'
+    # interpreters load
     from codeswitch.supervisor import Supervisor
 
     config = spec.get("config")
@@ -80,76 +82,6 @@ def main(argv: list[str] | None = None) -> int:
         demo_port = free_port()
         extra.append(("demo", [sys.executable, "-m", "codeswitch.demo", "--port",
                                str(demo_port)]))
-
-    async def apply(url: str) -> list[str]:
-        import msgspec
-
-        from codeswitch.admin import apply_file_config, get_setting, put_setting
-        from codeswitch.audit import AdminLog
-        from codeswitch.config import (
-            FileConfig,
-            load_config,
-            merge_legacy,
-            read_legacy_app_json,
-        )
-        from codeswitch.firstrun import first_run
-        from runtime import bus, secrets
-
-        file_cfg = load_config(config) if config else FileConfig()  # checked before the exec
-        app_json = home / "app.json"  # the original Code Switch's settings, same data directory
-        legacy = read_legacy_app_json(app_json)
-        taken = merge_legacy(file_cfg, legacy, app_json)
-        # literal keys go to KV encrypted with <home>/secret.key (created 0600 on first use)
-        key = secrets.load_key(home, create=True)
-        nc = await bus.connect(url, name="codeswitch-up-config")
-        audit = AdminLog(nc, home=home)  # each change an admin fact, actor local:<user>
-        try:
-            if config is not None:
-                from codeswitch.admin import list_providers
-                from codeswitch.routes import apply_file_routes, get_routes, merge_file_routes
-                from schemas.routes import RouteError, check_rules
-
-                # the providers there will be: the file's and those added with the CLI
-                providers = {p.name for p in file_cfg.providers} | {
-                    p.name for p in await list_providers(nc) if p.source != "config"}
-                try:  # before anything is written: a bad rule refuses the whole file
-                    check_rules(merge_file_routes(file_cfg.routes,
-                                                  (await get_routes(nc)).rules), providers)
-                except RouteError as exc:
-                    raise file_cfg.route_error(exc) from None
-                taken += await apply_file_config(
-                    nc, file_cfg.providers, file_cfg.settings, file_cfg.routing,
-                    file_cfg.unified, secret_key=key, users=file_cfg.users,
-                    keys=file_cfg.keys, audit=audit)
-                taken += await apply_file_routes(nc, file_cfg.routes, providers, audit)
-            # providers from the environment (no config, no provider of the user's yet), the
-            # demo provider (--demo) or its removal: codeswitch/firstrun.py
-            taken += await first_run(nc, os.environ, audit=audit, config_file=config is not None,
-                                     demo_port=demo_port)
-            from codeswitch.service import auto_start_once
-
-            started = auto_start_once(home, spec["port"], Path(config) if config else None)
-            taken += [started] if started else []
-            if config is not None:
-                return taken
-            # only app.json: its two settings, on top of what KV already holds
-            if legacy.unified is not None:
-                before = await get_setting(nc, "unified")
-                await put_setting(nc, "unified", legacy.unified, secret_key=key)
-                if (before.enabled, before.url) != (legacy.unified.enabled, legacy.unified.url):
-                    await audit.record("unified.changed", "setting:unified",
-                                       enabled=legacy.unified.enabled, url=legacy.unified.url,
-                                       via=str(app_json))
-            if legacy.body_log is not None:
-                current = await get_setting(nc, "gateway")
-                await put_setting(nc, "gateway",
-                                  msgspec.structs.replace(current, body_log=legacy.body_log))
-                if current.body_log != legacy.body_log:
-                    await audit.record("body_log." + ("on" if legacy.body_log else "off"),
-                                       "setting:body_log", via=str(app_json))
-            return taken
-        finally:
-            await nc.drain()
 
     def ready(info: dict[str, Any]) -> None:
         print("\n".join(banner(info, config)), flush=True)
@@ -174,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     sup = Supervisor(home=home, host=spec["host"], port=spec["port"],
                      nats_url=spec.get("nats_url"), routers=spec.get("routers", 1),
                      single_process=spec.get("single_process", False),
-                     grace=spec.get("grace", 30.0), on_ready=ready, apply=apply,
+                     grace=spec.get("grace", 30.0), on_ready=ready,
+                     apply={"config": config, "port": spec["port"], "demo_port": demo_port},
                      nats_creds=spec.get("nats_creds"),
                      join=os.environ.get("CODESWITCH_JOIN") or None, extra_parts=extra)
     try:

@@ -33,6 +33,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from runtime.process import PART_ENV
+
 __all__ = ["PARTS", "label_for", "main", "run_parts", "title_for"]
 
 # stop order = the order here
@@ -44,8 +46,6 @@ PARTS: dict[str, str] = {
     "alerts": "workers.alerts.service",
     "sync": "workers.sync.service",  # only on a device joined to a hub (up --join)
 }
-# the supervisor's name for the process it starts (router-2, gateway, ...): its title
-PART_ENV = "CODESWITCH_PART"
 # parts that run on a thread and event loop of their own when they share a process: the quota
 # worker shares the `workers` process with the ledger and the alerts, but the edges wait on
 # it. On the shared loop a ledger batch (projection, DuckDB hand-off) held every fact the
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     secrets.use_home(home)  # the router decrypts provider keys with <home>/secret.key
     options: dict[str, dict[str, Any]] = {
         "edge": {"host": args.host, "port": args.port, "grace": args.grace}}
-    try:
+    try:  # every part: the workers read 3 facts per request (asyncio's loop: ~+20 % CPU there)
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

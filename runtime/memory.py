@@ -110,16 +110,23 @@ class IdleTrimmer:
         self.freeze = freeze
         self.stats = TrimStats()
         self._samples: deque[tuple[float, float]] = deque()  # (monotonic, process CPU)
-        self._cpu_at_trim = time.process_time()
+        # start-up (imports, connecting, reading the buckets) counts as the first burst: the
+        # first trim (and gc.freeze) comes once the new part is quiet, not after its first
+        # traffic; what start-up left in malloc's heaps is not kept for the gateway's life
+        self._cpu_at_trim = 0.0
+        # ... after a shorter quiet spell: a part that has started is quiet at once (nothing
+        # waits on it yet), and an idle gateway should not carry start-up's heap for seconds
+        self.first_idle_s = min(idle_s, 2.0)
 
     def due(self, now: float, cpu: float) -> bool:
         """Record a sample; True when a trim is due now."""
         samples = self._samples
         samples.append((now, cpu))
-        while len(samples) > 1 and samples[1][0] <= now - self.idle_s:
+        idle_s = self.idle_s if self.stats.trims else self.first_idle_s
+        while len(samples) > 1 and samples[1][0] <= now - idle_s:
             samples.popleft()
         first_t, first_cpu = samples[0]
-        if now - first_t < self.idle_s * 0.99:
+        if now - first_t < idle_s * 0.99:
             return False  # not watched long enough yet
         quiet = cpu - first_cpu <= self.idle_cpu * (now - first_t)
         return quiet and cpu - self._cpu_at_trim >= self.min_work_s

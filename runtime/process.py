@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
-import importlib.abc
+import functools
 import importlib.machinery
 import os
 import signal
@@ -17,9 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["free_port", "pdeathsig_preexec", "pid_alive", "private_umask", "set_title",
-           "write_private"]
+__all__ = ["PART_ENV", "device_name", "free_port", "pdeathsig_preexec", "pid_alive",
+           "private_umask", "set_title", "write_private"]
 
+# the supervisor's name for a part process it starts (router-2, gateway, ...): its title
+PART_ENV = "CODESWITCH_PART"
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 _libc: ctypes.CDLL | None = None
@@ -29,7 +30,9 @@ def _load_libc() -> ctypes.CDLL | None:
     global _libc
     if _libc is None and sys.platform.startswith("linux"):
         with contextlib.suppress(OSError):
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            # by its soname: ctypes.util.find_library costs 2.5 MB (it imports shutil, re and
+            # runs ldconfig) for the name glibc has had for 25 years
+            _libc = ctypes.CDLL("libc.so.6", use_errno=True)
     return _libc
 
 
@@ -54,6 +57,14 @@ def pdeathsig_preexec(sig: int = signal.SIGTERM, *, nice: int = 0
             os.nice(nice)
 
     return _preexec
+
+
+@functools.cache
+def device_name() -> str:
+    """This machine's name as the gateway reports it (``$CODESWITCH_DEVICE``, else the host
+    name), at most 64 characters."""
+    name = os.environ.get("CODESWITCH_DEVICE") or socket.gethostname() or "localhost"
+    return name.strip()[:64] or "localhost"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -111,14 +122,18 @@ def set_title(title: str, short: str | None = None) -> None:
         libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
 
 
-class _NoWebsocketLoader(importlib.abc.Loader):
+# The hook's classes are duck-typed, not subclasses of importlib.abc's: importing importlib.abc
+# (importlib.resources, tempfile, shutil, bz2, lzma, random: 2 MB) in every process for it,
+# the supervisor included, would cost more than some of what it saves.
+class _NoWebsocketLoader:
     """Runs nats-py's transport module with ``import aiohttp`` failing (see below)."""
 
-    def __init__(self, inner: importlib.abc.Loader) -> None:
+    def __init__(self, inner: Any) -> None:
         self.inner = inner
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
-        return self.inner.create_module(spec)
+        module: types.ModuleType | None = self.inner.create_module(spec)
+        return module
 
     def exec_module(self, module: types.ModuleType) -> None:
         if "aiohttp" in sys.modules:  # this process uses aiohttp anyway: nothing to save
@@ -131,14 +146,14 @@ class _NoWebsocketLoader(importlib.abc.Loader):
             del sys.modules["aiohttp"]
 
 
-class _NoWebsocketFinder(importlib.abc.MetaPathFinder):
+class _NoWebsocketFinder:
     def find_spec(self, name: str, path: Any, target: Any = None
                   ) -> importlib.machinery.ModuleSpec | None:
         if name != "nats.aio.transport":
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is not None and spec.loader is not None:
-            spec.loader = _NoWebsocketLoader(spec.loader)
+            spec.loader = _NoWebsocketLoader(spec.loader)  # type: ignore[assignment]
         return spec
 
 

@@ -18,11 +18,11 @@ key by id (``user_id``, ``key_id``), never the secret.
 
 from __future__ import annotations
 
-import os
-import time
 from typing import Annotated, Any
 
 import msgspec
+
+from schemas.ids import new_id
 
 __all__ = [
     "AdminAction",
@@ -307,6 +307,3 @@ def decode_event(data: bytes) -> Event:
     return _decoder.decode(data)
 
 
-def new_id() -> str:
-    """Time-ordered unique id: 12 hex digits of milliseconds + 12 random hex digits."""
-    return f"{int(time.time() * 1000):012x}{os.urandom(6).hex()}"

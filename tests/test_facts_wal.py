@@ -4,6 +4,7 @@ death and is published by the next process that looks at the directory."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -99,3 +100,57 @@ async def test_killed_process_facts_are_published_by_the_next(
     assert ids == {f"ev{i:04d}" for i in range(50)} | {"lost-1"}
     assert pub.recovered == 51
     assert not list(outbox.glob("*.wal")) and not list(outbox.glob("*.lock"))
+
+
+async def test_spooled_facts_are_published_by_a_running_publisher(
+        nc: NATS, nats_server: EmbeddedNats, tmp_path: Path,
+        monkeypatch: object) -> None:
+    """The supervisor's facts (runtime/outbox.py, no NATS client in that process): written to
+    the outbox as a dead process's files, published by a part's publisher at its next look,
+    which also takes a spool written while it runs; a half-written spool (no lock yet) waits."""
+    import runtime.facts as facts
+    from runtime.outbox import spool, spool_event
+    from schemas.events import PartChanged
+    from schemas.ids import new_id
+
+    monkeypatch.setattr(facts, "ADOPT_EVERY_S", 0.2)  # type: ignore[attr-defined]
+    outbox = tmp_path / "outbox"
+    first = {"type": "PartChanged", "id": new_id(), "ts": 2.0, "part": "router",
+             "state": "exited", "pid": 41, "exit_code": -9, "restarts": 1,
+             "backoff_s": 0.1, "message": "killed by SIGKILL after 1.0 s", "host": "h"}
+    spool_event(outbox, "supervisor", "gateway.part.router.exited", first)
+    pub = FactPublisher(nc, wal=outbox, name="edge")
+    pub.start()
+    js = nc.jetstream()
+
+    async def events() -> list[object]:
+        info = await js.stream_info(names.EVENTS_STREAM)
+        if not info.state.messages:
+            return []
+        return [decode_event((await js.get_msg(names.EVENTS_STREAM, seq)).data or b"")
+                for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+
+    for _ in range(100):
+        if await events():
+            break
+        await asyncio.sleep(0.05)
+    got = await events()
+    assert got == [PartChanged(id=first["id"], ts=2.0, part="router", state="exited", pid=41,
+                               exit_code=-9, restarts=1, backoff_s=0.1,
+                               message="killed by SIGKILL after 1.0 s", host="h")]
+    # while the publisher runs: a spool whose lock is not written yet is not taken
+    (outbox / "supervisor~1.1.wal").write_bytes(b"F gateway.part.x.started e-half - {}\n")
+    second = {**first, "id": new_id(), "state": "restarted", "exit_code": None}
+    spool(outbox, "supervisor", [("gateway.part.router.restarted", second["id"],
+                                  json.dumps(second).encode())])
+    for _ in range(100):
+        if len(await events()) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    got = await events()
+    assert [e.state for e in got] == ["exited", "restarted"]  # type: ignore[attr-defined]
+    assert (outbox / "supervisor~1.1.wal").exists()
+    await pub.aclose()
+    assert not [p for p in outbox.iterdir() if p.name.startswith("supervisor~") and
+                p.name != "supervisor~1.1.wal"]

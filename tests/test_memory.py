@@ -15,9 +15,24 @@ def feed(t: memory.IdleTrimmer, points: list[tuple[float, float]]) -> list[bool]
     return [t.due(now, cpu) for now, cpu in points]
 
 
+def test_start_up_is_the_first_burst_trimmed_after_2_s_of_quiet() -> None:
+    t = memory.IdleTrimmer(idle_s=5.0, min_work_s=0.5)
+    # a part that used 0.9 s of CPU to start (imports, connecting) and is now quiet
+    verdicts = feed(t, [(100.0 + s, 0.9 + 0.001 * s) for s in range(6)])
+    assert verdicts[:2] == [False, False] and verdicts[2]  # after 2 s, not 5
+    t.run_once()
+    t.stats.frozen = 1
+    # then the usual: a burst, then 5 s of quiet
+    busy = [(106.0 + s, t._cpu_at_trim + 0.8 * s) for s in range(1, 5)]
+    quiet = [(110.0 + s, busy[-1][1] + 0.001 * s) for s in range(1, 8)]
+    verdicts = feed(t, busy + quiet)
+    assert not any(verdicts[:4 + 4]) and any(verdicts[4 + 4:])
+
+
 def test_trims_once_after_a_burst_then_quiet() -> None:
     t = memory.IdleTrimmer(idle_s=5.0, min_work_s=0.5)
     t._cpu_at_trim = 0.0
+    t.stats.trims = 1  # past the start-up trim (2 s of quiet): the 5 s rule
     busy = [(float(s), 0.8 * s) for s in range(10)]  # 80 % of a core for 10 s
     assert not any(feed(t, busy))
     quiet = [(10.0 + s, 7.2 + 0.001 * s) for s in range(1, 8)]
@@ -32,6 +47,7 @@ def test_trims_once_after_a_burst_then_quiet() -> None:
 def test_never_while_busy_and_not_without_work() -> None:
     t = memory.IdleTrimmer(idle_s=5.0, min_work_s=0.5)
     t._cpu_at_trim = 0.0
+    t.stats.trims = 1
     assert not any(feed(t, [(float(s), 0.5 * s) for s in range(60)]))  # steady 50 %
     idle = memory.IdleTrimmer(idle_s=5.0, min_work_s=0.5)
     idle._cpu_at_trim = 0.0

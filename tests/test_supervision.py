@@ -49,11 +49,16 @@ def test_backoff_doubles_to_the_cap_and_starts_over_after_a_stable_run() -> None
 
 
 class _Facts:
+    """The supervisor's fact sink: each fact is the JSON fields of a PartChanged (it writes
+    them to the outbox without msgspec), decoded here as the event log's readers do."""
+
     def __init__(self) -> None:
         self.got: list[tuple[str, PartChanged]] = []
 
-    def emit(self, subject: str, event: PartChanged) -> None:
-        self.got.append((subject, event))
+    def emit(self, subject: str, event: dict[str, Any]) -> None:
+        decoded = decode_event(json.dumps(event).encode())
+        assert isinstance(decoded, PartChanged)
+        self.got.append((subject, decoded))
 
 
 def test_a_part_that_keeps_dying_is_never_given_up_on(tmp_path: Path,

@@ -82,11 +82,9 @@ async def _bucket(js: nats.js.JetStreamContext) -> KeyValue:
 async def open_store(url: str, *, timeout: float = 2.0) -> AsyncIterator[McpStore]:
     """Connect once (no reconnect loop) and yield the store."""
     try:
-        # max_reconnect_attempts must be > 0: nats-py treats 0 as "no limit" when picking
-        # a server, and the first connect would then loop forever.
+        # the CLI's one connection setting (bus.connect once=True), as every command's
         nc = await asyncio.wait_for(
-            bus.connect(url, name="codeswitch-mcp", allow_reconnect=False,
-                        max_reconnect_attempts=1, connect_timeout=timeout),
+            bus.connect(url, name="codeswitch-mcp", once=True, connect_timeout=timeout),
             timeout * 3,
         )
     except (OSError, TimeoutError, nats.errors.Error) as exc:

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from nats.aio.client import Client as NATS
 
+from runtime.outbox import SPOOLED
 from schemas.events import Event, encode_event
 
 __all__ = ["FactPublisher", "WriteAhead", "read_segments"]
@@ -326,8 +327,11 @@ class FactPublisher:
             wal.forget(name, fd, paths)
             self.recovered += len(todo)
             if todo:
-                log.warning("published %d facts left by %s (%d of them for calls it did not "
-                            "finish)", len(todo), name, len(orphaned))
+                # facts spooled on purpose (runtime/outbox.py, the supervisor's) are routine;
+                # another process's leftovers mean it died holding them
+                level = logging.DEBUG if SPOOLED in name else logging.WARNING
+                log.log(level, "published %d facts left by %s (%d of them for calls it did "
+                        "not finish)", len(todo), name, len(orphaned))
 
     async def _run(self) -> None:
         if self.wal is not None:

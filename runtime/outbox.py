@@ -19,14 +19,16 @@ from typing import Any
 
 from runtime.process import write_private
 
-__all__ = ["spool", "spool_event"]
+__all__ = ["SPOOLED", "spool", "spool_event"]
+
+SPOOLED = "~spool-"  # in an outbox name: facts handed over on purpose, not a dead process's
 
 
 def spool(directory: Path, name: str, facts: list[tuple[str, str, bytes]]) -> Path:
     """Write ``facts`` (subject, event id, JSON) as an orphaned outbox name of their own
-    (``<name>~<ns>``); returns its segment file."""
+    (``<name>~spool-<ns>``); returns its segment file."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    orphan = f"{name}~{time.time_ns()}"
+    orphan = f"{name}{SPOOLED}{time.time_ns()}"
     segment = directory / f"{orphan}.1.wal"
     write_private(segment, b"".join(
         b"F %s %s - %s\n" % (subject.encode(), event_id.encode(), data)

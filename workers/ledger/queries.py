@@ -8,6 +8,7 @@ east of UTC, the CLI sends the local offset) so that "a day" is the user's day.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -252,15 +253,54 @@ _HEAT_FIELDS = ("requests", "errors", "total_tokens", "cost")
 
 
 def heatmap(con: duckdb.DuckDBPyConnection, f: Filter,
-            fields: list[str] | None = None) -> list[dict[str, Any]]:
+            fields: list[str] | None = None, *, cache: HeatCache | None = None,
+            now: float | None = None) -> list[dict[str, Any]]:
     """One row per calendar day (user's offset): date, weekday (0 = Monday) and totals
-    (requests, errors, total_tokens, cost; with ``fields``, requests and those)."""
+    (requests, errors, total_tokens, cost; with ``fields``, requests and those).
+
+    With ``cache`` (the store's ``heat_cache``): the days before today are kept between calls
+    and only today is grouped again; the store drops an entry when it writes or removes a
+    request row older than that entry's today (a late or folded fact, a deleted session, a
+    tombstone's bill), so a kept day is never stale. A year over 1,000,000 requests: 18 -> 4 ms
+    (docs/console.md)."""
     where, params = _where(f)
     off = int(f.tz_offset_s)
     if fields is not None and (not isinstance(fields, list)
                                or not set(fields) <= set(_HEAT_FIELDS)):
         raise QueryError(f"heatmap fields: a list of {', '.join(_HEAT_FIELDS)}")
     cols = [c for c in _HEAT_FIELDS if fields is None or c == "requests" or c in fields]
+    if cache is None or f.until is not None:
+        return _heat(con, where, params, off, cols)
+    # three parts, whole days apart: the partial first day (``since`` is rarely midnight: the
+    # console asks for "a year ago, now"), the whole days before today (kept), today
+    day = 86400
+    today = float(int(((time.time() if now is None else now) + off) // day) * day - off)
+    first = (None if f.since is None
+             else float(-(-int(f.since + off) // day) * day - off))  # the next midnight
+    if first is not None and first >= today:
+        return _heat(con, where, params, off, cols)
+    base_where, base_params = _where(msgspec.structs.replace(f, since=None))
+    key = (base_where, tuple(base_params), off, tuple(cols), first, today)
+    kept = cache.get(key)
+    if kept is None:
+        mid_where, mid_params = _where(msgspec.structs.replace(f, since=first, until=today))
+        kept = (today, _heat(con, mid_where, mid_params, off, cols))
+        while len(cache) >= 32:
+            cache.pop(next(iter(cache)))
+        cache[key] = kept
+    out = list(kept[1])
+    if first is not None and first > f.since:  # type: ignore[operator]
+        head_where, head_params = _where(msgspec.structs.replace(f, until=first))
+        out = [*_heat(con, head_where, head_params, off, cols), *out]
+    tail_where, tail_params = _where(msgspec.structs.replace(f, since=today))
+    return [*out, *_heat(con, tail_where, tail_params, off, cols)]
+
+
+HeatCache = dict[tuple[Any, ...], tuple[float, list[dict[str, Any]]]]
+
+
+def _heat(con: duckdb.DuckDBPyConnection, where: str, params: list[Any], off: int,
+          cols: list[str]) -> list[dict[str, Any]]:
     # grouped by the day's number, converted to a date once per day, not per row: 1,000,000
     # requests 498 -> 60 ms (load 14)
     return _dicts(con.execute(

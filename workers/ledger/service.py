@@ -49,7 +49,7 @@ from schemas.subjects import LEDGER_QUERY_PREFIX, SESSION_DELETED
 from workers.ledger import sessions
 from workers.ledger.deletion import SessionDeleter
 from workers.ledger.projection import TABLES, Rows, project
-from workers.ledger.queries import QUERIES, Filter, QueryError, table_counts
+from workers.ledger.queries import QUERIES, Filter, QueryError, heatmap, table_counts
 from workers.ledger.rebuild import Rebuilder, remove_db
 from workers.ledger.replay import stream_bounds
 from workers.ledger.store import Store, StoreError
@@ -376,7 +376,13 @@ class LedgerService:
             f = msgspec.convert({k: v for k, v in params.items() if k in _FILTER_FIELDS},
                                 Filter)
             kwargs = {k: params[k] for k in extra if params.get(k) is not None}
-            return await self._db(lambda: fn(self._live().con, f, **kwargs))
+
+            def run() -> Any:
+                store = self._live()
+                if fn is heatmap:  # the days before today kept by the store (queries.heatmap)
+                    kwargs["cache"] = store.heat_cache
+                return fn(store.con, f, **kwargs)
+            return await self._db(run)
         if name in ("sessions", "session", "online"):
             return await self._sessions(name, params)
         if name == "session_delete":

@@ -99,6 +99,10 @@ class Store:
         # event log and body log (the service does it after the commit)
         self.erase_pending: list[tuple[list[int], list[str]]] = []
         self._peer_tombstones: set[int] = set()
+        # the days before "today" of heatmaps asked for (queries.heatmap: key -> (today's
+        # start, rows)); an entry goes when a request row written or removed is older than
+        # its today (``_past_changed``)
+        self.heat_cache: dict[tuple[Any, ...], tuple[float, list[dict[str, Any]]]] = {}
         # Bounded by default: DuckDB's own default is 80 % of RAM for its buffer pool, which a
         # long-running ledger fills with cached blocks (it grew 110 -> 141 MB over 40,000
         # requests). Larger queries spill to the file's temp directory instead.
@@ -236,6 +240,8 @@ class Store:
                 kept: list[Any] = (
                     self._fold_requests([r for r in table_rows if isinstance(r, RequestRow)])
                     if table == "requests" else self._new_events(table, table_rows))
+                if table == "requests" and kept:
+                    self._past_changed(min(r.ts for r in kept))
                 if kept:
                     self._insert(table, kept)
             self._sessions(fresh)
@@ -260,6 +266,7 @@ class Store:
                 if seqs or rids:
                     self.erase_pending.append((seqs, rids))
             forgotten = sessions.forget(self.con, tomb.session_hash, tomb.seq)
+            self.heat_cache.clear()  # rows of any day may have gone, a bill may have come
             if forgotten:
                 touched.update(forgotten)
                 start = 0
@@ -319,6 +326,7 @@ class Store:
             "AND request_id IN (SELECT unnest(?::VARCHAR[]))",
             [min(ids), max(ids), ids]).fetchall()
         if existing:
+            self._past_changed(min(v[cols.index("ts")] for v in existing))  # rows replaced
             for values in existing:
                 found = dict(zip(cols, values, strict=True))
                 for col, default in _ROW_DEFAULTS.items():  # rows written before a column
@@ -332,6 +340,12 @@ class Store:
                 [min(ids), max(ids), [r[cols.index("request_id")] for r in existing]])
         return [group[0] if len(group) == 1 else fold_requests(group)
                 for group in groups.values()]
+
+    def _past_changed(self, ts: float) -> None:
+        """A request row of time ``ts`` was written or removed: heatmaps whose kept days
+        reach past it are computed again."""
+        for key in [k for k, (today, _) in self.heat_cache.items() if ts < today]:
+            del self.heat_cache[key]
 
     def mark(self, **changes: Any) -> None:
         """Update ledger_state fields (replay bookkeeping) in their own transaction."""

@@ -281,8 +281,9 @@ async def ensure_all(js: JetStreamContext, limits: StreamLimits | None = None, *
 
     On a cluster a stream may have no leader for a few seconds (a node restarting, an
     election): JetStream then answers 503 or not at all. That is retried for ``retry_for``
-    seconds (a part starting beside a restarting node waits instead of crashing); a refusal
-    (400: a bad config, too many replicas) is raised at once."""
+    seconds (a part starting beside a restarting node waits instead of crashing), and so is
+    a placement refused because a peer is offline (a cluster still forming); any other refusal
+    (400: a bad config, more replicas than servers) is raised at once."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + retry_for
     pause = 0.25
@@ -290,13 +291,22 @@ async def ensure_all(js: JetStreamContext, limits: StreamLimits | None = None, *
         try:
             await _ensure_all_once(js, limits)
             return
-        except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+        except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError,
+                BadRequestError) as exc:
+            if isinstance(exc, BadRequestError) and not _peer_offline(exc):
+                raise  # a refusal: retrying would not change it
             if loop.time() + pause > deadline:
                 raise
             log.info("JetStream not answering yet (%s: %s); retrying",
                      type(exc).__name__, exc)
             await asyncio.sleep(pause)
             pause = min(1.0, pause * 2)
+
+
+def _peer_offline(exc: BadRequestError) -> bool:
+    """"no suitable peers for placement, peer offline" (10005): a cluster still forming (a
+    server started but not yet seen by the meta leader) or a node restarting; it passes."""
+    return "peer offline" in str(getattr(exc, "description", "") or exc)
 
 
 async def _ensure_all_once(js: JetStreamContext, limits: StreamLimits | None) -> None:

@@ -81,8 +81,8 @@ class Receiver:
             return [r["json"] for r in self.requests if r["path"].split("?", 1)[0] == path]
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
+def serve_receiver() -> Iterator[Receiver]:
+    """A started receiver, shut down afterwards (the fixtures here and in tests/console)."""
     r = Receiver()
     r.thread.start()
     try:
@@ -90,3 +90,8 @@ def receiver() -> Iterator[Receiver]:
     finally:
         r.server.shutdown()
         r.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    yield from serve_receiver()

@@ -17,7 +17,7 @@ import pytest
 
 from codeswitch.clients.mcp_store import McpStore
 from runtime import names
-from tests.alerts.conftest import Receiver
+from tests.alerts.conftest import Receiver, serve_receiver
 from tests.console.conftest import World, wait_for
 from tests.console.test_api import _key_for
 
@@ -26,12 +26,7 @@ API = "/admin/api"
 
 @pytest.fixture
 def hooks() -> Iterator[Receiver]:
-    r = Receiver()
-    r.thread.start()
-    try:
-        yield r
-    finally:
-        r.server.shutdown()
+    yield from serve_receiver()
 
 
 @contextlib.contextmanager

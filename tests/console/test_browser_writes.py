@@ -18,7 +18,7 @@ from playwright.sync_api import Browser, Page, expect
 from codeswitch.alert_rules import get_rule
 from codeswitch.clients.mcp_store import McpStore
 from runtime import names
-from tests.alerts.conftest import Receiver
+from tests.alerts.conftest import Receiver, serve_receiver
 from tests.console.conftest import World, wait_for
 from tests.console.test_api_writes import skill_dir
 from tests.console.test_browser import (  # noqa: F401 (browser: the module's fixture)
@@ -38,12 +38,7 @@ _PROVOKED = re.compile(r"^Failed to load resource: the server responded with a s
 
 @pytest.fixture
 def hooks() -> Iterator[Receiver]:
-    r = Receiver()
-    r.thread.start()
-    try:
-        yield r
-    finally:
-        r.server.shutdown()
+    yield from serve_receiver()
 
 
 def _both(page: Page, w: World, name: str) -> None:

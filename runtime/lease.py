@@ -59,6 +59,11 @@ class Lease:
                 entry = await self.kv.get(self.key)
             except KeyNotFoundError:
                 entry = None
+            except Exception as exc:  # NATS away, a stream without a leader: look again
+                log.debug("lease %s: %s", self.key, exc)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), poll_s)
+                continue
             try:
                 if entry is None or entry.value in (None, b""):
                     # never held, or released: create it (update over a delete marker)

@@ -40,7 +40,12 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import KeyNotFoundError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import (
+    KeyNotFoundError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from runtime import bus, names
@@ -501,7 +506,8 @@ async def run(
             relay = asyncio.create_task(_first_of(stop, lease.lost, then=term))
             try:
                 await _serve(nc, term, home, tick_s=tick_s, notifier=notifier)
-            except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+            except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError,
+                    NoStreamResponseError) as exc:
                 # JetStream without a leader for a moment (a cluster's election): hand the
                 # lease over and stand by again rather than leave no worker at all
                 log.warning("alerts: NATS not answering (%s: %s); standing by again",

@@ -87,3 +87,13 @@ def test_a_window_that_ends_is_not_cached(tmp_path: Path) -> None:
     assert cached == fresh and [r["requests"] for r in cached] == [1]
     assert not led.store.heat_cache
     led.store.close()
+
+
+def test_a_window_starting_just_after_midnight_counts_nothing_before_it(tmp_path: Path) -> None:
+    led = Ledger(tmp_path / "l.duckdb")
+    led.apply(fact("before", TODAY - 2 * DAY + 0.2), fact("after", TODAY - 2 * DAY + 0.7),
+              fact("now", TODAY + 60))
+    f = Filter(since=TODAY - 2 * DAY + 0.5, tz_offset_s=0)
+    cached, fresh = led.both(f)
+    assert cached == fresh and [r["requests"] for r in cached] == [1, 1]
+    led.store.close()

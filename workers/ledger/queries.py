@@ -8,6 +8,7 @@ east of UTC, the CLI sends the local offset) so that "a day" is the user's day.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -276,7 +277,7 @@ def heatmap(con: duckdb.DuckDBPyConnection, f: Filter,
     day = 86400
     today = float(int(((time.time() if now is None else now) + off) // day) * day - off)
     first = (None if f.since is None
-             else float(-(-int(f.since + off) // day) * day - off))  # the next midnight
+             else float(math.ceil((f.since + off) / day) * day - off))  # the next midnight
     if first is not None and first >= today:
         return _heat(con, where, params, off, cols)
     base_where, base_params = _where(msgspec.structs.replace(f, since=None))

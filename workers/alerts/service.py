@@ -29,7 +29,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -271,8 +271,11 @@ class AlertsService:
 
     async def evaluate_loop(self, stop: asyncio.Event) -> None:
         # the shared batch puller: the server streams the next batch while this one is judged
-        puller = await BatchPuller(self.nc, names.EVENTS_STREAM, names.ALERTS_EVAL_DURABLE,
-                                   batch=self.batch, expires=self.tick_s).start()
+        def open_puller() -> Awaitable[BatchPuller]:
+            return BatchPuller(self.nc, names.EVENTS_STREAM, names.ALERTS_EVAL_DURABLE,
+                               batch=self.batch, expires=self.tick_s).start()
+
+        puller = await open_puller()
         last_tick = 0.0
         engine = self.engine
         # the consumer sequence of the last delivery judged (None: not known for a durable
@@ -288,9 +291,7 @@ class AlertsService:
                     log.warning("alerts: evaluation consumer gone (%s); re-creating it", exc)
                     await puller.close()
                     await self._ensure_consumers()
-                    puller = await BatchPuller(
-                        self.nc, names.EVENTS_STREAM, names.ALERTS_EVAL_DURABLE,
-                        batch=self.batch, expires=self.tick_s).start()
+                    puller = await open_puller()
                     continue
                 caught_up = True
                 taken, cseq = before_gap(msgs, cseq)
@@ -315,9 +316,7 @@ class AlertsService:
                                 "from seq %d", names.ALERTS_EVAL_DURABLE, resume)
                     await puller.close()
                     await self._reposition_eval(resume)
-                    puller = await BatchPuller(
-                        self.nc, names.EVENTS_STREAM, names.ALERTS_EVAL_DURABLE,
-                        batch=self.batch, expires=self.tick_s).start()
+                    puller = await open_puller()
                     cseq = 0  # a new consumer counts its deliveries from 1
                     continue
                 if draining:

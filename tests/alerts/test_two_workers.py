@@ -105,3 +105,67 @@ async def test_a_dead_process_of_this_device_is_replaced_at_once(nc: NATS) -> No
     assert await asyncio.wait_for(heir.acquire(stop, poll_s=0.1), 5)
     assert time.monotonic() - t0 < 2.0  # not the 30 s lease
     await heir.release()
+
+
+async def test_a_notification_taken_by_a_killed_worker_is_sent_by_the_next(
+    nats_server: EmbeddedNats, nc: NATS, receiver: Receiver, tmp_path: Path
+) -> None:
+    """The active worker (a process) takes the notification and dies in the middle of the
+    webhook (kill -9, no ack, no nak): the next active worker sends it once the notify
+    consumer's ack wait has passed, not 30 s later (the cluster test waited that long)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    await put_rule(nc, error_rule(receiver, "/slow"))
+    receiver.delay["/slow"] = 60.0  # the first delivery hangs until its sender is gone
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    log = tmp_path / "a.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "runtime.launch", "alerts", "--nats-url", nats_server.url,
+             "--home", str(tmp_path / "a")], stdout=out, stderr=out, env=env,
+            start_new_session=True)
+    try:
+        kv = await _kv(nc)
+        deadline = time.monotonic() + 20
+        while True:  # until the process holds the lease (its pid in the value)
+            try:
+                value = (await kv.get(service.LEASE_KEY)).value or b""
+            except Exception:
+                value = b""
+            if f":{proc.pid}\"".encode() in value:
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.5)  # its consumers bound, its first tick done
+        await publish(nc, restart_sequence()["burst"])
+        deadline = time.monotonic() + 20
+        while len(receiver.bodies("/slow")) < 1:  # it took the notification, is sending
+            assert time.monotonic() < deadline, log.read_text()
+            await asyncio.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        t_kill = time.monotonic()
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    receiver.delay["/slow"] = 0.0
+    b = Worker(nats_server.url, tmp_path / "b")
+    await b.start(nc)
+    try:
+        deadline = t_kill + service.NOTIFY_ACK_WAIT_S + 8
+        while len(receiver.bodies("/slow")) < 2:
+            assert time.monotonic() < deadline, receiver.bodies("/slow")
+            await asyncio.sleep(0.05)
+        waited = time.monotonic() - t_kill
+        await asyncio.sleep(1.0)
+    finally:
+        await b.halt()
+    first, second = receiver.bodies("/slow")
+    assert first["kind"] == second["kind"] == "fired"
+    assert first["alert_id"] == second["alert_id"]  # the same notification, sent again
+    assert waited < 25.0  # the ack wait, not the old 30 s
+    print(f"notification sent again {waited:.1f} s after its sender was killed")

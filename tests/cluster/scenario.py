@@ -37,6 +37,7 @@ class ClusterRun:
     pending: dict[str, int]  # each ledger consumer's backlog at the end
     hooks: list[Any]  # webhook bodies received
     rounds: list[str] = field(default_factory=list)  # what each round killed and saw
+    alerts_logs: str = ""  # both alerts workers' logs, to show when the webhooks are wrong
 
     @property
     def complete(self) -> int:
@@ -167,14 +168,22 @@ def run_cluster(tmp_path: Path, hooks: Receiver, *, rounds: int = 1, after: int 
             outcomes, rounds_seen = asyncio.run(
                 _scenario(cluster, parts, rounds=rounds, after=after, concurrency=concurrency))
             pending = asyncio.run(_caught_up(urls))
-            time.sleep(2.0)  # any second notification would have been sent by now
+            # a notification the killed worker had taken comes back after the notify
+            # consumer's ack wait (workers/alerts/service.NOTIFY_ACK_WAIT_S, 10 s): wait for
+            # the first, then long enough that a second one would have been sent too
+            deadline = time.monotonic() + 30.0
+            while not hooks.bodies() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(3.0)
             parts.stop_all()
+            alerts_logs = "".join(f"--- {n}.log\n{parts.log(n)[-6000:]}"
+                                  for n in ("alerts1", "alerts2"))
             rows = {n: _rows(tmp_path / n) for n in ("ledger1", "ledger2")}
         finally:
             parts.stop_all()
         seen = fakes.seen(outcomes[0].cid.split("-")[1][:7]) if outcomes else Counter()
     return ClusterRun(outcomes=outcomes, seen=seen, rows=rows, pending=pending,
-                      hooks=hooks.bodies(), rounds=rounds_seen)
+                      hooks=hooks.bodies(), rounds=rounds_seen, alerts_logs=alerts_logs)
 
 
 async def _scenario(cluster: NatsCluster, parts: Parts, *, rounds: int, after: int,

@@ -30,7 +30,7 @@ def test_cluster_loses_a_node_a_router_a_ledger_and_an_alerts_worker(tmp_path: P
 
     assert len(run.pending) == 2  # two ledgers, two consumers of their own
     # two alerts workers, the active one killed mid-run: one notification for the transition
-    assert [b["kind"] for b in run.hooks] == ["fired"], run.hooks
+    assert [b["kind"] for b in run.hooks] == ["fired"], (run.hooks, run.rounds, run.alerts_logs)
     assert len(run.outcomes) >= 120 and run.complete >= 100, (
         len(run.outcomes), run.complete, run.rounds)
     for name, rows in run.rows.items():

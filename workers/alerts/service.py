@@ -165,11 +165,13 @@ class AlertsService:
         beginning: history does not page anyone). Returns the evaluation consumer's ack floor."""
         last = (await self.js.stream_info(names.EVENTS_STREAM)).state.last_seq
         specs = [
-            (names.ALERTS_EVAL_DURABLE, INPUT_SUBJECTS, js_api.AckPolicy.ALL, self.batch * 8),
-            (names.ALERTS_NOTIFY_DURABLE, ALERT_SUBJECTS, js_api.AckPolicy.EXPLICIT, 256),
+            (names.ALERTS_EVAL_DURABLE, INPUT_SUBJECTS, js_api.AckPolicy.ALL, self.batch * 8,
+             30.0),
+            (names.ALERTS_NOTIFY_DURABLE, ALERT_SUBJECTS, js_api.AckPolicy.EXPLICIT, 256,
+             NOTIFY_ACK_WAIT_S),
         ]
         floor = 0
-        for durable, subjects, ack, pending in specs:
+        for durable, subjects, ack, pending, ack_wait in specs:
             try:
                 info = await self.js.consumer_info(names.EVENTS_STREAM, durable)
             except NotFoundError:
@@ -180,7 +182,7 @@ class AlertsService:
                         deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE,
                         opt_start_seq=last + 1,
                         ack_policy=ack,
-                        ack_wait=30.0,
+                        ack_wait=ack_wait,
                         max_ack_pending=pending,
                         filter_subjects=subjects,
                     ),
@@ -188,12 +190,15 @@ class AlertsService:
             else:
                 config = info.config
                 had = config.filter_subjects or [config.filter_subject or ""]
-                if sorted(had) != sorted(subjects):
-                    # created by an older version (before quota facts): widen its filter
+                if sorted(had) != sorted(subjects) or config.ack_wait != ack_wait:
+                    # created by an older version (before quota facts, with a 30 s ack wait
+                    # for notifications): widen its filter, shorten its wait
                     config.filter_subject = None
                     config.filter_subjects = subjects
+                    config.ack_wait = ack_wait
                     info = await self.js.add_consumer(names.EVENTS_STREAM, config)
-                    log.info("alerts: consumer %s now filters %s", durable, subjects)
+                    log.info("alerts: consumer %s now filters %s, ack wait %.0f s", durable,
+                             subjects, ack_wait)
             if durable == names.ALERTS_EVAL_DURABLE:
                 acked = info.ack_floor.stream_seq if info.ack_floor else 0
                 floor = max(acked, (info.config.opt_start_seq or 1) - 1)
@@ -467,7 +472,14 @@ class AlertsService:
         await self.notifier.aclose()
 
 
-async def _keep_in_progress(msg: Msg, every: float = 10.0) -> None:
+# A notification taken by a worker that then died (kill -9, a lost host) is delivered again
+# by the server after this long: the new active worker sends it then. Short, because nothing
+# else brings it back sooner; the living holder keeps its long deliveries (webhook retries)
+# in progress every NOTIFY_ACK_WAIT_S / 3.
+NOTIFY_ACK_WAIT_S = 10.0
+
+
+async def _keep_in_progress(msg: Msg, every: float = NOTIFY_ACK_WAIT_S / 3) -> None:
     """Webhook retries may outlast the consumer's ack wait: tell the server we are on it."""
     while True:
         await asyncio.sleep(every)

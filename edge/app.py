@@ -28,7 +28,7 @@ from edge.quota import SpendView
 from edge.ratelimit_bus import RateLimits
 from edge.relay import DISCONNECTED, PICKUP_TIMEOUT, ROUTER_LOST, Dispatcher
 from edge.routes import Route, match_route
-from edge.server import ClientGone, body_timeout, read_body
+from edge.server import ClientGone, body_timeout, drain_body, read_body
 from runtime import bus, names
 from runtime.facts import FactPublisher
 from runtime.health import parts_file, parts_health, supervised_home
@@ -281,6 +281,8 @@ class EdgeApp:
                 await self._to_console(scope, receive, send)
                 return
             dialect = _guess_dialect(scope["path"], headers)
+            if scope["method"] not in ("GET", "HEAD"):  # keep the connection usable
+                await drain_body(receive, self.settings.max_body_bytes, body_timeout(scope))
             await _respond(send, 404, render(dialect, 404, f"no such endpoint: "
                                              f"{scope['method']} {scope['path']}"))
             return
@@ -379,6 +381,7 @@ class EdgeApp:
         if capture is not None:
             send = capture
         body = b""
+        body_read = False  # tried: after a refusal before it, the rest is drained
         try:
             if not self._supervisor_ready and not self._started():
                 # `codeswitch up` is still applying the config: its keys and users are not
@@ -388,6 +391,7 @@ class EdgeApp:
             principal = authenticate(headers, query, self.settings, self.directory)
             state["user_id"], state["key_id"] = principal.user_id, principal.key_id
             self.spend.check(principal, self.directory, t0)  # budgets (edge/quota.py)
+            body_read = True
             body = await read_body(receive, self.settings.max_body_bytes, body_timeout(scope))
             peek = peek_body(body)
             if dialect == "gemini":
@@ -437,6 +441,8 @@ class EdgeApp:
                 state["user_id"] = getattr(exc, "user_id", None)
                 state["key_id"] = getattr(exc, "key_id", None)
             for_client(exc, headers)  # a refused key: the status this client stops at
+            if not body_read:  # refused before its body: keep the connection usable
+                await drain_body(receive, self.settings.max_body_bytes, body_timeout(scope))
             await self._fail(send, state, dialect, exc, request_id)
         except (_Stop, ClientGone):
             pass

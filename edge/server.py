@@ -152,6 +152,31 @@ async def read_body(receive: Receive, limit: int, timeout: float) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+async def drain_body(receive: Receive, limit: int, timeout: float,
+                     total: float = 5.0) -> bool:
+    """Read and drop the rest of a request body the app answers without (a refused key, a
+    budget spent, an unknown path), so that its connection stays usable: answered while the
+    body is still on its way, the connection must end (``on_response_complete`` below) and a
+    client that sends its next request on it gets nothing back. True when the body ended;
+    False past ``limit`` bytes, ``timeout`` seconds without a chunk, ``total`` seconds in all
+    or a disconnect (the connection then ends after the answer, as before)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + total
+    size = 0
+    while True:
+        try:
+            message = await asyncio.wait_for(receive(), min(timeout, end - loop.time()))
+        except TimeoutError:
+            return False
+        if message["type"] == "http.disconnect":
+            return False
+        size += len(message.get("body", b""))
+        if size > limit:
+            return False
+        if not message.get("more_body", False):
+            return True
+
+
 # Where the parser is in the current request.
 _IDLE, _HEAD, _BODY = 0, 1, 2
 

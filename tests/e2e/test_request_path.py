@@ -420,6 +420,52 @@ def test_gateway_keys_from_kv_apply_to_the_very_first_request(
         router.stop()
 
 
+def test_a_refusal_before_the_body_arrived_leaves_the_connection_usable(
+        nats_server: EmbeddedNats, fakes: dict[str, FakeUpstream]) -> None:
+    """A refused key (401) and an unknown path (404) are answered before the request body is
+    read; when the body comes in a later segment (a loaded machine, a large prompt), the edge
+    drains it first, so the client's next request on the same keep-alive connection gets its
+    answer (it got "Server disconnected without sending a response": the edge ended the
+    connection mid-body without a word)."""
+    import http.client
+    from collections.abc import Iterator
+
+    from codeswitch import admin
+    from edge.auth import hash_key
+    from tests.e2e.gateway import run_nats
+
+    run_nats(nats_server.url, lambda nc: admin.put_settings(
+        nc, GatewaySettings(key_hashes=[hash_key("only-this-key")])))
+    run_nats(nats_server.url, lambda nc: admin.put_provider(nc, provider_for(fakes["anthropic"])))
+    router = RouterThread(nats_server.url)
+    edge = EdgeThread(nats_server.url)
+    payload = json.dumps(ANTHROPIC_BODY).encode()
+
+    def late() -> Iterator[bytes]:  # the head now, the body 0.3 s later
+        time.sleep(0.3)
+        yield payload
+
+    try:
+        host, port = edge.url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        for path, key, status in (("/v1/messages", "nope", 401),
+                                  ("/v1/no-such-thing", "only-this-key", 404),
+                                  ("/v1/messages", "only-this-key", 200)):
+            conn.request("POST", path, body=late(), headers={
+                "x-api-key": key, "content-type": "application/json",
+                "content-length": str(len(payload))})
+            r = conn.getresponse()
+            data = r.read()
+            assert r.status == status, (path, r.status, data)
+            assert r.getheader("connection") != "close"
+        sock = conn.sock
+        assert sock is not None  # one connection served all three
+        conn.close()
+    finally:
+        edge.stop()
+        router.stop()
+
+
 def test_models_requests_do_not_queue_behind_a_slow_provider_list(
         gateway: Gateway, fakes: dict[str, FakeUpstream]) -> None:
     """A provider whose model list never answers: concurrent /v1/models requests each get

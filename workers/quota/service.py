@@ -41,7 +41,7 @@ from runtime.facts import FactPublisher
 from runtime.lease import Lease
 from runtime.presence import device_name
 from runtime.prices import LivePrices, nano_usd
-from runtime.pull import BatchPuller, ConsumerGoneError
+from runtime.pull import BatchPuller, ConsumerGoneError, before_gap
 from schemas.config import GatewaySettings
 from schemas.events import QuotaUsed, RequestCompleted, SessionDeleted, Usage, decode_event, new_id
 from schemas.quota import Spend, resolve_zone, zone_name
@@ -77,7 +77,7 @@ def state_path(home: Path) -> Path:
 
 class QuotaService:
     def __init__(self, nats_url: str, home: Path, *, durable: str | None = None,
-                 replay: bool = False, batch: int = 512) -> None:
+                 replay: bool = False, batch: int = 512, expires: float = 5.0) -> None:
         self.nats_url = nats_url
         self.home = Path(home)
         # its own consumer per data directory: quota workers side by side (a cluster) never
@@ -89,11 +89,13 @@ class QuotaService:
         self.active = False
         self.replay = replay
         self.batch = batch
+        self.expires = expires  # of each pull request
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None
         self.kv: KeyValue | None = None
         self.facts: FactPublisher | None = None
         self.puller: BatchPuller | None = None
+        self._cseq = 0  # the consumer sequence of the last delivery folded (0: none yet)
         self.live_prices = LivePrices(self.home, log=log)
         self.users: dict[str, User] = {}
         self.keys: dict[str, Key] = {}
@@ -187,8 +189,9 @@ class QuotaService:
         ))
         if self.puller is not None:
             await self.puller.close()
+        self._cseq = 0  # a new consumer counts its deliveries from 1
         self.puller = await BatchPuller(self.nc, names.EVENTS_STREAM, self.durable,
-                                        batch=self.batch, expires=5.0, eager=True).start()
+                                        batch=self.batch, expires=self.expires, eager=True).start()
 
     async def main_loop(self, stop: asyncio.Event) -> None:
         assert self.js is not None
@@ -224,7 +227,20 @@ class QuotaService:
                 await asyncio.sleep(0.5)
                 continue
             if msgs:
-                await self.apply(msgs)
+                # no acks here (the position is the fold's): a delivery lost in transit (NATS
+                # reconnecting, a cluster node lost) would never come again, and its spend
+                # would be missing. It shows as a jump in the consumer sequence: fold what
+                # precedes it, then read again from the fold's position.
+                taken, cseq = before_gap(msgs, self._cseq)
+                if taken:
+                    await self.apply(msgs[:taken])
+                    self._cseq = cseq or 0
+                if taken < len(msgs):
+                    assert self.fold is not None
+                    log.warning("quota: a delivery of %s was lost in transit; reading again "
+                                "from seq %d", self.durable, self.fold.seq + 1)
+                    await self._position_consumer()
+                    continue
             elif self.active and self._held and self.fold is not None \
                     and self.fold.seq > self.published_upto:
                 await self.apply([])  # just became the active worker: write what it folded
